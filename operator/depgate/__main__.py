@@ -1,0 +1,5 @@
+import sys
+
+from depgate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""`depgate dev up|down|status|build`: a real local control plane for development and tests."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from depgate.dev import build, plane
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="depgate dev", description=__doc__)
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="where the running plane keeps its state (default $DEPGATE_DEV_DIR or "
+                             "~/.cache/depgate/dev)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("build", help="compile the control plane into the cache (no-op when cached)")
+    sub.add_parser("up", help="start (or reuse) the plane; prints `export KUBECONFIG=...` last")
+    sub.add_parser("down", help="stop every process `up` started and remove its state")
+    sub.add_parser("status", help="say whether a plane is running")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "build":
+            print(build.build())
+            return 0
+        if args.cmd == "up":
+            state = plane.up(args.state_dir)
+            print(f"export KUBECONFIG={state.kubeconfig}")
+            return 0
+        if args.cmd == "down":
+            plane.down(args.state_dir)
+            return 0
+        st = plane.load_state(Path(args.state_dir or plane.default_state_dir()))
+        if st is None or not plane.running(st):
+            print("not running")
+            return 1
+        print(f"running: {st.server} ({st.version}); export KUBECONFIG={st.kubeconfig}")
+        return 0
+    except (build.BuildError, plane.PlaneError) as e:
+        print(f"depgate dev: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,362 @@
+"""A real local control plane on loopback: etcd, kube-apiserver (RBAC on), kube-controller-manager,
+kube-scheduler and kwok with one fake Node.
+
+Every process runs in its own process group and is recorded in `<state dir>/state.json`, so
+`down` stops exactly what `up` started, and a second `up` reuses a running plane.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from depgate.dev import build
+from depgate.dev.versions import KUBERNETES_VERSION
+
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.1/16"
+NODE_NAME = "kwok-node-0"
+
+
+class PlaneError(RuntimeError):
+    pass
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    log: str
+
+
+@dataclass
+class PlaneState:
+    state_dir: str
+    kubeconfig: str
+    server: str
+    token: str
+    version: str
+    procs: list[Proc] = field(default_factory=list)
+    pods: bool = True  # False when only kube-apiserver + etcd run (KUBEBUILDER_ASSETS without the rest)
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("DEPGATE_DEV_DIR") or build.cache_root() / "dev")
+
+
+def _say(msg: str) -> None:
+    print(f"depgate dev: {msg}", file=sys.stderr, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    os.setsid()
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: stop when the test process dies
+
+
+def find_binaries() -> tuple[Path, bool]:
+    """(directory, has everything for pods). KUBEBUILDER_ASSETS wins when it has apiserver + etcd."""
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets:
+        p = Path(assets)
+        if (p / "kube-apiserver").exists() and (p / "etcd").exists():
+            full = all((p / b).exists() for b in ("kube-controller-manager", "kube-scheduler", "kwok"))
+            return p, full
+        _say(f"KUBEBUILDER_ASSETS={assets} lacks kube-apiserver or etcd; compiling instead")
+    return build.build(), True
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise PlaneError(f"openssl {' '.join(args)} failed: {proc.stderr.strip()}")
+
+
+def _make_pki(pki: Path) -> None:
+    if shutil.which("openssl") is None:
+        raise PlaneError("openssl is not on PATH (Debian package 'openssl'); it makes the plane's certificates")
+    pki.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650", "-subj", "/CN=depgate-dev-ca", cwd=pki)
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", "apiserver.key", "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver", cwd=pki)
+    (pki / "san.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
+        "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
+        "extendedKeyUsage=serverAuth\n"
+    )
+    _openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "apiserver.crt", "-days", "3650", "-extfile", "san.ext", cwd=pki)
+    _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=pki)
+    _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+def _kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "depgate-dev", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": "admin", "user": {"token": token}}],
+        "contexts": [{"name": "depgate-dev", "context": {"cluster": "depgate-dev", "user": "admin"}}],
+        "current-context": "depgate-dev",
+    }
+    path.write_text(json.dumps(cfg, indent=2))  # JSON is YAML: no yaml dependency needed here
+    path.chmod(0o600)
+
+
+def _get(url: str, token: str, ca: Path, timeout: float = 2.0) -> tuple[int, str]:
+    ctx = ssl.create_default_context(cafile=str(ca)) if url.startswith("https") else None
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+            return int(resp.status), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read().decode(errors="replace")
+
+
+def _wait_until(what: str, check, timeout: float, procs: list[tuple[str, subprocess.Popen[bytes], Path]]) -> None:
+    deadline = time.monotonic() + timeout
+    last_err = ""
+    next_note = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for name, p, log in procs:
+            if p.poll() is not None:
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+                raise PlaneError(f"{name} exited with {p.returncode} while waiting for {what}; {log}:\n{tail}")
+        try:
+            if check():
+                return
+        except (OSError, ValueError) as e:
+            last_err = str(e)
+        if time.monotonic() > next_note:
+            _say(f"  waiting for {what} ...")
+            next_note = time.monotonic() + 10
+        time.sleep(0.2)
+    raise PlaneError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_err or 'none'})")
+
+
+def load_state(state_dir: Path) -> PlaneState | None:
+    f = state_dir / "state.json"
+    if not f.exists():
+        return None
+    raw = json.loads(f.read_text())
+    raw["procs"] = [Proc(**p) for p in raw["procs"]]
+    return PlaneState(**raw)
+
+
+def running(state: PlaneState) -> bool:
+    if not all(_alive(p.pid) for p in state.procs):
+        return False
+    try:
+        code, _ = _get(f"{state.server}/readyz", state.token, Path(state.state_dir) / "pki" / "ca.crt")
+    except OSError:
+        return False
+    return code == 200
+
+
+def _kwok_node(name: str) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "type": "kwok"},
+        },
+        "spec": {},
+        "status": {
+            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "1000"},
+            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "1000"},
+        },
+    }
+
+
+def _post(url: str, token: str, ca: Path, body: dict[str, object]) -> int:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        if e.code == 409:
+            return 409
+        raise PlaneError(f"POST {url}: {e.code} {e.read().decode(errors='replace')}") from e
+
+
+def up(state_dir: Path | None = None, *, die_with_parent: bool = False, timeout: float | None = None) -> PlaneState:
+    """Start the plane (or reuse a running one in the same state dir) and return its state."""
+    state_dir = Path(state_dir or default_state_dir())
+    timeout = timeout or float(os.environ.get("KUBEBUILDER_CONTROLPLANE_START_TIMEOUT", "120"))
+    existing = load_state(state_dir)
+    if existing is not None:
+        if running(existing):
+            _say(f"reusing the running plane in {state_dir}")
+            return existing
+        _say(f"found a stale plane in {state_dir}; cleaning it up")
+        down(state_dir, quiet=True)
+
+    bins, full = find_binaries()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    pki = state_dir / "pki"
+    logs = state_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    _make_pki(pki)
+    token = secrets.token_hex(24)
+    (pki / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
+    etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
+    server = f"https://127.0.0.1:{api_port}"
+    kubeconfig = state_dir / "kubeconfig"
+    _kubeconfig(kubeconfig, server, pki / "ca.crt", token)
+    state = PlaneState(str(state_dir), str(kubeconfig), server, token, KUBERNETES_VERSION, pods=full)
+    started: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def start(name: str, args: list[str]) -> None:
+        log = logs / f"{name}.log"
+        with log.open("wb") as fh:
+            p = subprocess.Popen(
+                [str(bins / name), *args], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=state_dir, preexec_fn=_die_with_parent if die_with_parent else None,
+                start_new_session=not die_with_parent,
+            )
+        started.append((name, p, log))
+        state.procs.append(Proc(name, p.pid, str(log)))
+        (state_dir / "state.json").write_text(json.dumps(asdict(state), indent=2))
+
+    t0 = time.monotonic()
+    try:
+        _say(f"starting etcd, kube-apiserver {KUBERNETES_VERSION}"
+             + (", kube-controller-manager, kube-scheduler, kwok" if full else " (no pods: assets lack the rest)")
+             + f" in {state_dir}")
+        start("etcd", [
+            f"--data-dir={state_dir / 'etcd'}", "--name=default",
+            f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+            "--unsafe-no-fsync=true", "--log-level=warn",
+        ])
+        _wait_until("etcd", lambda: _get(f"http://127.0.0.1:{etcd_port}/health", "", pki / "ca.crt")[0] == 200,
+                    timeout, started)
+        start("kube-apiserver", [
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=RBAC", f"--token-auth-file={pki / 'tokens.csv'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--endpoint-reconciler-type=none", "--allow-privileged=true",
+            "--v=0",
+        ])
+        _wait_until("kube-apiserver /readyz", lambda: _get(f"{server}/readyz", token, pki / "ca.crt")[0] == 200,
+                    timeout, started)
+        if full:
+            start("kube-controller-manager", [
+                f"--kubeconfig={kubeconfig}", "--leader-elect=false", "--secure-port=0",
+                f"--root-ca-file={pki / 'ca.crt'}", f"--service-account-private-key-file={pki / 'sa.key'}",
+                "--controllers=*", "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
+                "--concurrent-endpoint-syncs=10", "--concurrent-service-endpoint-syncs=10",
+                "--v=0",
+            ])
+            start("kube-scheduler", [f"--kubeconfig={kubeconfig}", "--leader-elect=false", "--secure-port=0"])
+            stages = build.stages_dir() if bins == build.bin_dir() else bins / "kwok-stages"
+            configs = sorted(str(p) for p in stages.glob("*.yaml")) if stages.exists() else []
+            start("kwok", [
+                f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                f"--cidr={POD_CIDR}", "--node-ip=10.244.0.1", f"--server-address=127.0.0.1:{_free_port()}",
+                *[f"--config={c}" for c in configs],
+            ])
+            _post(f"{server}/api/v1/nodes", token, pki / "ca.crt", _kwok_node(NODE_NAME))
+
+            def node_ready() -> bool:
+                code, body = _get(f"{server}/api/v1/nodes/{NODE_NAME}", token, pki / "ca.crt")
+                conds = json.loads(body).get("status", {}).get("conditions", []) if code == 200 else []
+                return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+            def default_sa() -> bool:
+                code, _ = _get(f"{server}/api/v1/namespaces/default/serviceaccounts/default", token,
+                               pki / "ca.crt")
+                return code == 200
+
+            _wait_until(f"node {NODE_NAME} Ready (kwok)", node_ready, timeout, started)
+            _wait_until("the default ServiceAccount (kube-controller-manager)", default_sa, timeout, started)
+    except BaseException:
+        down(state_dir, quiet=True)
+        raise
+    _say(f"plane ready in {time.monotonic() - t0:.1f}s: {server}")
+    return state
+
+
+def _stop_pid(pid: int, grace: float) -> None:
+    # Each process leads its own group (start_new_session / setsid): signal the group.
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _alive(pid):
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+        if not _alive(pid):
+            return
+
+
+def down(state_dir: Path | None = None, *, quiet: bool = False) -> bool:
+    """Stop every process `up` started (newest first) and remove the state. True if anything ran."""
+    state_dir = Path(state_dir or default_state_dir())
+    state = load_state(state_dir)
+    if state is None:
+        if not quiet:
+            _say(f"no plane in {state_dir}")
+        return False
+    for proc in reversed(state.procs):
+        _stop_pid(proc.pid, grace=10.0 if proc.name == "etcd" else 5.0)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    if not quiet:
+        _say(f"stopped {len(state.procs)} processes and removed {state_dir}")
+    return True

@@ -1,0 +1,116 @@
+"""Test harness.
+
+Pure unit tests (tests/unit, tests/waiter) need nothing here. Tests that use the `plane` fixture
+(directly or through `api`, `namespace`, `crds`, ...) run against a real kube-apiserver with etcd,
+kube-controller-manager, kube-scheduler and kwok, started once per session by `depgate dev` code
+and stopped at the end (on failure and Ctrl-C too; the processes also die with this process).
+
+USE_EXISTING_CLUSTER=true runs the same tests against $KUBECONFIG instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Plane:
+    kubeconfig: str
+    kubectl: str
+    server: str
+    pods: bool  # kube-controller-manager + scheduler + kwok are running
+
+    def run_kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [self.kubectl, f"--kubeconfig={self.kubeconfig}", *args],
+            input=input, capture_output=True, text=True, check=False, timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+        return proc
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "plane" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.plane)
+
+
+@pytest.fixture(scope="session")
+def plane() -> Iterator[Plane]:
+    if os.environ.get("USE_EXISTING_CLUSTER", "").lower() == "true":
+        kc = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        kubectl = shutil.which("kubectl")
+        assert kubectl, "USE_EXISTING_CLUSTER=true needs kubectl on PATH"
+        from kubernetes import config
+
+        server = config.new_client_from_config(config_file=kc).configuration.host
+        yield Plane(kc, kubectl, server, pods=True)
+        return
+
+    from depgate.dev import build, plane as devplane
+
+    state_dir = Path(tempfile.mkdtemp(prefix="depgate-test-plane-"))
+    try:
+        st = devplane.up(state_dir, die_with_parent=True)
+    except (build.BuildError, devplane.PlaneError) as e:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        pytest.fail(f"could not start the control plane: {e}", pytrace=False)
+    bins, _ = devplane.find_binaries()
+    kubectl = str(bins / "kubectl") if (bins / "kubectl").exists() else shutil.which("kubectl") or "kubectl"
+    try:
+        yield Plane(st.kubeconfig, kubectl, st.server, pods=st.pods)
+    finally:
+        devplane.down(state_dir, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def api_client(plane: Plane):
+    from kubernetes import config
+
+    client = config.new_client_from_config(config_file=plane.kubeconfig)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def crds(plane: Plane) -> list[str]:
+    """Install everything in crds/ (server-side apply) and wait until Established."""
+    names = []
+    for f in sorted((REPO / "crds").glob("*.yaml")):
+        plane.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
+        names.append(plane.run_kubectl("get", "-f", str(f), "-o", "name").stdout.strip())
+    for n in names:
+        plane.run_kubectl("wait", "--for=condition=Established", "--timeout=60s", n)
+    return names
+
+
+@pytest.fixture
+def namespace(plane: Plane, request: pytest.FixtureRequest) -> Iterator[str]:
+    base = request.node.name.lower().replace("_", "-")
+    base = "".join(c for c in base if c.isalnum() or c == "-")[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:6]}"
+    plane.run_kubectl("create", "namespace", name)
+    if plane.pods:
+        # Pods need the namespace's default ServiceAccount, made by kube-controller-manager.
+        plane.run_kubectl("wait", "--for=create", "serviceaccount/default",
+                          "-n", name, "--timeout=60s")
+    yield name
+    plane.run_kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def needs_pods(plane: Plane) -> None:
+    if not plane.pods:
+        pytest.skip("this plane runs no kube-controller-manager/kwok (KUBEBUILDER_ASSETS without them)")

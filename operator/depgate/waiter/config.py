@@ -1,0 +1,317 @@
+"""`depgate wait <type> --flag=value ...` -> frozen config dataclasses (pure: the env is passed in).
+
+Every error is a ConfigError whose message starts with the flag at fault, for stderr and for the
+termination log (`Config: --port: ...`); the waiter then exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NoReturn, TypeAlias
+
+from depgate.waiter.statelog import DEFAULT_TERMINATION_LOG
+
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+DEFAULT_ATTEMPT_TIMEOUT = 5.0
+TYPES = ("tcp", "redis", "http", "dns", "download", "verdict")
+_TCHAR = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class ConfigError(Exception):
+    """A bad flag or an unusable input named by a flag (exit code 1)."""
+
+
+class HelpExit(Exception):
+    """--help was printed; exit with `code`."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Common:
+    timeout: float  # overall, seconds; 0 = forever
+    period: float  # the longest pause between attempts
+    attempt_timeout: float
+    termination_log: str
+    label: str | None
+
+
+@dataclass(frozen=True)
+class TcpConfig:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    host: str
+    port: int
+    tls: bool
+    password_env: str | None
+    username_env: str | None
+    ca_file: str | None
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    url: str
+    expect_status: tuple[int, ...]
+    ca_file: str | None
+    headers: tuple[tuple[str, str], ...]
+    insecure: bool
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    name: str
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    url: str
+    sha256: str
+    dest: str
+    ca_file: str | None
+    insecure: bool
+
+
+@dataclass(frozen=True)
+class VerdictConfig:
+    policy: str
+    precondition: str
+    namespace: str | None  # None: read from <SA_DIR>/namespace when the check is built
+    server: str
+    token_file: str
+    ca_file: str
+
+
+TypeConfig: TypeAlias = TcpConfig | RedisConfig | HttpConfig | DnsConfig | DownloadConfig | VerdictConfig
+
+
+@dataclass(frozen=True)
+class Parsed:
+    kind: str
+    common: Common
+    config: TypeConfig
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # --time must not mean --timeout
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("argument "):
+            message = message[len("argument ") :]
+        raise ConfigError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            self._print_message(message)
+        raise HelpExit(status)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text!r}")
+    return int(text)
+
+
+def _status(text: str) -> int:
+    if not text.isdigit() or not 100 <= int(text) <= 599:
+        raise argparse.ArgumentTypeError(f"expected an HTTP status 100..599, got {text!r}")
+    return int(text)
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text.strip()
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    name = name.strip()
+    if not sep or not name or not set(name) <= _TCHAR:
+        # never echo the value: headers carry tokens
+        raise argparse.ArgumentTypeError("expected 'Name: value' with a token for Name")
+    value = value.strip()
+    if any(ch in value for ch in "\r\n\0"):
+        raise argparse.ArgumentTypeError(f"the value of header {name} contains a line break")
+    return name, value
+
+
+def check_url(flag: str, url: str) -> str:
+    """An absolute http(s) URL with a host, else ConfigError naming `flag`."""
+    from urllib.parse import urlsplit
+
+    if any(ch.isspace() for ch in url):
+        raise ConfigError(f"{flag}: the URL contains whitespace")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: bad URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{flag}: expected an http:// or https:// URL, got scheme {parts.scheme!r}")
+    if not parts.hostname:
+        raise ConfigError(f"{flag}: the URL has no host")
+    return url
+
+
+def _common_parser() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--timeout", type=_seconds, default=0.0, help="overall seconds; 0 = forever (default)"
+    )
+    common.add_argument(
+        "--period", type=_positive_seconds, default=1.0, help="longest pause between attempts (default 1)"
+    )
+    common.add_argument(
+        "--attempt-timeout",
+        type=_positive_seconds,
+        default=None,
+        help=f"seconds per attempt (default {DEFAULT_ATTEMPT_TIMEOUT:g}, at most --timeout)",
+    )
+    common.add_argument(
+        "--termination-log",
+        default=DEFAULT_TERMINATION_LOG,
+        help=f"file for the one-line exit reason (default {DEFAULT_TERMINATION_LOG})",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_parser()
+    parser = _Parser(
+        prog="depgate wait",
+        description="Wait for one precondition. Exit 0 ready, 124 timed out, 1 bad configuration.",
+    )
+    sub = parser.add_subparsers(dest="kind", metavar="<type>", parser_class=_Parser)
+    sub.required = True
+
+    def add(kind: str, help_text: str) -> _Parser:
+        p = sub.add_parser(kind, parents=[common], help=help_text, description=help_text)
+        if kind != "dns":
+            p.add_argument("--name", dest="label", type=_nonempty, help="a label for the log lines")
+        return p
+
+    p = add("tcp", "a TCP connection succeeds")
+    p.add_argument("--host", required=True, type=_nonempty)
+    p.add_argument("--port", required=True, type=_port)
+
+    p = add("redis", "Redis answers PING with PONG (after AUTH when asked)")
+    p.add_argument("--host", required=True, type=_nonempty)
+    p.add_argument("--port", type=_port, default=6379)
+    p.add_argument("--tls", action="store_true", help="connect with TLS")
+    p.add_argument("--ca-file", type=_nonempty, help="PEM CA bundle for --tls (default: system CAs)")
+    p.add_argument("--password-env", type=_nonempty, metavar="VAR", help="AUTH with the password in $VAR")
+    p.add_argument("--username-env", type=_nonempty, metavar="VAR", help="AUTH as the ACL user in $VAR")
+
+    p = add("http", "an HTTP(S) GET answers with an expected status")
+    p.add_argument("--url", required=True)
+    p.add_argument("--expect-status", type=_status, action="append", help="repeatable; default 200")
+    p.add_argument("--ca-file", type=_nonempty, help="PEM CA bundle to verify the server with")
+    p.add_argument("--header", type=_header, action="append", default=[], help="'Name: value', repeatable")
+    p.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
+
+    p = add("dns", "a name resolves")
+    p.add_argument("--name", required=True, type=_nonempty, help="the name to resolve")
+
+    p = add("download", "fetch a file, verify its sha256, move it into place atomically")
+    p.add_argument("--url", required=True)
+    p.add_argument("--sha256", required=True)
+    p.add_argument("--dest", required=True, type=_nonempty)
+    p.add_argument("--ca-file", type=_nonempty, help="PEM CA bundle to verify the server with")
+    p.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
+
+    p = add("verdict", "the operator judged the precondition Satisfied (watches the DependencyPolicy)")
+    p.add_argument("--policy", required=True, type=_nonempty)
+    p.add_argument("--precondition", required=True, type=_nonempty)
+    p.add_argument("--namespace", type=_nonempty, help="default $DEPGATE_NAMESPACE, else the SA's")
+    p.add_argument("--server", help="default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT")
+    p.add_argument("--token-file", type=_nonempty, default=f"{SA_DIR}/token")
+    p.add_argument("--ca-file", type=_nonempty, default=f"{SA_DIR}/ca.crt")
+    return parser
+
+
+def default_server(env: Mapping[str, str]) -> str | None:
+    host = env.get("KUBERNETES_SERVICE_HOST", "").strip()
+    port = env.get("KUBERNETES_SERVICE_PORT", "").strip() or "443"
+    if not host:
+        return None
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
+
+
+def parse(argv: Sequence[str], env: Mapping[str, str]) -> Parsed:
+    ns = build_parser().parse_args(list(argv))
+    kind: str = ns.kind
+    timeout: float = ns.timeout
+    attempt = ns.attempt_timeout
+    if attempt is None:
+        attempt = min(DEFAULT_ATTEMPT_TIMEOUT, timeout) if timeout > 0 else DEFAULT_ATTEMPT_TIMEOUT
+    label = None if kind == "dns" else ns.label
+    common = Common(timeout, ns.period, attempt, ns.termination_log, label)
+    config: TypeConfig
+    if kind == "tcp":
+        config = TcpConfig(ns.host, ns.port)
+    elif kind == "redis":
+        if ns.username_env and not ns.password_env:
+            raise ConfigError("--username-env: needs --password-env too")
+        config = RedisConfig(ns.host, ns.port, ns.tls, ns.password_env, ns.username_env, ns.ca_file)
+    elif kind == "http":
+        statuses = tuple(dict.fromkeys(ns.expect_status or [200]))
+        config = HttpConfig(check_url("--url", ns.url), statuses, ns.ca_file, tuple(ns.header), ns.insecure)
+    elif kind == "dns":
+        config = DnsConfig(ns.name.rstrip(".") or ns.name)
+    elif kind == "download":
+        digest = ns.sha256.strip().lower()
+        if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+            raise ConfigError("--sha256: expected 64 hex digits")
+        if ns.dest.endswith("/"):
+            raise ConfigError("--dest: expected a file path, got a directory")
+        config = DownloadConfig(check_url("--url", ns.url), digest, ns.dest, ns.ca_file, ns.insecure)
+    else:
+        server = ns.server or default_server(env)
+        if not server:
+            raise ConfigError("--server: not given, and KUBERNETES_SERVICE_HOST is not set")
+        check_url("--server", server)
+        namespace = ns.namespace or env.get("DEPGATE_NAMESPACE", "").strip() or None
+        config = VerdictConfig(ns.policy, ns.precondition, namespace, server, ns.token_file, ns.ca_file)
+    return Parsed(kind, common, config)
+
+
+def termination_log_from_argv(argv: Sequence[str]) -> str:
+    """Best effort, for errors found before parsing succeeded: the --termination-log given, if any."""
+    path = DEFAULT_TERMINATION_LOG
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg.startswith("--termination-log="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--termination-log" and i + 1 < len(args):
+            path = args[i + 1]
+    return path

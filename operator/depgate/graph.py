@@ -1,0 +1,520 @@
+"""All policies -> one dependency graph, its cycles, and printouts (pure: standard library only).
+
+Nodes are objects (namespace, kind, name): the workloads that policies gate, the Services they
+wait on, and, as leaves, the other objects api preconditions name (Job, Secret, ConfigMap, any
+resource). Edges:
+
+- policy edges: each target Deployment of a policy -> each object its preconditions name;
+- selector edges: a Service -> every workload whose pod template labels its selector matches.
+
+So `deployment/a -> service/b-svc -> deployment/b -> service/a-svc -> deployment/a` is a cycle:
+on a cold start, neither a's nor b's pods can pass their init containers. `find_cycles` lists the
+elementary cycles (Johnson's algorithm, bounded); `cycle_for_policy` turns them into the
+`DependencyCycle` message of each policy involved.
+
+The helpers at the bottom read raw DependencyPolicy objects (as the API returns them) leniently,
+so `depgate graph` does not depend on the strict spec model.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, NamedTuple
+from urllib.parse import urlsplit
+
+DEPENDENCY_CYCLE: Final = "DependencyCycle"
+WORKLOAD_KINDS: Final = ("Deployment", "StatefulSet", "DaemonSet")
+DEFAULT_CYCLE_LIMIT: Final = 100
+
+
+class Node(NamedTuple):
+    """An object in the graph. `kind` is the API kind ("Deployment", "Service", ...); for a
+    `resource` precondition it is qualified with the API group ("Certificate.cert-manager.io")."""
+
+    namespace: str
+    kind: str
+    name: str
+
+    def label(self, namespace: str | None = None) -> str:
+        """`deployment/a`; with ` (ns)` appended when the node is outside `namespace`."""
+        text = f"{self.kind.lower()}/{self.name}"
+        return text if namespace is None or namespace == self.namespace else f"{text} ({self.namespace})"
+
+
+@dataclass(frozen=True)
+class Dep:
+    """An object a policy's precondition waits on. namespace None: the policy's own namespace
+    (only network preconditions, through a Service's DNS name, can reach another namespace)."""
+
+    kind: str
+    name: str
+    precondition: str
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class PolicyNode:
+    """A policy reduced to what the graph needs: its target Deployments and what it waits on."""
+
+    namespace: str
+    name: str
+    targets: Sequence[str]
+    deps: Sequence[Dep]
+
+
+@dataclass(frozen=True, order=True)
+class EdgeLabel:
+    """Why an edge exists: a policy's precondition, or (policy None) a Service's selector."""
+
+    policy: tuple[str, str] | None  # (namespace, name)
+    precondition: str = ""
+
+
+SELECTS: Final = EdgeLabel(None, "")
+
+
+@dataclass(frozen=True)
+class Graph:
+    nodes: tuple[Node, ...]  # sorted
+    edges: Mapping[Node, tuple[Node, ...]] = field(default_factory=dict)  # sorted successors
+    labels: Mapping[tuple[Node, Node], tuple[EdgeLabel, ...]] = field(default_factory=dict)
+
+    def successors(self, node: Node) -> tuple[Node, ...]:
+        return self.edges.get(node, ())
+
+    def policies_of(self, node: Node) -> list[str]:
+        """Names of the policies with an edge out of `node` (the policies that gate it)."""
+        names = {lab.policy[1] for succ in self.successors(node) for lab in self.labels[(node, succ)]
+                 if lab.policy is not None}
+        return sorted(names)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_graph(policies: Iterable[PolicyNode],
+                services: Mapping[tuple[str, str], Mapping[str, str] | None],
+                workload_labels: Mapping[tuple[str, str, str], Mapping[str, str]]) -> Graph:
+    """The graph of `policies`.
+
+    services: (namespace, name) -> the Service's spec.selector (None or {}: selects nothing).
+    workload_labels: (namespace, kind, name) -> the workload's pod template labels."""
+    nodes: set[Node] = set()
+    labels: dict[tuple[Node, Node], set[EdgeLabel]] = defaultdict(set)
+    for policy in policies:
+        for target in policy.targets:
+            src = Node(policy.namespace, "Deployment", target)
+            nodes.add(src)
+            for dep in policy.deps:
+                dst = Node(dep.namespace or policy.namespace, dep.kind, dep.name)
+                nodes.add(dst)
+                labels[(src, dst)].add(EdgeLabel((policy.namespace, policy.name), dep.precondition))
+    by_namespace: dict[str, list[tuple[Node, Mapping[str, str]]]] = defaultdict(list)
+    for (ns, kind, name), pod_labels in workload_labels.items():
+        by_namespace[ns].append((Node(ns, kind, name), pod_labels))
+    for svc in [n for n in nodes if n.kind == "Service"]:
+        selector = services.get((svc.namespace, svc.name))
+        if not selector:
+            continue
+        for workload, pod_labels in by_namespace.get(svc.namespace, ()):
+            if all(pod_labels.get(k) == v for k, v in selector.items()):
+                nodes.add(workload)
+                labels[(svc, workload)].add(SELECTS)
+    edges: dict[Node, list[Node]] = defaultdict(list)
+    for src, dst in labels:
+        edges[src].append(dst)
+    return Graph(
+        nodes=tuple(sorted(nodes)),
+        edges={src: tuple(sorted(dsts)) for src, dsts in sorted(edges.items())},
+        labels={edge: tuple(sorted(labs)) for edge, labs in sorted(labels.items())},
+    )
+
+
+def blocked_edges(graph: Graph, blocked: Iterable[tuple[str, str, str]]) -> frozenset[tuple[Node, Node]]:
+    """The policy edges of the preconditions in `blocked`, each (namespace, policy, precondition)
+    (from each policy's status.blocking)."""
+    wanted = set(blocked)
+    return frozenset(edge for edge, labs in graph.labels.items()
+                     if any(lab.policy is not None and (*lab.policy, lab.precondition) in wanted
+                            for lab in labs))
+
+
+# --------------------------------------------------------------------------- cycles
+
+
+def _reach(start: Node, step: Mapping[Node, Collection[Node]]) -> set[Node]:
+    seen = {start}
+    todo = [start]
+    while todo:
+        for nxt in step.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def find_cycles(graph: Graph, limit: int = DEFAULT_CYCLE_LIMIT) -> list[list[Node]]:
+    """The elementary cycles of the graph, each once, as the path of its nodes starting at its
+    smallest node (the edge back to the start is implied). Shortest first, then by nodes; at most
+    `limit` (a dense graph can have exponentially many; the first `limit` found are kept)."""
+    found: list[list[Node]] = []
+    order = sorted(set(graph.nodes) | set(graph.edges))
+    rank = {node: i for i, node in enumerate(order)}
+    for start in order:
+        if len(found) >= limit:
+            break
+        # Johnson: the strongly connected component of `start` among the nodes >= start
+        lo = rank[start]
+        fwd = {n: [m for m in graph.successors(n) if rank[m] >= lo] for n in order[lo:]}
+        back: dict[Node, list[Node]] = defaultdict(list)
+        for n, succs in fwd.items():
+            for m in succs:
+                back[m].append(n)
+        component = _reach(start, fwd) & _reach(start, back)
+        succ = {n: [m for m in fwd[n] if m in component] for n in component}
+        _circuits(start, succ, found, limit)
+    found.sort(key=lambda cyc: (len(cyc), cyc))
+    return found
+
+
+def _circuits(start: Node, succ: Mapping[Node, Sequence[Node]], found: list[list[Node]], limit: int) -> None:
+    """Johnson's CIRCUIT from `start`, iterative: append every elementary cycle through `start`."""
+    blocked: set[Node] = {start}
+    block_map: dict[Node, set[Node]] = defaultdict(set)
+    path = [start]
+    # frames: [node, iterator over successors, found a cycle below]
+    frames: list[list[Any]] = [[start, iter(succ[start]), False]]
+
+    def unblock(node: Node) -> None:
+        todo = [node]
+        while todo:
+            cur = todo.pop()
+            if cur in blocked:
+                blocked.discard(cur)
+                todo.extend(block_map.pop(cur, ()))
+
+    while frames:
+        frame = frames[-1]
+        node, successors = frame[0], frame[1]
+        descended = False
+        for nxt in successors:
+            if nxt == start:
+                found.append(list(path))
+                frame[2] = True
+                if len(found) >= limit:
+                    return
+            elif nxt not in blocked:
+                path.append(nxt)
+                blocked.add(nxt)
+                frames.append([nxt, iter(succ[nxt]), False])
+                descended = True
+                break
+        if descended:
+            continue
+        if frame[2]:
+            unblock(node)
+        else:
+            for nxt in succ[node]:
+                block_map[nxt].add(node)
+        frames.pop()
+        path.pop()
+        if frames and frame[2]:
+            frames[-1][2] = True
+
+
+def format_cycle(cycle: Sequence[Node], namespace: str | None = None) -> str:
+    """`deployment/a -> service/b-svc -> deployment/b -> service/a-svc -> deployment/a`."""
+    if not cycle:
+        return ""
+    return " -> ".join(node.label(namespace) for node in [*cycle, cycle[0]])
+
+
+def cycle_for_policy(graph: Graph, cycles: Sequence[Sequence[Node]], namespace: str, name: str) -> str | None:
+    """The DependencyCycle message for a policy: the first (shortest) cycle through one of its
+    edges, starting at the policy's target; None when the policy is in no cycle."""
+    me = (namespace, name)
+    for cycle in cycles:
+        n = len(cycle)
+        for i in range(n):
+            edge = (cycle[i], cycle[(i + 1) % n])
+            if any(lab.policy == me for lab in graph.labels.get(edge, ())):
+                return format_cycle([*cycle[i:], *cycle[:i]], namespace)
+    return None
+
+
+def cycles_by_policy(graph: Graph, cycles: Sequence[Sequence[Node]]) -> dict[tuple[str, str], str]:
+    """(namespace, policy) -> its DependencyCycle message, for every policy on some cycle."""
+    policies = sorted({lab.policy for labs in graph.labels.values() for lab in labs
+                       if lab.policy is not None})
+    out: dict[tuple[str, str], str] = {}
+    for ns, name in policies:
+        message = cycle_for_policy(graph, cycles, ns, name)
+        if message is not None:
+            out[(ns, name)] = message
+    return out
+
+
+# --------------------------------------------------------------------------- printouts
+
+
+def _edge_names(graph: Graph, src: Node, dst: Node) -> str:
+    return ",".join(sorted({lab.precondition for lab in graph.labels.get((src, dst), ()) if lab.policy}))
+
+
+def _roots(graph: Graph) -> list[Node]:
+    has_in = {dst for dsts in graph.edges.values() for dst in dsts}
+    return [n for n in graph.nodes if graph.successors(n) and n not in has_in]
+
+
+def to_text(graph: Graph, blocked: Collection[tuple[Node, Node]] = frozenset()) -> str:
+    """A tree per root (a gated workload nothing waits on), then per cycle not reached from one.
+
+        deployment/app (policy app-deps)
+        ├── db: service/db [blocked]
+        │   └── statefulset/db
+        └── migrate: job/migrate
+
+    Edges of preconditions are prefixed with the precondition's name; `[blocked]` marks blocked
+    edges, `[cycle]` an edge back into the current path, `(see above)` a subtree already shown."""
+    lines: list[str] = []
+    expanded: set[Node] = set()
+    namespaces = {n.namespace for n in graph.nodes if graph.successors(n)}
+    multi = len(namespaces) > 1
+    current_ns: list[str | None] = [None]
+
+    def head(node: Node, ns: str) -> str:
+        text = node.label(ns)
+        policies = graph.policies_of(node)
+        return f"{text} (policy {', '.join(policies)})" if policies else text
+
+    def tree(root: Node) -> None:
+        if multi and current_ns[0] != root.namespace:
+            if lines:
+                lines.append("")
+            lines.append(f"# namespace {root.namespace}")
+            current_ns[0] = root.namespace
+        elif lines:
+            lines.append("")
+        ns = root.namespace
+        lines.append(head(root, ns))
+        expanded.add(root)
+        # iterative DFS: (node, prefix, successors left, path)
+        stack: list[tuple[Node, str, list[Node], tuple[Node, ...]]] = [
+            (root, "", list(graph.successors(root)), (root,))]
+        while stack:
+            node, prefix, todo, path = stack.pop()
+            if not todo:
+                continue
+            child = todo.pop(0)
+            stack.append((node, prefix, todo, path))
+            last = not todo
+            names = _edge_names(graph, node, child)
+            text = (f"{names}: " if names else "") + head(child, ns)
+            marks = []
+            if (node, child) in blocked:
+                marks.append("[blocked]")
+            descend = False
+            if child in path:
+                marks.append("[cycle]")
+            elif child in expanded and graph.successors(child):
+                marks.append("(see above)")
+            else:
+                descend = bool(graph.successors(child))
+                expanded.add(child)
+            lines.append(prefix + ("└── " if last else "├── ") + " ".join([text, *marks]))
+            if descend:
+                stack.append((child, prefix + ("    " if last else "│   "), list(graph.successors(child)),
+                              (*path, child)))
+
+    roots = _roots(graph)
+    for ns in sorted(namespaces):
+        for root in roots:
+            if root.namespace == ns:
+                tree(root)
+        for node in graph.nodes:  # what only cycles reach
+            if node.namespace == ns and graph.successors(node) and node not in expanded:
+                tree(node)
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _dot_id(node: Node) -> str:
+    raw = f"{node.namespace}/{node.kind}/{node.name}"
+    return '"' + raw.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _dot_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_dot(graph: Graph, blocked: Collection[tuple[Node, Node]] = frozenset(),
+           cycles: Sequence[Sequence[Node]] = ()) -> str:
+    """Graphviz dot: a cluster per namespace; blocked edges red and bold, edges on a cycle orange,
+    selector edges (Service -> workload) dashed; precondition names as edge labels."""
+    on_cycle = {(cyc[i], cyc[(i + 1) % len(cyc)]) for cyc in cycles for i in range(len(cyc))}
+    out = ["digraph depgate {", "  rankdir=LR;", '  node [fontname="Helvetica", fontsize=10];',
+           '  edge [fontname="Helvetica", fontsize=9];']
+    by_ns: dict[str, list[Node]] = defaultdict(list)
+    for node in graph.nodes:
+        by_ns[node.namespace].append(node)
+    for i, (ns, nodes) in enumerate(sorted(by_ns.items())):
+        out.append(f"  subgraph cluster_{i} {{")
+        out.append(f"    label={_dot_str('namespace ' + ns)};")
+        for node in nodes:
+            if node.kind in WORKLOAD_KINDS:
+                shape = "box"
+            elif node.kind == "Service":
+                shape = "ellipse"
+            else:
+                shape = "note"
+            out.append(f"    {_dot_id(node)} [label={_dot_str(node.label())}, shape={shape}];")
+        out.append("  }")
+    for (src, dst), labs in graph.labels.items():
+        attrs = []
+        names = _edge_names(graph, src, dst)
+        if names:
+            attrs.append(f"label={_dot_str(names)}")
+        if all(lab.policy is None for lab in labs):
+            attrs.append("style=dashed")
+        if (src, dst) in blocked:
+            attrs += ["color=red", "fontcolor=red", "penwidth=2"]
+        elif (src, dst) in on_cycle:
+            attrs += ["color=orange", "penwidth=2"]
+        suffix = f" [{', '.join(attrs)}]" if attrs else ""
+        out.append(f"  {_dot_id(src)} -> {_dot_id(dst)}{suffix};")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- raw objects
+
+
+def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str] | None) -> bool:
+    """A metav1.LabelSelector against labels: matchLabels and matchExpressions (In, NotIn, Exists,
+    DoesNotExist). An empty selector matches everything; None matches nothing."""
+    if selector is None:
+        return False
+    labels = labels or {}
+    match_labels = selector.get("matchLabels") or {}
+    if any(labels.get(k) != v for k, v in match_labels.items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            return False
+    return True
+
+
+def service_for_host(host: str, namespace: str, services: Collection[tuple[str, str]],
+                     cluster_domain: str = "cluster.local") -> tuple[str, str] | None:
+    """The Service a host name reaches through cluster DNS, when that Service exists:
+    `svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.<cluster domain>` (trailing dot allowed)."""
+    host = host.strip().rstrip(".").lower()
+    if not host:
+        return None
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return None
+    except ValueError:
+        pass
+    parts = host.split(".")
+    suffix = ["svc", *cluster_domain.lower().split(".")]
+    candidate: tuple[str, str] | None = None
+    if len(parts) == 1:
+        candidate = (namespace, parts[0])
+    elif parts[2:] in ([], ["svc"], suffix):
+        candidate = (parts[1], parts[0])
+    return candidate if candidate is not None and candidate in services else None
+
+
+def _host_of(spec: Mapping[str, Any], ptype: str) -> str | None:
+    if ptype in ("tcp", "redis"):
+        host = spec.get("host")
+        return host if isinstance(host, str) else None
+    if ptype in ("http", "download"):
+        url = spec.get("url")
+        try:
+            return urlsplit(url).hostname if isinstance(url, str) else None
+        except ValueError:
+            return None
+    if ptype == "dns":
+        name = spec.get("name")
+        return name if isinstance(name, str) else None
+    return None
+
+
+_API_KINDS: Final = {"service": "Service", "job": "Job", "secret": "Secret", "configMap": "ConfigMap"}
+_NETWORK: Final = ("tcp", "redis", "http", "dns", "download")
+
+
+def deps_of(namespace: str, preconditions: Iterable[Any],
+            services: Collection[tuple[str, str]]) -> list[Dep]:
+    """The Deps of a raw spec.preconditions list. Network preconditions count when their host
+    is an existing Service's cluster DNS name; `command` ones never name an object."""
+    deps: list[Dep] = []
+    for pre in preconditions:
+        if not isinstance(pre, Mapping) or not isinstance(pre.get("name"), str):
+            continue
+        pname = pre["name"]
+        for ptype, kind in _API_KINDS.items():
+            body = pre.get(ptype)
+            if isinstance(body, Mapping) and isinstance(body.get("name"), str):
+                deps.append(Dep(kind, body["name"], pname))
+        body = pre.get("workload")
+        if isinstance(body, Mapping) and isinstance(body.get("name"), str):
+            deps.append(Dep(str(body.get("kind") or "Deployment"), body["name"], pname))
+        body = pre.get("resource")
+        if (isinstance(body, Mapping) and isinstance(body.get("name"), str)
+                and isinstance(body.get("kind"), str)):
+            group = str(body.get("apiVersion") or "").rpartition("/")[0]
+            kind = f"{body['kind']}.{group}" if group else body["kind"]
+            deps.append(Dep(kind, body["name"], pname))
+        for ptype in _NETWORK:
+            body = pre.get(ptype)
+            if not isinstance(body, Mapping):
+                continue
+            host = _host_of(body, ptype)
+            found = service_for_host(host, namespace, services) if host else None
+            if found is not None:
+                deps.append(Dep("Service", found[1], pname, None if found[0] == namespace else found[0]))
+    return deps
+
+
+def policy_node(policy: Mapping[str, Any], deployment_labels: Mapping[tuple[str, str], Mapping[str, str]],
+                services: Collection[tuple[str, str]]) -> PolicyNode:
+    """A raw DependencyPolicy -> PolicyNode. Targets: workloadRef.name, the Deployments of the
+    namespace whose labels `selector` matches (deployment_labels: (ns, name) -> metadata.labels),
+    or template.metadata.name."""
+    meta = policy.get("metadata") or {}
+    spec = policy.get("spec") or {}
+    ns, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+    targets: list[str] = []
+    ref = spec.get("workloadRef")
+    if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
+        targets.append(ref["name"])
+    if isinstance(spec.get("selector"), Mapping):
+        targets += sorted(dname for (dns, dname), labels in deployment_labels.items()
+                          if dns == ns and selector_matches(spec["selector"], labels))
+    tname = ((spec.get("template") or {}).get("metadata") or {}).get("name")
+    if isinstance(tname, str):
+        targets.append(tname)
+    pres = spec.get("preconditions")
+    return PolicyNode(ns, name, targets, deps_of(ns, pres if isinstance(pres, list) else [], services))
+
+
+def blocked_from_status(policy: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(namespace, policy, precondition) for each name in the policy's status.blocking."""
+    meta = policy.get("metadata") or {}
+    ns, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+    blocking = (policy.get("status") or {}).get("blocking")
+    return [(ns, name, str(p)) for p in blocking] if isinstance(blocking, list) else []

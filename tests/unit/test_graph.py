@@ -1,0 +1,467 @@
+"""Unit tests for depgate.graph: the cross-policy dependency graph, its cycles and printouts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from depgate.graph import (
+    DEPENDENCY_CYCLE,
+    SELECTS,
+    Dep,
+    EdgeLabel,
+    Graph,
+    Node,
+    PolicyNode,
+    blocked_edges,
+    blocked_from_status,
+    build_graph,
+    cycle_for_policy,
+    cycles_by_policy,
+    deps_of,
+    find_cycles,
+    format_cycle,
+    policy_node,
+    selector_matches,
+    service_for_host,
+    to_dot,
+    to_text,
+)
+
+
+def dep(ns: str, name: str) -> Node:
+    return Node(ns, "Deployment", name)
+
+
+def svc(ns: str, name: str) -> Node:
+    return Node(ns, "Service", name)
+
+
+A, B, C = dep("default", "a"), dep("default", "b"), dep("default", "c")
+ASVC, BSVC = svc("default", "a-svc"), svc("default", "b-svc")
+
+
+def two_way() -> Graph:
+    """a waits on b-svc (selects b), b waits on a-svc (selects a)."""
+    policies = [
+        PolicyNode("default", "pa", ["a"], [Dep("Service", "b-svc", "b")]),
+        PolicyNode("default", "pb", ["b"], [Dep("Service", "a-svc", "a")]),
+    ]
+    services = {("default", "a-svc"): {"app": "a"}, ("default", "b-svc"): {"app": "b"}}
+    labels = {
+        ("default", "Deployment", "a"): {"app": "a", "tier": "x"},
+        ("default", "Deployment", "b"): {"app": "b"},
+    }
+    return build_graph(policies, services, labels)
+
+
+def graph_from_edges(edges: Iterable[tuple[int, int]]) -> Graph:
+    nodes: set[Node] = set()
+    succ: dict[Node, set[Node]] = {}
+    labels = {}
+    for u, v in edges:
+        nu, nv = dep("ns", f"n{u}"), dep("ns", f"n{v}")
+        nodes |= {nu, nv}
+        succ.setdefault(nu, set()).add(nv)
+        labels[(nu, nv)] = (EdgeLabel(("ns", f"p{u}"), f"to-{v}"),)
+    return Graph(tuple(sorted(nodes)), {n: tuple(sorted(s)) for n, s in succ.items()}, labels)
+
+
+# --------------------------------------------------------------------------- build
+
+
+def test_build_policy_and_selector_edges() -> None:
+    g = two_way()
+    assert g.nodes == (ASVC, BSVC, A, B) or set(g.nodes) == {A, B, ASVC, BSVC}
+    assert g.successors(A) == (BSVC,)
+    assert g.successors(BSVC) == (B,)
+    assert g.labels[(A, BSVC)] == (EdgeLabel(("default", "pa"), "b"),)
+    assert g.labels[(BSVC, B)] == (SELECTS,)
+    assert g.policies_of(A) == ["pa"] and g.policies_of(BSVC) == []
+
+
+def test_selector_must_be_subset_of_pod_labels_and_same_namespace() -> None:
+    policies = [PolicyNode("default", "p", ["web"], [Dep("Service", "db", "db")])]
+    services = {("default", "db"): {"app": "db", "role": "primary"}}
+    labels = {
+        ("default", "StatefulSet", "db"): {"app": "db", "role": "primary", "x": "y"},
+        ("default", "Deployment", "db-replica"): {"app": "db", "role": "replica"},
+        ("other", "StatefulSet", "db"): {"app": "db", "role": "primary"},
+    }
+    g = build_graph(policies, services, labels)
+    assert g.successors(svc("default", "db")) == (Node("default", "StatefulSet", "db"),)
+
+
+def test_selectorless_or_missing_service_is_a_leaf() -> None:
+    policies = [
+        PolicyNode("default", "p", ["web"], [Dep("Service", "ext", "ext"), Dep("Service", "gone", "g")])
+    ]
+    g = build_graph(policies, {("default", "ext"): {}}, {("default", "Deployment", "x"): {}})
+    assert g.successors(svc("default", "ext")) == ()
+    assert g.successors(svc("default", "gone")) == ()
+    assert dep("default", "x") not in g.nodes  # workloads no one reaches stay out
+
+
+def test_api_leaves_and_workload_deps() -> None:
+    deps = [
+        Dep("Job", "migrate", "migrate"),
+        Dep("Secret", "creds", "creds"),
+        Dep("ConfigMap", "cfg", "cfg"),
+        Dep("Certificate.cert-manager.io", "tls", "tls"),
+        Dep("StatefulSet", "db", "db"),
+    ]
+    g = build_graph([PolicyNode("default", "p", ["web"], deps)], {}, {})
+    web = dep("default", "web")
+    assert {n.kind for n in g.successors(web)} == {
+        "Job",
+        "Secret",
+        "ConfigMap",
+        "Certificate.cert-manager.io",
+        "StatefulSet",
+    }
+    assert find_cycles(g) == []
+
+
+def test_several_targets_and_cross_namespace_dep() -> None:
+    p = PolicyNode("app", "p", ["web", "api"], [Dep("Service", "db", "db", namespace="data")])
+    g = build_graph([p], {("data", "db"): {"app": "db"}}, {("data", "StatefulSet", "db"): {"app": "db"}})
+    assert g.successors(dep("app", "web")) == (svc("data", "db"),)
+    assert g.successors(dep("app", "api")) == (svc("data", "db"),)
+    assert g.successors(svc("data", "db")) == (Node("data", "StatefulSet", "db"),)
+
+
+def test_build_is_deterministic() -> None:
+    g1 = two_way()
+    g2 = two_way()
+    assert g1 == g2 and to_text(g1) == to_text(g2) and to_dot(g1) == to_dot(g2)
+
+
+# --------------------------------------------------------------------------- cycles
+
+
+def test_two_way_cycle_and_policy_message() -> None:
+    g = two_way()
+    cycles = find_cycles(g)
+    assert cycles == [[A, BSVC, B, ASVC]]  # starts at its smallest node (Deployment < Service)
+    assert cycle_for_policy(g, cycles, "default", "pa") == (
+        "deployment/a -> service/b-svc -> deployment/b -> service/a-svc -> deployment/a"
+    )
+    assert cycle_for_policy(g, cycles, "default", "pb") == (
+        "deployment/b -> service/a-svc -> deployment/a -> service/b-svc -> deployment/b"
+    )
+    assert cycle_for_policy(g, cycles, "default", "nobody") is None
+    assert set(cycles_by_policy(g, cycles)) == {("default", "pa"), ("default", "pb")}
+    assert DEPENDENCY_CYCLE == "DependencyCycle"
+
+
+def test_self_cycle_through_own_service() -> None:
+    # the app waits on its own Service: its pods never become endpoints
+    g = build_graph(
+        [PolicyNode("default", "p", ["app"], [Dep("Service", "app", "self")])],
+        {("default", "app"): {"app": "app"}},
+        {("default", "Deployment", "app"): {"app": "app"}},
+    )
+    cycles = find_cycles(g)
+    assert cycles == [[dep("default", "app"), svc("default", "app")]]
+    assert cycle_for_policy(g, cycles, "default", "p") == "deployment/app -> service/app -> deployment/app"
+
+
+def test_workload_precondition_on_itself_is_a_self_loop() -> None:
+    g = build_graph([PolicyNode("default", "p", ["app"], [Dep("Deployment", "app", "me")])], {}, {})
+    assert find_cycles(g) == [[dep("default", "app")]]
+    assert cycle_for_policy(g, find_cycles(g), "default", "p") == "deployment/app -> deployment/app"
+
+
+def test_cross_namespace_cycle_labels_other_namespace() -> None:
+    ps = [
+        PolicyNode("x", "px", ["a"], [Dep("Deployment", "b", "b", namespace="y")]),
+        PolicyNode("y", "py", ["b"], [Dep("Deployment", "a", "a", namespace="x")]),
+    ]
+    g = build_graph(ps, {}, {})
+    assert (
+        cycle_for_policy(g, find_cycles(g), "x", "px") == "deployment/a -> deployment/b (y) -> deployment/a"
+    )
+
+
+def test_limit_bounds_the_output() -> None:
+    complete = graph_from_edges((u, v) for u in range(7) for v in range(7) if u != v)
+    assert len(find_cycles(complete, limit=10)) == 10
+    assert find_cycles(complete, limit=10) == find_cycles(complete, limit=10)
+
+
+def test_format_cycle() -> None:
+    assert format_cycle([]) == ""
+    assert format_cycle([A, BSVC]) == "deployment/a -> service/b-svc -> deployment/a"
+
+
+def brute_force_cycles(edges: set[tuple[int, int]], n: int) -> set[tuple[int, ...]]:
+    """Every elementary cycle, as the tuple of its nodes from its smallest one: walk all simple
+    paths from each start through larger nodes only."""
+    succ: dict[int, list[int]] = {i: sorted(v for u, v in edges if u == i) for i in range(n)}
+    out: set[tuple[int, ...]] = set()
+    for s in range(n):
+        todo = [[s]]
+        while todo:
+            path = todo.pop()
+            for nxt in succ[path[-1]]:
+                if nxt == s:
+                    out.add(tuple(path))
+                elif nxt > s and nxt not in path:
+                    todo.append([*path, nxt])
+    return out
+
+
+edge_sets = st.integers(min_value=1, max_value=7).flatmap(
+    lambda n: st.tuples(
+        st.just(n), st.sets(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=20)
+    )
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(edge_sets)
+def test_find_cycles_agrees_with_brute_force(case: tuple[int, set[tuple[int, int]]]) -> None:
+    n, edges = case
+    g = graph_from_edges(edges)
+    cycles = find_cycles(g, limit=10_000)
+    # node names n0..n6 sort like their numbers
+    got = [tuple(int(node.name[1:]) for node in cyc) for cyc in cycles]
+    assert len(got) == len(set(got))  # each elementary cycle once
+    assert set(got) == brute_force_cycles(edges, n)
+    for cyc in cycles:
+        assert cyc[0] == min(cyc)  # starts at its smallest node
+        assert len(set(cyc)) == len(cyc)
+        assert all(cyc[(i + 1) % len(cyc)] in g.successors(cyc[i]) for i in range(len(cyc)))
+    assert [len(c) for c in cycles] == sorted(len(c) for c in cycles)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sets(st.tuples(st.integers(0, 8), st.integers(0, 8)).filter(lambda e: e[0] < e[1]), max_size=25))
+def test_acyclic_graphs_report_none(edges: set[tuple[int, int]]) -> None:
+    g = graph_from_edges(edges)
+    assert find_cycles(g) == []
+    assert cycles_by_policy(g, find_cycles(g)) == {}
+    text = to_text(g)
+    assert "[cycle]" not in text
+    # every edge appears in the tree printout under its source (as a line, maybe "(see above)")
+    assert text.count("── ") == len(edges)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcd"), st.lists(st.sampled_from("abcd"), max_size=3)),
+        max_size=4,
+        unique_by=lambda p: p[0],
+    )
+)
+def test_random_policies_each_cycle_is_a_real_path(spec: list[tuple[str, list[str]]]) -> None:
+    # policy on deployment X waits on service X-svc... of the listed deployments
+    policies = [
+        PolicyNode("ns", f"p-{t}", [t], [Dep("Service", f"{d}-svc", f"w-{d}") for d in ds]) for t, ds in spec
+    ]
+    services = {("ns", f"{d}-svc"): {"app": d} for d in "abcd"}
+    labels = {("ns", "Deployment", d): {"app": d} for d in "abcd"}
+    g = build_graph(policies, services, labels)
+    cycles = find_cycles(g)
+    waits = {t: set(ds) for t, ds in spec}
+    deployment_cycles = {tuple(n.name for n in c if n.kind == "Deployment") for c in cycles}
+    assert deployment_cycles == {
+        tuple(c)
+        for c in (
+            [chr(ord("a") + i) for i in cyc]
+            for cyc in brute_force_cycles(
+                {(ord(t) - 97, ord(d) - 97) for t, ds in waits.items() for d in ds}, 4
+            )
+        )
+    }
+    for (_ns, name), message in cycles_by_policy(g, cycles).items():
+        assert message.startswith(f"deployment/{name[2:]} -> service/")
+        assert message.endswith(f"-> deployment/{name[2:]}")
+
+
+# --------------------------------------------------------------------------- printouts
+
+
+def test_blocked_edges_from_status() -> None:
+    g = two_way()
+    blocked = blocked_edges(g, [("default", "pa", "b"), ("default", "pb", "nope")])
+    assert blocked == {(A, BSVC)}
+
+
+def test_to_text_tree_with_blocked_and_cycle() -> None:
+    g = two_way()
+    text = to_text(g, blocked_edges(g, [("default", "pa", "b")]))
+    assert text == (
+        "deployment/a (policy pa)\n"
+        "└── b: service/b-svc [blocked]\n"
+        "    └── deployment/b (policy pb)\n"
+        "        └── a: service/a-svc\n"
+        "            └── deployment/a (policy pa) [cycle]\n"
+    )
+
+
+def test_to_text_roots_shared_subtrees_and_leaves() -> None:
+    ps = [
+        PolicyNode("default", "web", ["web"], [Dep("Service", "db", "db"), Dep("Job", "migrate", "migrate")]),
+        PolicyNode("default", "api", ["api"], [Dep("Service", "db", "db")]),
+        PolicyNode("default", "db", ["db"], [Dep("Secret", "creds", "creds")]),
+    ]
+    g = build_graph(ps, {("default", "db"): {"app": "db"}}, {("default", "Deployment", "db"): {"app": "db"}})
+    text = to_text(g, blocked_edges(g, [("default", "web", "migrate")]))
+    assert text == (
+        "deployment/api (policy api)\n"
+        "└── db: service/db\n"
+        "    └── deployment/db (policy db)\n"
+        "        └── creds: secret/creds\n"
+        "\n"
+        "deployment/web (policy web)\n"
+        "├── migrate: job/migrate [blocked]\n"
+        "└── db: service/db (see above)\n"
+    )
+
+
+def test_to_text_multi_namespace_headers_and_empty() -> None:
+    ps = [
+        PolicyNode("x", "p", ["a"], [Dep("Service", "s", "s", namespace="y")]),
+        PolicyNode("y", "q", ["b"], [Dep("Secret", "k", "k")]),
+    ]
+    text = to_text(build_graph(ps, {}, {}))
+    assert text == (
+        "# namespace x\n"
+        "deployment/a (policy p)\n"
+        "└── s: service/s (y)\n"
+        "\n"
+        "# namespace y\n"
+        "deployment/b (policy q)\n"
+        "└── k: secret/k\n"
+    )
+    assert to_text(build_graph([], {}, {})) == ""
+
+
+def test_to_dot() -> None:
+    g = two_way()
+    dot = to_dot(g, blocked_edges(g, [("default", "pa", "b")]), find_cycles(g))
+    assert dot.startswith("digraph depgate {\n")
+    assert dot.endswith("}\n")
+    assert (
+        '"default/Deployment/a" -> "default/Service/b-svc" [label="b", color=red, fontcolor=red, penwidth=2];'
+        in dot
+    )
+    assert (
+        '"default/Service/b-svc" -> "default/Deployment/b" [style=dashed, color=orange, penwidth=2];' in dot
+    )
+    assert '"default/Deployment/a" [label="deployment/a", shape=box];' in dot
+    assert '"default/Service/a-svc" [label="service/a-svc", shape=ellipse];' in dot
+    assert 'label="namespace default";' in dot
+    g2 = build_graph([PolicyNode("d", "p", ["w"], [Dep("Secret", 'we"ird', "k")])], {}, {})
+    assert '"d/Secret/we\\"ird" [label="secret/we\\"ird", shape=note];' in to_dot(g2)
+
+
+# --------------------------------------------------------------------------- raw objects
+
+
+def test_selector_matches() -> None:
+    labels = {"tier": "app", "env": "prod"}
+    assert selector_matches({}, labels)
+    assert not selector_matches(None, labels)
+    assert selector_matches({"matchLabels": {"tier": "app"}}, labels)
+    assert not selector_matches({"matchLabels": {"tier": "db"}}, labels)
+    ok = [
+        {"key": "env", "operator": "In", "values": ["prod", "qa"]},
+        {"key": "x", "operator": "DoesNotExist"},
+        {"key": "tier", "operator": "Exists"},
+        {"key": "env", "operator": "NotIn", "values": ["dev"]},
+    ]
+    assert selector_matches({"matchExpressions": ok}, labels)
+    for bad in (
+        {"key": "env", "operator": "In", "values": ["dev"]},
+        {"key": "x", "operator": "Exists"},
+        {"key": "env", "operator": "NotIn", "values": ["prod"]},
+        {"key": "env", "operator": "Gt"},
+        {"key": "tier", "operator": "DoesNotExist"},
+    ):
+        assert not selector_matches({"matchExpressions": [bad]}, labels)
+
+
+def test_service_for_host() -> None:
+    services = {("default", "db"), ("data", "pg")}
+    assert service_for_host("db", "default", services) == ("default", "db")
+    assert service_for_host("pg.data", "default", services) == ("data", "pg")
+    assert service_for_host("pg.data.svc", "default", services) == ("data", "pg")
+    assert service_for_host("PG.data.svc.cluster.local.", "default", services) == ("data", "pg")
+    assert service_for_host("pg.data.svc.example.org", "default", services) is None
+    assert service_for_host("db", "other", services) is None  # no such Service
+    assert service_for_host("example.com", "default", services) is None
+    assert service_for_host("10.0.0.1", "default", {("default", "10.0.0.1")}) is None
+    assert service_for_host("", "default", services) is None
+
+
+def test_deps_of_raw_preconditions() -> None:
+    services = {("default", "db"), ("default", "cache"), ("data", "pg"), ("default", "api")}
+    pres = [
+        {"name": "db", "tcp": {"host": "db", "port": 5432}},
+        {"name": "cache", "redis": {"host": "cache.default.svc", "port": 6379}},
+        {"name": "pg", "http": {"url": "http://pg.data:8080/healthz"}},
+        {"name": "ext", "http": {"url": "https://example.com/"}},
+        {"name": "dns", "dns": {"name": "api"}},
+        {"name": "model", "download": {"url": "http://api/model.bin", "sha256": "0" * 64, "path": "m"}},
+        {"name": "ep", "service": {"name": "db"}},
+        {"name": "migrate", "job": {"name": "migrate"}},
+        {"name": "creds", "secret": {"name": "creds", "keys": ["password"]}},
+        {"name": "cfg", "configMap": {"name": "cfg", "keys": []}},
+        {"name": "ss", "workload": {"kind": "StatefulSet", "name": "db"}},
+        {"name": "dp", "workload": {"name": "other"}},
+        {
+            "name": "cert",
+            "resource": {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "name": "tls"},
+        },
+        {"name": "pod", "resource": {"apiVersion": "v1", "kind": "Pod", "name": "x"}},
+        {"name": "cmd", "command": {"image": "busybox", "command": ["true"]}},
+        {"name": "badurl", "http": {"url": "http://[::1"}},
+        "garbage",
+        {"tcp": {"host": "db"}},
+    ]
+    assert deps_of("default", pres, services) == [
+        Dep("Service", "db", "db"),
+        Dep("Service", "cache", "cache"),
+        Dep("Service", "pg", "pg", namespace="data"),
+        Dep("Service", "api", "dns"),
+        Dep("Service", "api", "model"),
+        Dep("Service", "db", "ep"),
+        Dep("Job", "migrate", "migrate"),
+        Dep("Secret", "creds", "creds"),
+        Dep("ConfigMap", "cfg", "cfg"),
+        Dep("StatefulSet", "db", "ss"),
+        Dep("Deployment", "other", "dp"),
+        Dep("Certificate.cert-manager.io", "tls", "cert"),
+        Dep("Pod", "x", "pod"),
+    ]
+
+
+def test_policy_node_targets_and_blocked_from_status() -> None:
+    deployments = {
+        ("default", "web"): {"tier": "app"},
+        ("default", "api"): {"tier": "app"},
+        ("default", "db"): {"tier": "data"},
+        ("other", "x"): {"tier": "app"},
+    }
+    obj = {
+        "metadata": {"name": "p", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"tier": "app"}},
+            "preconditions": [{"name": "db", "tcp": {"host": "db", "port": 1}}],
+        },
+        "status": {"blocking": ["db"]},
+    }
+    node = policy_node(obj, deployments, {("default", "db")})
+    assert (node.namespace, node.name, list(node.targets)) == ("default", "p", ["api", "web"])
+    assert list(node.deps) == [Dep("Service", "db", "db")]
+    assert blocked_from_status(obj) == [("default", "p", "db")]
+    ref = {"metadata": {"name": "q", "namespace": "n"}, "spec": {"workloadRef": {"name": "app"}}}
+    assert list(policy_node(ref, {}, set()).targets) == ["app"]
+    assert blocked_from_status(ref) == []
+    tmpl = {"metadata": {"name": "t", "namespace": "n"}, "spec": {"template": {"metadata": {"name": "made"}}}}
+    assert list(policy_node(tmpl, {}, set()).targets) == ["made"]

@@ -1,0 +1,971 @@
+"""The DependencyPolicy model: a dict (as the API server or a YAML file gives it) -> a validated Policy.
+
+Pure: the standard library only. `parse_policy` applies the same rules as the CRD's schema and CEL
+rules (crds/dependencypolicies.depgate.io.yaml), so the operator and `depgate render` refuse a
+policy that reached them without the API server's validation (an old CRD, a file on disk) with the
+same field path the server would name: `SpecError("spec.preconditions[2].http.url", "...")`.
+
+JSON field names are the camelCase of the dataclass field names (`timeout_seconds` ->
+`timeoutSeconds`); tests/unit/test_crd_schema.py walks both and checks they agree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+
+API_VERSION: Final = "depgate.io/v1alpha1"
+KIND: Final = "DependencyPolicy"
+
+MAX_PRECONDITIONS: Final = 32
+MAX_NAME_LENGTH: Final = 52  # "depgate-" + 52 = 60 and "depgate-ca-" + 52 = 63 <= 63 (a DNS label)
+MAX_TIMEOUT_SECONDS: Final = 2**31 - 1
+MAX_PERIOD_SECONDS: Final = 300
+
+PLACEMENTS: Final = ("BeforeExisting", "AfterExisting")
+WORKLOAD_KINDS: Final = ("Deployment", "StatefulSet", "DaemonSet")
+CONDITION_STATUSES: Final = ("True", "False", "Unknown")
+SELECTOR_OPERATORS: Final = ("In", "NotIn", "Exists", "DoesNotExist")
+FORBIDDEN_COMMAND_FIELDS: Final = ("readinessProbe", "livenessProbe", "startupProbe", "lifecycle")
+FORBIDDEN_COMMAND_MESSAGE: Final = (
+    "init containers do not support readinessProbe, livenessProbe, startupProbe or lifecycle: "
+    "they must run to completion"
+)
+
+DNS_LABEL_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+CONFIG_KEY_RE: Final = re.compile(r"^[-._a-zA-Z0-9]+$")
+SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
+URL_RE: Final = re.compile(r"^https?://[^\s/?#@]+(@[^\s/?#@]+)?([/?#]\S*)?$")
+HEADER_NAME_RE: Final = re.compile(r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$")
+NO_SPACE_RE: Final = re.compile(r"^\S+$")
+DOTDOT_RE: Final = re.compile(r"(^|/)\.\.(/|$)")
+QUANTITY_RE: Final = re.compile(
+    r"^[+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+API_VERSION_RE: Final = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?v[0-9]+"
+    r"((alpha|beta)[0-9]+)?$"
+)
+KIND_RE: Final = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+LABEL_KEY_RE: Final = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_RE: Final = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+Json: TypeAlias = Any
+"""A JSON value kept as given (a container's env entry, resources, securityContext, a DeploymentSpec)."""
+
+
+class SpecError(ValueError):
+    """A policy the operator must refuse, with the path of the offending field."""
+
+    def __init__(self, field_path: str, message: str) -> None:
+        super().__init__(f"{field_path}: {message}")
+        self.field_path = field_path
+        self.message = message
+
+
+# --- targets ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkloadRef:
+    """`spec.workloadRef`: one Deployment of the policy's namespace, by name."""
+
+    name: str
+    kind: str = "Deployment"
+
+
+@dataclass(frozen=True)
+class LabelSelectorRequirement:
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == "In":
+            return self.key in labels and labels[self.key] in self.values
+        if self.operator == "NotIn":
+            return self.key not in labels or labels[self.key] not in self.values
+        if self.operator == "Exists":
+            return self.key in labels
+        return self.key not in labels  # DoesNotExist
+
+
+@dataclass(frozen=True)
+class Selector:
+    """`spec.selector`: every Deployment of the policy's namespace whose labels match."""
+
+    match_labels: Mapping[str, str] = field(default_factory=dict)
+    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str] | None) -> bool:
+        labels = labels or {}
+        return all(labels.get(k) == v for k, v in self.match_labels.items()) and all(
+            r.matches(labels) for r in self.match_expressions
+        )
+
+
+@dataclass(frozen=True)
+class TemplateMetadata:
+    name: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Template:
+    """`spec.template`: a Deployment depgate creates (and owns) in the policy's namespace."""
+
+    metadata: TemplateMetadata
+    spec: Mapping[str, Json]
+
+
+Target: TypeAlias = WorkloadRef | Selector | Template
+
+# --- policy-wide settings --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Defaults:
+    timeout_seconds: int = 0
+    period_seconds: int = 1
+    resources: Mapping[str, Json] | None = None
+    security_context: Mapping[str, Json] | None = None
+
+
+@dataclass(frozen=True)
+class SharedVolume:
+    mount_path: str = "/depgate/shared"
+    size_limit: str | int | None = None
+
+
+# --- precondition bodies, one per type ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    """A key of a Secret or ConfigMap in the policy's namespace."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class TCPCheck:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class RedisCheck:
+    host: str
+    port: int = 6379
+    password_secret_ref: KeyRef | None = None
+    tls: bool = False
+
+
+@dataclass(frozen=True)
+class HTTPHeader:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class HTTPCheck:
+    url: str
+    expect_status: tuple[int, ...] = (200,)
+    ca_config_map: KeyRef | None = None
+    headers: tuple[HTTPHeader, ...] = ()
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
+class DNSCheck:
+    name: str
+
+
+@dataclass(frozen=True)
+class ServiceCheck:
+    name: str
+    min_ready_endpoints: int = 1
+
+
+@dataclass(frozen=True)
+class JobCheck:
+    name: str
+
+
+@dataclass(frozen=True)
+class SecretCheck:
+    name: str
+    keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConfigMapCheck:
+    name: str
+    keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkloadCheck:
+    kind: str
+    name: str
+    min_available: int = 1
+
+
+@dataclass(frozen=True)
+class ResourceCheck:
+    api_version: str
+    kind: str
+    name: str
+    condition: str = "Ready"
+    status: str = "True"
+
+
+@dataclass(frozen=True)
+class DownloadTask:
+    url: str
+    sha256: str
+    path: str
+
+
+@dataclass(frozen=True)
+class CommandTask:
+    image: str | None = None
+    from_container: str | None = None
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[Mapping[str, Json], ...] = ()
+    working_dir: str | None = None
+    resources: Mapping[str, Json] | None = None
+    security_context: Mapping[str, Json] | None = None
+
+
+Body: TypeAlias = (
+    TCPCheck
+    | RedisCheck
+    | HTTPCheck
+    | DNSCheck
+    | ServiceCheck
+    | JobCheck
+    | SecretCheck
+    | ConfigMapCheck
+    | WorkloadCheck
+    | ResourceCheck
+    | DownloadTask
+    | CommandTask
+)
+
+BODY_TYPES: Final[Mapping[str, type[Any]]] = {
+    "tcp": TCPCheck,
+    "redis": RedisCheck,
+    "http": HTTPCheck,
+    "dns": DNSCheck,
+    "service": ServiceCheck,
+    "job": JobCheck,
+    "secret": SecretCheck,
+    "configMap": ConfigMapCheck,
+    "workload": WorkloadCheck,
+    "resource": ResourceCheck,
+    "download": DownloadTask,
+    "command": CommandTask,
+}
+"""Precondition type (its field name in the spec) -> body class, in the CRD's order."""
+
+TYPES: Final = tuple(BODY_TYPES)
+
+GROUPS: Final[Mapping[str, str]] = {
+    "tcp": "network",
+    "redis": "network",
+    "http": "network",
+    "dns": "network",
+    "download": "task",
+    "command": "task",
+    "service": "api",
+    "job": "api",
+    "secret": "api",
+    "configMap": "api",
+    "workload": "api",
+    "resource": "api",
+}
+"""Where each type is judged: network and task in the pod, api by the operator (see design.md)."""
+
+
+@dataclass(frozen=True)
+class Precondition:
+    name: str
+    type: str
+    body: Body
+    timeout_seconds: int | None = None  # None: spec.defaults.timeoutSeconds
+    period_seconds: int | None = None  # None: spec.defaults.periodSeconds
+
+    @property
+    def group(self) -> str:
+        return GROUPS[self.type]
+
+    @property
+    def container_name(self) -> str:
+        return f"depgate-{self.name}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    target: Target
+    preconditions: tuple[Precondition, ...]
+    placement: str = "BeforeExisting"
+    defaults: Defaults = field(default_factory=Defaults)
+    shared_volume: SharedVolume = field(default_factory=SharedVolume)
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+
+    @property
+    def target_field(self) -> str:
+        """`workloadRef`, `selector` or `template`."""
+        if isinstance(self.target, WorkloadRef):
+            return "workloadRef"
+        if isinstance(self.target, Selector):
+            return "selector"
+        return "template"
+
+    @property
+    def uses_shared_volume(self) -> bool:
+        return any(p.type == "download" for p in self.preconditions)
+
+    def precondition(self, name: str) -> Precondition | None:
+        return next((p for p in self.preconditions if p.name == name), None)
+
+    def timeout_of(self, pre: Precondition) -> int:
+        return self.defaults.timeout_seconds if pre.timeout_seconds is None else pre.timeout_seconds
+
+    def period_of(self, pre: Precondition) -> int:
+        return self.defaults.period_seconds if pre.period_seconds is None else pre.period_seconds
+
+
+# --- parsing -----------------------------------------------------------------------------------------
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
+    return type(value).__name__
+
+
+class _Obj:
+    """An object being parsed: typed getters that name the field path in every error."""
+
+    def __init__(self, value: object, path: str, allowed: Sequence[str]) -> None:
+        if not isinstance(value, Mapping):
+            raise SpecError(path, f"must be an object, not {_type_name(value)}")
+        for key in value:
+            if key not in allowed:
+                raise SpecError(
+                    _join(path, str(key)), f"unknown field (expected one of: {', '.join(allowed)})"
+                )
+        self.value: Mapping[str, Json] = value
+        self.path = path
+
+    def at(self, key: str) -> str:
+        return _join(self.path, key)
+
+    def has(self, key: str) -> bool:
+        return self.value.get(key) is not None
+
+    def raw(self, key: str) -> Json:
+        return self.value.get(key)
+
+    def obj(self, key: str, allowed: Sequence[str]) -> _Obj | None:
+        if not self.has(key):
+            return None
+        return _Obj(self.value[key], self.at(key), allowed)
+
+    def req_obj(self, key: str, allowed: Sequence[str]) -> _Obj:
+        got = self.obj(key, allowed)
+        if got is None:
+            raise SpecError(self.at(key), "required")
+        return got
+
+    def free_obj(self, key: str) -> Mapping[str, Json] | None:
+        """An object kept as given (resources, securityContext, ...)."""
+        if not self.has(key):
+            return None
+        value = self.value[key]
+        if not isinstance(value, Mapping):
+            raise SpecError(self.at(key), f"must be an object, not {_type_name(value)}")
+        return value
+
+    def opt_str(
+        self,
+        key: str,
+        *,
+        default: str | None = None,
+        pattern: re.Pattern[str] | None = None,
+        pattern_message: str = "",
+        max_length: int = 253,
+        choices: Sequence[str] = (),
+    ) -> str | None:
+        if not self.has(key):
+            return default
+        return _check_str(self.value[key], self.at(key), pattern, pattern_message, max_length, choices)
+
+    def req_str(
+        self,
+        key: str,
+        *,
+        pattern: re.Pattern[str] | None = None,
+        pattern_message: str = "",
+        max_length: int = 253,
+        choices: Sequence[str] = (),
+    ) -> str:
+        got = self.opt_str(
+            key, pattern=pattern, pattern_message=pattern_message, max_length=max_length, choices=choices
+        )
+        if got is None:
+            raise SpecError(self.at(key), "required")
+        return got
+
+    def opt_int(self, key: str, *, default: int | None, minimum: int, maximum: int) -> int | None:
+        if not self.has(key):
+            return default
+        return _check_int(self.value[key], self.at(key), minimum, maximum)
+
+    def req_int(self, key: str, *, minimum: int, maximum: int) -> int:
+        got = self.opt_int(key, default=None, minimum=minimum, maximum=maximum)
+        if got is None:
+            raise SpecError(self.at(key), "required")
+        return got
+
+    def flag(self, key: str) -> bool:
+        if not self.has(key):
+            return False
+        value = self.value[key]
+        if not isinstance(value, bool):
+            raise SpecError(self.at(key), f"must be a boolean, not {_type_name(value)}")
+        return value
+
+    def array(self, key: str, *, min_items: int = 0, max_items: int) -> list[Json] | None:
+        if not self.has(key):
+            return None
+        value = self.value[key]
+        if not isinstance(value, list | tuple):
+            raise SpecError(self.at(key), f"must be an array, not {_type_name(value)}")
+        if len(value) < min_items:
+            raise SpecError(
+                self.at(key), f"must have at least {min_items} item{'s' if min_items > 1 else ''}"
+            )
+        if len(value) > max_items:
+            raise SpecError(self.at(key), f"must have at most {max_items} items")
+        return list(value)
+
+    def str_list(
+        self,
+        key: str,
+        *,
+        max_items: int,
+        max_length: int,
+        pattern: re.Pattern[str] | None = None,
+        pattern_message: str = "",
+        unique: bool = False,
+    ) -> tuple[str, ...]:
+        items = self.array(key, max_items=max_items) or []
+        out: list[str] = []
+        for i, item in enumerate(items):
+            path = f"{self.at(key)}[{i}]"
+            text = _check_str(item, path, pattern, pattern_message, max_length, ())
+            if unique and text in out:
+                raise SpecError(path, f"duplicate value {text!r}")
+            out.append(text)
+        return tuple(out)
+
+    def str_map(self, key: str, *, max_properties: int) -> dict[str, str]:
+        value = self.free_obj(key) or {}
+        if len(value) > max_properties:
+            raise SpecError(self.at(key), f"must have at most {max_properties} entries")
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            if not isinstance(v, str):
+                raise SpecError(f"{self.at(key)}.{k}", f"must be a string, not {_type_name(v)}")
+            out[str(k)] = v
+        return out
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check_str(
+    value: object,
+    path: str,
+    pattern: re.Pattern[str] | None,
+    pattern_message: str,
+    max_length: int,
+    choices: Sequence[str],
+) -> str:
+    if not isinstance(value, str):
+        raise SpecError(path, f"must be a string, not {_type_name(value)}")
+    if choices and value not in choices:
+        raise SpecError(path, f"must be one of {', '.join(choices)} (got {value!r})")
+    if value == "":
+        raise SpecError(path, "must not be empty")
+    if len(value) > max_length:
+        raise SpecError(path, f"must be at most {max_length} characters (got {len(value)})")
+    if pattern is not None and not pattern.match(value):
+        raise SpecError(path, f"{pattern_message} (got {value!r})")
+    return value
+
+
+def _check_int(value: object, path: str, minimum: int, maximum: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(path, f"must be an integer, not {_type_name(value)}")
+    if not minimum <= value <= maximum:
+        if maximum >= MAX_TIMEOUT_SECONDS:
+            raise SpecError(path, f"must be at least {minimum} (got {value})")
+        raise SpecError(path, f"must be between {minimum} and {maximum} (got {value})")
+    return value
+
+
+_DNS_LABEL_MSG = (
+    "must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit"
+)
+_DNS_SUBDOMAIN_MSG = (
+    "must be a DNS subdomain: lowercase letters, digits, '-' and '.', "
+    "starting and ending with a letter or digit"
+)
+_URL_MSG = "must be an http:// or https:// URL with a host"
+_PORT = {"minimum": 1, "maximum": 65535}
+_HOST_MSG = "must be a host name or IP address without spaces"
+
+
+def _name(o: _Obj, key: str = "name") -> str:
+    return o.req_str(key, pattern=DNS_SUBDOMAIN_RE, pattern_message=_DNS_SUBDOMAIN_MSG)
+
+
+def _key_ref(o: _Obj | None) -> KeyRef | None:
+    if o is None:
+        return None
+    return KeyRef(
+        name=_name(o),
+        key=o.req_str(
+            "key", pattern=CONFIG_KEY_RE, pattern_message="must consist of letters, digits, '-', '_' or '.'"
+        ),
+    )
+
+
+def _keys(o: _Obj) -> tuple[str, ...]:
+    return o.str_list(
+        "keys",
+        max_items=64,
+        max_length=253,
+        pattern=CONFIG_KEY_RE,
+        pattern_message="must consist of letters, digits, '-', '_' or '.'",
+        unique=True,
+    )
+
+
+def _parse_tcp(o: _Obj) -> TCPCheck:
+    return TCPCheck(
+        host=o.req_str("host", pattern=NO_SPACE_RE, pattern_message=_HOST_MSG),
+        port=o.req_int("port", **_PORT),
+    )
+
+
+def _parse_redis(o: _Obj) -> RedisCheck:
+    return RedisCheck(
+        host=o.req_str("host", pattern=NO_SPACE_RE, pattern_message=_HOST_MSG),
+        port=o.opt_int("port", default=6379, **_PORT) or 6379,
+        password_secret_ref=_key_ref(o.obj("passwordSecretRef", ("name", "key"))),
+        tls=o.flag("tls"),
+    )
+
+
+def _parse_http(o: _Obj) -> HTTPCheck:
+    url = o.req_str("url", pattern=URL_RE, pattern_message=_URL_MSG, max_length=2048)
+    codes = o.array("expectStatus", min_items=1, max_items=32)
+    expect: list[int] = []
+    for i, code in enumerate(codes or [200]):
+        path = f"{o.at('expectStatus')}[{i}]"
+        value = _check_int(code, path, 100, 599)
+        if value in expect:
+            raise SpecError(path, f"duplicate value {value}")
+        expect.append(value)
+    headers: list[HTTPHeader] = []
+    for i, item in enumerate(o.array("headers", max_items=32) or []):
+        h = _Obj(item, f"{o.at('headers')}[{i}]", ("name", "value"))
+        headers.append(
+            HTTPHeader(
+                name=h.req_str(
+                    "name",
+                    pattern=HEADER_NAME_RE,
+                    pattern_message="must be an HTTP header name (a token)",
+                    max_length=256,
+                ),
+                value=_header_value(h),
+            )
+        )
+    return HTTPCheck(
+        url=url,
+        expect_status=tuple(expect),
+        ca_config_map=_key_ref(o.obj("caConfigMap", ("name", "key"))),
+        headers=tuple(headers),
+        insecure_skip_verify=o.flag("insecureSkipVerify"),
+    )
+
+
+def _header_value(h: _Obj) -> str:
+    value = h.raw("value")
+    path = h.at("value")
+    if value is None:
+        raise SpecError(path, "required")
+    if not isinstance(value, str):
+        raise SpecError(path, f"must be a string, not {_type_name(value)}")
+    if len(value) > 4096:
+        raise SpecError(path, f"must be at most 4096 characters (got {len(value)})")
+    if "\r" in value or "\n" in value:
+        raise SpecError(path, "must not contain line breaks")
+    return value
+
+
+def _parse_dns(o: _Obj) -> DNSCheck:
+    return DNSCheck(
+        name=o.req_str("name", pattern=NO_SPACE_RE, pattern_message="must be a DNS name without spaces")
+    )
+
+
+def _parse_service(o: _Obj) -> ServiceCheck:
+    return ServiceCheck(
+        name=o.req_str("name", pattern=DNS_LABEL_RE, pattern_message=_DNS_LABEL_MSG, max_length=63),
+        min_ready_endpoints=o.opt_int("minReadyEndpoints", default=1, minimum=0, maximum=MAX_TIMEOUT_SECONDS)
+        or 0,
+    )
+
+
+def _parse_job(o: _Obj) -> JobCheck:
+    return JobCheck(name=_name(o))
+
+
+def _parse_secret(o: _Obj) -> SecretCheck:
+    return SecretCheck(name=_name(o), keys=_keys(o))
+
+
+def _parse_config_map(o: _Obj) -> ConfigMapCheck:
+    return ConfigMapCheck(name=_name(o), keys=_keys(o))
+
+
+def _parse_workload(o: _Obj) -> WorkloadCheck:
+    return WorkloadCheck(
+        kind=o.req_str("kind", choices=WORKLOAD_KINDS),
+        name=_name(o),
+        min_available=o.opt_int("minAvailable", default=1, minimum=0, maximum=MAX_TIMEOUT_SECONDS) or 0,
+    )
+
+
+def _parse_resource(o: _Obj) -> ResourceCheck:
+    return ResourceCheck(
+        api_version=o.req_str(
+            "apiVersion", pattern=API_VERSION_RE, pattern_message="must be <group>/<version> or v1"
+        ),
+        kind=o.req_str("kind", pattern=KIND_RE, pattern_message="must be a kind in CamelCase", max_length=63),
+        name=_name(o),
+        condition=o.opt_str(
+            "condition",
+            default="Ready",
+            pattern=KIND_RE,
+            pattern_message="must be a condition type in CamelCase",
+            max_length=316,
+        )
+        or "Ready",
+        status=o.opt_str("status", default="True", choices=CONDITION_STATUSES) or "True",
+    )
+
+
+def _parse_download(o: _Obj) -> DownloadTask:
+    url = o.req_str("url", pattern=URL_RE, pattern_message=_URL_MSG, max_length=2048)
+    sha = o.req_str(
+        "sha256", pattern=SHA256_RE, pattern_message="must be 64 lowercase hexadecimal digits", max_length=64
+    )
+    path = o.req_str("path", max_length=1024)
+    if path.startswith("/") or DOTDOT_RE.search(path):
+        raise SpecError(
+            o.at("path"), f"must be a relative path inside the shared volume, without '..' (got {path!r})"
+        )
+    return DownloadTask(url=url, sha256=sha, path=path)
+
+
+_COMMAND_FIELDS = (
+    "image",
+    "fromContainer",
+    "command",
+    "args",
+    "env",
+    "workingDir",
+    "resources",
+    "securityContext",
+    *FORBIDDEN_COMMAND_FIELDS,
+)
+
+
+def _parse_command(o: _Obj) -> CommandTask:
+    for key in FORBIDDEN_COMMAND_FIELDS:
+        if key in o.value:
+            raise SpecError(o.at(key), FORBIDDEN_COMMAND_MESSAGE)
+    image = o.opt_str(
+        "image",
+        pattern=NO_SPACE_RE,
+        pattern_message="must be an image reference without spaces",
+        max_length=1024,
+    )
+    source = o.opt_str("fromContainer", pattern=DNS_LABEL_RE, pattern_message=_DNS_LABEL_MSG, max_length=63)
+    if (image is None) == (source is None):
+        raise SpecError(
+            o.path,
+            "exactly one of image or fromContainer must be set"
+            + (" (found both)" if image else " (found neither)"),
+        )
+    command = o.str_list("command", max_items=1024, max_length=32768)
+    args = o.str_list("args", max_items=1024, max_length=32768)
+    if not command and not args:
+        raise SpecError(
+            o.path,
+            "command or args must be set: without them the init container would run the "
+            "image's own entrypoint (your app), which never completes",
+        )
+    env: list[Mapping[str, Json]] = []
+    for i, item in enumerate(o.array("env", max_items=256) or []):
+        e = _Obj(item, f"{o.at('env')}[{i}]", ("name", "value", "valueFrom"))
+        env_name = e.req_str("name", max_length=1024)
+        if any(prev["name"] == env_name for prev in env):
+            raise SpecError(e.at("name"), f"duplicate name {env_name!r}")
+        if e.has("value") and not isinstance(e.raw("value"), str):
+            raise SpecError(e.at("value"), f"must be a string, not {_type_name(e.raw('value'))}")
+        e.free_obj("valueFrom")
+        env.append(dict(item))
+    return CommandTask(
+        image=image,
+        from_container=source,
+        command=command,
+        args=args,
+        env=tuple(env),
+        working_dir=o.opt_str("workingDir", max_length=4096),
+        resources=o.free_obj("resources"),
+        security_context=o.free_obj("securityContext"),
+    )
+
+
+_PARSERS: Final[Mapping[str, Any]] = {
+    "tcp": (("host", "port"), _parse_tcp),
+    "redis": (("host", "port", "passwordSecretRef", "tls"), _parse_redis),
+    "http": (("url", "expectStatus", "caConfigMap", "headers", "insecureSkipVerify"), _parse_http),
+    "dns": (("name",), _parse_dns),
+    "service": (("name", "minReadyEndpoints"), _parse_service),
+    "job": (("name",), _parse_job),
+    "secret": (("name", "keys"), _parse_secret),
+    "configMap": (("name", "keys"), _parse_config_map),
+    "workload": (("kind", "name", "minAvailable"), _parse_workload),
+    "resource": (("apiVersion", "kind", "name", "condition", "status"), _parse_resource),
+    "download": (("url", "sha256", "path"), _parse_download),
+    "command": (_COMMAND_FIELDS, _parse_command),
+}
+
+
+def _parse_precondition(value: object, path: str) -> Precondition:
+    o = _Obj(value, path, ("name", "timeoutSeconds", "periodSeconds", *TYPES))
+    name = o.req_str(
+        "name",
+        pattern=DNS_LABEL_RE,
+        max_length=MAX_NAME_LENGTH,
+        pattern_message=_DNS_LABEL_MSG + f", at most {MAX_NAME_LENGTH} characters",
+    )
+    found = [t for t in TYPES if t in o.value]
+    if len(found) != 1:
+        got = "none" if not found else " and ".join(found)
+        raise SpecError(path, f"exactly one of {', '.join(TYPES)} must be set (found {got})")
+    kind = found[0]
+    timeout = o.opt_int("timeoutSeconds", default=None, minimum=0, maximum=MAX_TIMEOUT_SECONDS)
+    period = o.opt_int("periodSeconds", default=None, minimum=1, maximum=MAX_PERIOD_SECONDS)
+    if kind == "command" and (timeout is not None or period is not None):
+        key = "timeoutSeconds" if timeout is not None else "periodSeconds"
+        raise SpecError(
+            o.at(key),
+            "not allowed on a command precondition: it runs your own command, not "
+            "depgate's waiter (put a timeout in the command itself)",
+        )
+    allowed, parse = _PARSERS[kind]
+    body = parse(o.req_obj(kind, allowed))
+    return Precondition(name=name, type=kind, body=body, timeout_seconds=timeout, period_seconds=period)
+
+
+def _parse_selector(o: _Obj) -> Selector:
+    labels = o.str_map("matchLabels", max_properties=64)
+    for k, v in labels.items():
+        _check_label(o.at("matchLabels"), k, v)
+    reqs: list[LabelSelectorRequirement] = []
+    for i, item in enumerate(o.array("matchExpressions", max_items=64) or []):
+        r = _Obj(item, f"{o.at('matchExpressions')}[{i}]", ("key", "operator", "values"))
+        key = r.req_str("key", pattern=LABEL_KEY_RE, pattern_message="must be a label key", max_length=317)
+        op = r.req_str("operator", choices=SELECTOR_OPERATORS)
+        values = r.str_list(
+            "values",
+            max_items=256,
+            max_length=63,
+            pattern=LABEL_VALUE_RE,
+            pattern_message="must be a label value",
+        )
+        if op in ("In", "NotIn") and not values:
+            raise SpecError(r.at("values"), f"must not be empty when operator is {op}")
+        if op in ("Exists", "DoesNotExist") and values:
+            raise SpecError(r.at("values"), f"must be empty when operator is {op}")
+        reqs.append(LabelSelectorRequirement(key=key, operator=op, values=values))
+    if not labels and not reqs:
+        raise SpecError(
+            o.path,
+            "must have at least one matchLabels entry or matchExpressions requirement "
+            "(an empty selector would gate every Deployment of the namespace)",
+        )
+    return Selector(match_labels=labels, match_expressions=tuple(reqs))
+
+
+def _check_label(path: str, key: str, value: str) -> None:
+    # Label keys are left to the API server (the CRD cannot check map keys cheaply); values are checked.
+    if len(value) > 63 or not LABEL_VALUE_RE.match(value):
+        raise SpecError(f"{path}.{key}", f"must be a label value of at most 63 characters (got {value!r})")
+
+
+def _parse_template(o: _Obj) -> Template:
+    meta = o.obj("metadata", ("name", "labels", "annotations"))
+    name = None
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    if meta is not None:
+        name = meta.opt_str("name", pattern=DNS_SUBDOMAIN_RE, pattern_message=_DNS_SUBDOMAIN_MSG)
+        labels = meta.str_map("labels", max_properties=256)
+        for k, v in labels.items():
+            _check_label(meta.at("labels"), k, v)
+        annotations = meta.str_map("annotations", max_properties=256)
+    spec = o.free_obj("spec")
+    if spec is None:
+        raise SpecError(o.at("spec"), "required")
+    return Template(metadata=TemplateMetadata(name=name, labels=labels, annotations=annotations), spec=spec)
+
+
+_TARGETS: Final = ("workloadRef", "selector", "template")
+_SPEC_FIELDS: Final = (*_TARGETS, "placement", "defaults", "sharedVolume", "preconditions")
+
+
+def parse_policy(obj: Mapping[str, Any]) -> Policy:
+    """A DependencyPolicy object (apiVersion, kind, metadata, spec[, status]) -> a validated Policy.
+
+    Raises SpecError naming the first offending field, in document order.
+    """
+    if not isinstance(obj, Mapping):
+        raise SpecError("", f"a DependencyPolicy must be an object, not {_type_name(obj)}")
+    if obj.get("apiVersion") not in (None, API_VERSION):
+        raise SpecError("apiVersion", f"must be {API_VERSION} (got {obj.get('apiVersion')!r})")
+    if obj.get("kind") not in (None, KIND):
+        raise SpecError("kind", f"must be {KIND} (got {obj.get('kind')!r})")
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        raise SpecError("metadata", "required")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise SpecError("metadata.name", "required")
+    if len(name) > 253 or not DNS_SUBDOMAIN_RE.match(name):
+        raise SpecError("metadata.name", _DNS_SUBDOMAIN_MSG)
+    namespace = meta.get("namespace")
+    uid = meta.get("uid")
+    generation = meta.get("generation")
+
+    spec = _Obj(obj.get("spec"), "spec", _SPEC_FIELDS) if obj.get("spec") is not None else None
+    if spec is None:
+        raise SpecError("spec", "required")
+
+    found = [t for t in _TARGETS if spec.has(t)]
+    if len(found) != 1:
+        got = "none" if not found else " and ".join(found)
+        raise SpecError("spec", f"exactly one of workloadRef, selector or template must be set (found {got})")
+    target: Target
+    if found[0] == "workloadRef":
+        ref = spec.req_obj("workloadRef", ("kind", "name"))
+        target = WorkloadRef(
+            kind=ref.opt_str("kind", default="Deployment", choices=("Deployment",)) or "Deployment",
+            name=_name(ref),
+        )
+    elif found[0] == "selector":
+        target = _parse_selector(spec.req_obj("selector", ("matchLabels", "matchExpressions")))
+    else:
+        target = _parse_template(spec.req_obj("template", ("metadata", "spec")))
+
+    placement = spec.opt_str("placement", default="BeforeExisting", choices=PLACEMENTS) or "BeforeExisting"
+
+    d = spec.obj("defaults", ("timeoutSeconds", "periodSeconds", "resources", "securityContext"))
+    defaults = Defaults()
+    if d is not None:
+        defaults = Defaults(
+            timeout_seconds=d.opt_int("timeoutSeconds", default=0, minimum=0, maximum=MAX_TIMEOUT_SECONDS)
+            or 0,
+            period_seconds=d.opt_int("periodSeconds", default=1, minimum=1, maximum=MAX_PERIOD_SECONDS) or 1,
+            resources=d.free_obj("resources"),
+            security_context=d.free_obj("securityContext"),
+        )
+
+    sv = spec.obj("sharedVolume", ("mountPath", "sizeLimit"))
+    shared = SharedVolume()
+    if sv is not None:
+        mount_path = sv.opt_str("mountPath", default="/depgate/shared", max_length=1024) or "/depgate/shared"
+        if not mount_path.startswith("/") or ":" in mount_path or DOTDOT_RE.search(mount_path):
+            raise SpecError(
+                sv.at("mountPath"), f"must be an absolute path without ':' or '..' (got {mount_path!r})"
+            )
+        size = sv.raw("sizeLimit")
+        if size is not None and (
+            isinstance(size, bool) or not isinstance(size, str | int) or not QUANTITY_RE.match(str(size))
+        ):
+            raise SpecError(sv.at("sizeLimit"), f"must be a quantity such as 64Mi (got {size!r})")
+        shared = SharedVolume(mount_path=mount_path, size_limit=size)
+
+    items = spec.array("preconditions", min_items=1, max_items=MAX_PRECONDITIONS)
+    if items is None:
+        raise SpecError("spec.preconditions", "required")
+    preconditions: list[Precondition] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        path = f"spec.preconditions[{i}]"
+        pre = _parse_precondition(item, path)
+        if pre.name in seen:
+            raise SpecError(
+                f"{path}.name", f"duplicate name {pre.name!r} (also spec.preconditions[{seen[pre.name]}])"
+            )
+        seen[pre.name] = i
+        preconditions.append(pre)
+
+    return Policy(
+        name=name,
+        namespace=namespace if isinstance(namespace, str) and namespace else None,
+        uid=uid if isinstance(uid, str) and uid else None,
+        generation=generation if isinstance(generation, int) and not isinstance(generation, bool) else None,
+        target=target,
+        placement=placement,
+        defaults=defaults,
+        shared_volume=shared,
+        preconditions=tuple(preconditions),
+    )

@@ -1,0 +1,67 @@
+# depgate — the two commands a fresh machine needs: `make run` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: run test deps system-deps plane checks unit waiter integration lint typecheck importlint \
+        bench down lock clean image-lint
+
+## make run: bring up the local plane (or use $KUBECONFIG with USE_EXISTING_CLUSTER=true), install the
+## CRD, apply examples/microservices, and run the operator in the foreground.
+run: deps
+	@$(BIN)/python -m depgate.dev.demo
+
+## make test: install what the suite needs, then lint, type-check, and run every test.
+test: deps system-deps checks
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+deps: $(STAMP)
+
+## Debian packages the tests use: redis-server (waiter tests), openssl (plane and TLS tests).
+system-deps:
+	@missing=""; for b in redis-server openssl; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl >/dev/null; \
+	fi
+	@if [ "$${USE_EXISTING_CLUSTER:-}" != "true" ] && [ -z "$${KUBEBUILDER_ASSETS:-}" ]; then $(BIN)/depgate dev build; fi
+
+checks: lint typecheck importlint
+
+lint: deps
+	$(BIN)/ruff check operator tests bench
+
+typecheck: deps
+	$(BIN)/mypy
+
+importlint: deps
+	$(BIN)/lint-imports
+
+unit: deps
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
+
+waiter: deps system-deps
+	$(BIN)/pytest -q -p no:cacheprovider tests/waiter
+
+integration: deps system-deps
+	$(BIN)/pytest -q -p no:cacheprovider tests/integration
+
+down: deps
+	$(BIN)/depgate dev down
+
+lock:
+	rm -rf /tmp/depgate-lock && $(PY) -m venv /tmp/depgate-lock && /tmp/depgate-lock/bin/pip install -q '.[dev]' && \
+	  (echo "# Pinned transitive set for 'pip install -c requirements.lock -e .[dev]'. Regenerate with 'make lock'."; \
+	   /tmp/depgate-lock/bin/pip freeze --exclude-editable | grep -v '^depgate') > requirements.lock
+
+clean:
+	rm -rf $(VENV) build dist operator/*.egg-info .pytest_cache .mypy_cache .ruff_cache

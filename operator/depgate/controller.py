@@ -1,0 +1,402 @@
+"""One reconcile of one policy: read what it names, decide with the pure core, write what changed.
+
+Level-triggered: every call starts from the live objects, so it is safe to call any number of
+times, after any crash, in any order. A reconcile with nothing to change sends no write.
+
+    policy YAML --spec.parse_policy--> Policy
+    Policy + live Deployment --render.rendered / apply_body--> server-side apply (field manager depgate)
+    dependency objects --verdicts.judge_*--> Verdict per api precondition
+    verdicts + pods --status.compute_status--> .status (written whole, only when it changed)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from depgate import render, spec, status, verdicts
+from depgate.kube import Gone, Kube
+
+log = logging.getLogger("depgate.controller")
+
+APPLIED_HASH = "depgate.io/applied"
+WAIT_ROLE_PREFIX = "depgate-wait-"
+Dep = tuple[str, str, str]  # (kind or apiVersion/kind, namespace, name): what a policy watches
+
+
+@dataclass
+class Outcome:
+    """What one reconcile learned, for the event wiring (which objects should wake this policy)."""
+
+    targets: list[str] = field(default_factory=list)
+    deps: set[Dep] = field(default_factory=set)
+    custom: set[tuple[str, str, str, str]] = field(default_factory=set)  # (apiVersion, kind, ns, name)
+    selector: spec.Selector | None = None
+    requeue_after: float | None = None
+    writes: int = 0
+    status_written: bool = False
+    result: str = "ok"  # ok | invalid | conflict | error
+
+
+def body_hash(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _subset(want: Any, have: Any) -> bool:
+    """True when every field of `want` is in `have` with the same value (server defaults ignored)."""
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(k in have and _subset(v, have[k]) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(want) == len(have) and all(_subset(w, h) for w, h in zip(want, have))
+    return bool(want == have)
+
+
+def _pod(dep: Mapping[str, Any]) -> Mapping[str, Any]:
+    return ((dep.get("spec") or {}).get("template") or {}).get("spec") or {}
+
+
+def _names(items: Sequence[Any] | None) -> list[str]:
+    return [i.get("name") for i in items or [] if isinstance(i, Mapping)]
+
+
+def up_to_date(live: Mapping[str, Any], desired: Mapping[str, Any], applied_hash: str) -> bool:
+    """Nothing to write: our last apply is the one we would send now, and nobody undid it."""
+    ann = (live.get("metadata") or {}).get("annotations") or {}
+    if ann.get(APPLIED_HASH) != applied_hash or ann.get(render.ANNOTATION) != desired["metadata"]["annotations"][
+        render.ANNOTATION
+    ]:
+        return False
+    lp, dp = _pod(live), _pod(desired)
+    if _names(lp.get("initContainers")) != _names(dp.get("initContainers")):
+        return False
+    live_inits = {c["name"]: c for c in lp.get("initContainers") or []}
+    for c in dp.get("initContainers") or []:
+        if render.is_ours(c.get("name")) and not _subset(c, live_inits.get(c["name"])):
+            return False
+    live_vols = {v["name"]: v for v in lp.get("volumes") or []}
+    for v in dp.get("volumes") or []:
+        if render.is_ours(v.get("name")) and not _subset(v, live_vols.get(v["name"])):
+            return False
+    for v in lp.get("volumes") or []:
+        if render.is_ours(v.get("name")) and v["name"] not in {x["name"] for x in dp.get("volumes") or []}:
+            return False
+    live_containers = {c["name"]: c for c in lp.get("containers") or []}
+    for c in dp.get("containers") or []:
+        have = {m.get("mountPath"): m for m in (live_containers.get(c["name"]) or {}).get("volumeMounts") or []}
+        for m in c.get("volumeMounts") or []:
+            if render.is_ours(m.get("name")) and not _subset(m, have.get(m.get("mountPath"))):
+                return False
+    return True
+
+
+def _ordered_body(body: dict[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The apply body with the user's init containers named (key only) where placement wants them:
+    structured-merge-diff then orders the whole list by it in the same write."""
+    ordered = copy.deepcopy(body)
+    ours = {c["name"]: c for c in ordered["spec"]["template"]["spec"]["initContainers"]}
+    ordered["spec"]["template"]["spec"]["initContainers"] = [
+        ours.get(n) or {"name": n} for n in _names(_pod(desired).get("initContainers"))
+    ]
+    return ordered
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, config: render.RenderConfig,
+                 policy_exists: Callable[[str, str], bool] | None = None,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.kube = kube
+        self.config = config
+        self.policy_exists = policy_exists or self._policy_exists_live
+        self.now = now
+
+    def _policy_exists_live(self, namespace: str, name: str) -> bool:
+        return self.kube.get(render.API_VERSION, render.KIND, namespace, name) is not None
+
+    # ------------------------------------------------------------------ the reconcile
+
+    def reconcile(self, obj: Mapping[str, Any], *, cycle: str | None = None) -> Outcome:
+        out = Outcome()
+        md = obj.get("metadata") or {}
+        ns, name = md["namespace"], md["name"]
+        prior = obj.get("status") or {}
+        generation = int(md.get("generation") or 0)
+        try:
+            policy = spec.parse_policy(obj)
+        except spec.SpecError as e:
+            out.result = "invalid"
+            self._write_status(obj, out, generation, prior, [], {}, [], list(prior.get("targets") or []),
+                               status.AppliedState(False, "InvalidSpec", "the spec is invalid; nothing was applied"),
+                               status.Stalled("InvalidSpec", str(e)))
+            return out
+
+        out.deps = self._deps(policy, ns)
+        infos = [status.PreconditionInfo(p.name, p.type) for p in policy.preconditions]
+        stalled: status.Stalled | None = None
+        problems: list[tuple[str, str]] = []  # (reason, message) that keep Applied False
+        deployments: list[dict[str, Any]] = []
+
+        target = policy.target
+        if isinstance(target, spec.WorkloadRef):
+            dep = self.kube.get("apps/v1", "Deployment", ns, target.name)
+            if dep is None:
+                problems.append(("TargetNotFound", f"deployment {target.name} not found; depgate applies as soon "
+                                                   "as it appears"))
+            else:
+                deployments.append(dep)
+        elif isinstance(target, spec.Selector):
+            out.selector = target
+            deployments = [d for d in self.kube.list("apps/v1", "Deployment", ns)
+                           if target.matches((d.get("metadata") or {}).get("labels"))]
+            if not deployments:
+                problems.append(("TargetNotFound", "no Deployment in the namespace matches spec.selector"))
+        else:
+            dep = self._reconcile_template(policy, obj, out, problems)
+            if dep is not None:
+                deployments.append(dep)
+
+        applied_to: list[dict[str, Any]] = []
+        for dep in deployments:
+            dname = dep["metadata"]["name"]
+            out.targets.append(dname)
+            claim = ((dep["metadata"].get("annotations") or {}).get(render.ANNOTATION))
+            if claim and claim != name and self.policy_exists(ns, claim):
+                out.result = "conflict"
+                msg = f"deployment {dname} is already gated by DependencyPolicy {claim}; this policy leaves it alone"
+                problems.append(("Conflict", msg))
+                stalled = stalled or status.Stalled("Conflict", msg)
+                continue
+            if isinstance(target, spec.Template):
+                applied_to.append(dep)
+                continue
+            errors = render.render_errors(policy, dep, self.config)
+            if errors:
+                problems.append((errors[0].reason, "; ".join(str(e) for e in errors)))
+                continue
+            try:
+                live = self._apply_to(policy, dep, out)
+            except Gone as e:
+                log.info("%s/%s: %s; will retry", ns, name, e)
+                out.requeue_after = 0.2
+                problems.append(("Retrying", str(e)))
+                continue
+            applied_to.append(live)
+
+        self._release_dropped(ns, name, prior, set(out.targets), out)
+        if any(p.group == "api" for p in policy.preconditions) and applied_to:
+            self._ensure_wait_rbac(obj, policy, applied_to, out)
+
+        verdict_map = self._verdicts(policy, ns, prior, out)
+        pods = self._pods(ns, applied_to)
+        if cycle and stalled is None:
+            stalled = status.Stalled("DependencyCycle", cycle)
+        if problems:
+            reason, message = problems[0]
+            applied = status.AppliedState(False, reason, message)
+        else:
+            n = len(applied_to)
+            applied = status.AppliedState(True, "Applied", f"init containers in place on {n} Deployment"
+                                          + ("s" if n != 1 else ""))
+        self._write_status(obj, out, generation, prior, infos, verdict_map, pods, out.targets, applied, stalled)
+        return out
+
+    # ------------------------------------------------------------------ targets
+
+    def _apply_to(self, policy: spec.Policy, dep: dict[str, Any], out: Outcome) -> dict[str, Any]:
+        desired = render.rendered(policy, dep, self.config)
+        body = render.apply_body(policy, dep, self.config)
+        h = body_hash(body)
+        if up_to_date(dep, desired, h):
+            return dep
+        body["metadata"]["annotations"][APPLIED_HASH] = h
+        body["metadata"]["resourceVersion"] = dep["metadata"]["resourceVersion"]
+        theirs = [n for n in _names(_pod(dep).get("initContainers")) if not render.is_ours(n)]
+        want = _names(_pod(desired).get("initContainers"))
+        predicted = render.ssa_merged_order(_names(_pod(dep).get("initContainers")),
+                                            _names(body["spec"]["template"]["spec"]["initContainers"]))
+        if theirs and predicted != want:
+            live = self.kube.apply(_ordered_body(body, desired))
+            out.writes += 1
+            body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+        live = self.kube.apply(body)  # (again) with ours only: the user's entries stay theirs alone
+        out.writes += 1
+        patch = render.placement_patch(policy, live)
+        if patch:
+            live = self.kube.json_patch("apps/v1", "Deployment", live["metadata"]["namespace"],
+                                        live["metadata"]["name"], patch) or live
+            out.writes += 1
+        return live
+
+    def _reconcile_template(self, policy: spec.Policy, obj: Mapping[str, Any], out: Outcome,
+                            problems: list[tuple[str, str]]) -> dict[str, Any] | None:
+        ns = obj["metadata"]["namespace"]
+        want = render.rendered_template(policy, self.config, render.owner_reference(policy))
+        dname = want["metadata"]["name"]
+        live = self.kube.get("apps/v1", "Deployment", ns, dname)
+        if live is not None:
+            owners = (live.get("metadata") or {}).get("ownerReferences") or []
+            if not any(o.get("uid") == obj["metadata"].get("uid") for o in owners):
+                problems.append(("Conflict", f"deployment {dname} exists and is not owned by this policy; "
+                                             "depgate never takes over a Deployment it did not create"))
+                return None
+        h = body_hash(want)
+        if live is not None and up_to_date(live, want, h) and _subset(want["spec"], live.get("spec")):
+            return live
+        want["metadata"].setdefault("annotations", {})[APPLIED_HASH] = h
+        want["metadata"]["namespace"] = ns
+        live = self.kube.apply(want)
+        out.writes += 1
+        return live
+
+    def _release_dropped(self, ns: str, name: str, prior: Mapping[str, Any], current: set[str], out: Outcome) -> None:
+        for dname in prior.get("targets") or []:
+            if dname not in current:
+                if self.release(ns, name, dname):
+                    out.writes += 1
+
+    def release(self, ns: str, policy_name: str, dname: str) -> bool:
+        """Remove everything depgate applied to one Deployment (only if this policy claims it)."""
+        dep = self.kube.get("apps/v1", "Deployment", ns, dname)
+        if dep is None:
+            return False
+        if ((dep["metadata"].get("annotations") or {}).get(render.ANNOTATION)) != policy_name:
+            return False
+        owners = dep["metadata"].get("ownerReferences") or []
+        if any(o.get("kind") == render.KIND for o in owners):
+            return False  # template mode: garbage collection removes it
+        # An apply that names nothing gives up every field depgate owned: our init containers,
+        # volumes, mounts and annotations go; the user's fields stay.
+        try:
+            self.kube.apply({"apiVersion": "apps/v1", "kind": "Deployment",
+                             "metadata": {"name": dname, "namespace": ns,
+                                          "resourceVersion": dep["metadata"]["resourceVersion"]}})
+        except Gone:
+            return False
+        return True
+
+    def _ensure_wait_rbac(self, obj: Mapping[str, Any], policy: spec.Policy, deployments: list[dict[str, Any]],
+                          out: Outcome) -> None:
+        """A Role that can read this one policy, bound to the targets' ServiceAccounts, owned by the policy."""
+        md = obj["metadata"]
+        ns, name = md["namespace"], md["name"]
+        rname = f"{WAIT_ROLE_PREFIX}{name}"[:253]
+        owner = [{"apiVersion": render.API_VERSION, "kind": render.KIND, "name": name, "uid": md.get("uid"),
+                  "controller": True, "blockOwnerDeletion": True}]
+        rules = [{"apiGroups": ["depgate.io"], "resources": ["dependencypolicies"], "resourceNames": [name],
+                  "verbs": ["get", "list", "watch"]}]
+        sas = sorted({_pod(d).get("serviceAccountName") or "default" for d in deployments})
+        subjects = [{"kind": "ServiceAccount", "name": sa, "namespace": ns} for sa in sas]
+        role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": rname, "namespace": ns, "ownerReferences": owner,
+                             "labels": {"app.kubernetes.io/managed-by": "depgate"}},
+                "rules": rules}
+        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": rname, "namespace": ns, "ownerReferences": owner,
+                                "labels": {"app.kubernetes.io/managed-by": "depgate"}},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": rname},
+                   "subjects": subjects}
+        for want in (role, binding):
+            live = self.kube.get(want["apiVersion"], want["kind"], ns, rname)
+            if live is not None and _subset({k: v for k, v in want.items() if k != "metadata"}, live) \
+                    and _subset(want["metadata"], live.get("metadata")):
+                continue
+            self.kube.apply(want)
+            out.writes += 1
+
+    # ------------------------------------------------------------------ verdicts and pods
+
+    @staticmethod
+    def _deps(policy: spec.Policy, ns: str) -> set[Dep]:
+        deps: set[Dep] = set()
+        for p in policy.preconditions:
+            b = p.body
+            if isinstance(b, spec.ServiceCheck):
+                deps.add(("Service", ns, b.name))
+            elif isinstance(b, spec.JobCheck):
+                deps.add(("Job", ns, b.name))
+            elif isinstance(b, spec.SecretCheck):
+                deps.add(("Secret", ns, b.name))
+            elif isinstance(b, spec.ConfigMapCheck):
+                deps.add(("ConfigMap", ns, b.name))
+            elif isinstance(b, spec.WorkloadCheck):
+                deps.add((b.kind, ns, b.name))
+            elif isinstance(b, spec.ResourceCheck):
+                deps.add((f"{b.api_version}/{b.kind}", ns, b.name))
+        return deps
+
+    def _verdicts(self, policy: spec.Policy, ns: str, prior: Mapping[str, Any], out: Outcome) -> dict[str, verdicts.Verdict]:
+        prior_entries = {e.get("name"): e for e in prior.get("preconditions") or [] if isinstance(e, Mapping)}
+        result: dict[str, verdicts.Verdict] = {}
+        for p in policy.preconditions:
+            b = p.body
+            if isinstance(b, spec.ServiceCheck):
+                svc = self.kube.get("v1", "Service", ns, b.name)
+                slices = self.kube.list("discovery.k8s.io/v1", "EndpointSlice", ns,
+                                        label_selector=f"{verdicts.SERVICE_NAME_LABEL}={b.name}") if svc else []
+                result[p.name] = verdicts.judge_service(b.name, svc, slices, b.min_ready_endpoints)
+            elif isinstance(b, spec.JobCheck):
+                remembered = (prior_entries.get(p.name) or {}).get("satisfiedUID")
+                result[p.name] = verdicts.judge_job(b.name, self.kube.get("batch/v1", "Job", ns, b.name), remembered)
+            elif isinstance(b, spec.SecretCheck):
+                result[p.name] = verdicts.judge_keys("Secret", b.name, self.kube.get("v1", "Secret", ns, b.name), b.keys)
+            elif isinstance(b, spec.ConfigMapCheck):
+                result[p.name] = verdicts.judge_keys("ConfigMap", b.name, self.kube.get("v1", "ConfigMap", ns, b.name),
+                                                     b.keys)
+            elif isinstance(b, spec.WorkloadCheck):
+                result[p.name] = verdicts.judge_workload(b.kind, b.name, self.kube.get("apps/v1", b.kind, ns, b.name),
+                                                         b.min_available)
+            elif isinstance(b, spec.ResourceCheck):
+                out.custom.add((b.api_version, b.kind, ns, b.name))
+                try:
+                    cr = self.kube.get(b.api_version, b.kind, ns, b.name)
+                except LookupError as e:
+                    result[p.name] = verdicts.Verdict(verdicts.BLOCKING, "KindNotServed", str(e))
+                    continue
+                result[p.name] = verdicts.judge_resource(b.api_version, b.kind, b.name, cr, b.condition, b.status)
+        return result
+
+    def _pods(self, ns: str, deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        pods: list[dict[str, Any]] = []
+        for dep in deployments:
+            sel = ((dep.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            if not sel:
+                continue
+            label_selector = ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
+            owned = {dep["metadata"]["name"]}
+            for pod in self.kube.list("v1", "Pod", ns, label_selector=label_selector):
+                if deployment_of_pod(pod) in owned:
+                    pods.append(pod)
+        return pods
+
+    # ------------------------------------------------------------------ status
+
+    def _write_status(self, obj: Mapping[str, Any], out: Outcome, generation: int, prior: Mapping[str, Any],
+                      infos: list[status.PreconditionInfo], verdict_map: Mapping[str, verdicts.Verdict],
+                      pods: list[dict[str, Any]], targets: list[str], applied: status.AppliedState,
+                      stalled: status.Stalled | None) -> None:
+        new = status.compute_status(generation=generation, prior=prior, preconditions=infos, verdicts=verdict_map,
+                                    pods=pods, targets=targets, applied=applied, stalled=stalled,
+                                    reconciling=out.requeue_after is not None, now=self.now())
+        if new == prior:
+            return
+        md = obj["metadata"]
+        self.kube.replace_status(md["namespace"], md["name"], new)
+        out.status_written = True
+        out.writes += 1
+        for ev in status.transitions(prior, new):
+            self.kube.event(obj, ev.type, ev.reason, ev.message)
+
+
+def deployment_of_pod(pod: Mapping[str, Any]) -> str | None:
+    """The Deployment a pod belongs to: its ReplicaSet owner is named <deployment>-<pod-template-hash>."""
+    md = pod.get("metadata") or {}
+    h = (md.get("labels") or {}).get("pod-template-hash")
+    for o in md.get("ownerReferences") or []:
+        if o.get("kind") == "ReplicaSet" and h and o.get("name", "").endswith(f"-{h}"):
+            return str(o["name"][: -len(h) - 1])
+    return None

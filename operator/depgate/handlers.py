@@ -1,0 +1,309 @@
+"""Kopf handlers: wire watch events to the reconcile in controller.py. Nothing is decided here.
+
+One worker (a Kopf daemon) per DependencyPolicy waits for its "dirty" flag and reconciles; every
+watched object that a policy names (its target Deployments and their pods, Services and their
+EndpointSlices, Jobs, Secrets, ConfigMaps, workloads, custom resources) sets the flag of the
+policies that name it. Bursts coalesce into one reconcile; failures back off; a slow resync
+catches anything a watch missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from depgate import GROUP, PLURAL, VERSION, metrics, spec
+from depgate.controller import Dep, Outcome, Reconciler, deployment_of_pod
+from depgate.kube import Kube
+from depgate.render import ANNOTATION, RenderConfig
+
+log = logging.getLogger("depgate")
+
+Key = tuple[str, str]  # (namespace, policy name)
+
+
+@dataclass
+class Options:
+    waiter_image: str = RenderConfig().waiter_image
+    kubeconfig: str | None = None
+    coalesce_seconds: float = 0.05
+    resync_seconds: float = 300.0
+    max_backoff_seconds: float = 60.0
+
+
+OPTIONS = Options()
+
+
+@dataclass
+class Wiring:
+    """Who wakes whom. Plain dicts, touched only from the event loop thread."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    dirty: dict[Key, asyncio.Event] = field(default_factory=dict)
+    deps: dict[Key, set[Dep]] = field(default_factory=dict)
+    by_dep: dict[Dep, set[Key]] = field(default_factory=lambda: defaultdict(set))
+    targets: dict[Key, set[str]] = field(default_factory=dict)
+    by_target: dict[tuple[str, str], set[Key]] = field(default_factory=lambda: defaultdict(set))
+    selectors: dict[Key, spec.Selector] = field(default_factory=dict)
+    policies: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
+    services: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    workload_labels: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
+    custom: dict[tuple[str, str, str, str], tuple[threading.Event, set[Key]]] = field(default_factory=dict)
+
+    def event(self, key: Key) -> asyncio.Event:
+        if key not in self.dirty:
+            self.dirty[key] = asyncio.Event()
+        return self.dirty[key]
+
+    def mark(self, keys: Iterable[Key]) -> None:
+        for k in keys:
+            if k in self.dirty:
+                self.dirty[k].set()
+
+    def mark_threadsafe(self, keys: Iterable[Key]) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.mark, list(keys))
+
+    def set_deps(self, key: Key, deps: set[Dep]) -> None:
+        for d in self.deps.get(key, set()) - deps:
+            self.by_dep[d].discard(key)
+        for d in deps:
+            self.by_dep[d].add(key)
+        self.deps[key] = deps
+
+    def set_targets(self, key: Key, targets: Iterable[str]) -> None:
+        ns = key[0]
+        new = set(targets)
+        for t in self.targets.get(key, set()) - new:
+            self.by_target[(ns, t)].discard(key)
+        for t in new:
+            self.by_target[(ns, t)].add(key)
+        self.targets[key] = new
+
+    def forget(self, key: Key) -> None:
+        self.set_deps(key, set())
+        self.set_targets(key, ())
+        self.selectors.pop(key, None)
+        self.policies.pop(key, None)
+        self.dirty.pop(key, None)
+        for wkey, (stop, keys) in list(self.custom.items()):
+            keys.discard(key)
+            if not keys:
+                stop.set()
+                del self.custom[wkey]
+
+    def for_deployment(self, ns: str, name: str, labels: Mapping[str, str] | None) -> set[Key]:
+        keys = set(self.by_target.get((ns, name), set())) | set(self.by_dep.get(("Deployment", ns, name), set()))
+        for k, sel in self.selectors.items():
+            if k[0] == ns and sel.matches(labels or {}):
+                keys.add(k)
+        return keys
+
+    def cycle_for(self, key: Key) -> str | None:
+        return None  # wired to depgate.graph below
+
+
+W = Wiring()
+_reconciler: Reconciler | None = None
+
+
+def reconciler() -> Reconciler:
+    global _reconciler
+    if _reconciler is None:
+        kube = Kube.from_environment(OPTIONS.kubeconfig)
+
+        def exists(ns: str, name: str) -> bool:
+            return (ns, name) in W.policies or kube.get(f"{GROUP}/{VERSION}", "DependencyPolicy", ns, name) is not None
+
+        _reconciler = Reconciler(kube, RenderConfig(waiter_image=OPTIONS.waiter_image), policy_exists=exists)
+    return _reconciler
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(body), default=dict))
+
+
+# ---------------------------------------------------------------------- settings
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = "depgate.io/cleanup"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="depgate.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="depgate.io", key="last-handled-configuration")
+    settings.posting.enabled = False  # our own Events say what happened; not Kopf's log lines
+    settings.peering.standalone = True  # one replica, strategy Recreate (see manifests/)
+    settings.execution.max_workers = 8
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.batching.worker_limit = 64
+
+
+@kopf.on.startup()
+async def remember_loop(**_: Any) -> None:
+    W.loop = asyncio.get_running_loop()
+
+
+# ---------------------------------------------------------------------- the policies
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name: str, **_: Any) -> None:
+    key = (namespace, name)
+    if event.get("type") == "DELETED":
+        W.forget(key)
+        return
+    obj = _plain(body)
+    prev = W.policies.get(key)
+    W.policies[key] = obj
+    try:
+        pol = spec.parse_policy(obj)
+        W.set_deps(key, Reconciler._deps(pol, namespace))
+        if isinstance(pol.target, spec.Selector):
+            W.selectors[key] = pol.target
+        else:
+            W.selectors.pop(key, None)
+    except spec.SpecError:
+        W.set_deps(key, set())
+    md, pmd = obj.get("metadata") or {}, (prev or {}).get("metadata") or {}
+    if prev is None or md.get("generation") != pmd.get("generation") or md.get("deletionTimestamp"):
+        W.mark([key])
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)
+async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, name: str, **_: Any) -> None:
+    key = (namespace, name)
+    dirty = W.event(key)
+    dirty.set()
+    failures = 0
+    while not stopped:
+        try:
+            await asyncio.wait_for(dirty.wait(), timeout=OPTIONS.resync_seconds)
+        except TimeoutError:
+            pass
+        if stopped:
+            break
+        await asyncio.sleep(OPTIONS.coalesce_seconds)  # a burst of events becomes one reconcile
+        dirty.clear()
+        obj = W.policies.get(key) or _plain(body)
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            break
+        started = time.monotonic()
+        try:
+            outcome: Outcome = await asyncio.to_thread(reconciler().reconcile, obj, cycle=W.cycle_for(key))
+        except Exception as e:
+            failures += 1
+            delay = min(OPTIONS.max_backoff_seconds, 0.5 * 2 ** min(failures, 10))
+            log.warning("reconcile of %s/%s failed (%s: %s); retrying in %.1fs", namespace, name,
+                        type(e).__name__, e, delay)
+            metrics.reconciles.labels(result="error").inc()
+            _later(key, delay)
+            continue
+        failures = 0
+        metrics.observe(outcome, time.monotonic() - started)
+        W.set_targets(key, outcome.targets)
+        _ensure_custom_watches(key, outcome)
+        if outcome.requeue_after is not None:
+            _later(key, outcome.requeue_after)
+
+
+def _later(key: Key, delay: float) -> None:
+    if W.loop is not None:
+        W.loop.call_later(delay, W.mark, [key])
+
+
+def _ensure_custom_watches(key: Key, outcome: Outcome) -> None:
+    for wkey in outcome.custom:
+        if wkey in W.custom:
+            W.custom[wkey][1].add(key)
+            continue
+        stop = threading.Event()
+        keys = {key}
+        W.custom[wkey] = (stop, keys)
+        reconciler().kube.watch_object(*wkey, on_change=lambda keys=keys: W.mark_threadsafe(list(keys)), stop=stop)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def policy_cleanup(body: Any, namespace: str, name: str, **_: Any) -> None:
+    """Take every init container this policy added back out of the Deployments it gated."""
+    r = reconciler()
+    names = set((body.get("status") or {}).get("targets") or [])
+    for dep in r.kube.list("apps/v1", "Deployment", namespace):
+        if ((dep["metadata"].get("annotations") or {}).get(ANNOTATION)) == name:
+            names.add(dep["metadata"]["name"])
+    for dname in sorted(names):
+        if r.release(namespace, name, dname):
+            log.info("released deployment %s/%s from policy %s", namespace, dname, name)
+
+
+# ---------------------------------------------------------------------- what policies depend on
+
+
+@kopf.on.event("apps", "v1", "deployments")
+async def deployment_event(event: Mapping[str, Any], body: Any, namespace: str, name: str, **_: Any) -> None:
+    labels = dict(body.get("metadata", {}).get("labels") or {})
+    tmpl = dict(((body.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {})
+    if event.get("type") == "DELETED":
+        W.workload_labels.pop((namespace, "Deployment", name), None)
+    else:
+        W.workload_labels[(namespace, "Deployment", name)] = tmpl
+    W.mark(W.for_deployment(namespace, name, labels))
+
+
+def _workload_handler(plural: str, kind: str) -> None:
+    @kopf.on.event("apps", "v1", plural, id=f"{plural}_event")
+    async def handler(event: Mapping[str, Any], body: Any, namespace: str, name: str, **_: Any) -> None:
+        tmpl = dict(((body.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {})
+        if event.get("type") == "DELETED":
+            W.workload_labels.pop((namespace, kind, name), None)
+        else:
+            W.workload_labels[(namespace, kind, name)] = tmpl
+        W.mark(W.by_dep.get((kind, namespace, name), set()))
+
+
+_workload_handler("statefulsets", "StatefulSet")
+_workload_handler("daemonsets", "DaemonSet")
+
+
+@kopf.on.event("", "v1", "pods")
+async def pod_event(body: Any, namespace: str, **_: Any) -> None:
+    dname = deployment_of_pod(body)
+    if dname is not None:
+        W.mark(W.by_target.get((namespace, dname), set()))
+
+
+@kopf.on.event("", "v1", "services")
+async def service_event(event: Mapping[str, Any], body: Any, namespace: str, name: str, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        W.services.pop((namespace, name), None)
+    else:
+        W.services[(namespace, name)] = dict((body.get("spec") or {}).get("selector") or {})
+    W.mark(W.by_dep.get(("Service", namespace, name), set()))
+
+
+@kopf.on.event("discovery.k8s.io", "v1", "endpointslices")
+async def endpointslice_event(body: Any, namespace: str, **_: Any) -> None:
+    svc = (body.get("metadata", {}).get("labels") or {}).get("kubernetes.io/service-name")
+    if svc:
+        W.mark(W.by_dep.get(("Service", namespace, svc), set()))
+
+
+def _simple_handler(group: str, plural: str, kind: str) -> None:
+    @kopf.on.event(group, "v1", plural, id=f"{plural}_event")
+    async def handler(namespace: str, name: str, **_: Any) -> None:
+        W.mark(W.by_dep.get((kind, namespace, name), set()))
+
+
+_simple_handler("batch", "jobs", "Job")
+_simple_handler("", "secrets", "Secret")
+_simple_handler("", "configmaps", "ConfigMap")

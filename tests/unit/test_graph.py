@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from depgate import graph_cli
 from depgate.graph import (
     DEPENDENCY_CYCLE,
     SELECTS,
@@ -465,3 +471,98 @@ def test_policy_node_targets_and_blocked_from_status() -> None:
     assert blocked_from_status(ref) == []
     tmpl = {"metadata": {"name": "t", "namespace": "n"}, "spec": {"template": {"metadata": {"name": "made"}}}}
     assert list(policy_node(tmpl, {}, set()).targets) == ["made"]
+
+
+# --------------------------------------------------------------------------- depgate graph (CLI)
+
+
+def live_two_way() -> graph_cli.Live:
+    def deployment(name: str) -> dict[str, object]:
+        return {
+            "metadata": {"name": name, "namespace": "shop", "labels": {"app": name}},
+            "spec": {"template": {"metadata": {"labels": {"app": name}}}},
+            "kind": "Deployment",
+        }
+
+    def service(name: str, app: str) -> dict[str, object]:
+        return {"metadata": {"name": name, "namespace": "shop"}, "spec": {"selector": {"app": app}}}
+
+    def policy(name: str, target: str, host: str) -> dict[str, object]:
+        return {
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {
+                "workloadRef": {"name": target},
+                "preconditions": [{"name": "peer", "tcp": {"host": host, "port": 80}}],
+            },
+            "status": {"blocking": ["peer"]},
+        }
+
+    return graph_cli.Live(
+        policies=[policy("pa", "a", "b-svc"), policy("pb", "b", "a-svc.shop.svc")],
+        services=[service("a-svc", "a"), service("b-svc", "b")],
+        workloads=[deployment("a"), deployment("b")],
+    )
+
+
+def test_cli_text_marks_blocked_and_lists_cycles(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[str | None] = []
+
+    def fake(namespace: str | None, context: str | None = None) -> graph_cli.Live:
+        seen.append(namespace)
+        return live_two_way()
+
+    monkeypatch.setattr(graph_cli, "list_live", fake)
+    assert graph_cli.main(["-A"]) == 0
+    out = capsys.readouterr().out
+    assert seen == [None]
+    assert out == (
+        "deployment/a (policy pa)\n"
+        "└── peer: service/b-svc [blocked]\n"
+        "    └── deployment/b (policy pb)\n"
+        "        └── peer: service/a-svc [blocked]\n"
+        "            └── deployment/a (policy pa) [cycle]\n"
+        "\n"
+        "cycles (pods on them cannot start from cold):\n"
+        "  deployment/a -> service/b-svc -> deployment/b -> service/a-svc -> deployment/a\n"
+    )
+
+
+def test_cli_dot_and_namespace(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[str | None] = []
+
+    def fake(namespace: str | None, context: str | None = None) -> graph_cli.Live:
+        seen.append(namespace)
+        return live_two_way()
+
+    monkeypatch.setattr(graph_cli, "list_live", fake)
+    monkeypatch.setattr(graph_cli, "current_namespace", lambda context=None: "from-context")
+    assert graph_cli.main(["-n", "shop", "--format", "dot"]) == 0
+    assert capsys.readouterr().out.startswith("digraph depgate {")
+    assert graph_cli.main([]) == 0
+    assert seen == ["shop", "from-context"]
+
+
+def test_cli_empty_and_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(graph_cli, "list_live", lambda ns, context=None: graph_cli.Live())
+    assert graph_cli.main(["-A"]) == 0
+    assert capsys.readouterr().out == "no DependencyPolicies found\n"
+
+    class NotFound(Exception):
+        status, reason = 404, "Not Found"
+
+    def boom(ns: str | None, context: str | None = None) -> graph_cli.Live:
+        raise NotFound()
+
+    monkeypatch.setattr(graph_cli, "list_live", boom)
+    assert graph_cli.main(["-A"]) == 1
+    assert "404 Not Found (is the DependencyPolicy CRD installed?)" in capsys.readouterr().err
+    assert graph_cli.main(["-A", "-n", "x"]) == 2
+    assert graph_cli.main(["--help"]) == 0
+
+
+def test_cli_module_imports_no_kubernetes() -> None:
+    code = "import sys, depgate.graph_cli; sys.exit('kubernetes' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(Path(graph_cli.__file__).parents[1])}
+    assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0

@@ -106,14 +106,26 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> NoReturn:
-        if message.startswith("argument "):
-            message = message[len("argument ") :]
-        raise ConfigError(message)
+        raise ConfigError(flag_first(message))
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         if message:
             self._print_message(message)
         raise HelpExit(status)
+
+
+def flag_first(message: str) -> str:
+    """argparse's messages, reworded to start with the flag at fault."""
+    required = "the following arguments are required: "
+    unknown = "unrecognized arguments: "
+    if message.startswith("argument "):
+        return message[len("argument ") :]
+    if message.startswith(required):
+        flags = message[len(required) :]
+        return f"{flags}: required" if "," not in flags else f"{flags}: all required"
+    if message.startswith(unknown):
+        return f"{message[len(unknown) :]}: unknown flag (the flags are in `depgate wait <type> --help`)"
+    return message
 
 
 def _seconds(text: str) -> float:

@@ -59,7 +59,8 @@ def plane() -> Iterator[Plane]:
         yield Plane(kc, kubectl, server, pods=True)
         return
 
-    from depgate.dev import build, plane as devplane
+    from depgate.dev import build
+    from depgate.dev import plane as devplane
 
     state_dir = Path(tempfile.mkdtemp(prefix="depgate-test-plane-"))
     try:
@@ -114,3 +115,108 @@ def namespace(plane: Plane, request: pytest.FixtureRequest) -> Iterator[str]:
 def needs_pods(plane: Plane) -> None:
     if not plane.pods:
         pytest.skip("this plane runs no kube-controller-manager/kwok (KUBEBUILDER_ASSETS without them)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The operator under test: `depgate run` as its own process, as users run it.
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll until predicate() returns something truthy; return it, or fail naming what we waited for."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Operator:
+    proc: subprocess.Popen[bytes]
+    metrics_port: int
+    log: Path
+    kubeconfig: str
+
+    def metrics(self) -> dict[str, float]:
+        import urllib.request
+
+        out: dict[str, float] = {}
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line and not line.startswith("#"):
+                    key, _, value = line.rpartition(" ")
+                    out[key] = float(value)
+        return out
+
+    def counter(self, name: str) -> float:
+        return sum(v for k, v in self.metrics().items() if k == name or k.startswith(name + "{"))
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_operator(kubeconfig: str, tmp: Path, *extra: str) -> Operator:
+    import sys
+    import urllib.error
+
+    port = free_port()
+    log = tmp / f"operator-{port}.log"
+    fh = log.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "depgate", "run", f"--kubeconfig={kubeconfig}", f"--metrics-port={port}",
+         "--waiter-image=depgate/depgate:test", *extra],
+        stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    op = Operator(proc, port, log, kubeconfig)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"operator exited with {proc.returncode}:\n{op.log_text()[-4000:]}")
+        try:
+            op.metrics()
+            return True
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    wait_for(up, 60, what="the operator's metrics endpoint")
+    return op
+
+
+def stop_operator(op: Operator) -> None:
+    import signal
+
+    if op.proc.poll() is None:
+        op.proc.send_signal(signal.SIGINT)
+        try:
+            op.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            op.proc.kill()
+            op.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(plane: Plane, crds: list[str]) -> str:
+    """The identity the operator runs as: admin here (the RBAC tests swap in its ServiceAccount)."""
+    return plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def operator(plane: Plane, crds: list[str], operator_kubeconfig: str, tmp_path_factory) -> Iterator[Operator]:
+    op = start_operator(operator_kubeconfig, tmp_path_factory.mktemp("operator"))
+    yield op
+    stop_operator(op)
+    text = op.log_text()
+    assert "Traceback" not in text, f"the operator logged a traceback:\n{text[-6000:]}"

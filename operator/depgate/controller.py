@@ -53,7 +53,8 @@ def _subset(want: Any, have: Any) -> bool:
     if isinstance(want, Mapping):
         return isinstance(have, Mapping) and all(k in have and _subset(v, have[k]) for k, v in want.items())
     if isinstance(want, list):
-        return isinstance(have, list) and len(want) == len(have) and all(_subset(w, h) for w, h in zip(want, have))
+        return (isinstance(have, list) and len(want) == len(have)
+                and all(_subset(w, h) for w, h in zip(want, have, strict=True)))
     return bool(want == have)
 
 
@@ -62,7 +63,7 @@ def _pod(dep: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _names(items: Sequence[Any] | None) -> list[str]:
-    return [i.get("name") for i in items or [] if isinstance(i, Mapping)]
+    return [str(i.get("name")) for i in items or [] if isinstance(i, Mapping)]
 
 
 def up_to_date(live: Mapping[str, Any], desired: Mapping[str, Any], applied_hash: str) -> bool:
@@ -116,7 +117,7 @@ class Reconciler:
         self.now = now
 
     def _policy_exists_live(self, namespace: str, name: str) -> bool:
-        return self.kube.get(render.API_VERSION, render.KIND, namespace, name) is not None
+        return self.kube.get(spec.API_VERSION, spec.KIND, namespace, name) is not None
 
     # ------------------------------------------------------------------ the reconcile
 
@@ -151,7 +152,7 @@ class Reconciler:
                 deployments.append(dep)
         elif isinstance(target, spec.Selector):
             out.selector = target
-            deployments = [d for d in self.kube.list("apps/v1", "Deployment", ns)
+            deployments = [d for d in self.kube.items("apps/v1", "Deployment", ns)
                            if target.matches((d.get("metadata") or {}).get("labels"))]
             if not deployments:
                 problems.append(("TargetNotFound", "no Deployment in the namespace matches spec.selector"))
@@ -255,9 +256,8 @@ class Reconciler:
 
     def _release_dropped(self, ns: str, name: str, prior: Mapping[str, Any], current: set[str], out: Outcome) -> None:
         for dname in prior.get("targets") or []:
-            if dname not in current:
-                if self.release(ns, name, dname):
-                    out.writes += 1
+            if dname not in current and self.release(ns, name, dname):
+                out.writes += 1
 
     def release(self, ns: str, policy_name: str, dname: str) -> bool:
         """Remove everything depgate applied to one Deployment (only if this policy claims it)."""
@@ -267,7 +267,7 @@ class Reconciler:
         if ((dep["metadata"].get("annotations") or {}).get(render.ANNOTATION)) != policy_name:
             return False
         owners = dep["metadata"].get("ownerReferences") or []
-        if any(o.get("kind") == render.KIND for o in owners):
+        if any(o.get("kind") == spec.KIND for o in owners):
             return False  # template mode: garbage collection removes it
         # An apply that names nothing gives up every field depgate owned: our init containers,
         # volumes, mounts and annotations go; the user's fields stay.
@@ -285,17 +285,17 @@ class Reconciler:
         md = obj["metadata"]
         ns, name = md["namespace"], md["name"]
         rname = f"{WAIT_ROLE_PREFIX}{name}"[:253]
-        owner = [{"apiVersion": render.API_VERSION, "kind": render.KIND, "name": name, "uid": md.get("uid"),
+        owner = [{"apiVersion": spec.API_VERSION, "kind": spec.KIND, "name": name, "uid": md.get("uid"),
                   "controller": True, "blockOwnerDeletion": True}]
         rules = [{"apiGroups": ["depgate.io"], "resources": ["dependencypolicies"], "resourceNames": [name],
                   "verbs": ["get", "list", "watch"]}]
         sas = sorted({_pod(d).get("serviceAccountName") or "default" for d in deployments})
         subjects = [{"kind": "ServiceAccount", "name": sa, "namespace": ns} for sa in sas]
-        role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        role: dict[str, Any] = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
                 "metadata": {"name": rname, "namespace": ns, "ownerReferences": owner,
                              "labels": {"app.kubernetes.io/managed-by": "depgate"}},
                 "rules": rules}
-        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        binding: dict[str, Any] = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                    "metadata": {"name": rname, "namespace": ns, "ownerReferences": owner,
                                 "labels": {"app.kubernetes.io/managed-by": "depgate"}},
                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": rname},
@@ -329,21 +329,23 @@ class Reconciler:
                 deps.add((f"{b.api_version}/{b.kind}", ns, b.name))
         return deps
 
-    def _verdicts(self, policy: spec.Policy, ns: str, prior: Mapping[str, Any], out: Outcome) -> dict[str, verdicts.Verdict]:
+    def _verdicts(self, policy: spec.Policy, ns: str, prior: Mapping[str, Any],
+                  out: Outcome) -> dict[str, verdicts.Verdict]:
         prior_entries = {e.get("name"): e for e in prior.get("preconditions") or [] if isinstance(e, Mapping)}
         result: dict[str, verdicts.Verdict] = {}
         for p in policy.preconditions:
             b = p.body
             if isinstance(b, spec.ServiceCheck):
                 svc = self.kube.get("v1", "Service", ns, b.name)
-                slices = self.kube.list("discovery.k8s.io/v1", "EndpointSlice", ns,
+                slices = self.kube.items("discovery.k8s.io/v1", "EndpointSlice", ns,
                                         label_selector=f"{verdicts.SERVICE_NAME_LABEL}={b.name}") if svc else []
                 result[p.name] = verdicts.judge_service(b.name, svc, slices, b.min_ready_endpoints)
             elif isinstance(b, spec.JobCheck):
                 remembered = (prior_entries.get(p.name) or {}).get("satisfiedUID")
                 result[p.name] = verdicts.judge_job(b.name, self.kube.get("batch/v1", "Job", ns, b.name), remembered)
             elif isinstance(b, spec.SecretCheck):
-                result[p.name] = verdicts.judge_keys("Secret", b.name, self.kube.get("v1", "Secret", ns, b.name), b.keys)
+                secret = self.kube.get("v1", "Secret", ns, b.name)
+                result[p.name] = verdicts.judge_keys("Secret", b.name, secret, b.keys)
             elif isinstance(b, spec.ConfigMapCheck):
                 result[p.name] = verdicts.judge_keys("ConfigMap", b.name, self.kube.get("v1", "ConfigMap", ns, b.name),
                                                      b.keys)
@@ -368,7 +370,7 @@ class Reconciler:
                 continue
             label_selector = ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
             owned = {dep["metadata"]["name"]}
-            for pod in self.kube.list("v1", "Pod", ns, label_selector=label_selector):
+            for pod in self.kube.items("v1", "Pod", ns, label_selector=label_selector):
                 if deployment_of_pod(pod) in owned:
                     pods.append(pod)
         return pods

@@ -10,6 +10,8 @@ catches anything a watch missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import threading
@@ -21,7 +23,7 @@ from typing import Any
 
 import kopf
 
-from depgate import GROUP, PLURAL, VERSION, metrics, spec
+from depgate import GROUP, PLURAL, VERSION, graph, metrics, spec
 from depgate.controller import Dep, Outcome, Reconciler, deployment_of_pod
 from depgate.kube import Kube
 from depgate.render import ANNOTATION, RenderConfig
@@ -58,6 +60,10 @@ class Wiring:
     services: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     workload_labels: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
     custom: dict[tuple[str, str, str, str], tuple[threading.Event, set[Key]]] = field(default_factory=dict)
+    deployment_labels: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    graph_version: int = 0
+    _cycles_at: int = -1
+    _cycles: dict[Key, str] = field(default_factory=dict)
 
     def event(self, key: Key) -> asyncio.Event:
         if key not in self.dirty:
@@ -108,8 +114,21 @@ class Wiring:
                 keys.add(k)
         return keys
 
+    def changed_graph(self) -> None:
+        self.graph_version += 1
+
     def cycle_for(self, key: Key) -> str | None:
-        return None  # wired to depgate.graph below
+        """The DependencyCycle message for a policy, from the graph of all policies (recomputed only
+        after something in it changed); policies whose message changed are woken up."""
+        if self._cycles_at != self.graph_version:
+            services = set(self.services)
+            nodes = [graph.policy_node(p, self.deployment_labels, services) for p in self.policies.values()]
+            g = graph.build_graph(nodes, self.services, self.workload_labels)
+            new = graph.cycles_by_policy(g, graph.find_cycles(g))
+            changed = {k for k in set(new) | set(self._cycles) if new.get(k) != self._cycles.get(k)}
+            self._cycles, self._cycles_at = new, self.graph_version
+            self.mark(changed - {key})
+        return self._cycles.get(key)
 
 
 W = Wiring()
@@ -129,7 +148,8 @@ def reconciler() -> Reconciler:
 
 
 def _plain(body: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(body), default=dict))
+    out: dict[str, Any] = json.loads(json.dumps(dict(body), default=dict))
+    return out
 
 
 # ---------------------------------------------------------------------- settings
@@ -162,10 +182,13 @@ async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name
     key = (namespace, name)
     if event.get("type") == "DELETED":
         W.forget(key)
+        W.changed_graph()
         return
     obj = _plain(body)
     prev = W.policies.get(key)
     W.policies[key] = obj
+    if prev is None or (prev.get("spec") != obj.get("spec")):
+        W.changed_graph()
     try:
         pol = spec.parse_policy(obj)
         W.set_deps(key, Reconciler._deps(pol, namespace))
@@ -187,10 +210,8 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
     dirty.set()
     failures = 0
     while not stopped:
-        try:
+        with contextlib.suppress(TimeoutError):  # no event for a while: resync anyway
             await asyncio.wait_for(dirty.wait(), timeout=OPTIONS.resync_seconds)
-        except TimeoutError:
-            pass
         if stopped:
             break
         await asyncio.sleep(OPTIONS.coalesce_seconds)  # a burst of events becomes one reconcile
@@ -217,6 +238,10 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
             _later(key, outcome.requeue_after)
 
 
+def _wake(keys: set[Key]) -> None:
+    W.mark_threadsafe(list(keys))
+
+
 def _later(key: Key, delay: float) -> None:
     if W.loop is not None:
         W.loop.call_later(delay, W.mark, [key])
@@ -230,7 +255,7 @@ def _ensure_custom_watches(key: Key, outcome: Outcome) -> None:
         stop = threading.Event()
         keys = {key}
         W.custom[wkey] = (stop, keys)
-        reconciler().kube.watch_object(*wkey, on_change=lambda keys=keys: W.mark_threadsafe(list(keys)), stop=stop)
+        reconciler().kube.watch_object(*wkey, on_change=functools.partial(_wake, keys), stop=stop)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -238,7 +263,7 @@ def policy_cleanup(body: Any, namespace: str, name: str, **_: Any) -> None:
     """Take every init container this policy added back out of the Deployments it gated."""
     r = reconciler()
     names = set((body.get("status") or {}).get("targets") or [])
-    for dep in r.kube.list("apps/v1", "Deployment", namespace):
+    for dep in r.kube.items("apps/v1", "Deployment", namespace):
         if ((dep["metadata"].get("annotations") or {}).get(ANNOTATION)) == name:
             names.add(dep["metadata"]["name"])
     for dname in sorted(names):
@@ -255,8 +280,13 @@ async def deployment_event(event: Mapping[str, Any], body: Any, namespace: str, 
     tmpl = dict(((body.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {})
     if event.get("type") == "DELETED":
         W.workload_labels.pop((namespace, "Deployment", name), None)
-    else:
+        W.deployment_labels.pop((namespace, name), None)
+        W.changed_graph()
+    elif W.workload_labels.get((namespace, "Deployment", name)) != tmpl or \
+            W.deployment_labels.get((namespace, name)) != labels:
         W.workload_labels[(namespace, "Deployment", name)] = tmpl
+        W.deployment_labels[(namespace, name)] = labels
+        W.changed_graph()
     W.mark(W.for_deployment(namespace, name, labels))
 
 
@@ -266,8 +296,10 @@ def _workload_handler(plural: str, kind: str) -> None:
         tmpl = dict(((body.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {})
         if event.get("type") == "DELETED":
             W.workload_labels.pop((namespace, kind, name), None)
-        else:
+            W.changed_graph()
+        elif W.workload_labels.get((namespace, kind, name)) != tmpl:
             W.workload_labels[(namespace, kind, name)] = tmpl
+            W.changed_graph()
         W.mark(W.by_dep.get((kind, namespace, name), set()))
 
 
@@ -284,10 +316,13 @@ async def pod_event(body: Any, namespace: str, **_: Any) -> None:
 
 @kopf.on.event("", "v1", "services")
 async def service_event(event: Mapping[str, Any], body: Any, namespace: str, name: str, **_: Any) -> None:
+    selector = dict((body.get("spec") or {}).get("selector") or {})
     if event.get("type") == "DELETED":
         W.services.pop((namespace, name), None)
-    else:
-        W.services[(namespace, name)] = dict((body.get("spec") or {}).get("selector") or {})
+        W.changed_graph()
+    elif W.services.get((namespace, name)) != selector:
+        W.services[(namespace, name)] = selector
+        W.changed_graph()
     W.mark(W.by_dep.get(("Service", namespace, name), set()))
 
 

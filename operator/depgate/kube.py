@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from depgate import FIELD_MANAGER, GROUP, PLURAL, VERSION
 
@@ -55,11 +55,11 @@ class Kube:
     def from_environment(cls, kubeconfig: str | None = None, context: str | None = None) -> Kube:
         if kubeconfig is None:
             try:
-                config.load_incluster_config()
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
                 return cls(client.ApiClient())
             except config.ConfigException:
                 pass
-        return cls(config.new_client_from_config(config_file=kubeconfig, context=context))
+        return cls(config.new_client_from_config(config_file=kubeconfig, context=context))  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------------ raw calls
 
@@ -122,7 +122,7 @@ class Kube:
         obj = self._call("GET", self.path(api_version, kind, namespace, name))
         return dict(obj) if obj is not None else None
 
-    def list(self, api_version: str, kind: str, namespace: str | None, *, label_selector: str | None = None,
+    def items(self, api_version: str, kind: str, namespace: str | None, *, label_selector: str | None = None,
              field_selector: str | None = None) -> list[dict[str, Any]]:
         q = []
         if label_selector:
@@ -166,8 +166,9 @@ class Kube:
         """Write the policy's whole status in one request (a JSON patch that replaces it)."""
         patch = [{"op": "add", "path": "/status", "value": status}]
         try:
-            return self._call("PATCH", self.path(f"{GROUP}/{VERSION}", "DependencyPolicy", namespace, name, "status"),
-                              body=patch, content_type="application/json-patch+json")
+            out = self._call("PATCH", self.path(f"{GROUP}/{VERSION}", "DependencyPolicy", namespace, name, "status"),
+                             body=patch, content_type="application/json-patch+json")
+            return dict(out) if out is not None else None
         except ApiException as e:
             if e.status in (404, 409, 422) and "not found" in str(e.body).lower():
                 return None

@@ -67,27 +67,32 @@ def _apply(apps: client.AppsV1Api, ns: str, body: dict, manager: str) -> dict:
     )
 
 
+def widget(name: str, spec: str) -> str:
+    return f"apiVersion: test.depgate.io/v1\nkind: Widget\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+
+
 def test_crd_schema_and_cel_rejections_carry_the_field_path(plane, namespace):
     plane.run_kubectl("apply", "--server-side", "-f", "-", input=WIDGET_CRD)
     plane.run_kubectl("wait", "--for=condition=Established", "crd/widgets.test.depgate.io", "--timeout=60s")
 
     bad_port = plane.run_kubectl(
         "apply", "-n", namespace, "-f", "-", check=False,
-        input="apiVersion: test.depgate.io/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {port: 70000, min: 1, max: 2}\n",
+        input=widget("w1", "{port: 70000, min: 1, max: 2}"),
     )
     assert bad_port.returncode != 0
-    assert "spec.port: Invalid value: 70000: spec.port in body should be less than or equal to 65535" in bad_port.stderr
+    assert ("spec.port: Invalid value: 70000: spec.port in body should be less than or equal to 65535"
+            in bad_port.stderr)
 
     bad_cel = plane.run_kubectl(
         "apply", "-n", namespace, "-f", "-", check=False,
-        input="apiVersion: test.depgate.io/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {port: 80, min: 5, max: 2}\n",
+        input=widget("w2", "{port: 80, min: 5, max: 2}"),
     )
     assert bad_cel.returncode != 0
     assert "spec: Invalid value" in bad_cel.stderr and "min must not exceed max" in bad_cel.stderr
 
     good = plane.run_kubectl(
         "apply", "-n", namespace, "-f", "-",
-        input="apiVersion: test.depgate.io/v1\nkind: Widget\nmetadata: {name: w3}\nspec: {port: 80, min: 1, max: 2}\n",
+        input=widget("w3", "{port: 80, min: 1, max: 2}"),
     )
     assert "widget.test.depgate.io/w3 created" in good.stdout
 

@@ -10,13 +10,13 @@ import threading
 import time
 from pathlib import Path
 
-from depgate.dev import plane
+from depgate.dev import build, plane
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 def _kubectl() -> str:
-    local = plane.build.bin_dir() / "kubectl"
+    local = build.bin_dir() / "kubectl"
     return str(local) if local.exists() else "kubectl"
 
 

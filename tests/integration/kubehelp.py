@@ -1,0 +1,79 @@
+"""Small helpers for tests against the real API server (through kubectl, as users do)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from typing import Any
+
+from tests.conftest import Plane, wait_for
+
+
+def apply(plane: Plane, ns: str, manifest: str, *args: str) -> str:
+    return plane.run_kubectl("apply", "-n", ns, *args, "-f", "-", input=textwrap.dedent(manifest)).stdout
+
+
+def get(plane: Plane, ns: str, kind: str, name: str) -> dict[str, Any] | None:
+    proc = plane.run_kubectl("get", "-n", ns, kind, name, "-o", "json", check=False)
+    if proc.returncode != 0:
+        if "NotFound" in proc.stderr:
+            return None
+        raise AssertionError(proc.stderr)
+    return dict(json.loads(proc.stdout))
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return {}
+
+
+def entry(obj: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    for e in ((obj or {}).get("status") or {}).get("preconditions") or []:
+        if e.get("name") == name:
+            return dict(e)
+    return {}
+
+
+def init_names(dep: dict[str, Any] | None) -> list[str]:
+    spec = ((dep or {}).get("spec") or {}).get("template", {}).get("spec", {})
+    return [c["name"] for c in spec.get("initContainers") or []]
+
+
+def wait_policy(plane: Plane, ns: str, name: str, pred, timeout: float = 30, what: str = "policy state"):
+    def check():
+        obj = get(plane, ns, "dependencypolicy", name)
+        return obj if obj is not None and pred(obj) else None
+
+    return wait_for(check, timeout, interval=0.2, what=f"{ns}/{name}: {what}")
+
+
+def wait_deployment(plane: Plane, ns: str, name: str, pred, timeout: float = 30, what: str = "deployment state"):
+    def check():
+        obj = get(plane, ns, "deployment", name)
+        return obj if obj is not None and pred(obj) else None
+
+    return wait_for(check, timeout, interval=0.2, what=f"deployment {ns}/{name}: {what}")
+
+
+def deployment(name: str, *, init: str = "", labels: str = "", replicas: int = 1, sa: str = "") -> str:
+    return f"""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: {name}
+      labels: {{app: {name}{labels}}}
+    spec:
+      replicas: {replicas}
+      selector: {{matchLabels: {{app: {name}}}}}
+      template:
+        metadata: {{labels: {{app: {name}}}}}
+        spec:
+          {f"serviceAccountName: {sa}" if sa else ""}
+          {f"initContainers: {init}" if init else ""}
+          containers:
+          - name: server
+            image: node:20
+            env: [{{name: REDIS_URL, value: "redis://data-tier:6379"}}]
+    """

@@ -1,0 +1,263 @@
+"""The operator against the real API server: Deployments carry one init container per precondition,
+in order, and only depgate's own fields change."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import wait_for
+from tests.integration.kubehelp import (
+    apply,
+    condition,
+    deployment,
+    get,
+    init_names,
+    wait_deployment,
+    wait_policy,
+)
+
+POLICY = """
+apiVersion: depgate.io/v1alpha1
+kind: DependencyPolicy
+metadata: {{name: {name}}}
+spec:
+  {target}
+  placement: {placement}
+  preconditions:
+  - name: redis-port
+    tcp: {{host: data-tier, port: 6379}}
+  - name: settings
+    configMap: {{name: app-config, keys: [redis.conf]}}
+  - name: await-redis
+    command: {{fromContainer: server, command: [npm, run, await-redis]}}
+"""
+
+
+def policy(name: str, target: str, placement: str = "BeforeExisting") -> str:
+    return POLICY.format(name=name, target=target, placement=placement)
+
+
+OURS = ["depgate-redis-port", "depgate-settings", "depgate-await-redis"]
+
+
+def test_create_renders_init_containers_in_order_before_existing(plane, operator, namespace):
+    apply(plane, namespace, deployment("app", init="[{name: own-init, image: busybox}]"))
+    apply(plane, namespace, policy("app", "workloadRef: {name: app}"))
+    dep = wait_deployment(plane, namespace, "app", lambda d: init_names(d) == [*OURS, "own-init"],
+                          what="our init containers first")
+    inits = dep["spec"]["template"]["spec"]["initContainers"]
+    assert inits[0]["image"] == "depgate/depgate:test"
+    assert inits[0]["command"] == ["depgate", "wait", "tcp"]
+    assert "--host=data-tier" in inits[0]["args"] and "--port=6379" in inits[0]["args"]
+    assert inits[1]["command"] == ["depgate", "wait", "verdict"]
+    # the lesson's own init container: the app's image and env, another command
+    assert inits[2]["image"] == "node:20"
+    assert inits[2]["command"] == ["npm", "run", "await-redis"]
+    assert {"name": "REDIS_URL", "value": "redis://data-tier:6379"} in inits[2]["env"]
+    assert dep["metadata"]["annotations"]["depgate.io/policy"] == "app"
+    assert "ownerReferences" not in dep["metadata"], "never an ownerReference on a user's Deployment"
+    pol = wait_policy(plane, namespace, "app", lambda p: condition(p, "Applied").get("status") == "True",
+                      what="Applied=True")
+    assert pol["status"]["targets"] == ["app"]
+    assert pol["status"]["observedGeneration"] == pol["metadata"]["generation"]
+    # the verdict waiter's read access to this one policy
+    role = get(plane, namespace, "role", "depgate-wait-app")
+    assert role["rules"] == [{"apiGroups": ["depgate.io"], "resources": ["dependencypolicies"],
+                              "resourceNames": ["app"], "verbs": ["get", "list", "watch"]}]
+    binding = get(plane, namespace, "rolebinding", "depgate-wait-app")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}]
+
+
+def test_after_existing_placement(plane, operator, namespace):
+    apply(plane, namespace, deployment("app", init="[{name: own-init, image: busybox}]"))
+    apply(plane, namespace, policy("app", "workloadRef: {name: app}", placement="AfterExisting"))
+    wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["own-init", *OURS],
+                    what="our init containers after the user's")
+
+
+def test_update_removes_and_changes_only_ours(plane, operator, namespace):
+    apply(plane, namespace, deployment("app", init="[{name: own-init, image: busybox}]"))
+    apply(plane, namespace, policy("app", "workloadRef: {name: app}"))
+    wait_deployment(plane, namespace, "app", lambda d: init_names(d) == [*OURS, "own-init"])
+    apply(plane, namespace, """
+    apiVersion: depgate.io/v1alpha1
+    kind: DependencyPolicy
+    metadata: {name: app}
+    spec:
+      workloadRef: {name: app}
+      preconditions:
+      - name: redis-port
+        tcp: {host: data-tier, port: 6380}
+    """)
+    dep = wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["depgate-redis-port", "own-init"],
+                          what="removed preconditions gone")
+    assert "--port=6380" in dep["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    assert dep["spec"]["template"]["spec"]["initContainers"][1] == {
+        **dep["spec"]["template"]["spec"]["initContainers"][1], "name": "own-init", "image": "busybox"}
+
+
+def test_delete_removes_everything_depgate_added(plane, operator, namespace):
+    apply(plane, namespace, deployment("app", init="[{name: own-init, image: busybox}]"))
+    apply(plane, namespace, policy("app", "workloadRef: {name: app}"))
+    wait_deployment(plane, namespace, "app", lambda d: init_names(d) == [*OURS, "own-init"])
+    plane.run_kubectl("delete", "-n", namespace, "dependencypolicy", "app", "--timeout=60s")
+    dep = wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["own-init"],
+                          what="our init containers removed")
+    assert "depgate.io/policy" not in (dep["metadata"].get("annotations") or {})
+    assert get(plane, namespace, "dependencypolicy", "app") is None
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "node:20"
+
+
+def test_drift_is_restored(plane, operator, namespace):
+    apply(plane, namespace, deployment("app"))
+    apply(plane, namespace, policy("app", "workloadRef: {name: app}"))
+    wait_deployment(plane, namespace, "app", lambda d: init_names(d) == OURS)
+    plane.run_kubectl("patch", "-n", namespace, "deployment", "app", "--type=json",
+                      "-p", '[{"op": "remove", "path": "/spec/template/spec/initContainers"}]')
+    wait_deployment(plane, namespace, "app", lambda d: init_names(d) == OURS, timeout=10,
+                    what="our init containers restored")
+
+
+def test_no_write_without_a_real_change(plane, operator, namespace):
+    apply(plane, namespace, deployment("app"))
+    apply(plane, namespace, policy("app", "workloadRef: {name: app}"))
+    wait_policy(plane, namespace, "app", lambda p: condition(p, "Applied").get("status") == "True")
+    before_dep = get(plane, namespace, "deployment", "app")
+    before_pol = get(plane, namespace, "dependencypolicy", "app")
+    reconciles = operator.counter("depgate_reconciles_total")
+    # An event on the target wakes the policy: the reconcile must find nothing to write.
+    plane.run_kubectl("label", "-n", namespace, "deployment", "app", "touched=yes")
+    wait_for(lambda: operator.counter("depgate_reconciles_total") > reconciles, 15, what="a reconcile")
+    after_dep = get(plane, namespace, "deployment", "app")
+    after_pol = get(plane, namespace, "dependencypolicy", "app")
+    assert after_dep["metadata"]["generation"] == before_dep["metadata"]["generation"]
+    assert after_dep["spec"] == before_dep["spec"]
+    assert after_pol["metadata"]["resourceVersion"] == before_pol["metadata"]["resourceVersion"]
+
+
+def test_second_policy_reports_conflict_and_never_fights(plane, operator, namespace):
+    apply(plane, namespace, deployment("app"))
+    apply(plane, namespace, policy("first", "workloadRef: {name: app}"))
+    wait_deployment(plane, namespace, "app", lambda d: init_names(d) == OURS)
+    apply(plane, namespace, """
+    apiVersion: depgate.io/v1alpha1
+    kind: DependencyPolicy
+    metadata: {name: second}
+    spec:
+      workloadRef: {name: app}
+      preconditions:
+      - name: other
+        dns: {name: example.internal}
+    """)
+    pol = wait_policy(plane, namespace, "second", lambda p: condition(p, "Applied").get("reason") == "Conflict",
+                      what="Conflict")
+    assert "first" in condition(pol, "Applied")["message"]
+    assert condition(pol, "Stalled").get("status") == "True"
+    dep = get(plane, namespace, "deployment", "app")
+    assert init_names(dep) == OURS
+    assert dep["metadata"]["annotations"]["depgate.io/policy"] == "first"
+
+
+def test_missing_target_is_applied_as_soon_as_it_appears(plane, operator, namespace):
+    apply(plane, namespace, policy("app", "workloadRef: {name: app}"))
+    pol = wait_policy(plane, namespace, "app", lambda p: condition(p, "Applied").get("reason") == "TargetNotFound",
+                      what="TargetNotFound")
+    assert condition(pol, "Applied")["status"] == "False"
+    apply(plane, namespace, deployment("app"))
+    wait_deployment(plane, namespace, "app", lambda d: init_names(d) == OURS, what="applied once created")
+    wait_policy(plane, namespace, "app", lambda p: condition(p, "Applied").get("status") == "True")
+
+
+def test_from_container_missing_is_reported_and_nothing_applied(plane, operator, namespace):
+    apply(plane, namespace, deployment("app"))
+    apply(plane, namespace, """
+    apiVersion: depgate.io/v1alpha1
+    kind: DependencyPolicy
+    metadata: {name: app}
+    spec:
+      workloadRef: {name: app}
+      preconditions:
+      - name: await-redis
+        command: {fromContainer: nope, command: [npm, run, await-redis]}
+    """)
+    pol = wait_policy(plane, namespace, "app", lambda p: condition(p, "Applied").get("status") == "False",
+                      what="Applied=False")
+    assert "nope" in condition(pol, "Applied")["message"]
+    assert "fromContainer" in condition(pol, "Applied")["message"]
+    assert init_names(get(plane, namespace, "deployment", "app")) == []
+
+
+def test_selector_gates_every_matching_deployment(plane, operator, namespace):
+    apply(plane, namespace, deployment("a", labels=", tier: app"))
+    apply(plane, namespace, deployment("b", labels=", tier: app"))
+    apply(plane, namespace, deployment("c", labels=", tier: data"))
+    apply(plane, namespace, policy("tier", "selector: {matchLabels: {tier: app}}"))
+    for name in ("a", "b"):
+        wait_deployment(plane, namespace, name, lambda d: init_names(d) == OURS)
+    pol = wait_policy(plane, namespace, "tier", lambda p: sorted(p["status"].get("targets") or []) == ["a", "b"])
+    assert init_names(get(plane, namespace, "deployment", "c")) == []
+    assert condition(pol, "Applied")["status"] == "True"
+    # a Deployment that stops matching is released
+    plane.run_kubectl("label", "-n", namespace, "deployment", "b", "tier=other", "--overwrite")
+    wait_deployment(plane, namespace, "b", lambda d: init_names(d) == [], what="released when no longer selected")
+
+
+def test_template_mode_creates_owns_and_garbage_collects(plane, operator, namespace, needs_pods):
+    apply(plane, namespace, """
+    apiVersion: depgate.io/v1alpha1
+    kind: DependencyPolicy
+    metadata: {name: web}
+    spec:
+      template:
+        metadata: {labels: {app: web}}
+        spec:
+          replicas: 1
+          selector: {matchLabels: {app: web}}
+          template:
+            metadata: {labels: {app: web}}
+            spec:
+              containers: [{name: server, image: nginx}]
+      preconditions:
+      - name: api
+        http: {url: "http://api:8080/healthz", expectStatus: [200, 204]}
+    """)
+    dep = wait_deployment(plane, namespace, "web", lambda d: init_names(d) == ["depgate-api"])
+    owners = dep["metadata"]["ownerReferences"]
+    pol = get(plane, namespace, "dependencypolicy", "web")
+    assert owners[0]["kind"] == "DependencyPolicy" and owners[0]["uid"] == pol["metadata"]["uid"]
+    args = dep["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    assert "--expect-status=200" in args and "--expect-status=204" in args
+    plane.run_kubectl("delete", "-n", namespace, "dependencypolicy", "web", "--timeout=60s")
+    wait_for(lambda: get(plane, namespace, "deployment", "web") is None, 60,
+             what="the template Deployment garbage-collected")
+
+
+def test_other_field_managers_keep_their_fields_and_ours(plane, operator, namespace):
+    apply(plane, namespace, deployment("app", init="[{name: own-init, image: busybox}]"), "--server-side",
+          "--field-manager=gitops")
+    apply(plane, namespace, policy("app", "workloadRef: {name: app}"))
+    wait_deployment(plane, namespace, "app", lambda d: init_names(d) == [*OURS, "own-init"])
+    # the GitOps tool re-applies its manifest (server-side, its own manager), with a change of its own
+    apply(plane, namespace, deployment("app", init="[{name: own-init, image: busybox:1.36}]", replicas=2),
+          "--server-side", "--field-manager=gitops")
+    dep = get(plane, namespace, "deployment", "app")
+    assert init_names(dep) == [*OURS, "own-init"]
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["template"]["spec"]["initContainers"][-1]["image"] == "busybox:1.36"
+    managers = {m["manager"] for m in dep["metadata"]["managedFields"]}
+    assert {"gitops", "depgate"} <= managers
+
+    # and client-side `kubectl apply` (last-applied-configuration) keeps them too
+    apply(plane, namespace, deployment("cs", init="[{name: own-init, image: busybox}]"))
+    apply(plane, namespace, policy("cs", "workloadRef: {name: cs}"))
+    wait_deployment(plane, namespace, "cs", lambda d: init_names(d) == [*OURS, "own-init"])
+    apply(plane, namespace, deployment("cs", init="[{name: own-init, image: busybox:1.36}]", replicas=3))
+    dep = get(plane, namespace, "deployment", "cs")
+    assert dep["spec"]["replicas"] == 3
+    assert init_names(dep) == [*OURS, "own-init"]
+    last = json.loads(dep["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"])
+    assert [c["name"] for c in last["spec"]["template"]["spec"]["initContainers"]] == ["own-init"]
+    # nothing flaps afterwards: the generation settles
+    gen = dep["metadata"]["generation"]
+    wait_policy(plane, namespace, "cs", lambda p: condition(p, "Applied").get("status") == "True")
+    assert get(plane, namespace, "deployment", "cs")["metadata"]["generation"] == gen

@@ -126,7 +126,13 @@ class FakeApi:
                     404: 'dependencypolicies.depgate.io "gate" not found',
                 }
                 self.json(
-                    code, {"kind": "Status", "status": "Failure", "code": code, "message": messages.get(code, "boom")}
+                    code,
+                    {
+                        "kind": "Status",
+                        "status": "Failure",
+                        "code": code,
+                        "message": messages.get(code, "boom"),
+                    },
                 )
 
             def watch(self) -> None:
@@ -217,7 +223,9 @@ def test_satisfied_at_the_first_get_needs_no_watch(api: FakeApi, token: Path) ->
     assert api.seen[0].auth == "Bearer token-1"
 
 
-def test_watch_resumes_from_bookmarks_relists_on_gone_and_rereads_the_token(api: FakeApi, token: Path) -> None:
+def test_watch_resumes_from_bookmarks_relists_on_gone_and_rereads_the_token(
+    api: FakeApi, token: Path
+) -> None:
     api.obj = policy("Blocking", "10")
     run = InProcess(api, token)
 
@@ -232,7 +240,9 @@ def test_watch_resumes_from_bookmarks_relists_on_gone_and_rereads_the_token(api:
     assert 50 <= int(first.q("timeoutSeconds") or 0) <= 60  # never longer than the time left (60 s)
     api.events.put(bookmark("12"))
     api.events.put(event("MODIFIED", policy("Blocking", "13", "job migrate: 1 active pod")))
-    wait_until(lambda: any("1 active pod" in line for line in run.lines), 30, "the MODIFIED event to be logged")
+    wait_until(
+        lambda: any("1 active pod" in line for line in run.lines), 30, "the MODIFIED event to be logged"
+    )
     token.write_text("token-2\n")  # a projected token rotates
     api.events.put(END)  # the server ends the watch (its timeoutSeconds): resume from the last version
 
@@ -279,7 +289,9 @@ def test_not_found_then_created_and_deleted(api: FakeApi, token: Path) -> None:
     assert api.watches()[0].q("resourceVersion") is None  # from now, the server sends the current state
     api.events.put(event("ADDED", policy("Blocking", "7")))
     api.events.put(event("DELETED", policy("Blocking", "8")))
-    api.events.put(event("ADDED", {**policy("Satisfied", "9"), "metadata": {"name": "other", "resourceVersion": "9"}}))
+    api.events.put(
+        event("ADDED", {**policy("Satisfied", "9"), "metadata": {"name": "other", "resourceVersion": "9"}})
+    )
     api.events.put(event("ADDED", policy("Satisfied", "10")))
     out = run.result()
     assert out.ready

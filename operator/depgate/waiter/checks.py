@@ -48,7 +48,9 @@ def tls_context(ca_file: str | None, insecure: bool, flag: str = "--ca-file") ->
     try:
         ctx = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
     except ssl.SSLError as exc:
-        raise ConfigError(f"{flag}: cannot load {ca_file}: {clean(str(getattr(exc, 'reason', None) or exc))}") from None
+        raise ConfigError(
+            f"{flag}: cannot load {ca_file}: {clean(str(getattr(exc, 'reason', None) or exc))}"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{flag}: cannot read {ca_file}: {clean(exc.strerror or str(exc))}") from None
     if insecure:
@@ -121,7 +123,11 @@ class RedisCheck(_Base):
             if self.tls is not None:
                 sock = self.tls.wrap_socket(sock, server_hostname=self.host)
             if self.password is not None:
-                args = ["AUTH", self.password] if self.username is None else ["AUTH", self.username, self.password]
+                args = (
+                    ["AUTH", self.password]
+                    if self.username is None
+                    else ["AUTH", self.username, self.password]
+                )
                 sock.sendall(encode_command(args))
                 refused = judge_auth(read_reply(sock))
                 if refused is not None:
@@ -266,7 +272,9 @@ class DownloadCheck(_Base):
         self.dir = os.path.dirname(self.dest)
         self.tmp_prefix = f".{os.path.basename(self.dest)}.depgate-"
         self.ca_file, self.insecure = cfg.ca_file, cfg.insecure
-        self.tls = tls_context(cfg.ca_file, cfg.insecure) if cfg.url.startswith("https:") or cfg.ca_file else None
+        self.tls = (
+            tls_context(cfg.ca_file, cfg.insecure) if cfg.url.startswith("https:") or cfg.ca_file else None
+        )
         self.target = f"{redact_url(cfg.url)} -> {self.dest}"
         self.current_tmp: str | None = None
         self.fetches = 0

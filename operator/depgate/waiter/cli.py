@@ -70,7 +70,9 @@ def main(argv: Sequence[str]) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     terminated = False
     try:
-        outcome = run(check, Timing(common.timeout, common.period, common.attempt_timeout), log, on_progress=keep)
+        outcome = run(
+            check, Timing(common.timeout, common.period, common.attempt_timeout), log, on_progress=keep
+        )
     except _Terminated:
         terminated = True
         last = log.last or Result("Timeout", "terminated before the first attempt finished")

@@ -195,7 +195,9 @@ def check_url(flag: str, url: str) -> str:
 
 def _common_parser() -> _Parser:
     common = _Parser(add_help=False)
-    common.add_argument("--timeout", type=_seconds, default=0.0, help="overall seconds; 0 = forever (default)")
+    common.add_argument(
+        "--timeout", type=_seconds, default=0.0, help="overall seconds; 0 = forever (default)"
+    )
     common.add_argument(
         "--period", type=_positive_seconds, default=1.0, help="longest pause between attempts (default 1)"
     )

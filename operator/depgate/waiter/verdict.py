@@ -64,7 +64,9 @@ def judge(obj: Mapping[str, Any], policy: str, precondition: str) -> Result:
             return Result("NotSatisfied", clean(f"{head}: {message}" if message else head))
     spec = obj.get("spec")
     declared = spec.get("preconditions") if isinstance(spec, Mapping) else None
-    names = {p.get("name") for p in declared if isinstance(p, Mapping)} if isinstance(declared, list) else set()
+    names = (
+        {p.get("name") for p in declared if isinstance(p, Mapping)} if isinstance(declared, list) else set()
+    )
     if declared is not None and precondition not in names:
         return Result("NotSatisfied", f"policy {policy} declares no precondition {precondition}")
     return Result("NotSatisfied", f"not judged yet: the status has no entry for {precondition}")
@@ -136,7 +138,9 @@ def api_error(code: int, body: bytes | Mapping[str, Any], verb: str, namespace: 
         )
     if code == 404:
         return Result("NotFound", f"dependencypolicy {namespace}/{policy} not found")
-    return Result("HTTPStatus", clean(f"the API server answered {code} to {verb}{': ' + detail if detail else ''}"))
+    return Result(
+        "HTTPStatus", clean(f"the API server answered {code} to {verb}{': ' + detail if detail else ''}")
+    )
 
 
 class _Gone(Exception):
@@ -149,7 +153,8 @@ def _read_namespace(path: str) -> str:
             return f.read().strip()
     except OSError as exc:
         raise ConfigError(
-            f"--namespace: not given, DEPGATE_NAMESPACE is not set, and {path} is unreadable: {exc.strerror or exc}"
+            f"--namespace: not given, DEPGATE_NAMESPACE is not set, and {path} is unreadable: "
+            f"{exc.strerror or exc}"
         ) from None
 
 
@@ -193,7 +198,9 @@ class VerdictCheck(_Base):
         try:
             token = self._token()
         except OSError as exc:
-            raise Failed("Unauthorized", f"cannot read the token file {self.token_file}: {exc.strerror}") from None
+            raise Failed(
+                "Unauthorized", f"cannot read the token file {self.token_file}: {exc.strerror}"
+            ) from None
         conn = self.server.connect(timeout, self.tls)
         try:
             conn.putrequest("GET", path, skip_accept_encoding=True)

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -262,6 +263,49 @@ def test_redis_requirepass(waiter: Start, redis: Callable[..., subprocess.Popen[
     assert missing.termination().startswith("Timeout: Auth: NOAUTH")
     for w in (right, wrong, user, missing):
         assert "s3cret-pw" not in w.stderr + w.termination()
+
+
+@needs_redis
+def test_redis_tls(
+    waiter: Start, redis: Callable[..., subprocess.Popen[bytes]], certs: dict[str, Path]
+) -> None:
+    port = free_port()
+    redis(
+        port,
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--tls-cert-file",
+        str(certs["cert"]),
+        "--tls-key-file",
+        str(certs["key"]),
+        "--tls-ca-cert-file",
+        str(certs["ca"]),
+        "--tls-auth-clients",
+        "no",
+    )
+    client = ssl.create_default_context(cafile=str(certs["ca"]))
+
+    def tls_ping() -> bool:
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=2)
+            with client.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(100).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    wait_until(tls_ping, 30, "redis-server with TLS")
+    args = ("redis", "--host=127.0.0.1", f"--port={port}", "--tls", PERIOD)
+    trusted = waiter(*args, f"--ca-file={certs['ca']}", "--timeout=60")
+    untrusted = waiter(*args, "--timeout=1.5")
+    plain = waiter("redis", "--host=127.0.0.1", f"--port={port}", "--timeout=1.5")
+    assert_exit(trusted, 0)
+    assert trusted.lines[-1].endswith(": PONG")
+    assert_exit(untrusted, 124)
+    assert untrusted.termination().startswith("Timeout: TLS: certificate verify failed")
+    assert_exit(plain, 124)  # plaintext RESP to a TLS port: never ready
 
 
 def test_redis_port_answered_by_something_else(waiter: Start, http_server: Callable[..., HttpServer]) -> None:

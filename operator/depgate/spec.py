@@ -121,8 +121,8 @@ class TemplateMetadata:
 class Template:
     """`spec.template`: a Deployment depgate creates (and owns) in the policy's namespace."""
 
-    metadata: TemplateMetadata
     spec: Mapping[str, Json]
+    metadata: TemplateMetadata = field(default_factory=TemplateMetadata)
 
 
 Target: TypeAlias = WorkloadRef | Selector | Template
@@ -378,9 +378,7 @@ class _Obj:
             raise SpecError(path, f"must be an object, not {_type_name(value)}")
         for key in value:
             if key not in allowed:
-                raise SpecError(
-                    _join(path, str(key)), f"unknown field (expected one of: {', '.join(allowed)})"
-                )
+                raise SpecError(_join(path, str(key)), f"unknown field (expected one of: {', '.join(allowed)})")
         self.value: Mapping[str, Json] = value
         self.path = path
 
@@ -469,9 +467,7 @@ class _Obj:
         if not isinstance(value, list | tuple):
             raise SpecError(self.at(key), f"must be an array, not {_type_name(value)}")
         if len(value) < min_items:
-            raise SpecError(
-                self.at(key), f"must have at least {min_items} item{'s' if min_items > 1 else ''}"
-            )
+            raise SpecError(self.at(key), f"must have at least {min_items} item{'s' if min_items > 1 else ''}")
         if len(value) > max_items:
             raise SpecError(self.at(key), f"must have at most {max_items} items")
         return list(value)
@@ -528,7 +524,7 @@ def _check_str(
         raise SpecError(path, "must not be empty")
     if len(value) > max_length:
         raise SpecError(path, f"must be at most {max_length} characters (got {len(value)})")
-    if pattern is not None and not pattern.match(value):
+    if pattern is not None and not pattern.fullmatch(value):
         raise SpecError(path, f"{pattern_message} (got {value!r})")
     return value
 
@@ -545,12 +541,9 @@ def _check_int(value: object, path: str, minimum: int, maximum: int) -> int:
     return value
 
 
-_DNS_LABEL_MSG = (
-    "must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit"
-)
+_DNS_LABEL_MSG = "must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit"
 _DNS_SUBDOMAIN_MSG = (
-    "must be a DNS subdomain: lowercase letters, digits, '-' and '.', "
-    "starting and ending with a letter or digit"
+    "must be a DNS subdomain: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
 )
 _URL_MSG = "must be an http:// or https:// URL with a host"
 _PORT = {"minimum": 1, "maximum": 65535}
@@ -566,9 +559,7 @@ def _key_ref(o: _Obj | None) -> KeyRef | None:
         return None
     return KeyRef(
         name=_name(o),
-        key=o.req_str(
-            "key", pattern=CONFIG_KEY_RE, pattern_message="must consist of letters, digits, '-', '_' or '.'"
-        ),
+        key=o.req_str("key", pattern=CONFIG_KEY_RE, pattern_message="must consist of letters, digits, '-', '_' or '.'"),
     )
 
 
@@ -647,16 +638,13 @@ def _header_value(h: _Obj) -> str:
 
 
 def _parse_dns(o: _Obj) -> DNSCheck:
-    return DNSCheck(
-        name=o.req_str("name", pattern=NO_SPACE_RE, pattern_message="must be a DNS name without spaces")
-    )
+    return DNSCheck(name=o.req_str("name", pattern=NO_SPACE_RE, pattern_message="must be a DNS name without spaces"))
 
 
 def _parse_service(o: _Obj) -> ServiceCheck:
     return ServiceCheck(
         name=o.req_str("name", pattern=DNS_LABEL_RE, pattern_message=_DNS_LABEL_MSG, max_length=63),
-        min_ready_endpoints=o.opt_int("minReadyEndpoints", default=1, minimum=0, maximum=MAX_TIMEOUT_SECONDS)
-        or 0,
+        min_ready_endpoints=o.opt_int("minReadyEndpoints", default=1, minimum=0, maximum=MAX_TIMEOUT_SECONDS) or 0,
     )
 
 
@@ -682,9 +670,7 @@ def _parse_workload(o: _Obj) -> WorkloadCheck:
 
 def _parse_resource(o: _Obj) -> ResourceCheck:
     return ResourceCheck(
-        api_version=o.req_str(
-            "apiVersion", pattern=API_VERSION_RE, pattern_message="must be <group>/<version> or v1"
-        ),
+        api_version=o.req_str("apiVersion", pattern=API_VERSION_RE, pattern_message="must be <group>/<version> or v1"),
         kind=o.req_str("kind", pattern=KIND_RE, pattern_message="must be a kind in CamelCase", max_length=63),
         name=_name(o),
         condition=o.opt_str(
@@ -706,9 +692,7 @@ def _parse_download(o: _Obj) -> DownloadTask:
     )
     path = o.req_str("path", max_length=1024)
     if path.startswith("/") or DOTDOT_RE.search(path):
-        raise SpecError(
-            o.at("path"), f"must be a relative path inside the shared volume, without '..' (got {path!r})"
-        )
+        raise SpecError(o.at("path"), f"must be a relative path inside the shared volume, without '..' (got {path!r})")
     return DownloadTask(url=url, sha256=sha, path=path)
 
 
@@ -739,8 +723,7 @@ def _parse_command(o: _Obj) -> CommandTask:
     if (image is None) == (source is None):
         raise SpecError(
             o.path,
-            "exactly one of image or fromContainer must be set"
-            + (" (found both)" if image else " (found neither)"),
+            "exactly one of image or fromContainer must be set" + (" (found both)" if image else " (found neither)"),
         )
     command = o.str_list("command", max_items=1024, max_length=32768)
     args = o.str_list("args", max_items=1024, max_length=32768)
@@ -847,7 +830,7 @@ def _parse_selector(o: _Obj) -> Selector:
 
 def _check_label(path: str, key: str, value: str) -> None:
     # Label keys are left to the API server (the CRD cannot check map keys cheaply); values are checked.
-    if len(value) > 63 or not LABEL_VALUE_RE.match(value):
+    if len(value) > 63 or not LABEL_VALUE_RE.fullmatch(value):
         raise SpecError(f"{path}.{key}", f"must be a label value of at most 63 characters (got {value!r})")
 
 
@@ -889,7 +872,7 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise SpecError("metadata.name", "required")
-    if len(name) > 253 or not DNS_SUBDOMAIN_RE.match(name):
+    if len(name) > 253 or not DNS_SUBDOMAIN_RE.fullmatch(name):
         raise SpecError("metadata.name", _DNS_SUBDOMAIN_MSG)
     namespace = meta.get("namespace")
     uid = meta.get("uid")
@@ -921,8 +904,7 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
     defaults = Defaults()
     if d is not None:
         defaults = Defaults(
-            timeout_seconds=d.opt_int("timeoutSeconds", default=0, minimum=0, maximum=MAX_TIMEOUT_SECONDS)
-            or 0,
+            timeout_seconds=d.opt_int("timeoutSeconds", default=0, minimum=0, maximum=MAX_TIMEOUT_SECONDS) or 0,
             period_seconds=d.opt_int("periodSeconds", default=1, minimum=1, maximum=MAX_PERIOD_SECONDS) or 1,
             resources=d.free_obj("resources"),
             security_context=d.free_obj("securityContext"),
@@ -933,12 +915,10 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
     if sv is not None:
         mount_path = sv.opt_str("mountPath", default="/depgate/shared", max_length=1024) or "/depgate/shared"
         if not mount_path.startswith("/") or ":" in mount_path or DOTDOT_RE.search(mount_path):
-            raise SpecError(
-                sv.at("mountPath"), f"must be an absolute path without ':' or '..' (got {mount_path!r})"
-            )
+            raise SpecError(sv.at("mountPath"), f"must be an absolute path without ':' or '..' (got {mount_path!r})")
         size = sv.raw("sizeLimit")
         if size is not None and (
-            isinstance(size, bool) or not isinstance(size, str | int) or not QUANTITY_RE.match(str(size))
+            isinstance(size, bool) or not isinstance(size, str | int) or not QUANTITY_RE.fullmatch(str(size))
         ):
             raise SpecError(sv.at("sizeLimit"), f"must be a quantity such as 64Mi (got {size!r})")
         shared = SharedVolume(mount_path=mount_path, size_limit=size)
@@ -952,9 +932,7 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
         path = f"spec.preconditions[{i}]"
         pre = _parse_precondition(item, path)
         if pre.name in seen:
-            raise SpecError(
-                f"{path}.name", f"duplicate name {pre.name!r} (also spec.preconditions[{seen[pre.name]}])"
-            )
+            raise SpecError(f"{path}.name", f"duplicate name {pre.name!r} (also spec.preconditions[{seen[pre.name]}])")
         seen[pre.name] = i
         preconditions.append(pre)
 

@@ -303,9 +303,7 @@ ERRORS: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     (
         "selector-operator",
-        policy(
-            workloadRef=None, selector={"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]}
-        ),
+        policy(workloadRef=None, selector={"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]}),
         "spec.selector.matchExpressions[0].operator",
         "one of",
     ),
@@ -701,7 +699,5 @@ def test_spec_errors_name_the_field(obj: dict[str, Any], path: str, message: str
 
 
 def test_every_precondition_type_has_an_error_case() -> None:
-    covered = {
-        e[2].split(".")[2] for e in ERRORS if e[2].startswith("spec.preconditions[") and e[2].count(".") >= 3
-    }
+    covered = {e[2].split(".")[2] for e in ERRORS if e[2].startswith("spec.preconditions[") and e[2].count(".") >= 3}
     assert set(TYPES) <= covered

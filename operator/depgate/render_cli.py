@@ -1,0 +1,206 @@
+"""`depgate render`: print Deployments as the operator would apply them, offline.
+
+    depgate render -f policy.yaml -f deployment.yaml [--waiter-image IMG] [-o yaml|json]
+
+Every -f is a file of one or more YAML/JSON documents (`-` is standard input; a `kind: List`
+is opened). DependencyPolicies are rendered against the Deployments given, through the same
+functions the operator uses (depgate.spec, depgate.render); other kinds are ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import yaml
+
+from depgate.render import (
+    DEFAULT_WAITER_IMAGE,
+    RenderConfig,
+    base_from_template,
+    owner_reference,
+    render_errors,
+    rendered,
+    rendered_template,
+)
+from depgate.spec import KIND, Policy, Selector, SpecError, WorkloadRef, parse_policy
+
+WAITER_IMAGE_ENV = "DEPGATE_WAITER_IMAGE"
+
+
+class RenderFailure(Exception):
+    """What `depgate render` prints after `error: ` before exiting 1."""
+
+
+@dataclass(frozen=True)
+class Document:
+    obj: Mapping[str, Any]
+    source: str  # "policy.yaml document 2"
+
+
+def load_documents(paths: Sequence[str], stdin: TextIO | None = None) -> list[Document]:
+    docs: list[Document] = []
+    for path in paths:
+        if path == "-":
+            text = (stdin or sys.stdin).read()
+            label = "<stdin>"
+        else:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as exc:
+                raise RenderFailure(f"{path}: {exc.strerror or exc}") from None
+            label = path
+        try:
+            loaded = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as exc:
+            raise RenderFailure(f"{label}: not valid YAML: {exc}") from None
+        for i, obj in enumerate(loaded, start=1):
+            if obj is None:
+                continue
+            if not isinstance(obj, Mapping):
+                raise RenderFailure(f"{label} document {i}: not an object")
+            items = obj.get("items") if obj.get("kind") == "List" else [obj]
+            for item in items or []:
+                if isinstance(item, Mapping):
+                    docs.append(Document(item, f"{label} document {i}"))
+    return docs
+
+
+def _is_deployment(obj: Mapping[str, Any]) -> bool:
+    return obj.get("kind") == "Deployment" and str(obj.get("apiVersion", "apps/v1")) == "apps/v1"
+
+
+def _same_namespace(policy: Policy, deployment: Mapping[str, Any]) -> bool:
+    ns = (deployment.get("metadata") or {}).get("namespace")
+    return policy.namespace is None or ns is None or ns == policy.namespace
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def render_documents(docs: Iterable[Document], config: RenderConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every target Deployment as the operator would apply it, and warnings. Raises RenderFailure."""
+    docs = list(docs)
+    deployments = [d for d in docs if _is_deployment(d.obj)]
+    policies: list[tuple[Policy, Document]] = []
+    for doc in docs:
+        if doc.obj.get("kind") != KIND:
+            continue
+        try:
+            policies.append((parse_policy(doc.obj), doc))
+        except SpecError as exc:
+            raise RenderFailure(f"{exc.field_path}: {exc.message} ({KIND} {_name(doc.obj)}, {doc.source})") from None
+    if not policies:
+        raise RenderFailure(f"no {KIND} in the given files")
+
+    out: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    claimed: dict[tuple[str, str], str] = {}
+    for policy, doc in policies:
+        where = f"({KIND} {policy.name}, {doc.source})"
+        if isinstance(policy.target, WorkloadRef):
+            ref = policy.target
+            targets = [d.obj for d in deployments if _name(d.obj) == ref.name and _same_namespace(policy, d.obj)]
+            if not targets:
+                raise RenderFailure(f"spec.workloadRef.name: Deployment {ref.name!r} is not in the given files {where}")
+            targets = targets[:1]
+        elif isinstance(policy.target, Selector):
+            selector = policy.target
+            targets = [
+                d.obj
+                for d in deployments
+                if _same_namespace(policy, d.obj) and selector.matches((d.obj.get("metadata") or {}).get("labels"))
+            ]
+            if not targets:
+                warnings.append(f"{KIND} {policy.name}: spec.selector matches none of the given Deployments")
+        else:
+            errors = render_errors(policy, base_from_template(policy), config)
+            if errors:
+                raise RenderFailure(f"{errors[0]} {where}")
+            out.append(rendered_template(policy, config, owner_reference(policy)))
+            continue
+        for target in targets:
+            key = (
+                str((target.get("metadata") or {}).get("namespace") or policy.namespace or ""),
+                _name(target),
+            )
+            if key in claimed:
+                raise RenderFailure(
+                    f"Deployment {key[1]!r} is targeted by both {KIND} {claimed[key]} and {policy.name} "
+                    "(the operator applies the first and reports Conflict on the other)"
+                )
+            claimed[key] = policy.name
+            errors = render_errors(policy, target, config)
+            if errors:
+                raise RenderFailure(f"{errors[0]} {where}")
+            out.append(rendered(policy, target, config))
+    return out, warnings
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes the strings YAML 1.1 readers (kubectl among them) take for booleans: y, n, ..."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    if data in ("y", "Y", "n", "N"):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="'")
+    return dumper.represent_str(data)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump(objs: Sequence[Mapping[str, Any]], output: str) -> str:
+    if output == "json":
+        if len(objs) == 1:
+            return json.dumps(objs[0], indent=2) + "\n"
+        return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)}, indent=2) + "\n"
+    return "---\n".join(
+        yaml.dump(dict(obj), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1_000_000) for obj in objs
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="depgate render",
+        description="Print every target Deployment as the operator would apply it (offline).",
+    )
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="policies and Deployments (YAML or JSON, several documents allowed; '-' for stdin); repeatable",
+    )
+    p.add_argument(
+        "--waiter-image",
+        default=os.environ.get(WAITER_IMAGE_ENV) or DEFAULT_WAITER_IMAGE,
+        help=f"image of the init containers (default: ${WAITER_IMAGE_ENV}, else {DEFAULT_WAITER_IMAGE})",
+    )
+    p.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    config = RenderConfig(waiter_image=args.waiter_image)
+    try:
+        objs, warnings = render_documents(load_documents(args.filename), config)
+    except RenderFailure as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    sys.stdout.write(dump(objs, args.output))
+    return 0

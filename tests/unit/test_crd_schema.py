@@ -1,0 +1,406 @@
+"""The DependencyPolicy CRD, offline: structural, described, CEL-budgeted, and in step with depgate.spec.
+
+The API server's own verdicts (CEL messages, rejections) are tested against a real kube-apiserver
+elsewhere; here nothing needs a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from depgate import spec as S
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "crds" / "dependencypolicies.depgate.io.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    return yaml.safe_load(CRD_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def version(crd: dict[str, Any]) -> dict[str, Any]:
+    (v,) = crd["spec"]["versions"]
+    return v
+
+
+@pytest.fixture(scope="module")
+def schema(version: dict[str, Any]) -> dict[str, Any]:
+    return version["schema"]["openAPIV3Schema"]
+
+
+def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for name, child in (node.get("properties") or {}).items():
+        yield from walk(child, f"{path}.{name}")
+    if "items" in node:
+        yield from walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def json_fields(cls: type[Any]) -> list[str]:
+    return [camel(f.name) for f in dataclasses.fields(cls)]
+
+
+def test_identity(crd: dict[str, Any], version: dict[str, Any]) -> None:
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["metadata"]["name"] == "dependencypolicies.depgate.io"
+    spec = crd["spec"]
+    assert spec["group"] == "depgate.io" and spec["scope"] == "Namespaced"
+    names = spec["names"]
+    assert (names["kind"], names["plural"], names["singular"]) == (
+        "DependencyPolicy",
+        "dependencypolicies",
+        "dependencypolicy",
+    )
+    assert names["shortNames"] == ["dp"] and names["categories"] == ["depgate"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert version["subresources"] == {"status": {}}
+
+
+def test_printer_columns(version: dict[str, Any]) -> None:
+    cols = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert list(cols) == ["Targets", "Blocking", "Ready", "Reason", "Age"]
+    assert cols["Targets"]["jsonPath"] == ".status.targets"
+    assert cols["Blocking"]["jsonPath"] == ".status.blockingSummary"
+    assert cols["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert cols["Reason"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].reason'
+    assert (cols["Age"]["type"], cols["Age"]["jsonPath"]) == ("date", ".metadata.creationTimestamp")
+
+
+def test_structural(schema: dict[str, Any]) -> None:
+    """Every node has a type (or is int-or-string); metadata is only `type: object`; list maps key on
+    required fields; preserve-unknown only where design.md says a free-form object goes."""
+    assert schema["properties"]["metadata"] == {"type": "object"}
+    free = set()
+    for path, node in walk(schema):
+        if node.get("x-kubernetes-int-or-string"):
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+            continue
+        assert node.get("type") in ("object", "array", "string", "integer", "boolean"), path
+        if node["type"] == "array":
+            assert "items" in node, path
+        if node.get("x-kubernetes-list-type") == "map":
+            for key in node["x-kubernetes-list-map-keys"]:
+                assert key in node["items"].get("required", []), path
+        if node.get("x-kubernetes-preserve-unknown-fields"):
+            assert node["type"] == "object" and "properties" not in node, path
+            free.add(path)
+    assert free == {
+        ".spec.template.spec",
+        ".spec.defaults.resources",
+        ".spec.defaults.securityContext",
+        ".spec.preconditions[].command.env[].valueFrom",
+        ".spec.preconditions[].command.resources",
+        ".spec.preconditions[].command.securityContext",
+        ".spec.preconditions[].command.readinessProbe",
+        ".spec.preconditions[].command.livenessProbe",
+        ".spec.preconditions[].command.startupProbe",
+        ".spec.preconditions[].command.lifecycle",
+    }
+
+
+def test_every_field_is_described(schema: dict[str, Any]) -> None:
+    missing = [p for p, node in walk(schema) if p != ".metadata" and not node.get("description", "").strip()]
+    assert missing == []
+
+
+def test_no_namespace_field_anywhere(schema: dict[str, Any]) -> None:
+    assert [p for p, _ in walk(schema["properties"]["spec"], ".spec") if p.endswith(".namespace")] == []
+
+
+def test_every_cel_rule_has_a_message_and_bounded_inputs(schema: dict[str, Any]) -> None:
+    rules = 0
+    for path, node in walk(schema):
+        for rule in node.get("x-kubernetes-validations", []):
+            rules += 1
+            assert rule["message"].strip(), path
+            assert set(rule) <= {"rule", "message", "fieldPath", "reason"}, path
+            assert rule.get("reason", "FieldValueInvalid") in (
+                "FieldValueInvalid",
+                "FieldValueForbidden",
+                "FieldValueRequired",
+                "FieldValueDuplicate",
+            )
+    assert rules >= 15
+    # The cost estimator needs bounds on everything CEL can see: every string, list and map of the spec.
+    for path, node in walk(schema["properties"]["spec"], ".spec"):
+        if node.get("type") == "string":
+            assert "maxLength" in node or "enum" in node or path.endswith("env[].value"), path
+        if node.get("type") == "array":
+            assert "maxItems" in node, path
+        if node.get("type") == "object" and "additionalProperties" in node:
+            assert "maxProperties" in node, path
+
+
+def test_cel_messages_name_their_field(schema: dict[str, Any]) -> None:
+    for path, node in walk(schema):
+        for rule in node.get("x-kubernetes-validations", []):
+            leaf = path.rsplit(".", 1)[-1].rstrip("[]") or "spec"
+            named = [leaf, *(node.get("properties") or {})]
+            assert any(n in rule["message"] for n in named), (path, rule["message"])
+
+
+def test_the_command_rule_message(schema: dict[str, Any]) -> None:
+    command = schema["properties"]["spec"]["properties"]["preconditions"]["items"]["properties"]["command"]
+    messages = {r.get("fieldPath"): r["message"] for r in command["x-kubernetes-validations"]}
+    for field in S.FORBIDDEN_COMMAND_FIELDS:
+        assert messages[f".{field}"] == S.FORBIDDEN_COMMAND_MESSAGE
+        assert command["properties"][field]["x-kubernetes-preserve-unknown-fields"] is True
+
+
+def test_preconditions_list(schema: dict[str, Any]) -> None:
+    pre = schema["properties"]["spec"]["properties"]["preconditions"]
+    assert pre["x-kubernetes-list-type"] == "map" and pre["x-kubernetes-list-map-keys"] == ["name"]
+    assert (pre["minItems"], pre["maxItems"]) == (1, S.MAX_PRECONDITIONS)
+    name = pre["items"]["properties"]["name"]
+    assert name["maxLength"] == S.MAX_NAME_LENGTH
+    (rule,) = name["x-kubernetes-validations"]
+    assert rule["rule"] == f"self.matches(r'{S.DNS_LABEL_RE.pattern}')"
+    assert "depgate-<name>" in rule["message"] and "63" in rule["message"]
+
+
+def test_status_schema(schema: dict[str, Any]) -> None:
+    status = schema["properties"]["status"]["properties"]
+    assert set(status) == {
+        "observedGeneration",
+        "targets",
+        "blocking",
+        "blockingSummary",
+        "pods",
+        "preconditions",
+        "conditions",
+    }
+    conditions = status["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map" and conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert set(conditions["items"]["properties"]) == {
+        "type",
+        "status",
+        "reason",
+        "message",
+        "lastTransitionTime",
+        "observedGeneration",
+    }
+    entry = status["preconditions"]["items"]["properties"]
+    assert set(entry) == {
+        "name",
+        "type",
+        "state",
+        "reason",
+        "message",
+        "blockedPods",
+        "since",
+        "lastSatisfiedTime",
+        "satisfiedUID",
+    }
+    assert entry["state"]["enum"] == ["Satisfied", "Blocking", "Pending", "Failed", "Unknown"]
+    assert set(status["pods"]["properties"]) == {"total", "initializing", "ready"}
+
+
+# --- the CRD and spec.py agree ------------------------------------------------------------------------
+
+
+def props(node: dict[str, Any]) -> dict[str, Any]:
+    return node.get("properties") or {}
+
+
+def assert_same_fields(node: dict[str, Any], cls: type[Any], path: str, extra: tuple[str, ...] = ()) -> None:
+    assert set(props(node)) == set(json_fields(cls)) | set(extra), path
+    required = [
+        camel(f.name)
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    assert set(node.get("required", [])) == set(required), path
+    for f in dataclasses.fields(cls):
+        crd_default = props(node)[camel(f.name)].get("default")
+        if (
+            f.default is not dataclasses.MISSING
+            and f.default is not None
+            and f.default is not False
+            and f.default != ()
+        ):
+            want = list(f.default) if isinstance(f.default, tuple) else f.default
+            assert crd_default == want, f"{path}.{camel(f.name)}"
+        else:
+            assert crd_default is None, f"{path}.{camel(f.name)}"
+
+
+def test_spec_fields_agree(schema: dict[str, Any]) -> None:
+    spec = schema["properties"]["spec"]
+    sp = props(spec)
+    assert set(sp) == {
+        "workloadRef",
+        "selector",
+        "template",
+        "placement",
+        "defaults",
+        "sharedVolume",
+        "preconditions",
+    }
+    assert_same_fields(sp["workloadRef"], S.WorkloadRef, "workloadRef")
+    assert_same_fields(sp["selector"], S.Selector, "selector")
+    assert_same_fields(props(sp["selector"])["matchExpressions"]["items"], S.LabelSelectorRequirement, "expr")
+    assert_same_fields(sp["template"], S.Template, "template")
+    assert_same_fields(props(sp["template"])["metadata"], S.TemplateMetadata, "template.metadata")
+    assert_same_fields(sp["defaults"], S.Defaults, "defaults")
+    assert_same_fields(sp["sharedVolume"], S.SharedVolume, "sharedVolume")
+    assert sp["placement"]["enum"] == list(S.PLACEMENTS) and sp["placement"]["default"] == S.PLACEMENTS[0]
+
+    item = sp["preconditions"]["items"]
+    own = [camel(f.name) for f in dataclasses.fields(S.Precondition) if f.name not in ("type", "body")]
+    assert set(props(item)) == set(own) | set(S.TYPES)
+    assert list(props(item))[len(own) :] == list(S.TYPES)  # same order as spec.TYPES
+    for kind, cls in S.BODY_TYPES.items():
+        extra = S.FORBIDDEN_COMMAND_FIELDS if kind == "command" else ()
+        assert_same_fields(props(item)[kind], cls, kind, extra)
+    redis, http = props(props(item)["redis"]), props(props(item)["http"])
+    assert_same_fields(redis["passwordSecretRef"], S.KeyRef, "redis.passwordSecretRef")
+    assert_same_fields(http["caConfigMap"], S.KeyRef, "http.caConfigMap")
+    assert_same_fields(http["headers"]["items"], S.HTTPHeader, "http.headers")
+
+
+def test_enums_and_patterns_agree(schema: dict[str, Any]) -> None:
+    item = schema["properties"]["spec"]["properties"]["preconditions"]["items"]["properties"]
+    assert props(item["workload"])["kind"]["enum"] == list(S.WORKLOAD_KINDS)
+    assert props(item["resource"])["status"]["enum"] == list(S.CONDITION_STATUSES)
+    expr = schema["properties"]["spec"]["properties"]["selector"]["properties"]["matchExpressions"]["items"]
+    assert props(expr)["operator"]["enum"] == list(S.SELECTOR_OPERATORS)
+    cel = " ".join(r["rule"] for _, node in walk(schema) for r in node.get("x-kubernetes-validations", []))
+    for pattern in (S.URL_RE, S.SHA256_RE, S.DOTDOT_RE, S.DNS_LABEL_RE):
+        assert pattern.pattern in cel
+    patterns = {node["pattern"] for _, node in walk(schema) if "pattern" in node}
+    for pattern in (
+        S.DNS_SUBDOMAIN_RE,
+        S.CONFIG_KEY_RE,
+        S.NO_SPACE_RE,
+        S.QUANTITY_RE,
+        S.API_VERSION_RE,
+        S.KIND_RE,
+        S.HEADER_NAME_RE,
+        S.LABEL_KEY_RE,
+        S.LABEL_VALUE_RE,
+    ):
+        assert pattern.pattern in patterns, pattern.pattern
+    ranges = {
+        "tcp.port": (1, 65535),
+        "redis.port": (1, 65535),
+        "timeoutSeconds": (0, S.MAX_TIMEOUT_SECONDS),
+        "periodSeconds": (1, S.MAX_PERIOD_SECONDS),
+    }
+    for dotted, (lo, hi) in ranges.items():
+        node: dict[str, Any] = {"properties": item}
+        for part in dotted.split("."):
+            node = props(node)[part]
+        assert (node["minimum"], node["maximum"]) == (lo, hi), dotted
+    status = props(item["http"])["expectStatus"]["items"]
+    assert (status["minimum"], status["maximum"]) == (100, 599)
+
+
+# --- a small offline validator: policies we ship must pass the schema --------------------------------
+
+
+def validate(node: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """Types, required, unknown fields, enum, bounds, patterns (RE2-compatible ones). Not CEL."""
+    errors: list[str] = []
+    if node.get("x-kubernetes-int-or-string"):
+        if not isinstance(value, int | str) or not re.fullmatch(node["pattern"], str(value)):
+            errors.append(f"{path}: not a quantity")
+        return errors
+    kind = node.get("type")
+    types = {"object": dict, "array": list, "string": str, "integer": int, "boolean": bool}
+    if not isinstance(value, types[kind]) or (kind == "integer" and isinstance(value, bool)):
+        return [f"{path}: want {kind}"]
+    if "enum" in node and value not in node["enum"]:
+        errors.append(f"{path}: not in {node['enum']}")
+    if kind == "string":
+        if len(value) > node.get("maxLength", 1 << 30) or len(value) < node.get("minLength", 0):
+            errors.append(f"{path}: length")
+        if "pattern" in node and not re.search(node["pattern"], value):
+            errors.append(f"{path}: pattern")
+    if kind == "integer" and not node.get("minimum", -(1 << 63)) <= value <= node.get("maximum", 1 << 63):
+        errors.append(f"{path}: range")
+    if kind == "array":
+        if not node.get("minItems", 0) <= len(value) <= node.get("maxItems", 1 << 30):
+            errors.append(f"{path}: items")
+        for i, item in enumerate(value):
+            errors += validate(node["items"], item, f"{path}[{i}]")
+    if kind == "object" and not node.get("x-kubernetes-preserve-unknown-fields"):
+        if path == ".metadata":
+            return errors
+        for req in node.get("required", []):
+            if req not in value:
+                errors.append(f"{path}.{req}: required")
+        for key, item in value.items():
+            if key in props(node):
+                errors += validate(props(node)[key], item, f"{path}.{key}")
+            elif isinstance(node.get("additionalProperties"), dict):
+                errors += validate(node["additionalProperties"], item, f"{path}.{key}")
+            else:
+                errors.append(f"{path}.{key}: unknown field")
+    return errors
+
+
+def shipped_policies() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted([*ROOT.glob("tests/golden/*/policy.yaml"), *ROOT.glob("examples/**/*.yaml")]):
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if isinstance(doc, dict) and doc.get("kind") == "DependencyPolicy":
+                out.append((f"{path.relative_to(ROOT)}#{i}", doc))
+    return out
+
+
+SHIPPED = shipped_policies()
+
+
+def test_there_are_shipped_policies() -> None:
+    assert len(SHIPPED) >= 10
+
+
+@pytest.mark.parametrize("doc", [d for _, d in SHIPPED], ids=[n for n, _ in SHIPPED])
+def test_shipped_policies_pass_the_schema_and_spec(schema: dict[str, Any], doc: dict[str, Any]) -> None:
+    assert validate(schema, doc) == []
+    S.parse_policy(doc)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"name": "a", "tcp": {"host": "x", "port": 0}}, "port: range"),
+        ({"name": "A", "tcp": {"host": "x", "port": 1}}, None),  # the name pattern is a CEL rule, unseen here
+        ({"name": "a" * 53, "dns": {"name": "x"}}, "name: length"),
+        ({"name": "a", "redis": {"host": "x", "tls": "yes"}}, "tls: want boolean"),
+        (
+            {"name": "a", "workload": {"kind": "Job", "name": "x"}},
+            "kind: not in ['Deployment', 'StatefulSet', 'DaemonSet']",
+        ),
+        ({"name": "a", "download": {"url": "http://x", "sha256": "a" * 64}}, "path: required"),
+        ({"name": "a", "tcp": {"host": "x", "port": 1, "extra": 1}}, "extra: unknown field"),
+    ],
+)
+def test_the_offline_validator_sees_schema_errors(schema: dict[str, Any], body: dict[str, Any], error: str) -> None:
+    doc = {
+        "apiVersion": "depgate.io/v1alpha1",
+        "kind": "DependencyPolicy",
+        "metadata": {"name": "p"},
+        "spec": {"workloadRef": {"name": "a"}, "preconditions": [body]},
+    }
+    errors = validate(schema, doc)
+    if error is None:
+        assert errors == []
+    else:
+        assert any(e.endswith(error) for e in errors), errors

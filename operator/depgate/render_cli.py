@@ -2,9 +2,10 @@
 
     depgate render -f policy.yaml -f deployment.yaml [--waiter-image IMG] [-o yaml|json]
 
-Every -f is a file of one or more YAML/JSON documents (`-` is standard input; a `kind: List`
-is opened). DependencyPolicies are rendered against the Deployments given, through the same
-functions the operator uses (depgate.spec, depgate.render); other kinds are ignored.
+Every -f is a file of one or more YAML/JSON documents (`-` is standard input, a directory its
+.yaml/.yml/.json files; a `kind: List` is opened). DependencyPolicies are rendered against the
+Deployments given, through the same functions the operator uses (depgate.spec, depgate.render);
+other kinds are ignored.
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ class Document:
 
 def load_documents(paths: Sequence[str], stdin: TextIO | None = None) -> list[Document]:
     docs: list[Document] = []
-    for path in paths:
+    expanded: list[str] = []
+    for path in paths:  # a directory stands for its .yaml, .yml and .json files, like kubectl -f DIR
+        if path != "-" and os.path.isdir(path):
+            names = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml", ".json")))
+            expanded += [os.path.join(path, n) for n in names]
+        else:
+            expanded.append(path)
+    for path in expanded:
         if path == "-":
             text = (stdin or sys.stdin).read()
             label = "<stdin>"
@@ -178,7 +186,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="FILE",
-        help="policies and Deployments (YAML or JSON, several documents allowed; '-' for stdin); repeatable",
+        help="policies and Deployments: a YAML or JSON file (several documents allowed), a directory, "
+        "or '-' for stdin; repeatable",
     )
     p.add_argument(
         "--waiter-image",

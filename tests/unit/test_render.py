@@ -480,6 +480,12 @@ def test_cli_json_stdin_and_lists(capsys: pytest.CaptureFixture[str], monkeypatc
     assert code == 0 and [d["metadata"]["name"] for d in json.loads(out)["items"]] == ["frontend", "backend"]
 
 
+def test_cli_directory(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["-f", str(EXAMPLES)], capsys)
+    assert (code, err) == (0, "")
+    assert [d["metadata"]["name"] for d in yaml.safe_load_all(out)] == ["app-tier", "support-tier"]
+
+
 def test_cli_one_multi_document_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     both = tmp_path / "all.yaml"
     both.write_text("\n---\n".join(Path(f).read_text() for f in case_files("http-full")))

@@ -175,14 +175,15 @@ def test_bad_configuration_exits_1(waiter: Start, args: list[str], env: dict[str
 
 
 def test_tcp_start_up_imports_stay_lean(tmp_path: Path) -> None:
-    """The init container pays for every import: tcp must not load ssl, http.client, json, hashlib."""
+    """The init container pays for every import: tcp loads neither ssl, http.client, json, hashlib,
+    nor typing or dataclasses (the waiter's records use depgate.waiter._record at run time)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         code = (
             "import sys\nfrom depgate.waiter.cli import main\n"
             f"rc = main(['tcp', '--host=127.0.0.1', '--port={port}', '--termination-log='])\n"
             "heavy = [m for m in ('ssl', 'http.client', 'json', 'hashlib', 'urllib.parse', 'kopf', "
-            "'kubernetes', 'yaml', 'random') if m in sys.modules]\n"
+            "'kubernetes', 'yaml', 'random', 'typing', 'dataclasses', 'inspect') if m in sys.modules]\n"
             "print(rc, heavy)\n"
         )
         out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)

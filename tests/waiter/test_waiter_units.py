@@ -490,3 +490,36 @@ def test_api_error_messages() -> None:
         "NotFound", "dependencypolicy shop/gate not found"
     )
     assert api_error(500, b"not json", "watch", "shop", "gate").reason == "HTTPStatus"
+
+
+# ---------------------------------------------------------------- the start-up-cheap record decorator
+
+
+def test_record_behaves_like_a_frozen_dataclass() -> None:
+    from depgate.waiter._record import dataclass as record
+
+    @record(frozen=True)
+    class Point:
+        x: int
+        y: int = 2
+
+    assert Point(1) == Point(x=1, y=2) and Point(1) != Point(1, 3)
+    assert hash(Point(1)) == hash(Point(1, 2))
+    assert repr(Point(1)) == "Point(x=1, y=2)"
+    assert Point(1).__eq__((1, 2)) is NotImplemented
+    with pytest.raises(AttributeError):
+        Point(1).x = 5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Point()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Point(1, 2, 3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Point(1, x=1)  # type: ignore[misc]
+
+    @record
+    class Box:
+        items: list[int]
+
+    b = Box([1])
+    b.items = [2]
+    assert b == Box([2])

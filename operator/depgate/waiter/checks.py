@@ -12,7 +12,6 @@ import contextlib
 import os
 import socket
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from depgate.waiter.config import (
     ConfigError,
@@ -24,13 +23,15 @@ from depgate.waiter.config import (
     TypeConfig,
     VerdictConfig,
 )
-from depgate.waiter.loop import Attempt, Check
 from depgate.waiter.reasons import Failed, Result, clean
 from depgate.waiter.resp import ProtocolError, Reply, encode_command, judge_auth, judge_ping, parse_reply
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time
 if TYPE_CHECKING:
     import http.client
     import ssl
+
+    from depgate.waiter.loop import Attempt, Check
 
 USER_AGENT = "depgate-wait/0.1"
 MAX_REDIRECTS = 5
@@ -396,4 +397,4 @@ def build(kind: str, cfg: TypeConfig, env: Mapping[str, str]) -> Check:
         from depgate.waiter.verdict import VerdictCheck
 
         return VerdictCheck(cfg)
-    raise ConfigError(f"unknown type {kind!r}")  # pragma: no cover - the parser only knows TYPES
+    raise ConfigError(f"unknown type {kind!r}")  # pragma: no cover - the parser knows only the six

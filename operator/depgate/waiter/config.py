@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import NoReturn, TypeAlias
+from collections.abc import Callable, Mapping, Sequence
 
 from depgate.waiter.statelog import DEFAULT_TERMINATION_LOG
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time; mypy knows the name
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+    from typing import NoReturn, TypeAlias
+else:
+    from depgate.waiter._record import dataclass
+
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_ATTEMPT_TIMEOUT = 5.0
-TYPES = ("tcp", "redis", "http", "dns", "download", "verdict")
 _TCHAR = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -193,48 +197,30 @@ def check_url(flag: str, url: str) -> str:
     return url
 
 
-def _common_parser() -> _Parser:
-    common = _Parser(add_help=False)
-    common.add_argument(
-        "--timeout", type=_seconds, default=0.0, help="overall seconds; 0 = forever (default)"
-    )
-    common.add_argument(
+def _common_flags(p: _Parser) -> None:
+    p.add_argument("--timeout", type=_seconds, default=0.0, help="overall seconds; 0 = forever (default)")
+    p.add_argument(
         "--period", type=_positive_seconds, default=1.0, help="longest pause between attempts (default 1)"
     )
-    common.add_argument(
+    p.add_argument(
         "--attempt-timeout",
         type=_positive_seconds,
         default=None,
         help=f"seconds per attempt (default {DEFAULT_ATTEMPT_TIMEOUT:g}, at most --timeout)",
     )
-    common.add_argument(
+    p.add_argument(
         "--termination-log",
         default=DEFAULT_TERMINATION_LOG,
         help=f"file for the one-line exit reason (default {DEFAULT_TERMINATION_LOG})",
     )
-    return common
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _common_parser()
-    parser = _Parser(
-        prog="depgate wait",
-        description="Wait for one precondition. Exit 0 ready, 124 timed out, 1 bad configuration.",
-    )
-    sub = parser.add_subparsers(dest="kind", metavar="<type>", parser_class=_Parser)
-    sub.required = True
-
-    def add(kind: str, help_text: str) -> _Parser:
-        p = sub.add_parser(kind, parents=[common], help=help_text, description=help_text)
-        if kind != "dns":
-            p.add_argument("--name", dest="label", type=_nonempty, help="a label for the log lines")
-        return p
-
-    p = add("tcp", "a TCP connection succeeds")
+def _tcp(p: _Parser) -> None:
     p.add_argument("--host", required=True, type=_nonempty)
     p.add_argument("--port", required=True, type=_port)
 
-    p = add("redis", "Redis answers PING with PONG (after AUTH when asked)")
+
+def _redis(p: _Parser) -> None:
     p.add_argument("--host", required=True, type=_nonempty)
     p.add_argument("--port", type=_port, default=6379)
     p.add_argument("--tls", action="store_true", help="connect with TLS")
@@ -242,30 +228,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-env", type=_nonempty, metavar="VAR", help="AUTH with the password in $VAR")
     p.add_argument("--username-env", type=_nonempty, metavar="VAR", help="AUTH as the ACL user in $VAR")
 
-    p = add("http", "an HTTP(S) GET answers with an expected status")
+
+def _http(p: _Parser) -> None:
     p.add_argument("--url", required=True)
     p.add_argument("--expect-status", type=_status, action="append", help="repeatable; default 200")
     p.add_argument("--ca-file", type=_nonempty, help="PEM CA bundle to verify the server with")
     p.add_argument("--header", type=_header, action="append", default=[], help="'Name: value', repeatable")
     p.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
 
-    p = add("dns", "a name resolves")
+
+def _dns(p: _Parser) -> None:
     p.add_argument("--name", required=True, type=_nonempty, help="the name to resolve")
 
-    p = add("download", "fetch a file, verify its sha256, move it into place atomically")
+
+def _download(p: _Parser) -> None:
     p.add_argument("--url", required=True)
     p.add_argument("--sha256", required=True)
     p.add_argument("--dest", required=True, type=_nonempty)
     p.add_argument("--ca-file", type=_nonempty, help="PEM CA bundle to verify the server with")
     p.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
 
-    p = add("verdict", "the operator judged the precondition Satisfied (watches the DependencyPolicy)")
+
+def _verdict(p: _Parser) -> None:
     p.add_argument("--policy", required=True, type=_nonempty)
     p.add_argument("--precondition", required=True, type=_nonempty)
     p.add_argument("--namespace", type=_nonempty, help="default $DEPGATE_NAMESPACE, else the SA's")
     p.add_argument("--server", help="default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT")
     p.add_argument("--token-file", type=_nonempty, default=f"{SA_DIR}/token")
     p.add_argument("--ca-file", type=_nonempty, default=f"{SA_DIR}/ca.crt")
+
+
+_SUBCOMMANDS: dict[str, tuple[str, Callable[[_Parser], None]]] = {
+    "tcp": ("a TCP connection succeeds", _tcp),
+    "redis": ("Redis answers PING with PONG (after AUTH when asked)", _redis),
+    "http": ("an HTTP(S) GET answers with an expected status", _http),
+    "dns": ("a name resolves", _dns),
+    "download": ("fetch a file, verify its sha256, move it into place atomically", _download),
+    "verdict": ("the operator judged the precondition Satisfied (watches the DependencyPolicy)", _verdict),
+}
+
+
+def _type_flags(p: _Parser, kind: str) -> None:
+    _common_flags(p)
+    if kind != "dns":  # for dns, --name is the name to resolve
+        p.add_argument("--name", dest="label", type=_nonempty, help="a label for the log lines")
+    _SUBCOMMANDS[kind][1](p)
+
+
+def type_parser(kind: str) -> _Parser:
+    """The parser of one type alone: what a run builds (argparse is slow to build; one is enough)."""
+    p = _Parser(prog=f"depgate wait {kind}", description=_SUBCOMMANDS[kind][0])
+    _type_flags(p, kind)
+    return p
+
+
+def build_parser() -> _Parser:
+    """The whole `depgate wait` parser, for `--help` and for a missing or unknown type."""
+    parser = _Parser(
+        prog="depgate wait",
+        description="Wait for one precondition. Exit 0 ready, 124 timed out, 1 bad configuration.",
+    )
+    sub = parser.add_subparsers(dest="kind", metavar="<type>", parser_class=_Parser)
+    sub.required = True
+    for kind, (help_text, _) in _SUBCOMMANDS.items():
+        _type_flags(sub.add_parser(kind, help=help_text, description=help_text), kind)
     return parser
 
 
@@ -280,8 +306,12 @@ def default_server(env: Mapping[str, str]) -> str | None:
 
 
 def parse(argv: Sequence[str], env: Mapping[str, str]) -> Parsed:
-    ns = build_parser().parse_args(list(argv))
-    kind: str = ns.kind
+    if argv and argv[0] in _SUBCOMMANDS:
+        kind = argv[0]
+        ns = type_parser(kind).parse_args(list(argv[1:]))
+    else:
+        build_parser().parse_args(list(argv))  # prints help, or raises for the missing/unknown type
+        raise ConfigError("<type>: required")  # pragma: no cover - parse_args raised already
     timeout: float = ns.timeout
     attempt = ns.attempt_timeout
     if attempt is None:

@@ -11,13 +11,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 from depgate.waiter.backoff import Backoff, urandom_unit
 from depgate.waiter.config import ConfigError
 from depgate.waiter.reasons import Result, classify
 from depgate.waiter.statelog import Outcome, StateLog
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time; mypy knows the name
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+    from typing import Protocol
+else:
+    from depgate.waiter._record import dataclass
 
 GRACE = 0.5  # how long past its own timeout an attempt may take before it is abandoned
 
@@ -42,19 +47,20 @@ class Attempt:
         return None if self.deadline is None else self.deadline - self.clock()
 
 
-class Check(Protocol):
-    kind: str
-    target: str
-    # False: the attempt may run until the overall deadline (watch, download);
-    # True: it must end within the attempt timeout.
-    bounded: bool
+if TYPE_CHECKING:
 
-    def attempt(self, ctx: Attempt) -> Result: ...
+    class Check(Protocol):
+        kind: str
+        target: str
+        # False: the attempt may run until the overall deadline (watch, download);
+        # True: it must end within the attempt timeout.
+        bounded: bool
 
-    def cleanup(self) -> None: ...
+        def attempt(self, ctx: Attempt) -> Result: ...
 
+        def cleanup(self) -> None: ...
 
-Runner = Callable[[Callable[[], Result], "float | None"], "Result | None"]
+    Runner = Callable[[Callable[[], Result], float | None], Result | None]
 
 
 def run_in_thread(fn: Callable[[], Result], limit: float | None) -> Result | None:

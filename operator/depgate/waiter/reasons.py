@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import socket
 import sys
-from dataclasses import dataclass
-from typing import Final, Literal
 
-Reason = Literal[
-    "DNS",
-    "Refused",
-    "Timeout",
-    "TLS",
-    "HTTPStatus",
-    "NotFound",
-    "Forbidden",
-    "Unauthorized",
-    "ChecksumMismatch",
-    "Loading",
-    "Auth",
-    "Protocol",
-    "NotSatisfied",
-    "Ready",
-]
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time; mypy knows the name
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+    from typing import Final, Literal, TypeAlias
+
+    Reason: TypeAlias = Literal[
+        "DNS",
+        "Refused",
+        "Timeout",
+        "TLS",
+        "HTTPStatus",
+        "NotFound",
+        "Forbidden",
+        "Unauthorized",
+        "ChecksumMismatch",
+        "Loading",
+        "Auth",
+        "Protocol",
+        "NotSatisfied",
+        "Ready",
+    ]
+else:
+    from depgate.waiter._record import dataclass
 
 REASONS: Final[tuple[Reason, ...]] = (
     "DNS",

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TypeAlias
 
 from depgate.waiter.reasons import Result, clean
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time; mypy knows the name
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+    from typing import TypeAlias
+else:
+    from depgate.waiter._record import dataclass
 
 MAX_BULK = 1 << 20  # PING / AUTH never need more; anything bigger is not the answer we asked for
 MAX_DEPTH = 8

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from depgate.waiter.reasons import Result, clean
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time; mypy knows the name
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+else:
+    from depgate.waiter._record import dataclass
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LOG_LIMIT = 4000  # the kubelet keeps at most 4096 bytes

@@ -14,8 +14,6 @@ import math
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from depgate.waiter.checks import USER_AGENT, _Base, _HttpTarget, tls_context
@@ -24,9 +22,14 @@ from depgate.waiter.loop import Attempt, Timing, run
 from depgate.waiter.reasons import Failed, Result, clean
 from depgate.waiter.statelog import Outcome, StateLog
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time
 if TYPE_CHECKING:
     import http.client
     import ssl
+    from dataclasses import dataclass
+    from typing import Any
+else:
+    from depgate.waiter._record import dataclass
 
 GROUP_VERSION = "depgate.io/v1alpha1"
 PLURAL = "dependencypolicies"

@@ -507,3 +507,16 @@ def test_download_http_error_status(
     )
     assert_exit(w, 124)
     assert w.termination().startswith("Timeout: HTTPStatus: HTTP 404 Not Found, want 200")
+
+
+def test_download_into_a_directory_is_a_config_error(
+    waiter: Start, http_server: Callable[..., HttpServer], tmp_path: Path
+) -> None:
+    web = _artifact_server(http_server, [PAYLOAD])
+    (tmp_path / "m.bin").mkdir()
+    w = waiter(
+        "download", f"--url={web.url('/artifact')}", f"--sha256={DIGEST}", f"--dest={tmp_path / 'm.bin'}"
+    )
+    assert_exit(w, 1)
+    assert w.termination().startswith("Config: --dest: cannot move the file to ")
+    assert [p.name for p in tmp_path.iterdir() if p.name != "m.bin" and "termination" not in p.name] == []

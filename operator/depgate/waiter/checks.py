@@ -354,7 +354,12 @@ class DownloadCheck(_Base):
                     raise Failed("ChecksumMismatch", f"got sha256 {got} ({size} bytes), want {self.sha256}")
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, self.dest)
+            try:
+                os.replace(tmp, self.dest)
+            except OSError as exc:  # e.g. --dest names a directory: retrying cannot help
+                raise ConfigError(
+                    f"--dest: cannot move the file to {self.dest}: {exc.strerror or exc}"
+                ) from None
             self.current_tmp = None
         finally:
             self.cleanup()

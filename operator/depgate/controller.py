@@ -35,6 +35,7 @@ class Outcome:
     """What one reconcile learned, for the event wiring (which objects should wake this policy)."""
 
     targets: list[str] = field(default_factory=list)
+    wanted: set[str] = field(default_factory=set)  # Deployment names whose appearance matters
     deps: set[Dep] = field(default_factory=set)
     custom: set[tuple[str, str, str, str]] = field(default_factory=set)  # (apiVersion, kind, ns, name)
     selector: spec.Selector | None = None
@@ -144,6 +145,7 @@ class Reconciler:
 
         target = policy.target
         if isinstance(target, spec.WorkloadRef):
+            out.wanted.add(target.name)
             dep = self.kube.get("apps/v1", "Deployment", ns, target.name)
             if dep is None:
                 problems.append(("TargetNotFound", f"deployment {target.name} not found; depgate applies as soon "

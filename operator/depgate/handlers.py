@@ -232,7 +232,7 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
             continue
         failures = 0
         metrics.observe(outcome, time.monotonic() - started)
-        W.set_targets(key, outcome.targets)
+        W.set_targets(key, set(outcome.targets) | outcome.wanted)
         _ensure_custom_watches(key, outcome)
         if outcome.requeue_after is not None:
             _later(key, outcome.requeue_after)

@@ -118,10 +118,20 @@ def test_drift_is_restored(plane, operator, namespace):
                     what="our init containers restored")
 
 
-def test_no_write_without_a_real_change(plane, operator, namespace):
+def _rolled_out(d) -> bool:
+    st = d.get("status") or {}
+    return (st.get("observedGeneration") == d["metadata"]["generation"]
+            and st.get("updatedReplicas") == st.get("replicas") == st.get("readyReplicas") == d["spec"]["replicas"])
+
+
+def test_no_write_without_a_real_change(plane, operator, namespace, needs_pods):
     apply(plane, namespace, deployment("app"))
     apply(plane, namespace, policy("app", "workloadRef: {name: app}"))
     wait_policy(plane, namespace, "app", lambda p: condition(p, "Applied").get("status") == "True")
+    # let the rollout our apply started settle, and the status catch up with it
+    wait_deployment(plane, namespace, "app", _rolled_out, what="rolled out")
+    wait_policy(plane, namespace, "app", lambda p: (p["status"].get("pods") or {}) == {
+        "total": 1, "initializing": 0, "ready": 1}, what="status shows the one ready pod")
     before_dep = get(plane, namespace, "deployment", "app")
     before_pol = get(plane, namespace, "dependencypolicy", "app")
     reconciles = operator.counter("depgate_reconciles_total")
@@ -244,7 +254,9 @@ def test_other_field_managers_keep_their_fields_and_ours(plane, operator, namesp
     assert init_names(dep) == [*OURS, "own-init"]
     assert dep["spec"]["replicas"] == 2
     assert dep["spec"]["template"]["spec"]["initContainers"][-1]["image"] == "busybox:1.36"
-    managers = {m["manager"] for m in dep["metadata"]["managedFields"]}
+    full = json.loads(plane.run_kubectl("get", "-n", namespace, "deployment", "app", "-o", "json",
+                                        "--show-managed-fields").stdout)
+    managers = {m["manager"] for m in full["metadata"]["managedFields"]}
     assert {"gitops", "depgate"} <= managers
 
     # and client-side `kubectl apply` (last-applied-configuration) keeps them too

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from depgate import render, spec, status, verdicts
-from depgate.kube import Gone, Kube
+from depgate.kube import Gone, Kube, NamespaceTerminating
 
 log = logging.getLogger("depgate.controller")
 
@@ -277,7 +277,7 @@ class Reconciler:
             self.kube.apply({"apiVersion": "apps/v1", "kind": "Deployment",
                              "metadata": {"name": dname, "namespace": ns,
                                           "resourceVersion": dep["metadata"]["resourceVersion"]}})
-        except Gone:
+        except (Gone, NamespaceTerminating):  # changed meanwhile, or going away with its namespace
             return False
         return True
 

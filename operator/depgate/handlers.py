@@ -25,7 +25,7 @@ import kopf
 
 from depgate import GROUP, PLURAL, VERSION, graph, metrics, spec
 from depgate.controller import Dep, Outcome, Reconciler, deployment_of_pod
-from depgate.kube import Kube
+from depgate.kube import Kube, NamespaceTerminating
 from depgate.render import ANNOTATION, RenderConfig
 
 log = logging.getLogger("depgate")
@@ -222,6 +222,8 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
         started = time.monotonic()
         try:
             outcome: Outcome = await asyncio.to_thread(reconciler().reconcile, obj, cycle=W.cycle_for(key))
+        except NamespaceTerminating:
+            continue  # the namespace is being deleted; its deletion removes this policy too
         except Exception as e:
             failures += 1
             delay = min(OPTIONS.max_backoff_seconds, 0.5 * 2 ** min(failures, 10))

@@ -41,6 +41,10 @@ class Gone(Exception):
     """The object is not there (404), or a precondition of the write failed (409)."""
 
 
+class NamespaceTerminating(Exception):
+    """The namespace is being deleted: writes into it are refused, and nothing there needs them."""
+
+
 def _base(api_version: str) -> str:
     return f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
 
@@ -81,6 +85,8 @@ class Kube:
         raw = resp.read()
         if resp.status == 404:
             return None
+        if resp.status == 403 and b"NamespaceTerminating" in raw:
+            raise NamespaceTerminating(path)
         if resp.status >= 400:
             raise ApiException(status=resp.status, reason=resp.reason, body=raw.decode(errors="replace"))
         return json.loads(raw) if raw else None
@@ -199,6 +205,8 @@ class Kube:
         }
         try:
             self._call("POST", f"/api/v1/namespaces/{md.get('namespace')}/events", body=ev)
+        except NamespaceTerminating:
+            return
         except ApiException as e:  # events are best effort
             log.warning("could not post event %s on %s: %s", reason, md.get("name"), e.reason)
 

@@ -73,7 +73,7 @@ def test_verdict_waiter_returns_when_the_operator_says_satisfied(plane, api_clie
                     what="settings Satisfied")
         code = proc.wait(timeout=30)
         exited_after = time.monotonic() - satisfied_at
-        out, err = proc.communicate()
+        _, err = proc.communicate()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -569,7 +569,7 @@ def test_every_example_renders() -> None:
     app = objs[0]["spec"]["template"]["spec"]
     assert [c["name"] for c in app["initContainers"]] == [
         "depgate-redis-port",
-        "depgate-data-tier-endpoints",
+        "depgate-data-tier",
         "depgate-redis-ping",
         "depgate-await-redis",
     ]

@@ -150,7 +150,8 @@ def _get(url: str, token: str, ca: Path, timeout: float = 2.0) -> tuple[int, str
         return int(e.code), e.read().decode(errors="replace")
 
 
-def _wait_until(what: str, check: Callable[[], bool], timeout: float, procs: list[tuple[str, subprocess.Popen[bytes], Path]]) -> None:
+def _wait_until(what: str, check: Callable[[], bool], timeout: float,
+                procs: list[tuple[str, subprocess.Popen[bytes], Path]]) -> None:
     deadline = time.monotonic() + timeout
     last_err = ""
     next_note = time.monotonic() + 10

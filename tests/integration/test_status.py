@@ -1,0 +1,253 @@
+"""Status that says which preconditions still block — per precondition and per pod — against the real
+plane with kube-controller-manager and kwok."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import REPO, wait_for
+from tests.integration.kubehelp import (
+    apply,
+    condition,
+    deployment,
+    entry,
+    get,
+    init_names,
+    wait_deployment,
+    wait_policy,
+)
+
+EXAMPLE = REPO / "examples" / "microservices"
+
+
+def _ready(p) -> bool:
+    return condition(p, "Ready").get("status") == "True"
+
+
+def _policy(name: str, target: str, pres: str) -> str:
+    return f"""
+    apiVersion: depgate.io/v1alpha1
+    kind: DependencyPolicy
+    metadata: {{name: {name}}}
+    spec:
+      workloadRef: {{name: {target}}}
+      preconditions:
+{pres}
+    """
+
+
+def _apply_file(plane, path: Path, namespace: str) -> None:
+    text = path.read_text().replace("namespace: microservices", f"namespace: {namespace}")
+    plane.run_kubectl("apply", "-f", "-", input=text)
+
+
+def test_three_tier_example_goes_from_blocking_data_tier_to_ready(plane, operator, namespace, needs_pods):
+    _apply_file(plane, EXAMPLE / "02-app-tier.yaml", namespace)
+    pol = wait_policy(plane, namespace, "app-tier", lambda p: (p.get("status") or {}).get("blocking") == ["data-tier"],
+                      what="blocking: [data-tier]")
+    assert pol["status"]["blockingSummary"] == "data-tier"
+    assert condition(pol, "Ready")["status"] == "False"
+    assert "data-tier" in condition(pol, "Ready")["message"]
+    assert entry(pol, "data-tier")["reason"] == "ServiceNotFound"
+    # the data tier comes up: its pods become ready, the Service gets a ready endpoint
+    _apply_file(plane, EXAMPLE / "01-data-tier.yaml", namespace)
+    pol = wait_policy(plane, namespace, "app-tier", _ready, timeout=60, what="Ready")
+    assert pol["status"]["blocking"] == []
+    assert pol["status"]["blockingSummary"] == "-"
+    assert entry(pol, "data-tier")["state"] == "Satisfied"
+    assert condition(pol, "PreconditionsMet")["status"] == "True"
+    # and the printer columns say so
+    row = plane.run_kubectl("get", "dp", "app-tier", "-n", namespace, "--no-headers").stdout.split()
+    assert row[0] == "app-tier" and "-" in row and "True" in row
+    # the support tier waits on the app tier's Service in turn
+    _apply_file(plane, EXAMPLE / "03-support-tier.yaml", namespace)
+    _apply_file(plane, EXAMPLE / "02-app-tier.yaml", namespace)
+    wait_policy(plane, namespace, "support-tier", _ready, timeout=60, what="support tier Ready")
+    events = plane.run_kubectl("get", "events", "-n", namespace, "--field-selector",
+                               "involvedObject.kind=DependencyPolicy,involvedObject.name=app-tier").stdout
+    assert "PreconditionBlocking" in events and "PreconditionSatisfied" in events
+
+
+def test_service_endpoints_flip_both_ways(plane, operator, namespace, needs_pods):
+    apply(plane, namespace, deployment("app"))
+    apply(plane, namespace, deployment("db", labels=", tier: db"))
+    apply(plane, namespace, "apiVersion: v1\nkind: Service\nmetadata: {name: db}\n"
+                            "spec: {selector: {app: db}, ports: [{port: 5432}]}\n")
+    apply(plane, namespace, _policy("app", "app", "      - name: db\n        service: {name: db}"))
+    wait_policy(plane, namespace, "app", lambda p: entry(p, "db").get("state") == "Satisfied", timeout=60)
+    plane.run_kubectl("scale", "-n", namespace, "deployment/db", "--replicas=0")
+    pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "db").get("state") == "Blocking", timeout=60,
+                      what="blocking once the endpoints are gone")
+    assert entry(pol, "db")["reason"] == "NoReadyEndpoints"
+    plane.run_kubectl("scale", "-n", namespace, "deployment/db", "--replicas=1")
+    wait_policy(plane, namespace, "app", lambda p: entry(p, "db").get("state") == "Satisfied", timeout=60)
+
+
+def test_secret_and_configmap_keys_flip_both_ways(plane, operator, namespace):
+    apply(plane, namespace, deployment("app"))
+    apply(plane, namespace, _policy("app", "app", "      - name: creds\n        secret: {name: db, keys: [password]}\n"
+                                                  "      - name: conf\n        configMap: {name: cfg, keys: [a, b]}"))
+    pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "conf").get("reason") == "NotFound")
+    assert pol["status"]["blocking"] == ["creds", "conf"]
+    plane.run_kubectl("create", "secret", "generic", "db", "-n", namespace, "--from-literal=password=s3cret")
+    plane.run_kubectl("create", "configmap", "cfg", "-n", namespace, "--from-literal=a=1")
+    pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "conf").get("reason") == "MissingKeys"
+                      and entry(p, "creds").get("state") == "Satisfied")
+    assert "b" in entry(pol, "conf")["message"] and "s3cret" not in str(pol["status"])
+    plane.run_kubectl("patch", "configmap", "cfg", "-n", namespace, "-p", '{"data": {"b": "2"}}')
+    wait_policy(plane, namespace, "app", lambda p: p["status"].get("blocking") == [], what="nothing blocks")
+    plane.run_kubectl("patch", "secret", "db", "-n", namespace, "--type=json",
+                      "-p", '[{"op": "remove", "path": "/data/password"}]')
+    wait_policy(plane, namespace, "app", lambda p: p["status"].get("blocking") == ["creds"], what="creds blocks again")
+
+
+def test_job_complete_stays_satisfied_after_ttl_deletes_it(plane, operator, namespace, needs_pods):
+    apply(plane, namespace, deployment("app"))
+    apply(plane, namespace, _policy("app", "app", "      - name: migrations\n        job: {name: db-migrate}"))
+    wait_policy(plane, namespace, "app", lambda p: entry(p, "migrations").get("reason") == "JobNotFound")
+    apply(plane, namespace, """
+    apiVersion: batch/v1
+    kind: Job
+    metadata: {name: db-migrate}
+    spec:
+      ttlSecondsAfterFinished: 2
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: migrate, image: busybox, command: ["true"]}]
+    """)
+    pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "migrations").get("state") == "Satisfied",
+                      timeout=60, what="Job Complete")
+    uid = entry(pol, "migrations")["satisfiedUID"]
+    wait_for(lambda: get(plane, namespace, "job", "db-migrate") is None, 60, what="the TTL controller deletes the Job")
+    # The deletion wakes the policy; it must stay satisfied (the uid is remembered).
+    pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "migrations").get("reason") == "CompletedAndDeleted",
+                      what="CompletedAndDeleted")
+    assert entry(pol, "migrations")["state"] == "Satisfied"
+    assert entry(pol, "migrations")["satisfiedUID"] == uid
+
+
+def test_workload_availability_flips_both_ways(plane, operator, namespace, needs_pods):
+    apply(plane, namespace, deployment("app"))
+    apply(plane, namespace, deployment("backend"))
+    backend = "      - name: backend\n        workload: {kind: Deployment, name: backend, minAvailable: 1}"
+    apply(plane, namespace, _policy("app", "app", backend))
+    wait_policy(plane, namespace, "app", lambda p: entry(p, "backend").get("state") == "Satisfied", timeout=60)
+    plane.run_kubectl("scale", "-n", namespace, "deployment/backend", "--replicas=0")
+    wait_policy(plane, namespace, "app", lambda p: entry(p, "backend").get("reason") == "Unavailable", timeout=60)
+    plane.run_kubectl("scale", "-n", namespace, "deployment/backend", "--replicas=1")
+    wait_policy(plane, namespace, "app", lambda p: entry(p, "backend").get("state") == "Satisfied", timeout=60)
+
+
+GADGET_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gadgets.test.depgate.io}
+spec:
+  group: test.depgate.io
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"""
+
+
+def test_custom_resource_condition_flips_both_ways(plane, operator, namespace):
+    plane.run_kubectl("apply", "--server-side", "-f", "-", input=GADGET_CRD)
+    plane.run_kubectl("wait", "--for=condition=Established", "crd/gadgets.test.depgate.io", "--timeout=60s")
+    apply(plane, namespace, deployment("app"))
+    tls = ("      - name: tls\n"
+           "        resource: {apiVersion: test.depgate.io/v1, kind: Gadget, name: g, condition: Ready}")
+    apply(plane, namespace, _policy("app", "app", tls))
+    wait_policy(plane, namespace, "app", lambda p: entry(p, "tls").get("reason") == "NotFound")
+    apply(plane, namespace, "apiVersion: test.depgate.io/v1\nkind: Gadget\nmetadata: {name: g}\n")
+
+    def set_ready(value: str) -> None:
+        cond = {"type": "Ready", "status": value, "reason": "Issued", "message": "m"}
+        plane.run_kubectl("patch", "gadget", "g", "-n", namespace, "--subresource=status", "--type=merge", "-p",
+                          json.dumps({"status": {"conditions": [cond]}}))
+
+    set_ready("True")
+    wait_policy(plane, namespace, "app", lambda p: entry(p, "tls").get("state") == "Satisfied", what="Ready=True")
+    set_ready("False")
+    wait_policy(plane, namespace, "app", lambda p: entry(p, "tls").get("reason") == "ConditionNotMet",
+                what="Ready=False blocks again")
+
+
+def test_cycle_across_two_policies_is_reported_on_both_and_clears(plane, operator, namespace):
+    apply(plane, namespace, deployment("a"))
+    apply(plane, namespace, deployment("b"))
+    apply(plane, namespace, "apiVersion: v1\nkind: Service\nmetadata: {name: a-svc}\n"
+                            "spec: {selector: {app: a}, ports: [{port: 80}]}\n")
+    apply(plane, namespace, "apiVersion: v1\nkind: Service\nmetadata: {name: b-svc}\n"
+                            "spec: {selector: {app: b}, ports: [{port: 80}]}\n")
+    apply(plane, namespace, _policy("a", "a", "      - name: b\n        service: {name: b-svc}"))
+    apply(plane, namespace, _policy("b", "b", "      - name: a\n        service: {name: a-svc}"))
+    for name in ("a", "b"):
+        pol = wait_policy(plane, namespace, name, lambda p: condition(p, "Stalled").get("reason") == "DependencyCycle",
+                          what="DependencyCycle")
+        msg = condition(pol, "Stalled")["message"]
+        assert "deployment/a" in msg and "service/b-svc" in msg and "deployment/b" in msg and "service/a-svc" in msg
+        assert msg.startswith(f"deployment/{name} ->"), msg
+    # fix one policy: the cycle clears on both
+    apply(plane, namespace, _policy("b", "b", "      - name: dns\n        dns: {name: example.internal}"))
+    for name in ("a", "b"):
+        wait_policy(plane, namespace, name, lambda p: condition(p, "Stalled").get("status") == "False",
+                    what="no longer stalled")
+
+
+def test_pods_held_in_an_init_container_show_up_as_blocked_pods(plane, api_client, operator, namespace):
+    """Pods on a node no kubelet (nor kwok) manages: the test plays the kubelet through pods/status."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    node = f"held-{namespace}"[:63]
+    core.create_node({"metadata": {"name": node, "labels": {"type": "held"}}})
+    try:
+        # replicas 0 until gated: pods that no kubelet runs never finish a rolling update
+        apply(plane, namespace, deployment("app", replicas=0).replace(
+            "containers:\n", f"nodeName: {node}\n          containers:\n", 1))
+        apply(plane, namespace, _policy("app", "app", "      - name: redis-port\n"
+                                                      "        tcp: {host: data-tier, port: 6379}\n"
+                                                      "      - name: dns\n        dns: {name: data-tier}"))
+        wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["depgate-redis-port", "depgate-dns"])
+        plane.run_kubectl("scale", "-n", namespace, "deployment/app", "--replicas=2")
+
+        def gated_pods():
+            pods = core.list_namespaced_pod(namespace, label_selector="app=app").items
+            pods = [p for p in pods if p.spec.init_containers and p.spec.init_containers[0].name.startswith("depgate-")]
+            return pods if len(pods) == 2 else None
+
+        pods = wait_for(gated_pods, 60, what="two gated pods")
+        message = "Timeout: Refused: connect to data-tier:6379: connection refused after 30s"
+        for pod in pods:
+            core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
+                "phase": "Pending",
+                "conditions": [{"type": "Initialized", "status": "False"}, {"type": "Ready", "status": "False"}],
+                "initContainerStatuses": [
+                    {"name": "depgate-redis-port", "image": "depgate/depgate:test", "imageID": "", "ready": False,
+                     "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                     "lastState": {"terminated": {"exitCode": 124, "reason": "Error", "message": message}}},
+                    {"name": "depgate-dns", "image": "depgate/depgate:test", "imageID": "", "ready": False,
+                     "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}},
+                ],
+            }})
+        pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "redis-port").get("blockedPods") == 2,
+                          what="2 blocked pods")
+        e = entry(pol, "redis-port")
+        assert e["state"] == "Blocking"
+        assert e["reason"] == "Timeout"
+        assert "connection refused" in e["message"]
+        assert entry(pol, "dns")["blockedPods"] == 0
+        assert pol["status"]["blocking"][0] == "redis-port"
+        assert pol["status"]["pods"] == {"total": 2, "initializing": 2, "ready": 0}
+    finally:
+        core.delete_node(node)

@@ -213,12 +213,12 @@ def test_redis_started_after_the_waiter(waiter: Start, redis: Callable[..., subp
 def test_redis_loading_is_not_ready(
     waiter: Start, redis: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    """A real loading state: an RDB of 10k keys loaded with a per-key delay, events processed every 1 KiB."""
+    """A real loading state: an RDB of 15k keys loaded with a per-key delay, events processed every 1 KiB."""
     seed_port, port = free_port(), free_port()
     seed = redis(seed_port, "--enable-debug-command", "yes")
     wait_until(lambda: raw_ping(seed_port) == b"+PONG", 30, "the seed redis-server")
     cli = ["redis-cli", "-p", str(seed_port)]
-    subprocess.run([*cli, "DEBUG", "POPULATE", "10000"], check=True, capture_output=True, timeout=60)
+    subprocess.run([*cli, "DEBUG", "POPULATE", "15000"], check=True, capture_output=True, timeout=60)
     subprocess.run([*cli, "SAVE"], check=True, capture_output=True, timeout=60)
     seed.terminate()
     seed.wait(10)

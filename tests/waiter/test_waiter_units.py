@@ -36,7 +36,7 @@ from depgate.waiter.statelog import (
     termination_message,
     write_termination_log,
 )
-from depgate.waiter.verdict import api_error, judge, parse_watch_line, watch_path
+from depgate.waiter.verdict import _unpack, api_error, judge, parse_watch_line, watch_path
 
 # ---------------------------------------------------------------- backoff
 
@@ -110,7 +110,7 @@ def test_write_termination_log(tmp_path: Path) -> None:
 
 def test_clean_makes_one_printable_line() -> None:
     assert clean("a\r\nb\x00c\t d") == "a b c d"
-    assert len(clean("x" * 1000)) == 300
+    assert len(clean("x" * 1000)) == 400
 
 
 # ---------------------------------------------------------------- classification
@@ -485,6 +485,16 @@ def test_api_error_messages() -> None:
     assert "cannot get dependencypolicies/gate in namespace shop" in forbidden.message
     assert "system:serviceaccount:shop:default" in forbidden.message
     assert forbidden.message.endswith("depgate grants this with Role depgate-wait-gate")
+    long_ns = "n" * 63
+    real = json.dumps(
+        {
+            "message": f'dependencypolicies.depgate.io "gate" is forbidden: User "system:serviceaccount:'
+            f'{long_ns}:stranger" cannot get resource "dependencypolicies" in API group "depgate.io" '
+            f'in the namespace "{long_ns}"'
+        }
+    ).encode()
+    hinted = Failed(*_unpack(api_error(403, real, "get", long_ns, "gate"))).result.message
+    assert hinted.endswith("depgate grants this with Role depgate-wait-gate") and "stranger" in hinted
     assert api_error(401, b"", "get", "shop", "gate").reason == "Unauthorized"
     assert api_error(404, b"", "get", "shop", "gate") == Result(
         "NotFound", "dependencypolicy shop/gate not found"

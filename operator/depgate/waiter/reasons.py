@@ -46,7 +46,7 @@ REASONS: Final[tuple[Reason, ...]] = (
     "Ready",
 )
 
-MAX_MESSAGE: Final = 300
+MAX_MESSAGE: Final = 400  # a long API server message plus our hint still fits
 
 
 def clean(text: str, limit: int = MAX_MESSAGE) -> str:

@@ -19,7 +19,7 @@ from urllib.parse import quote
 from depgate.waiter.checks import USER_AGENT, _Base, _HttpTarget, tls_context
 from depgate.waiter.config import SA_DIR, ConfigError, VerdictConfig
 from depgate.waiter.loop import Attempt, Timing, run
-from depgate.waiter.reasons import Failed, Result, clean
+from depgate.waiter.reasons import MAX_MESSAGE, Failed, Result, clean
 from depgate.waiter.statelog import Outcome, StateLog
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time
@@ -120,7 +120,7 @@ def _status_message(body: bytes | Mapping[str, Any]) -> str:
         except ValueError:
             return ""
     message = data.get("message") if isinstance(data, Mapping) else None
-    return clean(message, 200) if isinstance(message, str) else ""
+    return clean(message, 240) if isinstance(message, str) else ""
 
 
 def api_error(code: int, body: bytes | Mapping[str, Any], verb: str, namespace: str, policy: str) -> Result:
@@ -132,13 +132,10 @@ def api_error(code: int, body: bytes | Mapping[str, Any], verb: str, namespace: 
             clean(f"the API server rejected the ServiceAccount token (401){': ' + detail if detail else ''}"),
         )
     if code == 403:
-        return Result(
-            "Forbidden",
-            clean(
-                f"the ServiceAccount cannot {verb} {PLURAL}/{policy} in namespace {namespace}"
-                f"{': ' + detail if detail else ''}; depgate grants this with Role depgate-wait-{policy}"
-            ),
-        )
+        head = f"the ServiceAccount cannot {verb} {PLURAL}/{policy} in namespace {namespace}"
+        hint = f"; depgate grants this with Role depgate-wait-{policy}"
+        detail = clean(detail, max(40, MAX_MESSAGE - len(head) - len(hint) - 2))  # the hint must survive
+        return Result("Forbidden", clean(f"{head}{': ' + detail if detail else ''}{hint}"))
     if code == 404:
         return Result("NotFound", f"dependencypolicy {namespace}/{policy} not found")
     return Result(

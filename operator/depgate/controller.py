@@ -43,6 +43,7 @@ class Outcome:
     writes: int = 0
     status_written: bool = False
     result: str = "ok"  # ok | invalid | conflict | error
+    status: dict[str, Any] | None = None  # the policy's status after this reconcile
 
 
 def body_hash(body: Mapping[str, Any]) -> str:
@@ -386,6 +387,7 @@ class Reconciler:
         new = status.compute_status(generation=generation, prior=prior, preconditions=infos, verdicts=verdict_map,
                                     pods=pods, targets=targets, applied=applied, stalled=stalled,
                                     reconciling=out.requeue_after is not None, now=self.now())
+        out.status = new
         if new == prior:
             return
         md = obj["metadata"]

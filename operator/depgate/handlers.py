@@ -183,6 +183,7 @@ async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name
     if event.get("type") == "DELETED":
         W.forget(key)
         W.changed_graph()
+        metrics.forget(key)
         return
     obj = _plain(body)
     prev = W.policies.get(key)
@@ -233,7 +234,7 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
             _later(key, delay)
             continue
         failures = 0
-        metrics.observe(outcome, time.monotonic() - started)
+        metrics.observe(key, outcome, time.monotonic() - started)
         W.set_targets(key, set(outcome.targets) | outcome.wanted)
         _ensure_custom_watches(key, outcome)
         if outcome.requeue_after is not None:

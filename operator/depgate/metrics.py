@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from depgate.controller import Outcome
+
+STATES = ("Satisfied", "Blocking", "Pending", "Failed", "Unknown")
 
 reconciles = Counter("depgate_reconciles_total", "Reconciles of DependencyPolicies, by result.", ["result"])
 reconcile_seconds = Histogram(
@@ -16,16 +21,49 @@ reconcile_seconds = Histogram(
 )
 writes = Counter("depgate_api_writes_total", "Write requests depgate sent (applies, patches, status writes).")
 status_writes = Counter("depgate_status_writes_total", "Status writes on DependencyPolicies.")
-preconditions = Gauge("depgate_preconditions", "Preconditions by state, per policy.",
+preconditions = Gauge("depgate_preconditions", "Preconditions of a policy, by state.",
                       ["namespace", "policy", "state"])
 blocked_seconds = Counter("depgate_precondition_blocked_seconds_total",
-                          "Seconds each precondition has spent blocking (counted at each reconcile).",
+                          "Seconds a precondition has been seen blocking (Blocking or Failed).",
                           ["namespace", "policy", "precondition"])
 
+# (namespace, policy) -> (when last observed, names blocking then); and every precondition with a series
+_last: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+_series: dict[tuple[str, str], set[str]] = {}
 
-def observe(outcome: Outcome, seconds: float) -> None:
+
+def observe(key: tuple[str, str], outcome: Outcome, seconds: float, now: float | None = None) -> None:
     reconciles.labels(result=outcome.result).inc()
     reconcile_seconds.observe(seconds)
     writes.inc(outcome.writes)
     if outcome.status_written:
         status_writes.inc()
+    if outcome.status is not None:
+        observe_status(key, outcome.status, time.monotonic() if now is None else now)
+
+
+def observe_status(key: tuple[str, str], status: Mapping[str, Any], now: float) -> None:
+    ns, name = key
+    entries = [e for e in status.get("preconditions") or [] if isinstance(e, Mapping)]
+    for state in STATES:
+        preconditions.labels(ns, name, state).set(sum(1 for e in entries if e.get("state") == state))
+    blocking = frozenset(str(e.get("name")) for e in entries if e.get("state") in ("Blocking", "Failed"))
+    then, was_blocking = _last.get(key, (now, frozenset()))
+    for pre in was_blocking:  # it blocked from the last observation until this one
+        blocked_seconds.labels(ns, name, pre).inc(max(0.0, now - then))
+    for pre in blocking:
+        blocked_seconds.labels(ns, name, pre).inc(0)  # make the series visible from the first sight
+        _series.setdefault(key, set()).add(pre)
+    _last[key] = (now, blocking)
+
+
+def forget(key: tuple[str, str]) -> None:
+    """A deleted policy's series go away with it."""
+    ns, name = key
+    _last.pop(key, None)
+    for state in STATES:
+        with contextlib.suppress(KeyError):
+            preconditions.remove(ns, name, state)
+    for pre in _series.pop(key, set()):
+        with contextlib.suppress(KeyError):
+            blocked_seconds.remove(ns, name, pre)

@@ -1,0 +1,71 @@
+"""Prometheus metrics move when a precondition flips; a policy never reaches outside its namespace."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.conftest import wait_for
+from tests.integration.kubehelp import apply, deployment, entry, get, init_names, wait_deployment, wait_policy
+
+POLICY = """
+apiVersion: depgate.io/v1alpha1
+kind: DependencyPolicy
+metadata: {name: app}
+spec:
+  workloadRef: {name: app}
+  preconditions:
+  - name: settings
+    configMap: {name: app-config, keys: [a]}
+"""
+
+
+def _series(operator, name: str, **labels: str) -> float | None:
+    for key, value in operator.metrics().items():
+        if key.startswith(name + "{") and all(f'{k}="{v}"' in key for k, v in labels.items()):
+            return value
+    return None
+
+
+def test_metrics_show_a_precondition_flipping(plane, operator, namespace):
+    apply(plane, namespace, deployment("app"))
+    apply(plane, namespace, POLICY)
+    wait_policy(plane, namespace, "app", lambda p: entry(p, "settings").get("state") == "Blocking")
+    blocking = dict(namespace=namespace, policy="app", state="Blocking")
+    satisfied = dict(namespace=namespace, policy="app", state="Satisfied")
+    wait_for(lambda: _series(operator, "depgate_preconditions", **blocking) == 1.0, 10, what="gauge Blocking=1")
+    assert _series(operator, "depgate_preconditions", **satisfied) == 0.0
+    blocked = dict(namespace=namespace, policy="app", precondition="settings")
+    assert _series(operator, "depgate_precondition_blocked_seconds_total", **blocked) is not None
+    status_writes = operator.counter("depgate_status_writes_total")
+    reconciles_ok = _series(operator, "depgate_reconciles_total", result="ok")
+    assert reconciles_ok and reconciles_ok >= 1
+    assert operator.counter("depgate_reconcile_duration_seconds_count") >= 1
+
+    apply(plane, namespace, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app-config}\ndata: {a: '1'}\n")
+    wait_policy(plane, namespace, "app", lambda p: entry(p, "settings").get("state") == "Satisfied")
+    wait_for(lambda: _series(operator, "depgate_preconditions", **satisfied) == 1.0, 10, what="gauge Satisfied=1")
+    assert _series(operator, "depgate_preconditions", **blocking) == 0.0
+    assert operator.counter("depgate_status_writes_total") > status_writes
+    # the time it blocked was counted (it blocked from creation until the ConfigMap appeared)
+    assert _series(operator, "depgate_precondition_blocked_seconds_total", **blocked) > 0.0
+
+
+def test_a_policy_leaves_other_namespaces_alone(plane, operator, namespace):
+    other = f"other-{uuid.uuid4().hex[:6]}"
+    plane.run_kubectl("create", "namespace", other)
+    try:
+        # the same Deployment name in both namespaces, the same labels for the selector
+        apply(plane, other, deployment("app", labels=", tier: app"))
+        apply(plane, namespace, deployment("app", labels=", tier: app"))
+        apply(plane, namespace, POLICY)
+        apply(plane, namespace, POLICY.replace("name: app}", "name: tier}", 1).replace(
+            "workloadRef: {name: app}", "selector: {matchLabels: {tier: app}}"))
+        wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["depgate-settings"])
+        # the second policy (a selector) reports the conflict in its own namespace only
+        wait_policy(plane, namespace, "tier", lambda p: (p.get("status") or {}).get("targets") == ["app"])
+        dep = get(plane, other, "deployment", "app")
+        assert init_names(dep) == []
+        assert "depgate.io/policy" not in (dep["metadata"].get("annotations") or {})
+        assert get(plane, other, "role", "depgate-wait-app") is None
+    finally:
+        plane.run_kubectl("delete", "namespace", other, "--wait=false")

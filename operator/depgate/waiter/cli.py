@@ -67,7 +67,10 @@ def main(argv: Sequence[str]) -> int:
         progress[:] = [outcome]
 
     started = time.monotonic()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (called in-process): leave signals alone
+        previous = None
     terminated = False
     try:
         outcome = run(
@@ -83,7 +86,8 @@ def main(argv: Sequence[str]) -> int:
         write_termination_log(common.termination_log, config_message(str(exc)))
         return EXIT_CONFIG
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         check.cleanup()
     log.finish(outcome, terminated)
     write_termination_log(common.termination_log, termination_message(summary, outcome, terminated))

@@ -1,4 +1,9 @@
-"""Exponential backoff with jitter, capped at --period (pure: randomness is injected)."""
+"""Exponential backoff with jitter, capped at --period (pure: randomness is injected).
+
+Dependencies usually come up within the first minute of a pod's life (they start together), so for
+`FAST_WINDOW` seconds the pauses stay at or under `FAST_CEILING` (a dependency is seen within about
+0.25 s of coming up); after that they grow to --period, so a long wait costs little.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from collections.abc import Callable
 
 INITIAL = 0.05
 FACTOR = 2.0
+FAST_CEILING = 0.25
+FAST_WINDOW = 60.0
 
 
 def urandom_unit() -> float:
@@ -35,15 +42,20 @@ class Backoff:
     spread out without any of them polling much slower than asked.
     """
 
-    def __init__(self, ceiling: float, rand: Callable[[], float] = urandom_unit) -> None:
+    def __init__(self, ceiling: float, rand: Callable[[], float] = urandom_unit,
+                 fast_ceiling: float = FAST_CEILING, fast_window: float = 0.0) -> None:
         if ceiling <= 0:
             raise ValueError("ceiling must be > 0")
         self.ceiling = ceiling
+        self.fast_ceiling = min(fast_ceiling, ceiling)
+        self.fast_window = fast_window
         self.rand = rand
         self.n = 0
 
-    def next(self) -> float:
-        base = base_delay(self.n, self.ceiling)
+    def next(self, elapsed: float = float("inf")) -> float:
+        """The next pause; `elapsed` (seconds since the wait began) keeps it short in the fast window."""
+        ceiling = self.fast_ceiling if elapsed < self.fast_window else self.ceiling
+        base = base_delay(self.n, ceiling)
         if base < self.ceiling:
             self.n += 1
         return base * (0.5 + 0.5 * min(max(self.rand(), 0.0), 1.0))

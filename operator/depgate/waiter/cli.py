@@ -73,9 +73,8 @@ def main(argv: Sequence[str]) -> int:
         previous = None
     terminated = False
     try:
-        outcome = run(
-            check, Timing(common.timeout, common.period, common.attempt_timeout), log, on_progress=keep
-        )
+        timing = Timing(common.timeout, common.period, common.attempt_timeout, common.fast_window)
+        outcome = run(check, timing, log, on_progress=keep)
     except _Terminated:
         terminated = True
         last = log.last or Result("Timeout", "terminated before the first attempt finished")

@@ -43,6 +43,7 @@ class Common:
     attempt_timeout: float
     termination_log: str
     label: str | None
+    fast_window: float = 60.0  # seconds during which pauses stay at or under 0.25 s
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,10 @@ def _common_flags(p: _Parser) -> None:
         "--period", type=_positive_seconds, default=1.0, help="longest pause between attempts (default 1)"
     )
     p.add_argument(
+        "--fast-window", type=_seconds, default=60.0,
+        help="for this many seconds from the start, pause at most 0.25 s between attempts (default 60; 0 = off)",
+    )
+    p.add_argument(
         "--attempt-timeout",
         type=_positive_seconds,
         default=None,
@@ -317,7 +322,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Parsed:
     if attempt is None:
         attempt = min(DEFAULT_ATTEMPT_TIMEOUT, timeout) if timeout > 0 else DEFAULT_ATTEMPT_TIMEOUT
     label = None if kind == "dns" else ns.label
-    common = Common(timeout, ns.period, attempt, ns.termination_log, label)
+    common = Common(timeout, ns.period, attempt, ns.termination_log, label, ns.fast_window)
     config: TypeConfig
     if kind == "tcp":
         config = TcpConfig(ns.host, ns.port)

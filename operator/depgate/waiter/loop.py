@@ -32,6 +32,7 @@ class Timing:
     timeout: float  # 0 = forever
     period: float
     attempt_timeout: float
+    fast_window: float = 0.0  # seconds from the start during which pauses stay under 0.25 s
 
 
 @dataclass
@@ -114,7 +115,7 @@ def run(
     """Attempt until ready or the deadline. Logs state changes; never logs Ready (the caller does)."""
     start = clock()
     deadline = start + timing.timeout if timing.timeout > 0 else None
-    backoff = Backoff(timing.period, rand)
+    backoff = Backoff(timing.period, rand, fast_window=timing.fast_window)
     attempts = 0
     last = Result("Timeout", "no attempt finished before the deadline")
     while True:
@@ -156,7 +157,7 @@ def run(
             return Outcome(True, result, attempts, clock() - start)
         if on_progress is not None:
             on_progress(Outcome(False, last, attempts, clock() - start))
-        pause = backoff.next()
+        pause = backoff.next(clock() - start)
         if deadline is not None:
             pause = min(pause, max(0.0, deadline - clock()))
         if pause > 0:

@@ -48,6 +48,17 @@ def test_backoff_doubles_from_50ms_and_caps_at_period() -> None:
     assert [round(low.next(), 3) for _ in range(7)] == [0.025, 0.05, 0.1, 0.2, 0.4, 0.5, 0.5]
 
 
+def test_backoff_fast_window_keeps_pauses_short_then_grows_to_period() -> None:
+    b = Backoff(5.0, rand=lambda: 1.0, fast_window=60.0)
+    early = [round(b.next(elapsed), 3) for elapsed in (0.0, 0.1, 0.3, 0.7, 1.5, 10.0, 59.9)]
+    assert early == [0.05, 0.1, 0.2, 0.25, 0.25, 0.25, 0.25]
+    late = [round(b.next(elapsed), 3) for elapsed in (60.0, 61.0, 62.0, 64.0, 70.0, 80.0)]
+    assert late == [0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    # a --period under 0.25 s is never exceeded, fast window or not
+    tight = Backoff(0.1, rand=lambda: 1.0, fast_window=60.0)
+    assert max(tight.next(0.0) for _ in range(6)) == 0.1
+
+
 def test_backoff_ceiling_below_initial() -> None:
     b = Backoff(0.01, rand=lambda: 1.0)
     assert [b.next() for _ in range(3)] == [0.01, 0.01, 0.01]

@@ -56,7 +56,7 @@ class Backoff:
         """The next pause; `elapsed` (seconds since the wait began) keeps it short in the fast window."""
         ceiling = self.fast_ceiling if elapsed < self.fast_window else self.ceiling
         base = base_delay(self.n, ceiling)
-        if base < self.ceiling:
+        if base < ceiling:  # after the fast window the growth resumes from where it stood
             self.n += 1
         return base * (0.5 + 0.5 * min(max(self.rand(), 0.0), 1.0))
 

@@ -58,6 +58,10 @@ integration: deps system-deps
 down: deps
 	$(BIN)/depgate dev down
 
+## make bench: every benchmark under bench/ against a private local plane; results in bench/results/.
+bench: deps system-deps
+	$(BIN)/python bench/run.py
+
 lock:
 	rm -rf /tmp/depgate-lock && $(PY) -m venv /tmp/depgate-lock && /tmp/depgate-lock/bin/pip install -q '.[dev]' && \
 	  (echo "# Pinned transitive set for 'pip install -c requirements.lock -e .[dev]'. Regenerate with 'make lock'."; \

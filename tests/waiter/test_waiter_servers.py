@@ -250,12 +250,12 @@ def test_redis_requirepass(waiter: Start, redis: Callable[..., subprocess.Popen[
         env={"DEPGATE_REDIS_PASSWORD": "s3cret-pw"},
     )
     wrong = waiter(
-        *args, "--timeout=2", "--password-env=DEPGATE_REDIS_PASSWORD", env={"DEPGATE_REDIS_PASSWORD": "nope"}
+        *args, "--timeout=4", "--password-env=DEPGATE_REDIS_PASSWORD", env={"DEPGATE_REDIS_PASSWORD": "nope"}
     )
     user = waiter(
         *args, "--timeout=60", "--password-env=P", "--username-env=U", env={"P": "s3cret-pw", "U": "default"}
     )
-    missing = waiter(*args, "--timeout=2")
+    missing = waiter(*args, "--timeout=4")
     assert_exit(right, 0)
     assert_exit(user, 0)
     assert_exit(wrong, 124)

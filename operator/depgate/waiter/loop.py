@@ -147,6 +147,9 @@ def run(
         if result is None:
             if gate.last is not None:  # a long attempt (watch) saw something: that is what blocked
                 result = gate.last
+            elif deadline is not None and clock() >= deadline and attempts > 1:
+                # cut short by the overall deadline: the previous attempt's reason says more than "no answer"
+                return Outcome(False, last, attempts, clock() - start)
             elif check.bounded:
                 result = Result("Timeout", "no answer within the attempt timeout")
             else:

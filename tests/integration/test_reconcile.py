@@ -100,9 +100,13 @@ def test_delete_removes_everything_depgate_added(plane, operator, namespace):
     apply(plane, namespace, deployment("app", init="[{name: own-init, image: busybox}]"))
     apply(plane, namespace, policy("app", "workloadRef: {name: app}"))
     wait_deployment(plane, namespace, "app", lambda d: init_names(d) == [*OURS, "own-init"])
+    assert get(plane, namespace, "role", "depgate-wait-app") is not None
     plane.run_kubectl("delete", "-n", namespace, "dependencypolicy", "app", "--timeout=60s")
     dep = wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["own-init"],
                           what="our init containers removed")
+    # the waiter's Role and RoleBinding are owned by the policy: garbage-collected with it
+    wait_for(lambda: get(plane, namespace, "role", "depgate-wait-app") is None
+             and get(plane, namespace, "rolebinding", "depgate-wait-app") is None, 60, what="Role and binding GC")
     assert "depgate.io/policy" not in (dep["metadata"].get("annotations") or {})
     assert get(plane, namespace, "dependencypolicy", "app") is None
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "node:20"

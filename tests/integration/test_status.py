@@ -4,6 +4,9 @@ plane with kube-controller-manager and kwok."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import REPO, wait_for
@@ -90,6 +93,10 @@ def test_secret_and_configmap_keys_flip_both_ways(plane, operator, namespace):
                                                   "      - name: conf\n        configMap: {name: cfg, keys: [a, b]}"))
     pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "conf").get("reason") == "NotFound")
     assert pol["status"]["blocking"] == ["creds", "conf"]
+    graph = subprocess.run([sys.executable, "-m", "depgate", "graph", "-n", namespace], check=True, timeout=60,
+                           env={**os.environ, "KUBECONFIG": plane.kubeconfig}, capture_output=True, text=True).stdout
+    blocked = [line for line in graph.splitlines() if "[blocked]" in line]
+    assert any("secret/db" in line for line in blocked) and any("configmap/cfg" in line for line in blocked), graph
     plane.run_kubectl("create", "secret", "generic", "db", "-n", namespace, "--from-literal=password=s3cret")
     plane.run_kubectl("create", "configmap", "cfg", "-n", namespace, "--from-literal=a=1")
     pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "conf").get("reason") == "MissingKeys"
@@ -197,6 +204,15 @@ def test_cycle_across_two_policies_is_reported_on_both_and_clears(plane, operato
         msg = condition(pol, "Stalled")["message"]
         assert "deployment/a" in msg and "service/b-svc" in msg and "deployment/b" in msg and "service/a-svc" in msg
         assert msg.startswith(f"deployment/{name} ->"), msg
+    # `depgate graph` prints the same live graph, the cycle and the blocked edges marked
+    env = {**os.environ, "KUBECONFIG": plane.kubeconfig}
+    text = subprocess.run([sys.executable, "-m", "depgate", "graph", "-n", namespace], env=env, check=True,
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "deployment/a" in text and "service/b-svc" in text, text
+    assert "deployment/a -> service/b-svc -> deployment/b -> service/a-svc -> deployment/a" in text, text
+    dot = subprocess.run([sys.executable, "-m", "depgate", "graph", "-n", namespace, "--format", "dot"], env=env,
+                         check=True, capture_output=True, text=True, timeout=60).stdout
+    assert dot.lstrip().startswith("digraph") and '"deployment/a"' in dot.replace("\\n", " "), dot
     # fix one policy: the cycle clears on both
     apply(plane, namespace, _policy("b", "b", "      - name: dns\n        dns: {name: example.internal}"))
     for name in ("a", "b"):

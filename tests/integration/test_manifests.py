@@ -1,0 +1,486 @@
+"""manifests/ against the real plane: `kubectl apply -k`, least-privilege RBAC, Pod Security, GitOps health.
+
+- The cluster-wide install (manifests/) is applied server-side to the session's plane, and again as a
+  server dry run; kube-controller-manager creates the operator's pod in the `restricted` namespace.
+- The operator ServiceAccount's rights, as `kubectl auth can-i --list` reports them, must equal the
+  committed snapshot tests/integration/snapshots/operator-can-i.txt: any verb added to the manifests
+  fails here (DEPGATE_UPDATE_SNAPSHOTS=1 rewrites the file, for a change you mean to make).
+- `edit`/`admin`/`view` users get DependencyPolicy rights through the aggregated roles.
+- The namespaced overlay (manifests/namespaced/) is installed on a second plane of its own (its
+  ClusterRoleBinding-less RBAC cannot share a cluster with the cluster-wide install that other tests
+  run the operator under); there the operator runs with the ServiceAccount's token, reconciles a
+  policy in `apps`, leaves one in another namespace alone, and is never refused a request.
+- kstatus (Flux, kpt, cli-utils) and docs/argocd-health.lua (Argo CD) read policies the operator wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, Plane, start_operator, stop_operator, wait_for
+from tests.integration.kubehelp import apply, condition, deployment, get, wait_policy
+
+MANIFESTS = REPO / "manifests"
+SNAPSHOT = Path(__file__).parent / "snapshots" / "operator-can-i.txt"
+SYSTEM_NS = "depgate-system"
+SA = f"system:serviceaccount:{SYSTEM_NS}:depgate"
+# A ServiceAccount name nobody binds: what every ServiceAccount of depgate-system may do anyway
+# (discovery, self-reviews, ...). The snapshot holds only what the manifests add to that.
+BASELINE = f"system:serviceaccount:{SYSTEM_NS}:depgate-can-i-baseline"
+CORE_ROLE = "depgate-operator-core"
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _objects(plane: Plane, path: Path) -> list[dict[str, Any]]:
+    return [o for o in yaml.safe_load_all(plane.run_kubectl("kustomize", str(path)).stdout) if o]
+
+
+def _can_i(plane: Plane, user: str, ns: str) -> set[str]:
+    """`kubectl auth can-i --list`, one normalised line per row: the table's padding dropped, verbs sorted."""
+    out = plane.run_kubectl("auth", "can-i", "--list", f"--as={user}", "-n", ns).stdout.splitlines()
+    header = out[0]
+    starts = [header.index(h) for h in ("Resources", "Non-Resource URLs", "Resource Names", "Verbs")]
+    rows = set()
+    for line in out[1:]:
+        if not line.strip():
+            continue
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        resource, urls, names, verbs = cells
+        verbs = " ".join(sorted(verbs.strip("[]").split()))
+        row = f"{resource or '-'} urls={urls} names={names} verbs=[{verbs}]"
+        rows.add(row)
+    return rows
+
+
+def _granted(plane: Plane, ns: str) -> list[str]:
+    """What the manifests grant the operator in namespace `ns` (everything beyond the baseline)."""
+    return sorted(_can_i(plane, SA, ns) - _can_i(plane, BASELINE, ns))
+
+
+def _snapshot_sections() -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in SNAPSHOT.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"\[(.+)\]", line.strip())
+        if m:
+            current = m.group(1)
+            sections[current] = []
+        else:
+            assert current is not None, f"{SNAPSHOT}: a line before the first [section]"
+            sections[current].append(line.strip())
+    return sections
+
+
+def _write_snapshot_section(name: str, lines: list[str]) -> None:
+    """Replace one [section] of the snapshot, keeping its header comment and the other sections."""
+    text = SNAPSHOT.read_text() if SNAPSHOT.exists() else ""
+    head = []
+    for line in text.splitlines():
+        if line.startswith("["):
+            break
+        head.append(line)
+    sections = _snapshot_sections() if SNAPSHOT.exists() else {}
+    sections[name] = lines
+    body = "\n".join(f"[{k}]\n" + "".join(f"{x}\n" for x in v) for k, v in sections.items())
+    SNAPSHOT.write_text("\n".join(head).rstrip("\n") + "\n\n" + body)
+
+
+def _expect_rights(plane: Plane, ns: str, section: str) -> None:
+    if os.environ.get("DEPGATE_UPDATE_SNAPSHOTS") == "1":
+        _write_snapshot_section(section, _granted(plane, ns))
+    expected = _snapshot_sections()[section]
+    # RBAC's authorizer caches converge within moments of the last write; wait for that, not longer.
+    deadline = time.monotonic() + 15
+    while True:
+        got = _granted(plane, ns)
+        if got == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert got == expected, (
+        f"the operator's rights in namespace {ns} differ from [{section}] of {SNAPSHOT.relative_to(REPO)} "
+        "(DEPGATE_UPDATE_SNAPSHOTS=1 rewrites it, for a change you mean)")
+
+
+def _wait_aggregated(plane: Plane) -> None:
+    """kube-controller-manager copies the labelled roles' rules into the aggregated ClusterRole."""
+    core = json.loads(plane.run_kubectl("get", "clusterrole", CORE_ROLE, "-o", "json").stdout)["rules"]
+
+    def done() -> bool:
+        agg = json.loads(plane.run_kubectl("get", "clusterrole", "depgate-operator", "-o", "json").stdout)
+        return all(r in (agg.get("rules") or []) for r in core)
+
+    wait_for(done, 30, interval=0.3, what="the aggregated ClusterRole depgate-operator")
+
+
+def _operator_pods_admitted(plane: Plane) -> None:
+    """The Deployment's ReplicaSet created its pod in the restricted namespace, and never failed to."""
+
+    def pods() -> list[dict[str, Any]]:
+        out = plane.run_kubectl("get", "pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=operator",
+                                "-o", "json").stdout
+        return list(json.loads(out)["items"])
+
+    created = wait_for(pods, 60, interval=0.3, what="the operator Deployment's pod")
+    assert len(created) == 1
+    events = plane.run_kubectl("get", "events", "-n", SYSTEM_NS, "-o", "json").stdout
+    failed = [e["message"] for e in json.loads(events)["items"] if e.get("reason") == "FailedCreate"]
+    assert not failed, failed
+    wait_for(lambda: (get(plane, SYSTEM_NS, "deployment", "depgate") or {}).get("status", {})
+             .get("readyReplicas") == 1, 60, interval=0.3, what="the operator Deployment ready (kwok)")
+
+
+def _install(plane: Plane, path: Path) -> str:
+    out = plane.run_kubectl("apply", "-k", str(path), "--server-side").stdout
+    plane.run_kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                      "crd/dependencypolicies.depgate.io")
+    return out
+
+
+def _token_kubeconfig(plane: Plane, tmp: Path) -> Path:
+    """A kubeconfig holding a token of the operator's ServiceAccount (TokenRequest API), nothing else."""
+    token = plane.run_kubectl("create", "token", "depgate", "-n", SYSTEM_NS, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(Path(plane.kubeconfig).read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    cfg = {"apiVersion": "v1", "kind": "Config",
+           "clusters": [{"name": "plane", "cluster": cluster}],
+           "users": [{"name": "depgate", "user": {"token": token}}],
+           "contexts": [{"name": "depgate", "context": {"cluster": "plane", "user": "depgate"}}],
+           "current-context": "depgate"}
+    path = tmp / "depgate-sa.kubeconfig"
+    path.write_text(json.dumps(cfg))
+    path.chmod(0o600)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# the cluster-wide install, on the session's plane
+
+
+@pytest.fixture(scope="module")
+def installed(plane: Plane) -> str:
+    if not plane.pods:
+        pytest.skip("needs kube-controller-manager (role aggregation, ReplicaSets) and kwok")
+    out = _install(plane, MANIFESTS)
+    _wait_aggregated(plane)
+    return out
+
+
+def test_apply_k_server_side_and_a_server_dry_run(plane, installed):
+    objects = _objects(plane, MANIFESTS)
+    assert installed.count("serverside-applied") == len(objects)
+    for o in objects:
+        assert f"/{o['metadata']['name']} serverside-applied" in installed
+    # a server dry run of the same install (what `kubectl diff -k` and an upgrade preview do) passes
+    # admission and validation; on a cluster without depgate-system it would report the namespace
+    # NotFound, since a dry run creates nothing for the objects after it
+    out = plane.run_kubectl("apply", "-k", str(MANIFESTS), "--server-side", "--dry-run=server").stdout
+    assert out.count("(server dry run)") == len(objects)
+
+
+def test_operator_pods_are_admitted_in_the_restricted_namespace(plane, installed):
+    labels = _kubectl_json(plane, "get", "namespace", SYSTEM_NS)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    _operator_pods_admitted(plane)
+    # and the label is enforced: a pod that is not restricted is refused in that namespace
+    refused = plane.run_kubectl("run", "not-restricted", "-n", SYSTEM_NS, "--image=busybox", "--restart=Never",
+                                "--dry-run=server", check=False)
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr
+
+
+def test_the_waiter_image_follows_the_operator_image(plane, tmp_path):
+    def images(path: Path) -> tuple[str, str]:
+        dep = next(o for o in _objects(plane, path) if o["kind"] == "Deployment")
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        return c["image"], next(e["value"] for e in c["env"] if e["name"] == "DEPGATE_WAITER_IMAGE")
+
+    assert images(MANIFESTS) == ("depgate/depgate:0.1.0", "depgate/depgate:0.1.0")
+    assert images(MANIFESTS / "namespaced") == ("depgate/depgate:0.1.0", "depgate/depgate:0.1.0")
+    # pinned by digest where docs/operations.md says to pin it, both follow
+    shutil.copytree(REPO / "crds", tmp_path / "crds")
+    shutil.copytree(MANIFESTS, tmp_path / "manifests")
+    base = tmp_path / "manifests" / "base" / "kustomization.yaml"
+    pinned = "registry.example/depgate@sha256:" + "ab" * 32
+    base.write_text(base.read_text().replace(
+        "  newTag: 0.1.0", "  newName: registry.example/depgate\n  digest: sha256:" + "ab" * 32))
+    assert images(tmp_path / "manifests") == (pinned, pinned)
+
+
+def test_operator_rights_are_exactly_the_snapshot(plane, installed, namespace):
+    # The same rights in every namespace (a ClusterRoleBinding), the operator's own included.
+    _expect_rights(plane, namespace, "cluster-wide install: any namespace")
+    _expect_rights(plane, SYSTEM_NS, "cluster-wide install: any namespace")
+
+
+def test_no_wildcards_and_no_escalation_verbs_anywhere(plane):
+    for path in (MANIFESTS, MANIFESTS / "namespaced"):
+        for o in _objects(plane, path):
+            for rule in o.get("rules") or []:
+                for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+                    assert "*" not in (rule.get(key) or []), (o["metadata"]["name"], rule)
+                assert not {"escalate", "bind", "impersonate"} & set(rule.get("verbs") or []), rule
+
+
+def _may(plane: Plane, user: str, verb: str, resource: str, ns: str, subresource: str = "") -> bool:
+    sub = [f"--subresource={subresource}"] if subresource else []
+    out = plane.run_kubectl("auth", "can-i", verb, resource, *sub, "-n", ns, f"--as={user}", check=False)
+    return out.stdout.strip() == "yes"
+
+
+def test_edit_admin_and_view_users_get_policy_rights_through_aggregation(plane, installed, namespace):
+    for user, role in (("alice", "edit"), ("carol", "admin"), ("bob", "view")):
+        plane.run_kubectl("create", "rolebinding", f"{user}-{role}", f"--clusterrole={role}", f"--user={user}",
+                          "-n", namespace)
+    dp = "dependencypolicies.depgate.io"
+    # kube-controller-manager aggregates depgate-edit/-view into the built-in roles
+    wait_for(lambda: _may(plane, "alice", "create", dp, namespace) and _may(plane, "bob", "get", dp, namespace),
+             30, interval=0.3, what="depgate-edit and depgate-view aggregated into edit and view")
+    for verb in ("create", "update", "patch", "delete", "get", "list", "watch"):
+        assert _may(plane, "alice", verb, dp, namespace), verb
+        assert _may(plane, "carol", verb, dp, namespace), verb
+    for verb in ("get", "list", "watch"):
+        assert _may(plane, "bob", verb, dp, namespace), verb
+    assert _may(plane, "bob", "get", dp, namespace, "status")
+    for verb in ("create", "update", "patch", "delete"):
+        assert not _may(plane, "bob", verb, dp, namespace), verb
+    # only the operator writes status; and nobody without a binding reads policies
+    assert _may(plane, SA, "patch", dp, namespace, "status")
+    for user in ("alice", "carol", "bob"):
+        assert not _may(plane, user, "patch", dp, namespace, "status"), user
+        assert not _may(plane, user, "update", dp, namespace, "status"), user
+    assert not _may(plane, "dave", "get", dp, namespace)
+    # the rights stop at the namespace of the binding
+    assert not _may(plane, "alice", "create", dp, "default")
+
+
+# ---------------------------------------------------------------------------------------------------
+# the namespaced install, on a plane of its own
+
+
+@pytest.fixture(scope="module")
+def own_plane(plane: Plane) -> Iterator[Plane]:
+    if os.environ.get("USE_EXISTING_CLUSTER", "").lower() == "true":
+        pytest.skip("the namespaced install needs a cluster without the cluster-wide one")
+    if not plane.pods:
+        pytest.skip("needs kube-controller-manager (role aggregation, ReplicaSets) and kwok")
+    from depgate.dev import plane as devplane
+
+    state = Path(tempfile.mkdtemp(prefix="depgate-test-plane-ns-"))
+    try:
+        st = devplane.up(state, die_with_parent=True)
+    except devplane.PlaneError as e:
+        shutil.rmtree(state, ignore_errors=True)
+        pytest.fail(f"could not start a second control plane: {e}", pytrace=False)
+    try:
+        yield Plane(st.kubeconfig, plane.kubectl, st.server, pods=st.pods)
+    finally:
+        devplane.down(state, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def namespaced(own_plane: Plane) -> Plane:
+    for ns in ("apps", "elsewhere"):
+        own_plane.run_kubectl("create", "namespace", ns)
+        own_plane.run_kubectl("wait", "--for=create", "serviceaccount/default", "-n", ns, "--timeout=60s")
+    out = _install(own_plane, MANIFESTS / "namespaced")
+    assert "clusterrolebinding.rbac.authorization.k8s.io/depgate-operator serverside" not in out
+    assert "rolebinding.rbac.authorization.k8s.io/depgate-operator serverside-applied" in out
+    _wait_aggregated(own_plane)
+    return own_plane
+
+
+def test_namespaced_install_applies_and_its_pods_are_admitted(namespaced):
+    out = namespaced.run_kubectl("apply", "-k", str(MANIFESTS / "namespaced"), "--server-side",
+                                 "--dry-run=server").stdout
+    assert "(server dry run)" in out
+    _operator_pods_admitted(namespaced)
+    dep = get(namespaced, SYSTEM_NS, "deployment", "depgate") or {}
+    assert "--namespace=apps" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_namespaced_operator_rights_are_exactly_the_snapshot(namespaced):
+    _expect_rights(namespaced, "apps", "namespaced install: a served namespace (apps)")
+    _expect_rights(namespaced, "elsewhere", "namespaced install: any other namespace")
+
+
+POLICY = """
+apiVersion: depgate.io/v1alpha1
+kind: DependencyPolicy
+metadata: {name: app}
+spec:
+  workloadRef: {name: app}
+  preconditions:
+  - name: settings
+    configMap: {name: settings}
+  - name: db
+    service: {name: db, minReadyEndpoints: 0}
+"""
+
+
+def test_namespaced_operator_runs_under_its_serviceaccount_and_stays_in_its_namespace(namespaced, tmp_path):
+    for ns in ("apps", "elsewhere"):
+        apply(namespaced, ns, deployment("app"))
+        apply(namespaced, ns, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n")
+        apply(namespaced, ns, "apiVersion: v1\nkind: Service\nmetadata: {name: db}\n"
+                              "spec: {selector: {app: db}, ports: [{port: 5432}]}\n")
+        apply(namespaced, ns, POLICY)
+    op = start_operator(str(_token_kubeconfig(namespaced, tmp_path)), tmp_path, "--namespace=apps")
+    try:
+        pol = wait_policy(namespaced, "apps", "app", lambda p: condition(p, "Ready").get("status") == "True",
+                          timeout=60, what="Ready under the ServiceAccount's token")
+        assert pol["status"]["targets"] == ["app"]
+        wait_for(lambda: get(namespaced, "apps", "rolebinding", "depgate-wait-app"), 20,
+                 what="the verdict waiter's RoleBinding, created by the operator")
+        time.sleep(2)  # give it the chance to touch what it must not
+    finally:
+        stop_operator(op)
+    log = op.log_text()
+    assert "403" not in log and "Forbidden" not in log and "Traceback" not in log, log[-4000:]
+    # the namespace it does not serve is left alone
+    other = get(namespaced, "elsewhere", "dependencypolicy", "app") or {}
+    assert not other.get("status")
+    assert "depgate.io/policy" not in ((get(namespaced, "elsewhere", "deployment", "app") or {})
+                                       .get("metadata", {}).get("annotations") or {})
+
+
+# ---------------------------------------------------------------------------------------------------
+# GitOps health: kstatus (Flux, kpt, cli-utils) and Argo CD's Lua check, on objects the operator wrote
+
+
+def kstatus(obj: dict[str, Any]) -> str:
+    """kstatus's generic rules for a custom resource (kubernetes-sigs/cli-utils pkg/kstatus/status:
+    checkGenericProperties, then Compute's default): Terminating when deleting; InProgress when
+    status.observedGeneration is set and differs from metadata.generation; else the first of the
+    conditions, in list order, that is Reconciling=True (InProgress) or Stalled=True (Failed);
+    else Current (a custom type has no type-specific rules, and Ready is not consulted)."""
+    md, st = obj.get("metadata") or {}, obj.get("status") or {}
+    if md.get("deletionTimestamp"):
+        return "Terminating"
+    if "generation" in md and "observedGeneration" in st and st["observedGeneration"] != md["generation"]:
+        return "InProgress"
+    for c in st.get("conditions") or []:
+        if c.get("type") == "Reconciling" and c.get("status") == "True":
+            return "InProgress"
+        if c.get("type") == "Stalled" and c.get("status") == "True":
+            return "Failed"
+    return "Current"
+
+
+def _lua_literal(v: Any) -> str:
+    """A JSON value as a Lua table constructor (what Argo CD hands its health scripts as `obj`)."""
+    if v is None:
+        return "nil"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):  # every byte outside a safe set as a decimal escape (UTF-8 stays bytes)
+        safe = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:-_/()[]{}'=")
+        return '"' + "".join(chr(b) if b in safe else f"\\{b:03d}" for b in v.encode()) + '"'
+    if isinstance(v, list):
+        return "{" + ", ".join(_lua_literal(x) for x in v) + "}"
+    return "{" + ", ".join(f"[{_lua_literal(k)}] = {_lua_literal(x)}" for k, x in v.items() if x is not None) + "}"
+
+
+LUA = next((shutil.which(b) for b in ("lua5.1", "lua5.4", "lua5.3", "lua") if shutil.which(b)), None)
+
+
+def argocd_health(obj: dict[str, Any], tmp: Path) -> tuple[str, str]:
+    """docs/argocd-health.lua run as Argo CD runs it: a chunk with the global `obj`, returning `hs`."""
+    if LUA is None:
+        pytest.skip("no Lua interpreter (Debian: lua5.1, the dialect of Argo CD's gopher-lua)")
+    script = (REPO / "docs" / "argocd-health.lua").read_text()
+    harness = tmp / "health.lua"
+    harness.write_text(f"obj = {_lua_literal(obj)}\nlocal hs = (function()\n{script}\nend)()\n"
+                       'io.write(hs.status, "\\n", hs.message or "")\n')
+    out = subprocess.run([LUA, str(harness)], capture_output=True, text=True, timeout=10, check=False)
+    assert out.returncode == 0, out.stderr
+    status, _, message = out.stdout.partition("\n")
+    return status, message
+
+
+def _kubectl_json(plane: Plane, *args: str, input: str | None = None) -> dict[str, Any]:
+    return dict(json.loads(plane.run_kubectl(*args, "-o", "json", input=input).stdout))
+
+
+def test_kstatus_and_argocd_read_real_policies(plane, operator, namespace, tmp_path):
+    apply(plane, namespace, deployment("app"))
+    apply(plane, namespace, deployment("web"))
+    apply(plane, namespace, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n")
+    policy = textwrap.dedent("""
+        apiVersion: depgate.io/v1alpha1
+        kind: DependencyPolicy
+        metadata: {{name: {name}, namespace: {ns}}}
+        spec:
+          workloadRef: {{name: {target}}}
+          preconditions:
+          - name: settings
+            configMap: {{name: {cm}}}
+        """)
+
+    # fresh from the API server, before the operator wrote any status: kstatus has nothing to go
+    # by and says Current (its documented blind spot); Argo CD's check waits
+    fresh = _kubectl_json(plane, "create", "-f", "-",
+                          input=policy.format(name="healthy", ns=namespace, target="app", cm="settings"))
+    assert "status" not in fresh or not fresh["status"].get("conditions")
+    assert kstatus(fresh) == "Current"
+    assert argocd_health(fresh, tmp_path)[0] == "Progressing"
+
+    healthy = wait_policy(plane, namespace, "healthy", lambda p: condition(p, "Ready").get("status") == "True",
+                          what="Ready")
+    assert kstatus(healthy) == "Current"
+    assert argocd_health(healthy, tmp_path)[0] == "Healthy"
+
+    # a second policy on the same Deployment stalls (Conflict)
+    apply(plane, namespace, policy.format(name="second", ns=namespace, target="app", cm="settings"))
+    stalled = wait_policy(plane, namespace, "second", lambda p: condition(p, "Stalled").get("status") == "True",
+                          what="Stalled")
+    assert condition(stalled, "Stalled")["reason"] == "Conflict"
+    assert kstatus(stalled) == "Failed"
+    status, message = argocd_health(stalled, tmp_path)
+    assert status == "Degraded" and message.startswith("Conflict: ")
+
+    # blocking (a ConfigMap that does not exist yet): Ready False but neither Stalled nor Reconciling;
+    # kstatus calls that Current (the policy is applied; the held pods show on the Deployment),
+    # Argo CD's check Progressing, naming what blocks
+    apply(plane, namespace, policy.format(name="blocked", ns=namespace, target="web", cm="later"))
+    blocked = wait_policy(plane, namespace, "blocked",
+                          lambda p: (p.get("status") or {}).get("blocking") == ["settings"],
+                          what="blocking: [settings]")
+    assert condition(blocked, "Ready")["status"] == "False"
+    assert kstatus(blocked) == "Current"
+    status, message = argocd_health(blocked, tmp_path)
+    assert status == "Progressing" and "settings" in message
+
+    # the object as the API server returns it right after a spec change: the operator cannot have
+    # observed the new generation yet
+    changed = _kubectl_json(plane, "patch", "dependencypolicy", "healthy", "-n", namespace, "--type=merge",
+                            "-p", '{"spec": {"defaults": {"periodSeconds": 2}}}')
+    assert changed["metadata"]["generation"] == healthy["metadata"]["generation"] + 1
+    assert changed["status"]["observedGeneration"] == healthy["metadata"]["generation"]
+    assert kstatus(changed) == "InProgress"
+    status, message = argocd_health(changed, tmp_path)
+    assert status == "Progressing" and "has not observed generation" in message
+    caught_up = wait_policy(plane, namespace, "healthy", lambda p: p["status"]["observedGeneration"]
+                            == changed["metadata"]["generation"] and condition(p, "Ready").get("status") == "True"
+                            and condition(p, "Reconciling").get("status") == "False",
+                            what="the new generation observed, Ready")
+    assert kstatus(caught_up) == "Current"
+    assert argocd_health(caught_up, tmp_path)[0] == "Healthy"

@@ -1,0 +1,163 @@
+"""Run every benchmark, one after another, and write bench/results/*.json and bench/results/README.md.
+
+    .venv/bin/python bench/run.py                 # default sizes (about 6 minutes, plus the waiter's 5)
+    .venv/bin/python bench/run.py --quick         # small sizes, into bench/results/quick/ (about 2 minutes)
+    .venv/bin/python bench/run.py --only status_latency --only restart_writes
+
+Each control-plane benchmark starts its own private plane (etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, kwok) and stops it at the end. The README table is built
+from the JSON files in the output directory, so a partial run keeps the other rows (each JSON says
+when and at which commit it was measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common import HERE, RESULTS, TABLE_HEAD, Row, fmt_ms
+
+# name -> (script, default args, --quick args). The waiter benchmark is someone else's script:
+# run as is, its JSON named after it (bench/results/waiter.json stays the one its README quotes).
+BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
+    "reconcile_latency": ("reconcile_latency.py", [], ["--policies", "20"]),
+    "status_latency": ("status_latency.py", [], ["--changes", "30"]),
+    "restart_writes": ("restart_writes.py", [], ["--policies", "20"]),
+    "waiter_bench": ("waiter_bench.py", [], ["--trials", "5", "--startup-runs", "5"]),
+}
+
+
+def waiter_rows(doc: dict[str, Any]) -> list[Row]:
+    """bench/waiter_bench.py writes no rows of its own: make them from its JSON."""
+    rows = []
+    for kind, per in (doc.get("latency") or {}).items():
+        d, one, two = per["depgate"], per["fixed-1s"], per["fixed-2s"]
+        for q in ("p50", "p99"):
+            slowest = ", p99 = the slowest" if q == "p99" else ""
+            what = (f"{kind}: dependency up -> `depgate wait {kind} --period=1` exits, vs fixed-interval pollers "
+                    f"in the same trials ({doc.get('trials_per_kind')} trials{slowest})")
+            ours, p1, p2 = d[f"{q}_ms"], one[f"{q}_ms"], two[f"{q}_ms"]
+            rows.append(Row("waiter_bench", what, f"{q} {fmt_ms(ours)}", f"{q} {fmt_ms(p1)} (1 s); {fmt_ms(p2)} (2 s)",
+                            f"{ours / p1:.2f}x; {ours / p2:.2f}x", "-", None))
+    st = doc.get("startup") or {}
+    if st:
+        rows.append(Row("waiter_bench", f"start-up of `depgate wait tcp` (median of {st.get('runs')}, bytecode "
+                                        "cached) vs `python -c pass`",
+                        f"{st['depgate_wait_tcp_cached_median_ms']} ms", f"{st['python_c_pass_median_ms']} ms",
+                        f"{st['depgate_wait_tcp_cached_median_ms'] / st['python_c_pass_median_ms']:.1f}x", "-", None))
+    return rows
+
+
+def notes(name: str, doc: dict[str, Any]) -> list[str]:
+    """What to read next to the rows: sizes, when, where, and where depgate's time goes."""
+    m = doc.get("machine") or {}
+    when = m.get("date") or "?"
+    commit = (m.get("git_commit") or "?")[:10]
+    if name == "waiter_bench":
+        mach = doc.get("machine") or {}
+        return [f"- **waiter_bench**: {doc.get('trials_per_kind')} trials per kind; {mach.get('cpus')} CPUs, load "
+                f"at end {mach.get('loadavg_at_end')} (its JSON records no date or commit)."]
+    dirty = m.get("operator_tree_dirty")
+    dirty_note = f", with uncommitted {', '.join(dirty)}" if dirty else ""
+    out = [f"- **{name}** ({when}, commit `{commit}`{dirty_note};"
+           f" load {m.get('loadavg_start')} -> {m.get('loadavg_end')}): params `{json.dumps(doc.get('params'))}`."]
+    if name == "reconcile_latency":
+        sp = doc.get("depgate_split") or {}
+        per = doc.get("per_policy") or {}
+        try:
+            from depgate.handlers import Options
+
+            coalesce = f"{Options().coalesce_seconds * 1000:.0f} ms"
+        except Exception:  # the note is a nicety; Kopf may be missing
+            coalesce = "?"
+        out.append(
+            "  Where depgate's time goes (p50 from the policy's create): Kopf's finalizer lands at "
+            f"{fmt_ms(sp.get('create_to_finalizer', {}).get('p50_ms', 0))}, the init containers at "
+            f"{fmt_ms(sp.get('create_to_init_containers', {}).get('p50_ms', 0))}, the status at "
+            f"{fmt_ms(sp.get('create_to_status', {}).get('p50_ms', 0))}; each reconcile first sleeps the "
+            f"worker's coalescing pause ({coalesce}); a reconcile took {doc.get('mean_reconcile_ms')} ms on "
+            f"average, {per.get('reconciles')} reconciles per policy, {per.get('api_server_reads_depgate')} reads "
+            f"per policy (floor: {per.get('api_server_reads_floor')}).")
+    if name == "status_latency" and doc.get("missed"):
+        out.append(f"  {doc['missed']} changes never showed within the per-change timeout (counted as infinite).")
+    if name == "restart_writes":
+        r = doc.get("restart") or {}
+        out.append(f"  Stop took {r.get('stop_seconds')} s; metrics up {r.get('metrics_up_seconds')} s after the "
+                   f"start; changed objects: {json.dumps(doc.get('changed')) if doc.get('changed') else 'none'}.")
+    return out
+
+
+def readme(out_dir: Path, ran: dict[str, str]) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `bench/run.py` from the JSON files beside this one (each has the machine facts and every",
+        "sample). Speed targets live here, as ratios against a baseline measured in the same run, never in",
+        "timed unit tests. Poller baselines in `status_latency` are analytic (uniform phase: p50 = period/2,",
+        "p99 = 0.99 x period).",
+        "",
+        TABLE_HEAD,
+    ]
+    foot = []
+    for name in BENCHES:
+        f = out_dir / f"{name}.json"
+        if not f.exists():
+            continue
+        doc = json.loads(f.read_text())
+        rows = waiter_rows(doc) if name == "waiter_bench" else [Row(**r) for r in doc.get("rows") or []]
+        lines += [r.markdown() for r in rows]
+        foot += notes(name, doc)
+    facts = {}
+    for name in BENCHES:
+        f = out_dir / f"{name}.json"
+        if f.exists():
+            facts = json.loads(f.read_text()).get("machine") or facts
+            if "platform" in facts:
+                break
+    lines += ["", f"Machine: {facts.get('cpus')} CPUs, {facts.get('platform')}, Python {facts.get('python')}, "
+                  f"Kubernetes {facts.get('kubernetes')} (local plane from `depgate dev`), Kopf {facts.get('kopf')}, "
+                  f"kubernetes client {facts.get('kubernetes_client')}. The CPUs are shared with other work: "
+                  "see the load averages below.", ""]
+    lines += foot
+    failed = {k: v for k, v in ran.items() if v != "ok"}
+    if failed:
+        lines += ["", "Failed in the last run (their rows, if any, are from an earlier run): "
+                  + ", ".join(f"{k} ({v})" for k, v in failed.items())]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run), into bench/results/quick/")
+    ap.add_argument("--only", action="append", choices=list(BENCHES), help="run just this one (repeatable)")
+    ap.add_argument("--out-dir", type=Path, default=None, help="default bench/results (quick: bench/results/quick)")
+    args = ap.parse_args(argv)
+    out_dir = args.out_dir or (RESULTS / "quick" if args.quick else RESULTS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [n for n in BENCHES if (not args.only or n in args.only) and (HERE / BENCHES[n][0]).exists()]
+    ran: dict[str, str] = {}
+    t0 = time.monotonic()
+    for i, name in enumerate(todo, 1):
+        script, full, quick = BENCHES[name]
+        cmd = [sys.executable, str(HERE / script), *(quick if args.quick else full), "--out",
+               str(out_dir / f"{name}.json")]
+        print(f"== [{i}/{len(todo)}] {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+        t = time.monotonic()
+        proc = subprocess.run(cmd, check=False)
+        ran[name] = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+        print(f"== [{i}/{len(todo)}] {name}: {ran[name]} in {time.monotonic() - t:.0f}s "
+              f"({time.monotonic() - t0:.0f}s so far)", file=sys.stderr, flush=True)
+    text = readme(out_dir, ran)
+    (out_dir / "README.md").write_text(text)
+    print(text)
+    print(f"wrote {out_dir / 'README.md'}", file=sys.stderr)
+    return 0 if all(v == "ok" for v in ran.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,9 @@ from pathlib import Path
 from depgate.dev import build, plane
 
 REPO = Path(__file__).resolve().parents[3]
+COLUMNS = ("custom-columns=NAMESPACE:.metadata.namespace,NAME:.metadata.name,BLOCKING:.status.blockingSummary,"
+           "READY:.status.conditions[?(@.type=='Ready')].status,REASON:.status.conditions[?(@.type=='Ready')].reason,"
+           "PODS:.status.pods.ready,OF:.status.pods.total")
 
 
 def _kubectl() -> str:
@@ -23,9 +26,10 @@ def _kubectl() -> str:
 def _table(kubectl: str, stop: threading.Event) -> None:
     last = ""
     while not stop.wait(1.0):
-        out = subprocess.run([kubectl, "get", "dp", "-A"], capture_output=True, text=True, check=False).stdout
-        if out and out != last:
-            print("\n" + time.strftime("%H:%M:%S") + "  kubectl get dp -A\n" + out, file=sys.stderr, flush=True)
+        out = subprocess.run([kubectl, "get", "dp", "-A", "-o", COLUMNS], capture_output=True, text=True,
+                             check=False).stdout
+        if out and out != last:  # print only changes (no AGE column, so time alone changes nothing)
+            print("\n" + time.strftime("%H:%M:%S") + "\n" + out, file=sys.stderr, flush=True)
             last = out
 
 
@@ -42,9 +46,20 @@ def main() -> int:
 
     def apply_examples() -> None:
         time.sleep(2)  # let the operator's watches start first, so every step shows in the table
-        subprocess.run([kubectl, "apply", "-f", str(REPO / "examples/microservices/00-namespace.yaml")], check=False)
-        subprocess.run([kubectl, "apply", "-R", "-f", str(REPO / "examples/microservices")], check=False)
-        _table(kubectl, stop)
+        ex = REPO / "examples" / "microservices"
+
+        def kubectl_apply(name: str) -> None:
+            subprocess.run([kubectl, "apply", "-f", str(ex / name)], check=False)
+
+        table = threading.Thread(target=_table, args=(kubectl, stop), daemon=True)
+        table.start()
+        # The app and support tiers first, as in the lesson: they wait (BLOCKING shows on what) ...
+        for name in ("00-namespace.yaml", "02-app-tier.yaml", "03-support-tier.yaml"):
+            kubectl_apply(name)
+        # ... until the data tier comes up a few seconds later.
+        if not stop.wait(6):
+            print("\n--- applying the data tier (Redis) ---", file=sys.stderr, flush=True)
+            kubectl_apply("01-data-tier.yaml")
 
     threading.Thread(target=apply_examples, daemon=True).start()
     from depgate.runner import main as run_main

@@ -298,7 +298,8 @@ def up(state_dir: Path | None = None, *, die_with_parent: bool = False, timeout:
             start("kube-controller-manager", [
                 f"--kubeconfig={kubeconfig}", "--leader-elect=false", "--secure-port=0",
                 f"--root-ca-file={pki / 'ca.crt'}", f"--service-account-private-key-file={pki / 'sa.key'}",
-                "--controllers=*", "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
+                "--controllers=*", "--node-monitor-grace-period=2m",
+                "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
                 "--concurrent-endpoint-syncs=10", "--concurrent-service-endpoint-syncs=10",
                 "--v=0",
             ])
@@ -309,6 +310,9 @@ def up(state_dir: Path | None = None, *, die_with_parent: bool = False, timeout:
                 f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 f"--cidr={POD_CIDR}", "--node-ip=10.244.0.1", f"--server-address=127.0.0.1:{_free_port()}",
+                # keep the node's Lease fresh: without it kube-controller-manager sees status heartbeats
+                # only every ~55 s, marks the node Unknown and every pod on it NotReady
+                "--node-lease-duration-seconds=40",
                 *[f"--config={c}" for c in configs],
             ])
             _post(f"{server}/api/v1/nodes", token, pki / "ca.crt", _kwok_node(NODE_NAME))

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: run test deps system-deps plane checks unit waiter integration lint typecheck importlint \
-        bench down lock clean image-lint
+        bench down lock clean
 
 ## make run: bring up the local plane (or use $KUBECONFIG with USE_EXISTING_CLUSTER=true), install the
 ## CRD, apply examples/microservices, and run the operator in the foreground.
@@ -25,13 +25,14 @@ $(STAMP): pyproject.toml requirements.lock
 
 deps: $(STAMP)
 
-## Debian packages the tests use: redis-server (waiter tests), openssl (plane and TLS tests).
+## Debian packages the tests use: redis-server (waiter tests), openssl (plane and TLS tests),
+## lua5.1 (the Argo CD health check, run as Argo's gopher-lua would: Lua 5.1).
 system-deps:
-	@missing=""; for b in redis-server openssl; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	@missing=""; for b in redis-server openssl lua5.1; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl >/dev/null; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl lua5.1 >/dev/null; \
 	fi
 	@if [ "$${USE_EXISTING_CLUSTER:-}" != "true" ] && [ -z "$${KUBEBUILDER_ASSETS:-}" ]; then $(BIN)/depgate dev build; fi
 
@@ -39,6 +40,7 @@ checks: lint typecheck importlint
 
 lint: deps
 	$(BIN)/ruff check operator tests bench
+	$(BIN)/hadolint --config .hadolint.yaml Dockerfile
 
 typecheck: deps
 	$(BIN)/mypy

@@ -207,10 +207,59 @@ def stop_operator(op: Operator) -> None:
             op.proc.wait(10)
 
 
+OPERATOR_NS = "depgate-system"
+RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+
+
+def wait_aggregated(plane: Plane) -> None:
+    """kube-controller-manager copies the labelled roles' rules into the aggregated ClusterRole."""
+    import json
+
+    core = json.loads(plane.run_kubectl("get", "clusterrole", "depgate-operator-core", "-o", "json").stdout)["rules"]
+
+    def done() -> bool:
+        agg = json.loads(plane.run_kubectl("get", "clusterrole", "depgate-operator", "-o", "json").stdout)
+        return all(r in (agg.get("rules") or []) for r in core)
+
+    wait_for(done, 30, interval=0.3, what="the aggregated ClusterRole depgate-operator")
+
+
+def operator_token_kubeconfig(plane: Plane, tmp: Path) -> Path:
+    """A kubeconfig holding a token of the operator's ServiceAccount (TokenRequest API), nothing else."""
+    import json
+
+    import yaml
+
+    token = plane.run_kubectl("create", "token", "depgate", "-n", OPERATOR_NS, "--duration=3h").stdout.strip()
+    admin = yaml.safe_load(Path(plane.kubeconfig).read_text())
+    ctx = next(c["context"] for c in admin["contexts"] if c["name"] == admin["current-context"])
+    cluster = next(c["cluster"] for c in admin["clusters"] if c["name"] == ctx["cluster"])
+    cfg = {"apiVersion": "v1", "kind": "Config",
+           "clusters": [{"name": "plane", "cluster": cluster}],
+           "users": [{"name": "depgate", "user": {"token": token}}],
+           "contexts": [{"name": "depgate", "context": {"cluster": "plane", "user": "depgate"}}],
+           "current-context": "depgate"}
+    path = tmp / "depgate-sa.kubeconfig"
+    path.write_text(json.dumps(cfg))
+    path.chmod(0o600)
+    return path
+
+
 @pytest.fixture(scope="session")
-def operator_kubeconfig(plane: Plane, crds: list[str]) -> str:
-    """The identity the operator runs as: admin here (the RBAC tests swap in its ServiceAccount)."""
-    return plane.kubeconfig
+def operator_kubeconfig(plane: Plane, crds: list[str], tmp_path_factory) -> str:
+    """The identity the operator runs as: the ServiceAccount of manifests/, with exactly the RBAC the
+    manifests grant (a TokenRequest token), never admin — so every feature test proves the
+    ClusterRole sufficient. DEPGATE_TEST_AS_ADMIN=true runs it as admin instead (for debugging)."""
+    import yaml
+
+    if os.environ.get("DEPGATE_TEST_AS_ADMIN", "").lower() == "true":
+        return plane.kubeconfig
+    rendered = plane.run_kubectl("kustomize", str(REPO / "manifests")).stdout
+    rbac = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") in RBAC_KINDS]
+    plane.run_kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(rbac))
+    if plane.pods:  # aggregation is kube-controller-manager's work
+        wait_aggregated(plane)
+    return str(operator_token_kubeconfig(plane, tmp_path_factory.mktemp("identity")))
 
 
 @pytest.fixture(scope="session")

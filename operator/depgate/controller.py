@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from depgate import render, spec, status, verdicts
-from depgate.kube import Gone, Kube, NamespaceTerminating
+from depgate.kube import Forbidden, Gone, Kube, NamespaceTerminating
 
 log = logging.getLogger("depgate.controller")
 
@@ -337,33 +337,43 @@ class Reconciler:
         prior_entries = {e.get("name"): e for e in prior.get("preconditions") or [] if isinstance(e, Mapping)}
         result: dict[str, verdicts.Verdict] = {}
         for p in policy.preconditions:
-            b = p.body
-            if isinstance(b, spec.ServiceCheck):
-                svc = self.kube.get("v1", "Service", ns, b.name)
-                slices = self.kube.items("discovery.k8s.io/v1", "EndpointSlice", ns,
-                                        label_selector=f"{verdicts.SERVICE_NAME_LABEL}={b.name}") if svc else []
-                result[p.name] = verdicts.judge_service(b.name, svc, slices, b.min_ready_endpoints)
-            elif isinstance(b, spec.JobCheck):
-                remembered = (prior_entries.get(p.name) or {}).get("satisfiedUID")
-                result[p.name] = verdicts.judge_job(b.name, self.kube.get("batch/v1", "Job", ns, b.name), remembered)
-            elif isinstance(b, spec.SecretCheck):
-                secret = self.kube.get("v1", "Secret", ns, b.name)
-                result[p.name] = verdicts.judge_keys("Secret", b.name, secret, b.keys)
-            elif isinstance(b, spec.ConfigMapCheck):
-                result[p.name] = verdicts.judge_keys("ConfigMap", b.name, self.kube.get("v1", "ConfigMap", ns, b.name),
-                                                     b.keys)
-            elif isinstance(b, spec.WorkloadCheck):
-                result[p.name] = verdicts.judge_workload(b.kind, b.name, self.kube.get("apps/v1", b.kind, ns, b.name),
-                                                         b.min_available)
-            elif isinstance(b, spec.ResourceCheck):
-                out.custom.add((b.api_version, b.kind, ns, b.name))
-                try:
-                    cr = self.kube.get(b.api_version, b.kind, ns, b.name)
-                except LookupError as e:
-                    result[p.name] = verdicts.Verdict(verdicts.BLOCKING, "KindNotServed", str(e))
-                    continue
-                result[p.name] = verdicts.judge_resource(b.api_version, b.kind, b.name, cr, b.condition, b.status)
+            try:
+                v = self._judge(p, ns, (prior_entries.get(p.name) or {}).get("satisfiedUID"), out)
+            except Forbidden as e:
+                v = verdicts.Verdict(
+                    verdicts.BLOCKING, "Forbidden",
+                    f"depgate may not read what this precondition names ({e}); grant it with a ClusterRole "
+                    'labelled depgate.io/aggregate-to-operator: "true"')
+            if v is not None:
+                result[p.name] = v
         return result
+
+    def _judge(self, p: spec.Precondition, ns: str, remembered_uid: str | None,
+               out: Outcome) -> verdicts.Verdict | None:
+        """The operator's verdict on one api-group precondition (None for the types judged in pods)."""
+        b = p.body
+        if isinstance(b, spec.ServiceCheck):
+            svc = self.kube.get("v1", "Service", ns, b.name)
+            slices = self.kube.items("discovery.k8s.io/v1", "EndpointSlice", ns,
+                                     label_selector=f"{verdicts.SERVICE_NAME_LABEL}={b.name}") if svc else []
+            return verdicts.judge_service(b.name, svc, slices, b.min_ready_endpoints)
+        if isinstance(b, spec.JobCheck):
+            return verdicts.judge_job(b.name, self.kube.get("batch/v1", "Job", ns, b.name), remembered_uid)
+        if isinstance(b, spec.SecretCheck):
+            return verdicts.judge_keys("Secret", b.name, self.kube.get("v1", "Secret", ns, b.name), b.keys)
+        if isinstance(b, spec.ConfigMapCheck):
+            return verdicts.judge_keys("ConfigMap", b.name, self.kube.get("v1", "ConfigMap", ns, b.name), b.keys)
+        if isinstance(b, spec.WorkloadCheck):
+            return verdicts.judge_workload(b.kind, b.name, self.kube.get("apps/v1", b.kind, ns, b.name),
+                                           b.min_available)
+        if isinstance(b, spec.ResourceCheck):
+            out.custom.add((b.api_version, b.kind, ns, b.name))
+            try:
+                cr = self.kube.get(b.api_version, b.kind, ns, b.name)
+            except LookupError as e:
+                return verdicts.Verdict(verdicts.BLOCKING, "KindNotServed", str(e))
+            return verdicts.judge_resource(b.api_version, b.kind, b.name, cr, b.condition, b.status)
+        return None
 
     def _pods(self, ns: str, deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pods: list[dict[str, Any]] = []

@@ -41,6 +41,10 @@ class Gone(Exception):
     """The object is not there (404), or a precondition of the write failed (409)."""
 
 
+class Forbidden(Exception):
+    """RBAC refused a request (403): carries the API server's message, which names verb and resource."""
+
+
 class NamespaceTerminating(Exception):
     """The namespace is being deleted: writes into it are refused, and nothing there needs them."""
 
@@ -87,6 +91,12 @@ class Kube:
             return None
         if resp.status == 403 and b"NamespaceTerminating" in raw:
             raise NamespaceTerminating(path)
+        if resp.status == 403:
+            try:
+                message = json.loads(raw).get("message") or path
+            except ValueError:
+                message = path
+            raise Forbidden(message)
         if resp.status >= 400:
             raise ApiException(status=resp.status, reason=resp.reason, body=raw.decode(errors="replace"))
         return json.loads(raw) if raw else None
@@ -229,6 +239,7 @@ class Kube:
 
         def run() -> None:
             rv: str | None = None
+            failing = False  # after a refused or failed watch, the first good one re-judges (RBAC granted)
             while not stop.is_set():
                 try:
                     q = [("fieldSelector", f"metadata.name={name}"), ("watch", "true"),
@@ -238,9 +249,12 @@ class Kube:
                     resp = self.request("GET", self.path(api_version, kind, namespace), query=q, timeout=(10, 90))
                     if resp.status >= 400:
                         resp.read()
-                        rv = None
+                        rv, failing = None, True
                         stop.wait(2)
                         continue
+                    if failing:
+                        failing = False
+                        on_change()
                     for line in _lines(resp.response):
                         if stop.is_set():
                             break

@@ -44,6 +44,8 @@ def init_names(dep: dict[str, Any] | None) -> list[str]:
 def wait_policy(plane: Plane, ns: str, name: str, pred, timeout: float = 30, what: str = "policy state"):
     def check():
         obj = get(plane, ns, "dependencypolicy", name)
+        if obj is not None:
+            obj.setdefault("status", {})  # not written yet: predicates read an empty status
         return obj if obj is not None and pred(obj) else None
 
     return wait_for(check, timeout, interval=0.2, what=f"{ns}/{name}: {what}")

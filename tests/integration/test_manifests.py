@@ -31,7 +31,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, Plane, start_operator, stop_operator, wait_for
+from tests.conftest import (
+    REPO,
+    Plane,
+    operator_token_kubeconfig,
+    start_operator,
+    stop_operator,
+    wait_aggregated,
+    wait_for,
+)
 from tests.integration.kubehelp import apply, condition, deployment, get, wait_policy
 
 MANIFESTS = REPO / "manifests"
@@ -120,17 +128,6 @@ def _expect_rights(plane: Plane, ns: str, section: str) -> None:
         "(DEPGATE_UPDATE_SNAPSHOTS=1 rewrites it, for a change you mean)")
 
 
-def _wait_aggregated(plane: Plane) -> None:
-    """kube-controller-manager copies the labelled roles' rules into the aggregated ClusterRole."""
-    core = json.loads(plane.run_kubectl("get", "clusterrole", CORE_ROLE, "-o", "json").stdout)["rules"]
-
-    def done() -> bool:
-        agg = json.loads(plane.run_kubectl("get", "clusterrole", "depgate-operator", "-o", "json").stdout)
-        return all(r in (agg.get("rules") or []) for r in core)
-
-    wait_for(done, 30, interval=0.3, what="the aggregated ClusterRole depgate-operator")
-
-
 def _operator_pods_admitted(plane: Plane) -> None:
     """The Deployment's ReplicaSet created its pod in the restricted namespace, and never failed to."""
 
@@ -155,22 +152,6 @@ def _install(plane: Plane, path: Path) -> str:
     return out
 
 
-def _token_kubeconfig(plane: Plane, tmp: Path) -> Path:
-    """A kubeconfig holding a token of the operator's ServiceAccount (TokenRequest API), nothing else."""
-    token = plane.run_kubectl("create", "token", "depgate", "-n", SYSTEM_NS, "--duration=1h").stdout.strip()
-    admin = yaml.safe_load(Path(plane.kubeconfig).read_text())
-    cluster = admin["clusters"][0]["cluster"]
-    cfg = {"apiVersion": "v1", "kind": "Config",
-           "clusters": [{"name": "plane", "cluster": cluster}],
-           "users": [{"name": "depgate", "user": {"token": token}}],
-           "contexts": [{"name": "depgate", "context": {"cluster": "plane", "user": "depgate"}}],
-           "current-context": "depgate"}
-    path = tmp / "depgate-sa.kubeconfig"
-    path.write_text(json.dumps(cfg))
-    path.chmod(0o600)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------
 # the cluster-wide install, on the session's plane
 
@@ -180,7 +161,7 @@ def installed(plane: Plane) -> str:
     if not plane.pods:
         pytest.skip("needs kube-controller-manager (role aggregation, ReplicaSets) and kwok")
     out = _install(plane, MANIFESTS)
-    _wait_aggregated(plane)
+    wait_aggregated(plane)
     return out
 
 
@@ -303,7 +284,7 @@ def namespaced(own_plane: Plane) -> Plane:
     out = _install(own_plane, MANIFESTS / "namespaced")
     assert "clusterrolebinding.rbac.authorization.k8s.io/depgate-operator serverside" not in out
     assert "rolebinding.rbac.authorization.k8s.io/depgate-operator serverside-applied" in out
-    _wait_aggregated(own_plane)
+    wait_aggregated(own_plane)
     return own_plane
 
 
@@ -342,7 +323,7 @@ def test_namespaced_operator_runs_under_its_serviceaccount_and_stays_in_its_name
         apply(namespaced, ns, "apiVersion: v1\nkind: Service\nmetadata: {name: db}\n"
                               "spec: {selector: {app: db}, ports: [{port: 5432}]}\n")
         apply(namespaced, ns, POLICY)
-    op = start_operator(str(_token_kubeconfig(namespaced, tmp_path)), tmp_path, "--namespace=apps")
+    op = start_operator(str(operator_token_kubeconfig(namespaced, tmp_path)), tmp_path, "--namespace=apps")
     try:
         pol = wait_policy(namespaced, "apps", "app", lambda p: condition(p, "Ready").get("status") == "True",
                           timeout=60, what="Ready under the ServiceAccount's token")

@@ -174,6 +174,21 @@ def test_custom_resource_condition_flips_both_ways(plane, operator, namespace):
     tls = ("      - name: tls\n"
            "        resource: {apiVersion: test.depgate.io/v1, kind: Gadget, name: g, condition: Ready}")
     apply(plane, namespace, _policy("app", "app", tls))
+    if "DEPGATE_TEST_AS_ADMIN" not in os.environ and "USE_EXISTING_CLUSTER" not in os.environ:
+        # The operator's ServiceAccount may not read Gadgets: the precondition says so (never a crash) ...
+        pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "tls").get("reason") == "Forbidden",
+                          what="Forbidden")
+        assert "gadgets" in entry(pol, "tls")["message"]
+        # ... until a cluster admin grants it the documented way: a ClusterRole aggregated into the operator's
+        plane.run_kubectl("apply", "--server-side", "-f", "-", input="""
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: ClusterRole
+    metadata:
+      name: depgate-read-gadgets
+      labels: {depgate.io/aggregate-to-operator: "true"}
+    rules:
+    - {apiGroups: [test.depgate.io], resources: [gadgets], verbs: [get, list, watch]}
+    """)
     wait_policy(plane, namespace, "app", lambda p: entry(p, "tls").get("reason") == "NotFound")
     apply(plane, namespace, "apiVersion: test.depgate.io/v1\nkind: Gadget\nmetadata: {name: g}\n")
 

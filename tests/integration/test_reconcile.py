@@ -100,7 +100,7 @@ def test_delete_removes_everything_depgate_added(plane, operator, namespace):
     apply(plane, namespace, deployment("app", init="[{name: own-init, image: busybox}]"))
     apply(plane, namespace, policy("app", "workloadRef: {name: app}"))
     wait_deployment(plane, namespace, "app", lambda d: init_names(d) == [*OURS, "own-init"])
-    assert get(plane, namespace, "role", "depgate-wait-app") is not None
+    wait_for(lambda: get(plane, namespace, "role", "depgate-wait-app"), 20, what="the waiter's Role")
     plane.run_kubectl("delete", "-n", namespace, "dependencypolicy", "app", "--timeout=60s")
     dep = wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["own-init"],
                           what="our init containers removed")

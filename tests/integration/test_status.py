@@ -282,3 +282,29 @@ def test_pods_held_in_an_init_container_show_up_as_blocked_pods(plane, api_clien
         assert pol["status"]["pods"] == {"total": 2, "initializing": 2, "ready": 0}
     finally:
         core.delete_node(node)
+
+
+def test_examples_are_admitted_under_restricted_pod_security(plane, operator, namespace, needs_pods):
+    """Every gated Deployment of the examples (depgate's init containers included) passes the restricted
+    Pod Security profile: kube-controller-manager creates all their pods, no FailedCreate."""
+    plane.run_kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    for f in ("01-data-tier.yaml", "02-app-tier.yaml", "03-support-tier.yaml"):
+        _apply_file(plane, EXAMPLE / f, namespace)
+    for name in ("app-tier", "support-tier"):
+        wait_policy(plane, namespace, name, _ready, timeout=90, what="Ready")
+
+    def rolled_out(d) -> bool:
+        st = d.get("status") or {}
+        return (st.get("observedGeneration") == d["metadata"]["generation"]
+                and st.get("readyReplicas") == st.get("updatedReplicas") == d["spec"]["replicas"])
+
+    for name in ("data-tier", "app-tier", "support-tier"):
+        dep = wait_deployment(plane, namespace, name, rolled_out, timeout=90, what="rolled out")
+        if name != "data-tier":
+            assert init_names(dep)[0].startswith("depgate-")
+    events = json.loads(plane.run_kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    failed = [e["message"] for e in events if e.get("reason") == "FailedCreate"]
+    assert failed == []
+    # and a pod that is not restricted is refused there: the label is enforced
+    bad = plane.run_kubectl("run", "rooty", "-n", namespace, "--image=busybox", "--restart=Never", check=False)
+    assert bad.returncode != 0 and "violates PodSecurity" in bad.stderr

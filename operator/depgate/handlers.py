@@ -10,7 +10,6 @@ catches anything a watch missed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -211,8 +210,13 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
     dirty.set()
     failures = 0
     while not stopped:
-        with contextlib.suppress(TimeoutError):  # no event for a while: resync anyway
-            await asyncio.wait_for(dirty.wait(), timeout=OPTIONS.resync_seconds)
+        # wake on a dirty flag, on the operator stopping, or after the resync period (whichever first)
+        woken = asyncio.ensure_future(dirty.wait())
+        stopping = asyncio.ensure_future(stopped.wait())
+        await asyncio.wait({woken, stopping}, timeout=OPTIONS.resync_seconds,
+                           return_when=asyncio.FIRST_COMPLETED)
+        for fut in (woken, stopping):
+            fut.cancel()
         if stopped:
             break
         await asyncio.sleep(OPTIONS.coalesce_seconds)  # a burst of events becomes one reconcile

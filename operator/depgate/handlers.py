@@ -209,6 +209,8 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
     dirty = W.event(key)
     dirty.set()
     failures = 0
+    last_done = -1e9  # when the previous reconcile finished (monotonic)
+    not_before = 0.0  # after a failure, no reconcile before this, whatever wakes us (no hot loop)
     while not stopped:
         # wake on a dirty flag, on the operator stopping, or after the resync period (whichever first)
         woken = asyncio.ensure_future(dirty.wait())
@@ -219,7 +221,12 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
             fut.cancel()
         if stopped:
             break
-        await asyncio.sleep(OPTIONS.coalesce_seconds)  # a burst of events becomes one reconcile
+        # Leading edge: an idle policy reconciles at once; one that just reconciled waits a moment so
+        # that a burst of events (pods, endpoints) becomes one reconcile. After a failure, the backoff.
+        pause = max(not_before - time.monotonic(),
+                    OPTIONS.coalesce_seconds if time.monotonic() - last_done < 1.0 else 0.0)
+        if pause > 0:
+            await asyncio.sleep(pause)
         dirty.clear()
         obj = W.policies.get(key) or _plain(body)
         if (obj.get("metadata") or {}).get("deletionTimestamp"):
@@ -235,9 +242,12 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
             log.warning("reconcile of %s/%s failed (%s: %s); retrying in %.1fs", namespace, name,
                         type(e).__name__, e, delay)
             metrics.reconciles.labels(result="error").inc()
+            not_before = last_done = time.monotonic()
+            not_before += delay
             _later(key, delay)
             continue
         failures = 0
+        last_done = time.monotonic()
         metrics.observe(key, outcome, time.monotonic() - started)
         W.set_targets(key, set(outcome.targets) | outcome.wanted)
         _ensure_custom_watches(key, outcome)

@@ -62,6 +62,12 @@ CATEGORIES: list[tuple[str, list[str], list[tuple[list[str], list[str]]]]] = [
 # progress lines
 
 
+def precise_threads() -> None:
+    """Hand the GIL between the bench's threads every 0.5 ms (default 5 ms): a watch thread busy
+    parsing must not delay the thread that stamps a request's return (2 shared cores)."""
+    sys.setswitchinterval(0.0005)
+
+
 class Say:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -105,6 +111,17 @@ class Raw:
         if resp.status >= 400:
             raise ApiError(resp.status, method, path, raw.decode(errors="replace"))
         return json.loads(raw) if raw else None
+
+    def timed_call(self, method: str, path: str, *, body: Any = None,
+                   content_type: str = "application/json") -> tuple[float, Any]:
+        """(when the answer's status line arrived, the JSON answer): the moment the write is done,
+        taken before the body is read and parsed, so this thread's later work does not move it."""
+        resp = self.request(method, path, body=body, content_type=content_type)
+        returned = time.monotonic()
+        raw = resp.read()
+        if resp.status >= 400:
+            raise ApiError(resp.status, method, path, raw.decode(errors="replace"))
+        return returned, json.loads(raw) if raw else None
 
     def text(self, path: str) -> str:
         resp = self.request("GET", path)
@@ -339,10 +356,13 @@ def stop_operator(op: Any) -> None:
     stop(op)
 
 
-def operator_log_facts(op: Any) -> dict[str, int]:
-    text = op.log_text()
-    return {"tracebacks": text.count("Traceback"), "warnings": text.count(" WARNING "),
-            "errors": text.count(" ERROR ")}
+def operator_log_facts(op: Any, since: int = 0) -> dict[str, Any]:
+    """Counts of worrying lines in the operator's log (from character `since`), and the first errors."""
+    text = op.log_text()[since:]
+    errors = [ln for ln in text.splitlines() if " ERROR " in ln or ln.startswith("Traceback")]
+    warnings = [ln for ln in text.splitlines() if " WARNING " in ln]
+    return {"tracebacks": text.count("Traceback"), "warnings": len(warnings), "errors": len(errors),
+            "first_errors": errors[:3], "first_warning": warnings[:1], "log_chars": len(op.log_text())}
 
 
 def settle(read: Callable[[], Any], quiet: float, timeout: float, say: Say | None = None,
@@ -450,7 +470,8 @@ def machine(loadavg_start: tuple[float, ...] | None = None) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": _git("rev-parse", "HEAD"),
         # Others edit the same checkout: what the measured operator had that the commit has not.
-        "operator_tree_dirty": [ln[3:] for ln in _git("status", "--porcelain", "--", "operator").splitlines()],
+        "operator_tree_dirty": sorted(set(_git("diff", "--name-only", "HEAD", "--", "operator").split())
+                                      | set(_git("ls-files", "--others", "--exclude-standard", "operator").split())),
         "loadavg_start": [round(x, 2) for x in loadavg_start] if loadavg_start else None,
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
     }

@@ -43,6 +43,7 @@ from common import (
     fmt_ms,
     goal_row,
     operator_log_facts,
+    precise_threads,
     private_plane,
     settle,
     start_operator,
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help=f"result file (default bench/results/{NAME}.json)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary dir (operator log) afterwards")
     args = ap.parse_args(argv)
+    precise_threads()
     say = Say(NAME)
     load0 = os.getloadavg()
     n = args.policies
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             items = cl.admin.call("GET", "/apis/apps/v1/deployments", query=[("labelSelector", f"{LABEL}={NAME}")])
             return all((i.get("status") or {}).get("observedGeneration") for i in items["items"])
 
-        wait_until(observed_all, 120, "kube-controller-manager to observe every Deployment", interval=0.5)
+        say("waiting for kube-controller-manager to observe them (its client is limited to 20 requests/s)")
+        wait_until(observed_all, 600, "kube-controller-manager to observe every Deployment", interval=1.0)
 
         # ONE watch on the Deployments of both namespaces: when do depgate-* init containers appear?
         gated: dict[tuple[str, str], float] = {}
@@ -160,11 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         if floor.stdout.readline().strip() != b"ready":
             raise SystemExit(f"the floor did not start; see {cl.tmp / 'floor.log'}")
         created: dict[tuple[str, str], float] = {}
+        round_trip: list[float] = []
 
         def create(side: str, pname: str, target: str) -> None:
             ns = sides[side]
-            cl.admin.call("POST", f"{GROUP_PATH}/namespaces/{ns}/dependencypolicies", body=policy(pname, target))
-            created[(ns, target)] = time.monotonic()
+            sent = time.monotonic()
+            created[(ns, target)], _ = cl.admin.timed_call(
+                "POST", f"{GROUP_PATH}/namespaces/{ns}/dependencypolicies", body=policy(pname, target))
+            round_trip.append(created[(ns, target)] - sent)
 
         try:
             for i, d in enumerate(warm):
@@ -206,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                      "reconcile_seconds": op.counter("depgate_reconcile_duration_seconds_sum"),
                      **{f"api_{side}": who[side].counts() for side in sides}}
             log_facts = operator_log_facts(op)
+            watch_errors = dep_watch.errors + pol_watch.errors
 
             def inits(ns: str) -> dict[str, Any]:
                 items = cl.admin.call("GET", f"/apis/apps/v1/namespaces/{ns}/deployments")["items"]
@@ -276,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         "api_requests": api,
         "settle_seconds": round(quiet_for, 1),
         "init_containers_differ_from_floor": differ,
-        "watch_errors": dep_watch.errors + pol_watch.errors,
+        "create_round_trip": summary_ms(round_trip),
+        "negative_samples": {side: sum(v < 0 for v in vals) for side, vals in lat.items()},
+        "watch_errors": watch_errors,
         "operator_log": log_facts,
         "samples_ms": {side: [round(v * 1000, 1) for v in vals] for side, vals in lat.items()},
     }

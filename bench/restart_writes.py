@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                    say, "quiet")
             first_run = {"writes": op.counter("depgate_api_writes_total"),
                          "reconciles": op.counter("depgate_reconciles_total")}
+            log1 = operator_log_facts(op)
             before = snapshot(cl, ns)
             api0 = who.counts()
             say(f"stopping the operator ({len(before)} objects in the namespace)")
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_operator(op)
             stop_seconds = time.monotonic() - t
             api_stopped = who.counts()
-            log1 = operator_log_facts(op)
+            log_stop = operator_log_facts(op, since=log1["log_chars"])
         except BaseException:
             stop_operator(op)
             raise
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "objects": len(before),
         "changed": changed,
         "added": added,
-        "operator_log": {"first": log1, "restarted": log2},
+        "operator_log": {"first": log1, "first_shutdown": log_stop, "restarted": log2},
     }
     write_result(NAME, args.out, payload, rows, load0)
     return 0

@@ -53,6 +53,15 @@ def waiter_rows(doc: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def by_how_much(r: Row) -> str:
+    """'1.9x over the goal' for a ratio goal; '' when the row is not a ratio against a ratio goal."""
+    try:
+        got, goal = float(r.ratio.rstrip("x")), float(r.goal.lstrip("<= ").rstrip("x"))
+    except ValueError:
+        return ""
+    return f"{got / goal:.1f}x over the goal"
+
+
 def notes(name: str, doc: dict[str, Any]) -> list[str]:
     """What to read next to the rows: sizes, when, where, and where depgate's time goes."""
     m = doc.get("machine") or {}
@@ -69,26 +78,23 @@ def notes(name: str, doc: dict[str, Any]) -> list[str]:
     if name == "reconcile_latency":
         sp = doc.get("depgate_split") or {}
         per = doc.get("per_policy") or {}
-        try:
-            from depgate.handlers import Options
-
-            coalesce = f"{Options().coalesce_seconds * 1000:.0f} ms"
-        except Exception:  # the note is a nicety; Kopf may be missing
-            coalesce = "?"
         out.append(
             "  Where depgate's time goes (p50 from the policy's create): Kopf's finalizer lands at "
             f"{fmt_ms(sp.get('create_to_finalizer', {}).get('p50_ms', 0))}, the init containers at "
             f"{fmt_ms(sp.get('create_to_init_containers', {}).get('p50_ms', 0))}, the status at "
-            f"{fmt_ms(sp.get('create_to_status', {}).get('p50_ms', 0))}; each reconcile first sleeps the "
-            f"worker's coalescing pause ({coalesce}); a reconcile took {doc.get('mean_reconcile_ms')} ms on "
-            f"average, {per.get('reconciles')} reconciles per policy, {per.get('api_server_reads_depgate')} reads "
-            f"per policy (floor: {per.get('api_server_reads_floor')}).")
+            f"{fmt_ms(sp.get('create_to_status', {}).get('p50_ms', 0))}; a reconcile took "
+            f"{doc.get('mean_reconcile_ms')} ms on average (depgate_reconcile_duration_seconds), "
+            f"{per.get('reconciles')} reconciles and {per.get('api_server_reads_depgate')} reads per policy "
+            f"(floor: 1 apply, {per.get('api_server_reads_floor')} reads); creates took "
+            f"{fmt_ms((doc.get('create_round_trip') or {}).get('p50_ms', 0))} (p50).")
     if name == "status_latency" and doc.get("missed"):
         out.append(f"  {doc['missed']} changes never showed within the per-change timeout (counted as infinite).")
     if name == "restart_writes":
         r = doc.get("restart") or {}
-        out.append(f"  Stop took {r.get('stop_seconds')} s; metrics up {r.get('metrics_up_seconds')} s after the "
-                   f"start; changed objects: {json.dumps(doc.get('changed')) if doc.get('changed') else 'none'}.")
+        shut = (doc.get("operator_log") or {}).get("first_shutdown") or {}
+        out.append(f"  Stop took {r.get('stop_seconds')} s ({shut.get('warnings')} warnings, {shut.get('errors')} "
+                   f"errors logged while stopping); metrics up {r.get('metrics_up_seconds')} s after the start; "
+                   f"changed objects: {json.dumps(doc.get('changed')) if doc.get('changed') else 'none'}.")
     return out
 
 
@@ -101,6 +107,9 @@ def readme(out_dir: Path, ran: dict[str, str]) -> str:
         "timed unit tests. Poller baselines in `status_latency` are analytic (uniform phase: p50 = period/2,",
         "p99 = 0.99 x period).",
         "",
+        "Run: `make bench` or `.venv/bin/python bench/run.py` (about 10 minutes; `--quick` for a smoke run into",
+        "`bench/results/quick/`, `--only NAME` for one); every script takes its own size flags (`--help`).",
+        "",
         TABLE_HEAD,
     ]
     foot = []
@@ -112,6 +121,8 @@ def readme(out_dir: Path, ran: dict[str, str]) -> str:
         rows = waiter_rows(doc) if name == "waiter_bench" else [Row(**r) for r in doc.get("rows") or []]
         lines += [r.markdown() for r in rows]
         foot += notes(name, doc)
+        foot += [f"  Missed ({r.depgate.split()[0]}): {r.ratio} against a goal of {r.goal}, {miss}."
+                 for r in rows if r.met is False and (miss := by_how_much(r))]
     facts = {}
     for name in BENCHES:
         f = out_dir / f"{name}.json"

@@ -5,7 +5,9 @@ Deployment (replicas 0). Then --changes changes, one at a time: each picks a Con
 and flips it between having and lacking the key (a JSON merge patch). Latency: from the
 ConfigMap write returning to a watch on the policy seeing that precondition's new state
 (Satisfied when the key is there, anything else when not). A random pause of up to --gap s
-separates changes, so they do not fall in step with anything in the operator.
+separates changes, so they do not fall in step with anything in the operator. With the default
+(0.2 s) changes come in quick succession, a few per second: the busy case, where an operator that
+coalesces bursts pays its pause; `--gap 3` spaces them out like independent events.
 
 The baselines are analytic: a checker that polls every P seconds sees a change that lands at a
 uniformly random phase after P/2 on average (p50 = P/2) and at worst after P (p99 = 0.99 P):
@@ -35,6 +37,7 @@ from common import (
     delta,
     fmt_ms,
     operator_log_facts,
+    precise_threads,
     private_plane,
     settle,
     start_operator,
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help=f"result file (default bench/results/{NAME}.json)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary dir (operator log) afterwards")
     args = ap.parse_args(argv)
+    precise_threads()
     say = Say(NAME)
     load0 = os.getloadavg()
     rng = random.Random(args.seed)
@@ -112,10 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             want = not has[c]
             with cond:
                 start = len(seen)
-            cl.admin.call("PATCH", f"/api/v1/namespaces/{ns}/configmaps/{c}",
-                          body={"data": {"ready": "yes" if want else None}},
-                          content_type="application/merge-patch+json")
-            returned = time.monotonic()
+            returned, _ = cl.admin.timed_call("PATCH", f"/api/v1/namespaces/{ns}/configmaps/{c}",
+                                              body={"data": {"ready": "yes" if want else None}},
+                                              content_type="application/merge-patch+json")
             has[c] = want
             return returned, start, want
 
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                      "reconciles": op.counter("depgate_reconciles_total"), "api": who.counts(),
                      "events": len(seen)}
             log_facts = operator_log_facts(op)
+            watch_errors = watch.errors
         finally:
             stop_operator(op)
             watch.close()
@@ -207,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "baselines_analytic": base,
         "per_change": per,
         "api_requests": api,
-        "watch_errors": watch.errors,
+        "watch_errors": watch_errors,
         "operator_log": log_facts,
         "samples_ms": [round(v * 1000, 1) for v in lat],
     }

@@ -1,8 +1,9 @@
 """A real local control plane on loopback: etcd, kube-apiserver (RBAC on), kube-controller-manager,
 kube-scheduler and kwok with one fake Node.
 
-Every process runs in its own process group and is recorded in `<state dir>/state.json`, so
-`down` stops exactly what `up` started, and a second `up` reuses a running plane.
+Every process runs in its own process group and is recorded in `<state dir>/state.json` (with its
+command line), so `down` stops exactly what `up` started, a second `up` reuses a running plane, and
+`restart` can stop one component and start it again as it was (fault-injection tests).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Proc:
     name: str
     pid: int
     log: str
+    argv: list[str] = field(default_factory=list)  # the whole command line, for restart()
 
 
 @dataclass
@@ -53,6 +55,7 @@ class PlaneState:
     version: str
     procs: list[Proc] = field(default_factory=list)
     pods: bool = True  # False when only kube-apiserver + etcd run (KUBEBUILDER_ASSETS without the rest)
+    die_with_parent: bool = False  # the processes stop when the process that started them dies
 
 
 def default_state_dir() -> Path:
@@ -247,20 +250,17 @@ def up(state_dir: Path | None = None, *, die_with_parent: bool = False, timeout:
     server = f"https://127.0.0.1:{api_port}"
     kubeconfig = state_dir / "kubeconfig"
     _kubeconfig(kubeconfig, server, pki / "ca.crt", token)
-    state = PlaneState(str(state_dir), str(kubeconfig), server, token, KUBERNETES_VERSION, pods=full)
+    state = PlaneState(str(state_dir), str(kubeconfig), server, token, KUBERNETES_VERSION, pods=full,
+                       die_with_parent=die_with_parent)
     started: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
     def start(name: str, args: list[str]) -> None:
         log = logs / f"{name}.log"
-        with log.open("wb") as fh:
-            p = subprocess.Popen(
-                [str(bins / name), *args], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=state_dir, preexec_fn=_die_with_parent if die_with_parent else None,
-                start_new_session=not die_with_parent,
-            )
+        argv = [str(bins / name), *args]
+        p = _spawn(argv, log, state_dir, die_with_parent, append=False)
         started.append((name, p, log))
-        state.procs.append(Proc(name, p.pid, str(log)))
-        (state_dir / "state.json").write_text(json.dumps(asdict(state), indent=2))
+        state.procs.append(Proc(name, p.pid, str(log), argv))
+        _save(state)
 
     t0 = time.monotonic()
     try:
@@ -334,6 +334,54 @@ def up(state_dir: Path | None = None, *, die_with_parent: bool = False, timeout:
         raise
     _say(f"plane ready in {time.monotonic() - t0:.1f}s: {server}")
     return state
+
+
+def _spawn(argv: list[str], log: Path, cwd: Path, die_with_parent: bool, *, append: bool) -> subprocess.Popen[bytes]:
+    with log.open("ab" if append else "wb") as fh:
+        return subprocess.Popen(
+            argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
+            preexec_fn=_die_with_parent if die_with_parent else None, start_new_session=not die_with_parent,
+        )
+
+
+def _save(state: PlaneState) -> None:
+    (Path(state.state_dir) / "state.json").write_text(json.dumps(asdict(state), indent=2))
+
+
+def restart(state_dir: Path, name: str, down_seconds: float = 0.0, *, timeout: float = 60.0) -> Proc:
+    """Stop one component of a running plane, leave it down for `down_seconds`, start it again with
+    the same command line (its log goes on), record the new pid, and for etcd and kube-apiserver
+    wait until they answer again. Stopping is SIGTERM to its process group, then SIGKILL for what
+    is still there when the downtime is over (kube-apiserver stops listening at once on SIGTERM
+    but can take a minute to exit).
+
+    With a plane started `die_with_parent`, call this from the thread that will outlive the
+    component: the kernel's parent-death signal fires when the starting *thread* exits.
+    """
+    state_dir = Path(state_dir)
+    state = load_state(state_dir)
+    if state is None:
+        raise PlaneError(f"no plane in {state_dir}")
+    proc = next((p for p in state.procs if p.name == name), None)
+    if proc is None:
+        raise PlaneError(f"the plane in {state_dir} runs no {name} (it runs {', '.join(p.name for p in state.procs)})")
+    if not proc.argv:
+        raise PlaneError(f"{state_dir}/state.json has no command line for {name} (started by an older depgate)")
+    t0 = time.monotonic()
+    _stop_pid(proc.pid, grace=max(0.5, down_seconds))
+    time.sleep(max(0.0, down_seconds - (time.monotonic() - t0)))
+    p = _spawn(proc.argv, Path(proc.log), state_dir, state.die_with_parent, append=True)
+    proc.pid = p.pid
+    _save(state)
+    ca = state_dir / "pki" / "ca.crt"
+    waiting = [(name, p, Path(proc.log))]
+    if name == "etcd":
+        url = next(a.split("=", 1)[1] for a in proc.argv if a.startswith("--listen-client-urls="))
+        _wait_until("etcd", lambda: _get(f"{url}/health", "", ca)[0] == 200, timeout, waiting)
+    elif name == "kube-apiserver":
+        _wait_until("kube-apiserver /readyz", lambda: _get(f"{state.server}/readyz", state.token, ca)[0] == 200,
+                    timeout, waiting)
+    return proc
 
 
 def _stop_pid(pid: int, grace: float) -> None:

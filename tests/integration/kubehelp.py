@@ -59,6 +59,23 @@ def wait_deployment(plane: Plane, ns: str, name: str, pred, timeout: float = 30,
     return wait_for(check, timeout, interval=0.2, what=f"deployment {ns}/{name}: {what}")
 
 
+def policy(name: str, target: str, preconditions: str) -> str:
+    """A DependencyPolicy gating Deployment `target`; `preconditions` is the YAML list, unindented."""
+    body = textwrap.indent(textwrap.dedent(preconditions).strip(), "      ")
+    return f"""
+    apiVersion: depgate.io/v1alpha1
+    kind: DependencyPolicy
+    metadata: {{name: {name}}}
+    spec:
+      workloadRef: {{name: {target}}}
+      preconditions:
+{body}
+    """
+
+
+SETTINGS = "- name: settings\n  configMap: {name: app-config, keys: [redis.conf]}"
+
+
 def deployment(name: str, *, init: str = "", labels: str = "", replicas: int = 1, sa: str = "") -> str:
     return f"""
     apiVersion: apps/v1

@@ -5,18 +5,18 @@ from __future__ import annotations
 import uuid
 
 from tests.conftest import wait_for
-from tests.integration.kubehelp import apply, deployment, entry, get, init_names, wait_deployment, wait_policy
+from tests.integration.kubehelp import (
+    apply,
+    deployment,
+    entry,
+    get,
+    init_names,
+    policy,
+    wait_deployment,
+    wait_policy,
+)
 
-POLICY = """
-apiVersion: depgate.io/v1alpha1
-kind: DependencyPolicy
-metadata: {name: app}
-spec:
-  workloadRef: {name: app}
-  preconditions:
-  - name: settings
-    configMap: {name: app-config, keys: [a]}
-"""
+POLICY = policy("app", "app", "- name: settings\n  configMap: {name: app-config, keys: [a]}")
 
 
 def _series(operator, name: str, **labels: str) -> float | None:
@@ -58,7 +58,7 @@ def test_a_policy_leaves_other_namespaces_alone(plane, operator, namespace):
         apply(plane, other, deployment("app", labels=", tier: app"))
         apply(plane, namespace, deployment("app", labels=", tier: app"))
         apply(plane, namespace, POLICY)
-        apply(plane, namespace, POLICY.replace("name: app}", "name: tier}", 1).replace(
+        apply(plane, namespace, POLICY.replace("metadata: {name: app}", "metadata: {name: tier}").replace(
             "workloadRef: {name: app}", "selector: {matchLabels: {tier: app}}"))
         wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["depgate-settings"])
         # the second policy (a selector) reports the conflict in its own namespace only

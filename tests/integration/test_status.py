@@ -17,6 +17,7 @@ from tests.integration.kubehelp import (
     entry,
     get,
     init_names,
+    policy,
     wait_deployment,
     wait_policy,
 )
@@ -26,18 +27,6 @@ EXAMPLE = REPO / "examples" / "microservices"
 
 def _ready(p) -> bool:
     return condition(p, "Ready").get("status") == "True"
-
-
-def _policy(name: str, target: str, pres: str) -> str:
-    return f"""
-    apiVersion: depgate.io/v1alpha1
-    kind: DependencyPolicy
-    metadata: {{name: {name}}}
-    spec:
-      workloadRef: {{name: {target}}}
-      preconditions:
-{pres}
-    """
 
 
 def _apply_file(plane, path: Path, namespace: str) -> None:
@@ -77,7 +66,7 @@ def test_service_endpoints_flip_both_ways(plane, operator, namespace, needs_pods
     apply(plane, namespace, deployment("db", labels=", tier: db"))
     apply(plane, namespace, "apiVersion: v1\nkind: Service\nmetadata: {name: db}\n"
                             "spec: {selector: {app: db}, ports: [{port: 5432}]}\n")
-    apply(plane, namespace, _policy("app", "app", "      - name: db\n        service: {name: db}"))
+    apply(plane, namespace, policy("app", "app", "      - name: db\n        service: {name: db}"))
     wait_policy(plane, namespace, "app", lambda p: entry(p, "db").get("state") == "Satisfied", timeout=60)
     plane.run_kubectl("scale", "-n", namespace, "deployment/db", "--replicas=0")
     pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "db").get("state") == "Blocking", timeout=60,
@@ -89,7 +78,7 @@ def test_service_endpoints_flip_both_ways(plane, operator, namespace, needs_pods
 
 def test_secret_and_configmap_keys_flip_both_ways(plane, operator, namespace):
     apply(plane, namespace, deployment("app"))
-    apply(plane, namespace, _policy("app", "app", "      - name: creds\n        secret: {name: db, keys: [password]}\n"
+    apply(plane, namespace, policy("app", "app", "      - name: creds\n        secret: {name: db, keys: [password]}\n"
                                                   "      - name: conf\n        configMap: {name: cfg, keys: [a, b]}"))
     pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "conf").get("reason") == "NotFound")
     assert pol["status"]["blocking"] == ["creds", "conf"]
@@ -111,7 +100,7 @@ def test_secret_and_configmap_keys_flip_both_ways(plane, operator, namespace):
 
 def test_job_complete_stays_satisfied_after_ttl_deletes_it(plane, operator, namespace, needs_pods):
     apply(plane, namespace, deployment("app"))
-    apply(plane, namespace, _policy("app", "app", "      - name: migrations\n        job: {name: db-migrate}"))
+    apply(plane, namespace, policy("app", "app", "      - name: migrations\n        job: {name: db-migrate}"))
     wait_policy(plane, namespace, "app", lambda p: entry(p, "migrations").get("reason") == "JobNotFound")
     apply(plane, namespace, """
     apiVersion: batch/v1
@@ -139,7 +128,7 @@ def test_workload_availability_flips_both_ways(plane, operator, namespace, needs
     apply(plane, namespace, deployment("app"))
     apply(plane, namespace, deployment("backend"))
     backend = "      - name: backend\n        workload: {kind: Deployment, name: backend, minAvailable: 1}"
-    apply(plane, namespace, _policy("app", "app", backend))
+    apply(plane, namespace, policy("app", "app", backend))
     wait_policy(plane, namespace, "app", lambda p: entry(p, "backend").get("state") == "Satisfied", timeout=60)
     plane.run_kubectl("scale", "-n", namespace, "deployment/backend", "--replicas=0")
     wait_policy(plane, namespace, "app", lambda p: entry(p, "backend").get("reason") == "Unavailable", timeout=60)
@@ -173,7 +162,7 @@ def test_custom_resource_condition_flips_both_ways(plane, operator, namespace):
     apply(plane, namespace, deployment("app"))
     tls = ("      - name: tls\n"
            "        resource: {apiVersion: test.depgate.io/v1, kind: Gadget, name: g, condition: Ready}")
-    apply(plane, namespace, _policy("app", "app", tls))
+    apply(plane, namespace, policy("app", "app", tls))
     if "DEPGATE_TEST_AS_ADMIN" not in os.environ and "USE_EXISTING_CLUSTER" not in os.environ:
         # The operator's ServiceAccount may not read Gadgets: the precondition says so (never a crash) ...
         pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "tls").get("reason") == "Forbidden",
@@ -211,8 +200,8 @@ def test_cycle_across_two_policies_is_reported_on_both_and_clears(plane, operato
                             "spec: {selector: {app: a}, ports: [{port: 80}]}\n")
     apply(plane, namespace, "apiVersion: v1\nkind: Service\nmetadata: {name: b-svc}\n"
                             "spec: {selector: {app: b}, ports: [{port: 80}]}\n")
-    apply(plane, namespace, _policy("a", "a", "      - name: b\n        service: {name: b-svc}"))
-    apply(plane, namespace, _policy("b", "b", "      - name: a\n        service: {name: a-svc}"))
+    apply(plane, namespace, policy("a", "a", "      - name: b\n        service: {name: b-svc}"))
+    apply(plane, namespace, policy("b", "b", "      - name: a\n        service: {name: a-svc}"))
     for name in ("a", "b"):
         pol = wait_policy(plane, namespace, name, lambda p: condition(p, "Stalled").get("reason") == "DependencyCycle",
                           what="DependencyCycle")
@@ -229,7 +218,7 @@ def test_cycle_across_two_policies_is_reported_on_both_and_clears(plane, operato
                          check=True, capture_output=True, text=True, timeout=60).stdout
     assert dot.lstrip().startswith("digraph") and '"deployment/a"' in dot.replace("\\n", " "), dot
     # fix one policy: the cycle clears on both
-    apply(plane, namespace, _policy("b", "b", "      - name: dns\n        dns: {name: example.internal}"))
+    apply(plane, namespace, policy("b", "b", "      - name: dns\n        dns: {name: example.internal}"))
     for name in ("a", "b"):
         wait_policy(plane, namespace, name, lambda p: condition(p, "Stalled").get("status") == "False",
                     what="no longer stalled")
@@ -246,7 +235,7 @@ def test_pods_held_in_an_init_container_show_up_as_blocked_pods(plane, api_clien
         # replicas 0 until gated: pods that no kubelet runs never finish a rolling update
         apply(plane, namespace, deployment("app", replicas=0).replace(
             "containers:\n", f"nodeName: {node}\n          containers:\n", 1))
-        apply(plane, namespace, _policy("app", "app", "      - name: redis-port\n"
+        apply(plane, namespace, policy("app", "app", "      - name: redis-port\n"
                                                       "        tcp: {host: data-tier, port: 6379}\n"
                                                       "      - name: dns\n        dns: {name: data-tier}"))
         wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["depgate-redis-port", "depgate-dns"])

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import wait_for
-from tests.integration.kubehelp import apply, deployment, entry, get, wait_policy
+from tests.integration.kubehelp import SETTINGS, apply, deployment, entry, get, policy, wait_policy
 
 
 def _token(plane, ns: str, sa: str, tmp: Path) -> Path:
@@ -35,16 +35,7 @@ def _waiter(api_client, ns: str, token: Path, tmp: Path, *extra: str) -> tuple[s
 def test_verdict_waiter_returns_when_the_operator_says_satisfied(plane, api_client, operator, namespace, tmp_path):
     plane.run_kubectl("create", "serviceaccount", "app-sa", "-n", namespace)
     apply(plane, namespace, deployment("app", sa="app-sa"))
-    apply(plane, namespace, """
-    apiVersion: depgate.io/v1alpha1
-    kind: DependencyPolicy
-    metadata: {name: app}
-    spec:
-      workloadRef: {name: app}
-      preconditions:
-      - name: settings
-        configMap: {name: app-config, keys: [redis.conf]}
-    """)
+    apply(plane, namespace, policy("app", "app", SETTINGS))
     wait_policy(plane, namespace, "app", lambda p: entry(p, "settings").get("state") == "Blocking",
                 what="settings Blocking")
     binding = wait_for(lambda: get(plane, namespace, "rolebinding", "depgate-wait-app"), 20,
@@ -87,16 +78,7 @@ def test_verdict_waiter_returns_when_the_operator_says_satisfied(plane, api_clie
 def test_verdict_waiter_without_the_role_is_forbidden(plane, api_client, operator, namespace, tmp_path):
     plane.run_kubectl("create", "serviceaccount", "stranger", "-n", namespace)
     apply(plane, namespace, deployment("app"))
-    apply(plane, namespace, """
-    apiVersion: depgate.io/v1alpha1
-    kind: DependencyPolicy
-    metadata: {name: app}
-    spec:
-      workloadRef: {name: app}
-      preconditions:
-      - name: settings
-        configMap: {name: app-config, keys: [redis.conf]}
-    """)
+    apply(plane, namespace, policy("app", "app", SETTINGS))
     wait_policy(plane, namespace, "app", lambda p: entry(p, "settings").get("state") == "Blocking")
     token = _token(plane, namespace, "stranger", tmp_path)
     proc, log = _waiter(api_client, namespace, token, tmp_path, "--timeout=3")

@@ -365,6 +365,68 @@ def operator_log_facts(op: Any, since: int = 0) -> dict[str, Any]:
             "first_errors": errors[:3], "first_warning": warnings[:1], "log_chars": len(op.log_text())}
 
 
+class Sampler:
+    """The operator process seen from outside while a benchmark runs: CPU (from /proc, costing the
+    operator nothing) every `cpu_every` s, and its reconcile counters (one scrape) every second."""
+
+    def __init__(self, op: Any, cpu_every: float = 0.25) -> None:
+        self.op, self.cpu_every = op, cpu_every
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.cpu: list[tuple[float, float]] = []  # (monotonic, CPU seconds used so far)
+        self.reconciles: list[tuple[float, float, float]] = []  # (monotonic, reconciles, seconds in reconciles)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self.thread.start()
+
+    def _cpu_seconds(self) -> float:
+        with open(f"/proc/{self.op.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+
+    def _run(self) -> None:
+        last_scrape = 0.0
+        while not self.stop.wait(self.cpu_every):
+            now = time.monotonic()
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                self.cpu.append((now, self._cpu_seconds()))
+            if now - last_scrape >= 1.0:
+                last_scrape = now
+                with contextlib.suppress(Exception):
+                    m = self.op.metrics()
+                    self.reconciles.append((now, sum(v for k, v in m.items()
+                                                     if k.startswith("depgate_reconciles_total")),
+                                            m.get("depgate_reconcile_duration_seconds_sum", 0.0)))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+
+    def cpu_percent(self, t0: float, t1: float) -> float:
+        """The operator's CPU use between two moments, in % of one core (its GIL caps useful work ~100)."""
+        pts = [p for p in self.cpu if t0 <= p[0] <= t1]
+        if len(pts) < 2:
+            return float("nan")
+        return 100 * (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
+
+    def around(self, t: float, before: float = 1.0, after: float = 0.25) -> dict[str, float]:
+        """What the operator was doing in the window before moment t: CPU %, reconciles started, seconds spent."""
+        rec = [r for r in self.reconciles if t - before - 1.0 <= r[0] <= t + after + 1.0]
+        out = {"cpu_percent": round(self.cpu_percent(t - before, t + after), 1)}
+        if len(rec) >= 2:
+            span = rec[-1][0] - rec[0][0]
+            out["reconciles_per_s"] = round((rec[-1][1] - rec[0][1]) / span, 1)
+            out["reconcile_seconds_per_s"] = round((rec[-1][2] - rec[0][2]) / span, 2)
+        return out
+
+    def windows(self, t0: float, t1: float, width: float = 1.0) -> list[float]:
+        """CPU % per `width`-second window between t0 and t1."""
+        out, t = [], t0
+        while t + width <= t1:
+            out.append(round(self.cpu_percent(t, t + width), 1))
+            t += width
+        return out
+
+
 def settle(read: Callable[[], Any], quiet: float, timeout: float, say: Say | None = None,
            what: str = "quiet") -> float:
     """Wait until read() returns the same value for `quiet` seconds; the seconds it took."""

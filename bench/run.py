@@ -87,6 +87,23 @@ def notes(name: str, doc: dict[str, Any]) -> list[str]:
             f"{per.get('reconciles')} reconciles and {per.get('api_server_reads_depgate')} reads per policy "
             f"(floor: 1 apply, {per.get('api_server_reads_floor')} reads); creates took "
             f"{fmt_ms((doc.get('create_round_trip') or {}).get('p50_ms', 0))} (p50).")
+        st = doc.get("startup") or {}
+        if st:
+            first = (st.get("drift_probes_s_ms") or [[0, 0]])[0]
+            out.append(f"  Start-up, measured apart: with {st.get('deployments_in_operator_namespace')} Deployments "
+                       f"in its namespace, the operator restored a stripped Deployment promptly (< 0.5 s) only from "
+                       f"{st.get('drift_prompt_after_start_s')} s after its start (first probe, at {first[0]} s: "
+                       f"{fmt_ms(first[1])}); the measured rounds start after that.")
+        cpu = doc.get("operator_cpu") or {}
+        if cpu:
+            out.append(f"  The operator process used {cpu.get('percent_of_one_core_mean')}% of one core on average "
+                       f"(busiest second: {cpu.get('percent_max_1s')}%). The slowest depgate samples, with the "
+                       "operator's CPU and reconciles in the second before each: "
+                       + "; ".join(f"round {s['round']} at {s['at_s']} s: {fmt_ms(s['depgate_ms'])} (floor "
+                                   f"{fmt_ms(s['floor_ms'])}), CPU {s.get('cpu_percent')}%, "
+                                   f"{s.get('reconciles_per_s', '?')} reconciles/s, "
+                                   f"{s.get('deployment_events_per_s', '?')} Deployment events/s"
+                                   for s in doc.get("slowest_depgate") or []) + ".")
     if name == "status_latency" and doc.get("missed"):
         out.append(f"  {doc['missed']} changes never showed within the per-change timeout (counted as infinite).")
     if name == "restart_writes":
@@ -146,11 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run), into bench/results/quick/")
     ap.add_argument("--only", action="append", choices=list(BENCHES), help="run just this one (repeatable)")
+    ap.add_argument("--readme-only", action="store_true", help="run nothing; rebuild README.md from the JSON files")
     ap.add_argument("--out-dir", type=Path, default=None, help="default bench/results (quick: bench/results/quick)")
     args = ap.parse_args(argv)
     out_dir = args.out_dir or (RESULTS / "quick" if args.quick else RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [n for n in BENCHES if (not args.only or n in args.only) and (HERE / BENCHES[n][0]).exists()]
+    if args.readme_only:
+        todo = []
     ran: dict[str, str] = {}
     t0 = time.monotonic()
     for i, name in enumerate(todo, 1):

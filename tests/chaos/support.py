@@ -300,6 +300,20 @@ def poll(check: Callable[[], list[str]], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
+def settled(count: Callable[[], float], quiet: float = 2.0, timeout: float = 60) -> None:
+    """Wait until a counter (the operator's reconciles) has not moved for `quiet` seconds; a hot loop
+    never goes quiet."""
+    last = [count(), time.monotonic()]
+
+    def check() -> list[str]:
+        now = count()
+        if now != last[0]:
+            last[:] = [now, time.monotonic()]
+        return [] if time.monotonic() - last[1] >= quiet else [f"still moving ({now:.0f})"]
+
+    poll(check, timeout, "the operator to go quiet", interval=0.25)
+
+
 # ---------------------------------------------------------------------------------------------------
 # etcd, through its v3 HTTP/JSON gateway (etcdctl is not built)
 

@@ -45,19 +45,6 @@ def kubectl_apply(plane: Plane, ns: str, obj: dict[str, Any]) -> None:
     plane.run_kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(obj))
 
 
-def settled(ops: Any, quiet: float = 2.0, timeout: float = 60) -> None:
-    """Wait until the operator has reconciled nothing for `quiet` seconds."""
-    last = [ops.current.counter("depgate_reconciles_total"), time.monotonic()]
-
-    def check() -> list[str]:
-        now = ops.current.counter("depgate_reconciles_total")
-        if now != last[0]:
-            last[:] = [now, time.monotonic()]
-        return [] if time.monotonic() - last[1] >= quiet else [f"reconciles still moving ({now:.0f})"]
-
-    support.poll(check, timeout, "the operator to go quiet", interval=0.25)
-
-
 def gated_problems(api: support.Api, ns: str, n: int) -> list[str]:
     """Every Deployment carries its policy's init containers, rendered against its current user fields."""
     pols, deps = api.by_name(support.DP.format(ns=ns)), api.by_name(support.DEPLOY.format(ns=ns))
@@ -86,7 +73,7 @@ def test_second_writer_keeps_both_fields_and_depgate_does_not_fight(sizes, plane
     ops = operators
     ops.start()
     support.poll(lambda: gated_problems(api, ns, n), sizes.converge_timeout, "the policies applied")
-    settled(ops)
+    support.settled(lambda: ops.current.counter("depgate_reconciles_total"))
     writes0 = ops.current.counter("depgate_api_writes_total")
     reconciles0 = ops.current.counter("depgate_reconciles_total")
 
@@ -116,7 +103,7 @@ def test_second_writer_keeps_both_fields_and_depgate_does_not_fight(sizes, plane
     for t in threads:
         t.join()
     assert not errors, errors
-    settled(ops)
+    support.settled(lambda: ops.current.counter("depgate_reconciles_total"))
     support.poll(lambda: gated_problems(api, ns, n), 30, "our init containers in place after the writers stopped")
 
     live = api.by_name(deploys)
@@ -196,7 +183,7 @@ def test_a_second_writer_does_not_keep_a_released_deployment_gated(how, api, nam
         stop.clear()
         for t in threads:
             t.start()
-        time.sleep(0.3)
+        support.poll(lambda start=ticks[0]: [] if ticks[0] - start >= 40 else ["warming up"], 30, "the writers")
         if how == "deleted":
             for i in range(n):
                 api.delete(f"{policies}/p-{i}")

@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from tests.chaos import support
 from tests.chaos.conftest import Operators, sized
 
@@ -154,3 +156,56 @@ def test_sigkill_during_a_burst_converges_and_releases(sizes, api, namespace, op
     report(f"{n} policies, {sizes.kills} SIGKILLs ({kills_apply} creating/changing, {kills_delete} deleting): "
            f"converged {converge_after_restart:.1f}s after the last restart (polled {took:.1f}s); "
            f"released in {released_in:.1f}s after the deletes")
+
+
+class Killed(BaseException):
+    """The process dies here (a SIGKILL between two requests leaves the server exactly like this)."""
+
+
+@pytest.mark.chaos
+@pytest.mark.xfail(strict=True, reason=(
+    "Reconciler._apply_to: for BeforeExisting with the user's own init containers it applies twice (first "
+    "with the user's entries named, to order them, then with ours only, to give them back); the first body "
+    "already carries the final depgate.io/applied hash, so after a SIGKILL between the two, up_to_date() "
+    "says nothing is left to do: depgate keeps co-owning the user's init containers, and the user's own "
+    "server-side apply that drops one is refused (422 initContainers[1].image: Required value)"))
+def test_sigkill_between_the_two_applies_leaves_the_users_init_containers_theirs(plane, api, namespace, operators,
+                                                                                 report):
+    from depgate.controller import Reconciler
+    from depgate.kube import Kube
+
+    deploys, policies = support.DEPLOY.format(ns=namespace), support.DP.format(ns=namespace)
+    api.apply(f"{deploys}/app", support.deployment("app", init=["own-init"]), "gitops")
+    pol = api.apply(f"{policies}/p", support.policy("p", {"workloadRef": {"name": "app"}},
+                                                    [{"name": "db", "tcp": {"host": "db", "port": 5432}}]), "t")
+    # the operator's own reconcile, in this process, killed right after its first write
+    kube = Kube.from_environment(operators.kubeconfig)
+    applies: list[dict[str, Any]] = []
+    real_apply = kube.apply
+
+    def apply(body: Any, **kw: Any) -> dict[str, Any]:
+        applies.append(body)
+        if len(applies) == 2:
+            raise Killed
+        return real_apply(body, **kw)
+
+    kube.apply = apply  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        Reconciler(kube, support.CONFIG).reconcile(pol)
+    assert [c["name"] for c in applies[0]["spec"]["template"]["spec"]["initContainers"]] == ["depgate-db", "own-init"]
+
+    # restarted: the real operator reconciles the policy
+    operators.start()
+    support.poll(lambda: support.policy_problems(api.get(f"{policies}/p"), "p"), 60, "the policy reconciled")
+    dep = api.request("GET", f"{deploys}/app", query=[("showManagedFields", "true")])
+    assert support.init_names(dep) == ["depgate-db", "own-init"]
+    ours = [m for m in dep["metadata"]["managedFields"] if m["manager"] == "depgate"]
+    owned = [k for m in ours for k in m["fieldsV1"]["f:spec"]["f:template"]["f:spec"].get("f:initContainers", {})]
+    report(f"after the restart depgate owns the init containers {owned}")
+    # the user drops their own init container from the manifest they apply
+    try:
+        api.apply(f"{deploys}/app", support.deployment("app"), "gitops", force=False)
+    except support.ApiError as e:
+        report(f"the user's apply without own-init: {e.status} {e.message}")
+        raise AssertionError(f"the user can no longer remove their own init container: {e.message}") from e
+    assert support.init_names(api.get(f"{deploys}/app")) == ["depgate-db"]

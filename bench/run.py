@@ -104,6 +104,13 @@ def notes(name: str, doc: dict[str, Any]) -> list[str]:
                                    f"{s.get('reconciles_per_s', '?')} reconciles/s, "
                                    f"{s.get('deployment_events_per_s', '?')} Deployment events/s"
                                    for s in doc.get("slowest_depgate") or []) + ".")
+    if name == "status_latency":
+        lat = doc.get("latency") or {}
+        out.append(f"  Each change follows the previous one's status after a random pause of up to "
+                   f"{(doc.get('params') or {}).get('gap_s')} s: changes a few per second, the busy case "
+                   f"(fastest {fmt_ms(lat.get('min_ms', 0))}); `--gap 3` spaces them out. "
+                   f"{(doc.get('per_change') or {}).get('reconciles')} reconciles and "
+                   f"{(doc.get('per_change') or {}).get('api_server_reads')} reads per change.")
     if name == "status_latency" and doc.get("missed"):
         out.append(f"  {doc['missed']} changes never showed within the per-change timeout (counted as infinite).")
     if name == "restart_writes":

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from depgate import render, spec, status, verdicts
-from depgate.kube import Forbidden, Gone, Kube, NamespaceTerminating
+from depgate.kube import Forbidden, Gone, Kube, NamespaceTerminating, Rejected
 
 log = logging.getLogger("depgate.controller")
 
@@ -44,6 +44,10 @@ class Outcome:
     status_written: bool = False
     result: str = "ok"  # ok | invalid | conflict | error
     status: dict[str, Any] | None = None  # the policy's status after this reconcile
+
+
+class ReleaseFailed(RuntimeError):
+    """A Deployment could not be released (it kept changing): try again later, never give up silently."""
 
 
 def body_hash(body: Mapping[str, Any]) -> str:
@@ -160,7 +164,13 @@ class Reconciler:
             if not deployments:
                 problems.append(("TargetNotFound", "no Deployment in the namespace matches spec.selector"))
         else:
-            dep = self._reconcile_template(policy, obj, out, problems)
+            try:
+                dep = self._reconcile_template(policy, obj, out, problems)
+            except (Rejected, render.RenderProblem) as e:
+                msg = f"spec.template: the Deployment it describes is refused: {e}"
+                problems.append(("InvalidTemplate", msg))
+                stalled = status.Stalled("InvalidSpec", msg)
+                dep = None
             if dep is not None:
                 deployments.append(dep)
 
@@ -224,7 +234,11 @@ class Reconciler:
         predicted = render.ssa_merged_order(_names(_pod(dep).get("initContainers")),
                                             _names(body["spec"]["template"]["spec"]["initContainers"]))
         if theirs and predicted != want:
-            live = self.kube.apply(_ordered_body(body, desired))
+            ordering = _ordered_body(body, desired)
+            # Not the final hash: should we die before the second apply, the next reconcile must not
+            # take this state (the user's entries co-owned) for done.
+            ordering["metadata"]["annotations"][APPLIED_HASH] = "ordering"
+            live = self.kube.apply(ordering)
             out.writes += 1
             body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
         live = self.kube.apply(body)  # (again) with ours only: the user's entries stay theirs alone
@@ -258,29 +272,39 @@ class Reconciler:
         return live
 
     def _release_dropped(self, ns: str, name: str, prior: Mapping[str, Any], current: set[str], out: Outcome) -> None:
+        # A release that fails raises (ReleaseFailed): the status is not written, so the next attempt
+        # still finds the Deployment among the prior targets.
         for dname in prior.get("targets") or []:
             if dname not in current and self.release(ns, name, dname):
                 out.writes += 1
 
-    def release(self, ns: str, policy_name: str, dname: str) -> bool:
-        """Remove everything depgate applied to one Deployment (only if this policy claims it)."""
-        dep = self.kube.get("apps/v1", "Deployment", ns, dname)
-        if dep is None:
-            return False
-        if ((dep["metadata"].get("annotations") or {}).get(render.ANNOTATION)) != policy_name:
-            return False
-        owners = dep["metadata"].get("ownerReferences") or []
-        if any(o.get("kind") == spec.KIND for o in owners):
-            return False  # template mode: garbage collection removes it
-        # An apply that names nothing gives up every field depgate owned: our init containers,
-        # volumes, mounts and annotations go; the user's fields stay.
-        try:
-            self.kube.apply({"apiVersion": "apps/v1", "kind": "Deployment",
-                             "metadata": {"name": dname, "namespace": ns,
-                                          "resourceVersion": dep["metadata"]["resourceVersion"]}})
-        except (Gone, NamespaceTerminating):  # changed meanwhile, or going away with its namespace
-            return False
-        return True
+    def release(self, ns: str, policy_name: str, dname: str, attempts: int = 5) -> bool:
+        """Remove everything depgate applied to one Deployment (only if this policy claims it).
+
+        True when something was released, False when there was nothing to release; raises
+        ReleaseFailed when the Deployment kept changing under every attempt (the caller retries later)."""
+        for _ in range(attempts):
+            dep = self.kube.get("apps/v1", "Deployment", ns, dname)
+            if dep is None:
+                return False
+            if ((dep["metadata"].get("annotations") or {}).get(render.ANNOTATION)) != policy_name:
+                return False
+            owners = dep["metadata"].get("ownerReferences") or []
+            if any(o.get("kind") == spec.KIND for o in owners):
+                return False  # template mode: garbage collection removes it
+            # An apply that names nothing gives up every field depgate owned: our init containers,
+            # volumes, mounts and annotations go; the user's fields stay. The resourceVersion guard
+            # keeps it from recreating a Deployment deleted meanwhile.
+            try:
+                self.kube.apply({"apiVersion": "apps/v1", "kind": "Deployment",
+                                 "metadata": {"name": dname, "namespace": ns,
+                                              "resourceVersion": dep["metadata"]["resourceVersion"]}})
+            except Gone:
+                continue  # written meanwhile: read it again
+            except NamespaceTerminating:  # going away with its namespace
+                return False
+            return True
+        raise ReleaseFailed(f"deployment {ns}/{dname} changed under each of {attempts} attempts to release it")
 
     def _ensure_wait_rbac(self, obj: Mapping[str, Any], policy: spec.Policy, deployments: list[dict[str, Any]],
                           out: Outcome) -> None:

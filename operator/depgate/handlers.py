@@ -23,7 +23,7 @@ from typing import Any
 import kopf
 
 from depgate import GROUP, PLURAL, VERSION, graph, metrics, spec
-from depgate.controller import Dep, Outcome, Reconciler, deployment_of_pod
+from depgate.controller import Dep, Outcome, Reconciler, ReleaseFailed, deployment_of_pod
 from depgate.kube import Kube, NamespaceTerminating
 from depgate.render import ANNOTATION, RenderConfig
 
@@ -165,7 +165,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.batching.worker_limit = 64
 
 
 @kopf.on.startup()
@@ -284,8 +283,12 @@ def policy_cleanup(body: Any, namespace: str, name: str, **_: Any) -> None:
         if ((dep["metadata"].get("annotations") or {}).get(ANNOTATION)) == name:
             names.add(dep["metadata"]["name"])
     for dname in sorted(names):
-        if r.release(namespace, name, dname):
-            log.info("released deployment %s/%s from policy %s", namespace, dname, name)
+        try:
+            if r.release(namespace, name, dname):
+                log.info("released deployment %s/%s from policy %s", namespace, dname, name)
+        except ReleaseFailed as e:
+            # keep the finalizer: Kopf calls this handler again shortly
+            raise kopf.TemporaryError(str(e), delay=1) from e
 
 
 # ---------------------------------------------------------------------- what policies depend on

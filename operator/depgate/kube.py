@@ -45,6 +45,10 @@ class Forbidden(Exception):
     """RBAC refused a request (403): carries the API server's message, which names verb and resource."""
 
 
+class Rejected(Exception):
+    """The API server refused the object itself (400/422 Invalid): carries its message, which names the field."""
+
+
 class NamespaceTerminating(Exception):
     """The namespace is being deleted: writes into it are refused, and nothing there needs them."""
 
@@ -97,6 +101,12 @@ class Kube:
             except ValueError:
                 message = path
             raise Forbidden(message)
+        if resp.status in (400, 422):
+            try:
+                message = json.loads(raw).get("message") or path
+            except ValueError:
+                message = path
+            raise Rejected(message)
         if resp.status >= 400:
             raise ApiException(status=resp.status, reason=resp.reason, body=raw.decode(errors="replace"))
         return json.loads(raw) if raw else None
@@ -225,8 +235,10 @@ class Kube:
         try:
             out = self._call("PATCH", self.path(api_version, kind, namespace, name), body=ops,
                              content_type="application/json-patch+json")
+        except Rejected as e:  # a failed `test` op (the object changed meanwhile)
+            raise Gone(f"{kind} {name}: {e}") from e
         except ApiException as e:
-            if e.status in (409, 422):
+            if e.status == 409:
                 raise Gone(f"{kind} {name}: {e.reason}") from e
             raise
         return dict(out) if out is not None else None

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: run test deps system-deps plane checks unit waiter integration lint typecheck importlint \
-        bench down lock clean
+        bench chaos down lock clean
 
 ## make run: bring up the local plane (or use $KUBECONFIG with USE_EXISTING_CLUSTER=true), install the
 ## CRD, apply examples/microservices, and run the operator in the foreground.
@@ -59,6 +59,10 @@ integration: deps system-deps
 
 down: deps
 	$(BIN)/depgate dev down
+
+## make chaos: the fault suite at the issue's sizes (its fast part already runs in make test).
+chaos: deps system-deps
+	$(BIN)/pytest -q -p no:cacheprovider -m chaos_long tests/chaos
 
 ## make bench: every benchmark under bench/ against a private local plane; results in bench/results/.
 bench: deps system-deps

@@ -1,13 +1,13 @@
 """Hypothesis strategies for DependencyPolicies: schema-valid ones of every shape, and the same
 broken on purpose (one mutation: a bad value, a wrong type, a missing or unknown field).
 
-Targets are confined to the namespace's target Deployments (t-0..t-11, labelled gated=yes) and to
+Targets are confined to the namespace's target Deployments (t-<i>, labelled gated=yes) and to
 Deployments the policies create (template mode): every selector carries matchLabels gated=yes and
 every mutation of a selector makes it invalid, so no policy may ever gate the canary Deployment.
 Workload preconditions may *read* the canary (kind Deployment, name canary): reading is allowed.
 
-Template specs are always ones the API server accepts: a template it refuses is never explained in
-status (see test_generated_policies.py::test_a_template_the_api_server_refuses_is_explained).
+Some mutations give a policy the CRD accepts but the operator must refuse (a template the API server
+or render refuses): those must be explained in status (InvalidTemplate, Stalled InvalidSpec).
 """
 
 from __future__ import annotations
@@ -19,8 +19,13 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-TARGETS = [f"t-{i}" for i in range(12)]  # the even ones mount a volume of their own at /cache
 CANARY = "canary"
+
+
+def targets(count: int) -> list[str]:
+    """The target Deployments' names: t-<i>, labelled gated=yes, tier=a|b|c, slot=s-<i>; the even ones
+    mount a volume of their own at /cache."""
+    return [f"t-{i}" for i in range(count)]
 
 label = st.from_regex(r"[a-z]([-a-z0-9]{0,8}[a-z0-9])?", fullmatch=True)
 host = st.one_of(label, st.builds(lambda a, b: f"{a}.{b}", label, label))
@@ -36,12 +41,14 @@ argv = st.lists(st.text(alphabet=string.ascii_letters + string.digits + " -_=./"
                 min_size=1, max_size=3)
 
 
-def _opt(d: dict[str, Any], key: str, strat: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
-    return st.one_of(st.just(d), strat.map(lambda v: {**d, key: v}))
+def spread(names: list[str]) -> st.SearchStrategy[str]:
+    """One of `names`, spread evenly (sampled_from favours the first ones, which would make every
+    policy fight over t-0)."""
+    return st.integers(0, 2**30).map(lambda k: names[k % len(names)])
 
 
 @st.composite
-def body(draw: st.DrawFn, kind: str) -> dict[str, Any]:
+def body(draw: st.DrawFn, kind: str, targets: list[str]) -> dict[str, Any]:
     """The body of one precondition type, schema-valid."""
     if kind == "tcp":
         return {"host": draw(host), "port": draw(port)}
@@ -82,7 +89,7 @@ def body(draw: st.DrawFn, kind: str) -> dict[str, Any]:
         return out
     if kind == "workload":
         out = {"kind": draw(st.sampled_from(["Deployment", "StatefulSet", "DaemonSet"])),
-               "name": draw(st.one_of(label, st.just(CANARY), st.sampled_from(TARGETS)))}
+               "name": draw(st.one_of(label, st.just(CANARY), spread(targets)))}
         if draw(st.booleans()):
             out["minAvailable"] = draw(st.integers(0, 3))
         return out
@@ -116,9 +123,9 @@ TYPES = ["tcp", "redis", "http", "dns", "service", "job", "secret", "configMap",
 
 
 @st.composite
-def precondition(draw: st.DrawFn, name: str) -> dict[str, Any]:
+def precondition(draw: st.DrawFn, name: str, targets: list[str]) -> dict[str, Any]:
     kind = draw(st.sampled_from(TYPES))
-    out: dict[str, Any] = {"name": name, kind: draw(body(kind))}
+    out: dict[str, Any] = {"name": name, kind: draw(body(kind, targets))}
     if kind != "command":
         if draw(st.integers(0, 4)) == 0:
             out["timeoutSeconds"] = draw(st.integers(0, 3600))
@@ -128,16 +135,19 @@ def precondition(draw: st.DrawFn, name: str) -> dict[str, Any]:
 
 
 @st.composite
-def target(draw: st.DrawFn) -> dict[str, Any]:
+def target(draw: st.DrawFn, targets: list[str]) -> dict[str, Any]:
     which = draw(st.sampled_from(["workloadRef", "workloadRef", "selector", "template"]))
     if which == "workloadRef":
-        ref = {"name": draw(st.one_of(st.sampled_from(TARGETS), st.just("not-there")))}
+        ref = {"name": "not-there" if draw(st.integers(0, 9)) == 9 else draw(spread(targets))}
         if draw(st.booleans()):
             ref["kind"] = "Deployment"
         return {"workloadRef": ref}
     if which == "selector":
         sel: dict[str, Any] = {"matchLabels": {"gated": "yes"}}
-        if draw(st.booleans()):
+        wide = draw(st.integers(0, 9))  # mostly one target (its slot); seldom a third of them, or all
+        if wide < 8:  # (Hypothesis draws small integers more often than large ones)
+            sel["matchLabels"]["slot"] = "s-" + draw(spread(targets))[2:]
+        elif wide == 8:
             sel["matchLabels"]["tier"] = draw(st.sampled_from(["a", "b", "c"]))
         if draw(st.booleans()):
             op = draw(st.sampled_from(["In", "NotIn", "Exists", "DoesNotExist"]))
@@ -158,8 +168,8 @@ def target(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def valid_spec(draw: st.DrawFn) -> dict[str, Any]:
-    spec: dict[str, Any] = draw(target())
+def valid_spec(draw: st.DrawFn, targets: list[str]) -> dict[str, Any]:
+    spec: dict[str, Any] = draw(target(targets))
     if draw(st.booleans()):
         spec["placement"] = draw(st.sampled_from(["BeforeExisting", "AfterExisting"]))
     if draw(st.integers(0, 3)) == 0:
@@ -167,11 +177,12 @@ def valid_spec(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.integers(0, 3)) == 0:
         spec["sharedVolume"] = {"mountPath": draw(st.sampled_from(["/depgate/shared", "/data", "/cache"]))}
     names = draw(st.lists(label, min_size=1, max_size=5, unique=True))
-    spec["preconditions"] = [draw(precondition(n)) for n in names]
+    spec["preconditions"] = [draw(precondition(n, targets)) for n in names]
     return spec
 
 
-# --- breaking it: each mutation returns a changed copy (the server must refuse it, naming the field)
+# --- breaking it: each mutation returns a changed copy. The API server must refuse it naming the
+# field, or (the template ones: the CRD keeps a template's spec as given) the operator must say why.
 
 Mutation = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -217,6 +228,16 @@ def _set_spec(path: list[str], value: Any) -> Mutation:
         for k in path[:-1]:
             cur = cur.setdefault(k, {})
         cur[path[-1]] = value
+        return spec
+    return m
+
+
+def _drop_spec(path: list[str]) -> Mutation:
+    def m(spec: dict[str, Any], i: Any) -> dict[str, Any]:
+        cur = spec
+        for k in path[:-1]:
+            cur = cur.setdefault(k, {})
+        cur.pop(path[-1], None)
         return spec
     return m
 
@@ -320,6 +341,9 @@ MUTATIONS: dict[str, Mutation] = {
     "workloadRef kind StatefulSet": _set_spec(["workloadRef", "kind"], "StatefulSet"),
     "workloadRef name invalid": _set_spec(["workloadRef", "name"], "Not_A_Name"),
     "template name invalid": _set_spec(["template", "metadata", "name"], "Not_A_Name"),
+    "template label key invalid": _set_spec(["template", "metadata", "labels"], {"bad key!": "x"}),
+    "template without selector": _drop_spec(["template", "spec", "selector"]),
+    "template without containers": _set_spec(["template", "spec", "template", "spec", "containers"], []),
     "unknown field in spec": _set_spec(["namespace"], "other"),
     "selector empty": _bad_selector("empty"),
     "selector In without values": _bad_selector("in-without-values"),
@@ -330,15 +354,15 @@ MUTATIONS: dict[str, Mutation] = {
 
 
 @st.composite
-def policy_spec(draw: st.DrawFn) -> tuple[dict[str, Any], str | None]:
+def policy_spec(draw: st.DrawFn, targets: list[str]) -> tuple[dict[str, Any], str | None]:
     """(spec, the mutation applied or None): about half valid, the rest broken by one mutation."""
-    spec = draw(valid_spec())
+    spec = draw(valid_spec(targets))
     if draw(st.integers(0, 9)) < 2:  # hypothesis favours small integers: about half
         return spec, None
     name = draw(st.sampled_from(sorted(MUTATIONS)))
     if name.startswith("template") and "template" not in spec:
         spec = {k: v for k, v in spec.items() if k not in ("workloadRef", "selector")}
-        spec["template"] = draw(target().filter(lambda t: "template" in t))["template"]
+        spec["template"] = draw(target(targets).filter(lambda t: "template" in t))["template"]
     if name.startswith("workloadRef") and "workloadRef" not in spec:
         spec = {k: v for k, v in spec.items() if k not in ("selector", "template")}
         spec["workloadRef"] = {"name": "t-1"}

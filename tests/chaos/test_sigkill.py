@@ -123,8 +123,8 @@ def test_sigkill_during_a_burst_converges_and_releases(sizes, api, namespace, op
         assert pol is not None and pol["metadata"]["generation"] >= 2 and support.caught_up(pol)
 
     # Let kube-controller-manager finish the rollouts our applies started first: a Deployment written by
-    # someone else while its policy is deleted is a separate, known failure (test_second_writer.py's
-    # xfail test_deleting_policies_under_a_second_writer_releases_every_deployment).
+    # someone else while its policy is deleted is test_second_writer.py's
+    # test_a_second_writer_does_not_keep_a_released_deployment_gated.
     support.poll(lambda: [d for d, dep in api.by_name(deploys).items() if not rolled_out(dep)],
                  sizes.converge_timeout, "the rollouts to finish")
 
@@ -163,14 +163,13 @@ class Killed(BaseException):
 
 
 @pytest.mark.chaos
-@pytest.mark.xfail(strict=True, reason=(
-    "Reconciler._apply_to: for BeforeExisting with the user's own init containers it applies twice (first "
-    "with the user's entries named, to order them, then with ours only, to give them back); the first body "
-    "already carries the final depgate.io/applied hash, so after a SIGKILL between the two, up_to_date() "
-    "says nothing is left to do: depgate keeps co-owning the user's init containers, and the user's own "
-    "server-side apply that drops one is refused (422 initContainers[1].image: Required value)"))
 def test_sigkill_between_the_two_applies_leaves_the_users_init_containers_theirs(plane, api, namespace, operators,
                                                                                  report):
+    """For BeforeExisting with the user's own init containers, _apply_to applies twice: first naming
+    the user's entries too (to order the list), then ours only (to give theirs back). Until b6908cb the
+    first body already carried the final depgate.io/applied hash, so after a SIGKILL between the two
+    the restarted operator found nothing to do: depgate co-owned the user's init containers for good,
+    and the user's own apply that dropped one was refused (422 initContainers[1].image: Required)."""
     from depgate.controller import Reconciler
     from depgate.kube import Kube
 

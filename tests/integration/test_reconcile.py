@@ -118,7 +118,7 @@ def test_drift_is_restored(plane, operator, namespace):
     wait_deployment(plane, namespace, "app", lambda d: init_names(d) == OURS)
     plane.run_kubectl("patch", "-n", namespace, "deployment", "app", "--type=json",
                       "-p", '[{"op": "remove", "path": "/spec/template/spec/initContainers"}]')
-    wait_deployment(plane, namespace, "app", lambda d: init_names(d) == OURS, timeout=10,
+    wait_deployment(plane, namespace, "app", lambda d: init_names(d) == OURS, timeout=30,
                     what="our init containers restored")
 
 

@@ -110,7 +110,7 @@ def plane_dir(plane: Plane) -> Path:
     return d
 
 
-def _cluster_wide_operators() -> list[int]:
+def _running_operators() -> list[int]:
     """`depgate run` children of this process (the integration suite's session operator, or one a
     fault test left running): they would fight the operators a fault test kills and restarts."""
     me, found = str(os.getpid()), []
@@ -137,8 +137,6 @@ def _cluster_wide_operators() -> list[int]:
 class Operators:
     kubeconfig: str
     tmp: Path
-    namespace: str
-    extra: tuple[str, ...] = ()
     started: list[Operator] = field(default_factory=list)
 
     @property
@@ -146,7 +144,7 @@ class Operators:
         return self.started[-1]
 
     def start(self, *extra: str) -> Operator:
-        op = start_operator(self.kubeconfig, self.tmp, *self.extra, *extra)
+        op = start_operator(self.kubeconfig, self.tmp, *extra)
         self.started.append(op)
         return op
 
@@ -176,12 +174,12 @@ class Operators:
 @pytest.fixture
 def operators(plane: Plane, crds: list[str], operator_kubeconfig: str, namespace: str, api: support.Api,
               tmp_path: Path) -> Iterator[Operators]:
-    others = _cluster_wide_operators()
+    others = _running_operators()
     if others:
         pytest.fail(f"a depgate operator (pid {others}) started by this session still runs: the fault tests "
                     "kill and restart their own; run tests/chaos before tests/integration (the default order) "
                     "or alone", pytrace=False)
-    ops = Operators(operator_kubeconfig, tmp_path, namespace)
+    ops = Operators(operator_kubeconfig, tmp_path)
     yield ops
     # Leave no policy behind: their finalizer needs a running operator, or the namespace never goes.
     try:

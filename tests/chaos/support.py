@@ -7,7 +7,6 @@ Nothing here restarts or kills anything; the tests and tests/chaos/conftest.py d
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import os
 import time
@@ -345,7 +344,3 @@ def etcd_compact(url: str) -> int:
     rev = etcd_revision(url)
     _etcd(url, "/v3/kv/compaction", {"revision": str(rev), "physical": True})
     return rev
-
-
-def deep(obj: Any) -> Any:
-    return copy.deepcopy(obj)

@@ -192,12 +192,20 @@ class Reconciler:
             if errors:
                 problems.append((errors[0].reason, "; ".join(str(e) for e in errors)))
                 continue
-            try:
-                live = self._apply_to(policy, dep, out)
-            except Gone as e:
-                log.info("%s/%s: %s; will retry", ns, name, e)
+            live = None
+            for _ in range(3):  # the Deployment controller writes status often: re-read and re-render
+                try:
+                    live = self._apply_to(policy, dep, out)
+                    break
+                except Gone as e:
+                    log.info("%s/%s: %s; reading it again", ns, name, e)
+                    fresh = self.kube.get("apps/v1", "Deployment", ns, dname)
+                    if fresh is None:
+                        break
+                    dep = fresh
+            if live is None:
                 out.requeue_after = 0.2
-                problems.append(("Retrying", str(e)))
+                problems.append(("Retrying", f"deployment {dname} kept changing while depgate applied; retrying"))
                 continue
             applied_to.append(live)
 

@@ -36,8 +36,10 @@ def _apply_file(plane, path: Path, namespace: str) -> None:
 
 def test_three_tier_example_goes_from_blocking_data_tier_to_ready(plane, operator, namespace, needs_pods):
     _apply_file(plane, EXAMPLE / "02-app-tier.yaml", namespace)
-    pol = wait_policy(plane, namespace, "app-tier", lambda p: (p.get("status") or {}).get("blocking") == ["data-tier"],
-                      what="blocking: [data-tier]")
+    pol = wait_policy(plane, namespace, "app-tier",
+                      lambda p: (p.get("status") or {}).get("blocking") == ["data-tier"]
+                      and "data-tier" in condition(p, "Ready").get("message", ""),
+                      what="blocking: [data-tier], and Ready says so")
     assert pol["status"]["blockingSummary"] == "data-tier"
     assert condition(pol, "Ready")["status"] == "False"
     assert "data-tier" in condition(pol, "Ready")["message"]

@@ -44,6 +44,7 @@ class Outcome:
     status_written: bool = False
     result: str = "ok"  # ok | invalid | conflict | error
     status: dict[str, Any] | None = None  # the policy's status after this reconcile
+    written: dict[str, Any] | None = None  # the policy as the status write returned it (newest known copy)
 
 
 class ReleaseFailed(RuntimeError):
@@ -433,11 +434,27 @@ class Reconciler:
         if new == prior:
             return
         md = obj["metadata"]
-        self.kube.replace_status(md["namespace"], md["name"], new)
+        out.written = self.kube.replace_status(md["namespace"], md["name"], new)
         out.status_written = True
         out.writes += 1
         for ev in status.transitions(prior, new):
             self.kube.event(obj, ev.type, ev.reason, ev.message)
+
+
+def fresher(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:
+    """Is copy `a` of an object newer than copy `b` (same object: same uid)?
+
+    resourceVersions are opaque by the API's contract, but every etcd-backed server hands out
+    increasing integers; where either is not one, `a` is not called fresher (trust the watch)."""
+    if a is None:
+        return False
+    ma, mb = a.get("metadata") or {}, b.get("metadata") or {}
+    if ma.get("uid") != mb.get("uid"):
+        return False
+    try:
+        return int(str(ma.get("resourceVersion"))) > int(str(mb.get("resourceVersion")))
+    except (TypeError, ValueError):
+        return False
 
 
 def deployment_of_pod(pod: Mapping[str, Any]) -> str | None:

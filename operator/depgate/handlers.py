@@ -23,7 +23,7 @@ from typing import Any
 import kopf
 
 from depgate import GROUP, PLURAL, VERSION, graph, metrics, spec
-from depgate.controller import Dep, Outcome, Reconciler, ReleaseFailed, deployment_of_pod
+from depgate.controller import Dep, Outcome, Reconciler, ReleaseFailed, deployment_of_pod, fresher
 from depgate.kube import Kube, NamespaceTerminating
 from depgate.render import ANNOTATION, RenderConfig
 
@@ -185,6 +185,11 @@ async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name
         return
     obj = _plain(body)
     prev = W.policies.get(key)
+    if fresher(prev, obj):
+        # A lagging watch (after an API server restart, say) delivers a copy older than the one
+        # this operator's own status write returned: keep the newer one, so that a reconcile never
+        # compares its status with one it has already replaced (a lost update until the resync).
+        return
     W.policies[key] = obj
     if prev is None or (prev.get("spec") != obj.get("spec")):
         W.changed_graph()
@@ -248,6 +253,11 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
         failures = 0
         last_done = time.monotonic()
         metrics.observe(key, outcome, time.monotonic() - started)
+        if outcome.written is not None and fresher(outcome.written, W.policies.get(key) or obj):
+            W.policies[key] = outcome.written
+            wmd, omd = outcome.written.get("metadata") or {}, obj.get("metadata") or {}
+            if wmd.get("generation") != omd.get("generation") or wmd.get("deletionTimestamp"):
+                dirty.set()  # the spec changed while we reconciled: its own event is now "stale"
         W.set_targets(key, set(outcome.targets) | outcome.wanted)
         _ensure_custom_watches(key, outcome)
         if outcome.requeue_after is not None:

@@ -45,10 +45,6 @@ def watch_from(api: support.Api, path: str, rv: str) -> list[dict[str, Any]]:
 
 
 @sized()
-@pytest.mark.xfail(strict=False, reason=(
-    "seen once in four runs (fresh-clone CI, 2026-11-24): after the outage and the compaction one ConfigMap "
-    "change was not reflected (p-12: status Satisfied/KeysPresent, cm-12 lacks the key) within 120 s; the "
-    "operator's 300 s resync would repair it; the cause: test_a_change_undone_right_after_an_outage_is_not_lost"))
 def test_apiserver_outage_and_compaction_lose_no_update(sizes, api, namespace, operators, plane_dir, report):
     from depgate.dev import plane as devplane
 
@@ -120,13 +116,6 @@ def test_apiserver_outage_and_compaction_lose_no_update(sizes, api, namespace, o
 
 
 @pytest.mark.chaos
-@pytest.mark.xfail(strict=False, reason=(
-    "policy_worker passes reconcile() the policy as the watch last delivered it (W.policies) and _write_status "
-    "skips the write when the computed status equals that object's status. After an API server restart the "
-    "policies watch catches up later than the ConfigMap watch, so that copy still holds the status from before "
-    "the outage while the operator has since written a newer one: a ConfigMap change undone right after is "
-    "computed equal to the stale copy, not written, and nothing wakes the policy again (policy_event marks only "
-    "on a generation change) until the resync (300 s): 1-4 of 20 policies stay Satisfied with their key gone"))
 def test_a_change_undone_right_after_an_outage_is_not_lost(api, namespace, operators, plane_dir, report):
     """The lost update the outage test above hits now and then, made likely: right after the outage every
     ConfigMap flips back as soon as its policy's status shows the first flip."""

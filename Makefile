@@ -62,7 +62,7 @@ down: deps
 
 ## make chaos: the fault suite at the issue's sizes (its fast part already runs in make test).
 chaos: deps system-deps
-	$(BIN)/pytest -q -p no:cacheprovider -m chaos_long tests/chaos
+	DEPGATE_CHAOS_RESULTS=bench/results/chaos.json $(BIN)/pytest -q -p no:cacheprovider -m chaos_long tests/chaos
 
 ## make bench: every benchmark under bench/ against a private local plane; results in bench/results/.
 bench: deps system-deps

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,11 +74,30 @@ def report(request: pytest.FixtureRequest) -> Any:
     return say
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int) -> None:
     if _REPORT:
         terminalreporter.section("depgate chaos report")
         for line in _REPORT:
             terminalreporter.write_line(line)
+    out = os.environ.get("DEPGATE_CHAOS_RESULTS")  # `make chaos` keeps the report in bench/results/
+    if out and _REPORT:
+        import json
+        import platform
+
+        from depgate.dev.versions import KUBERNETES_VERSION
+
+        stats = terminalreporter.stats
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout
+        Path(out).write_text(json.dumps({
+            "benchmark": "chaos",
+            "outcome": {k: len(stats.get(k, [])) for k in ("passed", "failed", "error", "skipped")},
+            "exit_status": int(exitstatus),
+            "report": _REPORT,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "kubernetes": KUBERNETES_VERSION,
+                        "python": platform.python_version(), "git_commit": commit.strip(),
+                        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
+        }, indent=2) + "\n")
 
 
 @pytest.fixture(scope="session")

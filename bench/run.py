@@ -28,6 +28,8 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "reconcile_latency": ("reconcile_latency.py", [], ["--policies", "20"]),
     "status_latency": ("status_latency.py", [], ["--changes", "30"]),
     "restart_writes": ("restart_writes.py", [], ["--policies", "20"]),
+    "burst": ("burst.py", [], ["--policies", "100"]),
+    "churn_memory": ("churn_memory.py", [], ["--minutes", "6", "--warmup", "1", "--policies", "10"]),
     "waiter_bench": ("waiter_bench.py", [], ["--trials", "5", "--startup-runs", "5"]),
 }
 
@@ -113,6 +115,19 @@ def notes(name: str, doc: dict[str, Any]) -> list[str]:
                    f"{(doc.get('per_change') or {}).get('api_server_reads')} reads per change.")
     if name == "status_latency" and doc.get("missed"):
         out.append(f"  {doc['missed']} changes never showed within the per-change timeout (counted as infinite).")
+    if name == "burst":
+        d, f = doc.get("depgate") or {}, doc.get("floor") or {}
+        out.append(f"  Creating the {d.get('policies')} policies took {d.get('create_all_s')} s (depgate's side) and "
+                   f"{f.get('create_all_s')} s (floor's); depgate ran {d.get('reconciles')} reconciles; its RSS was "
+                   f"{d.get('rss_idle_before_mib')} MiB idle before the burst and {d.get('rss_after_mib')} MiB after; "
+                   f"it went quiet {d.get('settle_s')} s after the last Applied; "
+                   f"{(d.get('operator_log') or {}).get('tracebacks')} tracebacks in its log.")
+    if name == "churn_memory":
+        ch, rss = doc.get("changes") or {}, doc.get("rss_mib") or {}
+        out.append(f"  Changes: {json.dumps(ch)}; after the loop every policy converged in "
+                   f"{doc.get('converged_after_loop_s')} s; {doc.get('reconciles')} reconciles in all; RSS start "
+                   f"{rss.get('start')} MiB, peak {rss.get('peak')} MiB; "
+                   f"{(doc.get('operator_log') or {}).get('tracebacks')} tracebacks in the operator's log.")
     if name == "restart_writes":
         r = doc.get("restart") or {}
         shut = (doc.get("operator_log") or {}).get("first_shutdown") or {}

@@ -174,6 +174,9 @@ class Reconciler:
                 dep = None
             if dep is not None:
                 deployments.append(dep)
+            elif problems and problems[-1][0] == "Conflict":
+                out.result = "conflict"
+                stalled = stalled or status.Stalled("Conflict", problems[-1][1])
 
         applied_to: list[dict[str, Any]] = []
         for dep in deployments:

@@ -246,6 +246,36 @@ def test_template_mode_creates_owns_and_garbage_collects(plane, operator, namesp
              what="the template Deployment garbage-collected")
 
 
+def test_template_mode_never_takes_over_a_deployment_it_did_not_create(plane, operator, namespace):
+    apply(plane, namespace, deployment("web"))
+    before = get(plane, namespace, "deployment", "web")
+    apply(plane, namespace, """
+    apiVersion: depgate.io/v1alpha1
+    kind: DependencyPolicy
+    metadata: {name: web}
+    spec:
+      template:
+        metadata: {labels: {app: web}}
+        spec:
+          selector: {matchLabels: {app: web}}
+          template:
+            metadata: {labels: {app: web}}
+            spec:
+              containers: [{name: server, image: nginx}]
+      preconditions:
+      - name: api
+        http: {url: "http://api:8080/healthz"}
+    """)
+    pol = wait_policy(plane, namespace, "web", lambda p: condition(p, "Stalled").get("status") == "True",
+                      what="Stalled")
+    assert condition(pol, "Stalled")["reason"] == "Conflict"
+    assert condition(pol, "Applied")["status"] == "False" and condition(pol, "Applied")["reason"] == "Conflict"
+    assert "not owned by this policy" in condition(pol, "Stalled")["message"]
+    after = get(plane, namespace, "deployment", "web")
+    assert after["spec"] == before["spec"] and init_names(after) == []
+    assert "depgate.io/policy" not in (after["metadata"].get("annotations") or {})
+
+
 def test_other_field_managers_keep_their_fields_and_ours(plane, operator, namespace):
     apply(plane, namespace, deployment("app", init="[{name: own-init, image: busybox}]"), "--server-side",
           "--field-manager=gitops")

@@ -295,6 +295,7 @@ def policy_cleanup(body: Any, namespace: str, name: str, **_: Any) -> None:
     for dname in sorted(names):
         try:
             if r.release(namespace, name, dname):
+                metrics.writes.inc()
                 log.info("released deployment %s/%s from policy %s", namespace, dname, name)
         except ReleaseFailed as e:
             # keep the finalizer: Kopf calls this handler again shortly

@@ -49,6 +49,13 @@ def test_metrics_show_a_precondition_flipping(plane, operator, namespace):
     # the time it blocked was counted (it blocked from creation until the ConfigMap appeared)
     assert _series(operator, "depgate_precondition_blocked_seconds_total", **blocked) > 0.0
 
+    # the release on deletion is a write depgate sends, and counted as one
+    wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["depgate-settings"])
+    writes = operator.counter("depgate_api_writes_total")
+    plane.run_kubectl("delete", "-n", namespace, "dependencypolicy", "app", "--timeout=60s")
+    wait_deployment(plane, namespace, "app", lambda d: init_names(d) == [], what="released")
+    wait_for(lambda: operator.counter("depgate_api_writes_total") >= writes + 1, 10, what="the release counted")
+
 
 def test_a_policy_leaves_other_namespaces_alone(plane, operator, namespace):
     other = f"other-{uuid.uuid4().hex[:6]}"

@@ -1,6 +1,6 @@
 """Run every benchmark, one after another, and write bench/results/*.json and bench/results/README.md.
 
-    .venv/bin/python bench/run.py                 # default sizes (about 6 minutes, plus the waiter's 5)
+    .venv/bin/python bench/run.py                 # default sizes (about 50 minutes: the churn loop is 30)
     .venv/bin/python bench/run.py --quick         # small sizes, into bench/results/quick/ (about 2 minutes)
     .venv/bin/python bench/run.py --only status_latency --only restart_writes
 
@@ -146,7 +146,8 @@ def readme(out_dir: Path, ran: dict[str, str]) -> str:
         "timed unit tests. Poller baselines in `status_latency` are analytic (uniform phase: p50 = period/2,",
         "p99 = 0.99 x period).",
         "",
-        "Run: `make bench` or `.venv/bin/python bench/run.py` (about 10 minutes; `--quick` for a smoke run into",
+        "Run: `make bench` or `.venv/bin/python bench/run.py` (about 50 minutes, 30 of them the churn loop; `--quick`",
+        "for a smoke run into",
         "`bench/results/quick/`, `--only NAME` for one); every script takes its own size flags (`--help`).",
         "",
         TABLE_HEAD,
@@ -174,6 +175,17 @@ def readme(out_dir: Path, ran: dict[str, str]) -> str:
                   f"kubernetes client {facts.get('kubernetes_client')}. The CPUs are shared with other work: "
                   "see the load averages below.", ""]
     lines += foot
+    chaos = out_dir / "chaos.json"
+    if chaos.exists():
+        doc = json.loads(chaos.read_text())
+        m = doc.get("machine") or {}
+        oc = doc.get("outcome") or {}
+        lines += ["", "## The fault suite (`make chaos`)", "",
+                  f"Written by `make chaos` (pytest -m chaos_long tests/chaos) on {m.get('date')} at commit "
+                  f"`{(m.get('git_commit') or '?')[:10]}`, {m.get('cpus')} CPUs, Kubernetes {m.get('kubernetes')}: "
+                  + ", ".join(f"{v} {k}" for k, v in oc.items() if v) + f" (exit status {doc.get('exit_status')}). "
+                  "Each line is what one test measured:", ""]
+        lines += [f"- {line}" for line in doc.get("report") or []]
     failed = {k: v for k, v in ran.items() if v != "ok"}
     if failed:
         lines += ["", "Failed in the last run (their rows, if any, are from an earlier run): "

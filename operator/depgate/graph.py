@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 from urllib.parse import urlsplit
@@ -161,14 +161,16 @@ def find_cycles(graph: Graph, limit: int = DEFAULT_CYCLE_LIMIT) -> list[list[Nod
     smallest node (the edge back to the start is implied). Shortest first, then by nodes; at most
     `limit` (a dense graph can have exponentially many; the first `limit` found are kept)."""
     found: list[list[Node]] = []
-    order = sorted(set(graph.nodes) | set(graph.edges))
+    # Only nodes on some cycle can start one: those of a strongly connected component with more
+    # than one node, or with an edge to itself. Typically none, so an acyclic graph costs O(V + E).
+    order = sorted(_on_cycles(graph))
     rank = {node: i for i, node in enumerate(order)}
     for start in order:
         if len(found) >= limit:
             break
         # Johnson: the strongly connected component of `start` among the nodes >= start
         lo = rank[start]
-        fwd = {n: [m for m in graph.successors(n) if rank[m] >= lo] for n in order[lo:]}
+        fwd = {n: [m for m in graph.successors(n) if rank.get(m, -1) >= lo] for n in order[lo:]}
         back: dict[Node, list[Node]] = defaultdict(list)
         for n, succs in fwd.items():
             for m in succs:
@@ -178,6 +180,49 @@ def find_cycles(graph: Graph, limit: int = DEFAULT_CYCLE_LIMIT) -> list[list[Nod
         _circuits(start, succ, found, limit)
     found.sort(key=lambda cyc: (len(cyc), cyc))
     return found
+
+
+def _on_cycles(graph: Graph) -> set[Node]:
+    """The nodes that lie on at least one cycle (Tarjan's strongly connected components, iterative)."""
+    index: dict[Node, int] = {}
+    low: dict[Node, int] = {}
+    stack: list[Node] = []
+    on_stack: set[Node] = set()
+    out: set[Node] = set()
+    for root in sorted(set(graph.nodes) | set(graph.edges)):
+        if root in index:
+            continue
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        frames: list[tuple[Node, Iterator[Node]]] = [(root, iter(graph.successors(root)))]
+        while frames:
+            node, succs = frames[-1]
+            for nxt in succs:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    frames.append((nxt, iter(graph.successors(nxt))))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                frames.pop()
+                if frames:
+                    parent = frames[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1 or node in graph.successors(node):
+                        out.update(component)
+    return out
 
 
 def _circuits(start: Node, succ: Mapping[Node, Sequence[Node]], found: list[list[Node]], limit: int) -> None:

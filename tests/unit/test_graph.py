@@ -566,3 +566,12 @@ def test_cli_module_imports_no_kubernetes() -> None:
     code = "import sys, depgate.graph_cli; sys.exit('kubernetes' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(Path(graph_cli.__file__).parents[1])}
     assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
+
+
+def test_a_long_chain_is_walked_without_recursion_and_its_one_cycle_found() -> None:
+    # 1,500 nodes in a row (deeper than Python's recursion limit): acyclic, then closed into one ring
+    n = 1500
+    chain = {(i, i + 1) for i in range(n - 1)}
+    assert find_cycles(graph_from_edges(chain)) == []
+    ring = find_cycles(graph_from_edges(chain | {(n - 1, 0)}))
+    assert len(ring) == 1 and len(ring[0]) == n

@@ -177,9 +177,24 @@ def reconciler() -> Reconciler:
     return _reconciler
 
 
+KOPF_DIFFBASE = "depgate.io/last-handled-configuration"
+
+
 def _plain(body: Any) -> dict[str, Any]:
+    """A policy as the worker keeps it: plain dicts, without what no reconcile reads (managedFields,
+    Kopf's copy of the spec in an annotation), which is most of a policy's size in memory."""
     out: dict[str, Any] = json.loads(json.dumps(dict(body), default=dict))
-    return out
+    return _slim(out)
+
+
+def _slim(obj: dict[str, Any]) -> dict[str, Any]:
+    md = obj.get("metadata")
+    if isinstance(md, dict):
+        md.pop("managedFields", None)
+        ann = md.get("annotations")
+        if isinstance(ann, dict):
+            ann.pop(KOPF_DIFFBASE, None)
+    return obj
 
 
 # ---------------------------------------------------------------------- settings
@@ -285,7 +300,7 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
         last_done = time.monotonic()
         metrics.observe(key, outcome, time.monotonic() - started)
         if outcome.written is not None and fresher(outcome.written, W.policies.get(key) or obj):
-            W.policies[key] = outcome.written
+            W.policies[key] = _slim(outcome.written)
             wmd, omd = outcome.written.get("metadata") or {}, obj.get("metadata") or {}
             if wmd.get("generation") != omd.get("generation") or wmd.get("deletionTimestamp"):
                 dirty.set()  # the spec changed while we reconciled: its own event is now "stale"

@@ -264,7 +264,8 @@ def operator_kubeconfig(plane: Plane, crds: list[str], tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def operator(plane: Plane, crds: list[str], operator_kubeconfig: str, tmp_path_factory) -> Iterator[Operator]:
-    op = start_operator(operator_kubeconfig, tmp_path_factory.mktemp("operator"), *os.environ.get("DEPGATE_TEST_OPERATOR_ARGS", "").split())
+    extra = os.environ.get("DEPGATE_TEST_OPERATOR_ARGS", "").split()  # e.g. -v for the operator's debug log
+    op = start_operator(operator_kubeconfig, tmp_path_factory.mktemp("operator"), *extra)
     yield op
     stop_operator(op)
     text = op.log_text()

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -32,18 +30,21 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    HERE,
     Cluster,
     Identity,
     Raw,
     Row,
     Say,
     Watch,
+    cpu_seconds,
     delta,
     operator_log_facts,
     private_plane,
+    proc_status,
     settle,
+    start_floor,
     start_operator,
+    stop_floor,
     stop_operator,
     wait_until,
     write_result,
@@ -53,23 +54,6 @@ from reconcile_latency import GROUP_PATH, deployment, policy
 
 NAME = "burst"
 THREADS = 8
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM of a process, in KiB."""
-    out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(rest.split()[0])
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def idle(pid: int, say: Say, what: str, timeout: float = 300) -> None:
@@ -190,24 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         who = cl.identity("floor")
         side.create_deployments()
         watches = side.watch(observer)
-        floor_log = (cl.tmp / "floor.log").open("wb")
-        floor = subprocess.Popen(
-            [sys.executable, str(HERE / "floor.py"), f"--kubeconfig={who.kubeconfig}", f"--namespace={side.ns}"],
-            stdout=subprocess.PIPE, stderr=floor_log, stdin=subprocess.DEVNULL)
-        assert floor.stdout is not None
+        floor, floor_log = start_floor(who.kubeconfig, side.ns, cl.tmp)
         try:
-            if floor.stdout.readline().strip() != b"ready":
-                raise SystemExit(f"the floor did not start; see {cl.tmp / 'floor.log'}")
             idle(floor.pid, say, "the floor")
             out["floor"] = side.burst(who, False, floor.pid)
             out["floor"]["peak_rss_mib"] = round(proc_status(floor.pid)["VmHWM"] / 1024, 1)
         finally:
-            floor.send_signal(signal.SIGINT)
-            try:
-                floor.wait(10)
-            except subprocess.TimeoutExpired:
-                floor.kill()
-            floor_log.close()
+            stop_floor(floor, floor_log)
             for w in watches:
                 w.close()
 

@@ -35,6 +35,7 @@ from common import (
     Say,
     operator_log_facts,
     private_plane,
+    proc_status,
     start_operator,
     stop_operator,
     wait_until,
@@ -43,14 +44,6 @@ from common import (
 from reconcile_latency import GROUP_PATH, deployment
 
 NAME = "churn_memory"
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def policy(i: int, with_http: bool) -> dict[str, Any]:
@@ -123,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             while time.monotonic() < end:
                 now = time.monotonic()
                 if now >= next_sample:
-                    samples.append((round(now - t0, 1), round(rss_kib(pid) / 1024, 2)))
+                    samples.append((round(now - t0, 1), round(proc_status(pid)["VmRSS"] / 1024, 2)))
                     next_sample += 5.0
                     if len(samples) % 24 == 1:  # every 2 minutes
                         say(f"{(now - t0) / 60:5.1f} min: RSS {samples[-1][1]:.1f} MiB, {k} changes "
@@ -159,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                         raise
                     counts["conflicts"] += 1
             t_end = time.monotonic()
-            samples.append((round(t_end - t0, 1), round(rss_kib(pid) / 1024, 2)))
+            samples.append((round(t_end - t0, 1), round(proc_status(pid)["VmRSS"] / 1024, 2)))
             say(f"loop done: {k} changes; waiting for every policy to converge")
 
             def stragglers() -> list[str]:

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -365,30 +366,65 @@ def operator_log_facts(op: Any, since: int = 0) -> dict[str, Any]:
             "first_errors": errors[:3], "first_warning": warnings[:1], "log_chars": len(op.log_text())}
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (costing it nothing)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM (resident now / its high-water mark) of a process, in KiB."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(rest.split()[0])
+    return out
+
+
+def start_floor(kubeconfig: str, namespace: str, tmp: Path) -> tuple[subprocess.Popen[bytes], Any]:
+    """bench/floor.py on one namespace, once it has listed (it prints "ready"); (process, its log file)."""
+    log = (tmp / "floor.log").open("wb")
+    floor = subprocess.Popen(
+        [sys.executable, str(HERE / "floor.py"), f"--kubeconfig={kubeconfig}", f"--namespace={namespace}"],
+        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+    assert floor.stdout is not None
+    if floor.stdout.readline().strip() != b"ready":
+        stop_floor(floor, log)
+        raise SystemExit(f"the floor did not start; see {tmp / 'floor.log'}")
+    return floor, log
+
+
+def stop_floor(floor: subprocess.Popen[bytes], log: Any) -> None:
+    floor.send_signal(signal.SIGINT)
+    try:
+        floor.wait(10)
+    except subprocess.TimeoutExpired:
+        floor.kill()
+    log.close()
+
+
 class Sampler:
     """The operator process seen from outside while a benchmark runs: CPU (from /proc, costing the
     operator nothing) every `cpu_every` s, and its reconcile counters (one scrape) every second."""
 
     def __init__(self, op: Any, cpu_every: float = 0.25) -> None:
         self.op, self.cpu_every = op, cpu_every
-        self.tick = os.sysconf("SC_CLK_TCK")
         self.cpu: list[tuple[float, float]] = []  # (monotonic, CPU seconds used so far)
         self.reconciles: list[tuple[float, float, float]] = []  # (monotonic, reconciles, seconds in reconciles)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="sampler", daemon=True)
         self.thread.start()
 
-    def _cpu_seconds(self) -> float:
-        with open(f"/proc/{self.op.proc.pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
 
     def _run(self) -> None:
         last_scrape = 0.0
         while not self.stop.wait(self.cpu_every):
             now = time.monotonic()
             with contextlib.suppress(OSError, ValueError, IndexError):
-                self.cpu.append((now, self._cpu_seconds()))
+                self.cpu.append((now, cpu_seconds(self.op.proc.pid)))
             if now - last_scrape >= 1.0:
                 last_scrape = now
                 with contextlib.suppress(Exception):

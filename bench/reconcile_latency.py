@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -38,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    HERE,
     Raw,
     Row,
     Sampler,
@@ -51,7 +48,9 @@ from common import (
     precise_threads,
     private_plane,
     settle,
+    start_floor,
     start_operator,
+    stop_floor,
     stop_operator,
     summary_ms,
     wait_until,
@@ -166,14 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         say("starting the operator and the floor")
         t_op = time.monotonic()
         op = start_operator(who["depgate"].kubeconfig, cl.tmp, "-n", sides["depgate"])
-        floor_log = (cl.tmp / "floor.log").open("wb")
-        floor = subprocess.Popen(
-            [sys.executable, str(HERE / "floor.py"), f"--kubeconfig={who['floor'].kubeconfig}",
-             f"--namespace={sides['floor']}"],
-            stdout=subprocess.PIPE, stderr=floor_log, stdin=subprocess.DEVNULL)
-        assert floor.stdout is not None
-        if floor.stdout.readline().strip() != b"ready":
-            raise SystemExit(f"the floor did not start; see {cl.tmp / 'floor.log'}")
+        floor, floor_log = start_floor(who["floor"].kubeconfig, sides["floor"], cl.tmp)
         created: dict[tuple[str, str], float] = {}
         round_trip: list[float] = []
 
@@ -263,12 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{len(differ)} Deployments differ between depgate and the floor, e.g. {differ[0]}")
         finally:
             stop_operator(op)
-            floor.send_signal(signal.SIGINT)
-            try:
-                floor.wait(10)
-            except subprocess.TimeoutExpired:
-                floor.kill()
-            floor_log.close()
+            stop_floor(floor, floor_log)
             dep_watch.close()
             pol_watch.close()
 

@@ -64,8 +64,7 @@ class Wiring:
     graph_version: int = 0
     _cycles_at: int = -1
     _cycles: dict[Key, str] = field(default_factory=dict)
-    _cycles_pending: bool = False
-    _cycles_task: asyncio.Task[None] | None = None  # a reference, so that the task is not collected
+    _cycles_task: asyncio.Task[None] | None = None  # the recompute under way, if any (also keeps it alive)
 
     def event(self, key: Key) -> asyncio.Event:
         if key not in self.dirty:
@@ -122,15 +121,15 @@ class Wiring:
         self._schedule_cycles()
 
     def _schedule_cycles(self) -> None:
-        if self._cycles_at != self.graph_version and not self._cycles_pending:
-            self._cycles_pending = True
+        running = self._cycles_task is not None and not self._cycles_task.done()
+        if self._cycles_at != self.graph_version and not running:
             self._cycles_task = asyncio.get_running_loop().create_task(self._recompute_cycles())
 
     def cycle_for(self, key: Key) -> str | None:
         """The DependencyCycle message for a policy, as last computed from the graph of all policies.
 
         When the graph changed (changed_graph), a recompute is scheduled (at most one at a time, after
-        CYCLE_DEBOUNCE_SECONDS so that a burst of changes costs one, in a thread: the graph of 1,000
+        OPTIONS.cycle_debounce_seconds so that a burst of changes costs one, in a thread: the graph of 1,000
         policies takes ~20 ms); the policies whose message changed are woken up then. A reconcile
         never waits for it: a burst of N new policies must not cost N graph builds."""
         self._schedule_cycles()
@@ -149,8 +148,6 @@ class Wiring:
                 self.mark(changed)
         except Exception:  # the next change (or reconcile) tries again; a reconcile never fails on it
             log.exception("computing the dependency graph's cycles failed")
-        finally:
-            self._cycles_pending = False
 
 
 def _cycles(policies: list[Mapping[str, Any]], deployment_labels: Mapping[tuple[str, str], Mapping[str, str]],

@@ -323,7 +323,7 @@ class Reconciler:
         """A Role that can read this one policy, bound to the targets' ServiceAccounts, owned by the policy."""
         md = obj["metadata"]
         ns, name = md["namespace"], md["name"]
-        rname = f"{WAIT_ROLE_PREFIX}{name}"[:253]
+        rname = render.wait_role_name(name)
         owner = [{"apiVersion": spec.API_VERSION, "kind": spec.KIND, "name": name, "uid": md.get("uid"),
                   "controller": True, "blockOwnerDeletion": True}]
         rules = [{"apiGroups": ["depgate.io"], "resources": ["dependencypolicies"], "resourceNames": [name],

@@ -12,6 +12,7 @@ use those volumes) are depgate's: they are dropped and rebuilt on every render, 
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -177,7 +178,7 @@ def _waiter(policy: Policy, pre: Precondition, pod: Mapping[str, Any], config: R
         args.append(f"--name={body.name}")
     elif isinstance(body, DownloadTask):
         dest = policy.shared_volume.mount_path.rstrip("/") + "/" + body.path
-        args += [f"--url={body.url}", f"--sha256={body.sha256}", f"--dest={dest}"]
+        args += [f"--url={body.url}", f"--sha256={body.sha256}", f"--dest={dest}", f"--max-bytes={body.max_bytes}"]
         mounts.append(_shared_mount(policy))
     else:  # the api group: judged by the operator, read back from the policy's status
         sub = "verdict"
@@ -457,6 +458,29 @@ def rendered(policy: Policy, deployment: Mapping[str, Any], config: RenderConfig
         for container in _list(pod, "containers"):
             container["volumeMounts"] = [*_list(container, "volumeMounts"), _shared_mount(policy)]
     return out
+
+
+# --- names derived from the policy's name -----------------------------------------------------------
+
+WAIT_ROLE_PREFIX: Final = "depgate-wait-"
+MAX_OBJECT_NAME: Final = 253
+NAME_HASH_LENGTH: Final = 10
+
+
+def derived_name(prefix: str, name: str, limit: int = MAX_OBJECT_NAME) -> str:
+    """`prefix + name` when it fits in `limit` characters; else a truncation of it with '-' and a stable
+    hash of the whole name, so two long names that share a prefix still get two names."""
+    natural = prefix + name
+    if len(natural) <= limit:
+        return natural
+    digest = hashlib.sha256(name.encode()).hexdigest()[:NAME_HASH_LENGTH]
+    head = natural[: limit - NAME_HASH_LENGTH - 1].rstrip(".-")
+    return f"{head}-{digest}"
+
+
+def wait_role_name(policy_name: str) -> str:
+    """The Role and RoleBinding that let the targets' pods read this policy (`depgate wait verdict`)."""
+    return derived_name(WAIT_ROLE_PREFIX, policy_name)
 
 
 # --- template mode ----------------------------------------------------------------------------------

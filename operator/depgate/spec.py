@@ -11,6 +11,7 @@ JSON field names are the camelCase of the dataclass field names (`timeout_second
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,13 @@ MAX_PRECONDITIONS: Final = 32
 MAX_NAME_LENGTH: Final = 52  # "depgate-" + 52 = 60 and "depgate-ca-" + 52 = 63 <= 63 (a DNS label)
 MAX_TIMEOUT_SECONDS: Final = 2**31 - 1
 MAX_PERIOD_SECONDS: Final = 300
+DEFAULT_MAX_BYTES: Final = 100 * 1024 * 1024  # download.maxBytes: 100 MiB
+MAX_MAX_BYTES: Final = 64 * 1024**3
+QUANTITY_MAX_LENGTH: Final = 64
+MAX_KEY_LENGTH: Final = 317
+# Kopf copies the spec into an annotation (json.dumps, compact), and a Kubernetes object's
+# annotations hold 256 KiB together: a larger spec is refused here, so the operator reports it.
+MAX_SPEC_BYTES: Final = 128 * 1024
 
 PLACEMENTS: Final = ("BeforeExisting", "AfterExisting")
 WORKLOAD_KINDS: Final = ("Deployment", "StatefulSet", "DaemonSet")
@@ -38,9 +46,18 @@ DNS_LABEL_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 CONFIG_KEY_RE: Final = re.compile(r"^[-._a-zA-Z0-9]+$")
 SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
-URL_RE: Final = re.compile(r"^https?://[^\s/?#@]+(@[^\s/?#@]+)?([/?#]\S*)?$")
+# Printable ASCII only (no space, no control character, no non-ASCII: the waiter sends the URL as is).
+URL_RE: Final = re.compile(r'^https?://[!"$-.0-9:->A-~]+(@[!"$-.0-9:->A-~]+)?([/?#][!-~]*)?$')
+# A label of the URL's host longer than 63 characters (no resolver takes it): refused.
+URL_LONG_LABEL_RE: Final = re.compile(r"^https?://([^/?#@]*@)?[^/?#@]*[^./?#@:]{64}")
 HEADER_NAME_RE: Final = re.compile(r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$")
-NO_SPACE_RE: Final = re.compile(r"^\S+$")
+HEADER_VALUE_RE: Final = re.compile(r"^[\t -~]*$")  # HTAB and printable ASCII: no NUL, no line break
+# A DNS name (labels of 1-63 letters, digits, '-' or '_', an optional final dot) and a host: the same,
+# or an IP address (IPv6 with ':', '[]', a zone after '%').
+DNS_NAME_RE: Final = re.compile(r"^([-A-Za-z0-9_]{1,63}\.)*[-A-Za-z0-9_]{1,63}\.?$")
+HOST_RE: Final = re.compile(r"^([-A-Za-z0-9_:%\[\]]{1,63}\.)*[-A-Za-z0-9_:%\[\]]{1,63}\.?$")
+IMAGE_RE: Final = re.compile(r"^[!-~]+$")  # printable ASCII, no space
+CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 DOTDOT_RE: Final = re.compile(r"(^|/)\.\.(/|$)")
 QUANTITY_RE: Final = re.compile(
     r"^[+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
@@ -55,6 +72,44 @@ LABEL_KEY_RE: Final = re.compile(
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 LABEL_VALUE_RE: Final = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+# The Kubernetes types the CRD embeds (generated from the API server's OpenAPI by depgate.dev.crdgen):
+# their fields, and how deep their structure goes (tests/unit/test_crd_schema.py checks both against
+# the CRD). Policies that bypassed the schema are held to the same fields and depth here; the API
+# server judges the rest when depgate applies them.
+RESOURCES_FIELDS: Final = ("claims", "limits", "requests")
+SECURITY_CONTEXT_FIELDS: Final = (
+    "allowPrivilegeEscalation",
+    "appArmorProfile",
+    "capabilities",
+    "privileged",
+    "procMount",
+    "readOnlyRootFilesystem",
+    "runAsGroup",
+    "runAsNonRoot",
+    "runAsUser",
+    "seLinuxOptions",
+    "seccompProfile",
+    "windowsOptions",
+)
+ENV_VAR_SOURCE_FIELDS: Final = ("configMapKeyRef", "fieldRef", "fileKeyRef", "resourceFieldRef", "secretKeyRef")
+DEPLOYMENT_SPEC_FIELDS: Final = (
+    "minReadySeconds",
+    "paused",
+    "progressDeadlineSeconds",
+    "replicas",
+    "revisionHistoryLimit",
+    "selector",
+    "strategy",
+    "template",
+)
+TYPE_DEPTHS: Final[Mapping[str, int]] = {
+    "ResourceRequirements": 3,
+    "SecurityContext": 3,
+    "EnvVarSource": 2,
+    "DeploymentSpec": 13,
+}
+"""Levels of objects and arrays, the type's root included, at most (the generated schema's depth)."""
 
 Json: TypeAlias = Any
 """A JSON value kept as given (a container's env entry, resources, securityContext, a DeploymentSpec)."""
@@ -233,6 +288,7 @@ class DownloadTask:
     url: str
     sha256: str
     path: str
+    max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -402,6 +458,14 @@ class _Obj:
             raise SpecError(self.at(key), "required")
         return got
 
+    def typed_obj(self, key: str, fields: Sequence[str], type_name: str) -> Mapping[str, Json] | None:
+        """An object of a Kubernetes type: its own fields only, no deeper than the type goes."""
+        got = self.obj(key, fields)
+        if got is None:
+            return None
+        _check_depth(got.value, got.path, TYPE_DEPTHS[type_name], type_name)
+        return got.value
+
     def free_obj(self, key: str) -> Mapping[str, Json] | None:
         """An object kept as given (resources, securityContext, ...)."""
         if not self.has(key):
@@ -504,6 +568,49 @@ class _Obj:
         return out
 
 
+def _check_depth(value: Json, path: str, limit: int, type_name: str) -> None:
+    """Iteratively (a hostile value may be nested deeper than Python's recursion limit)."""
+    stack: list[tuple[Json, str, int]] = [(value, path, 0)]
+    while stack:
+        node, at, depth = stack.pop()
+        children: list[tuple[Json, str]]
+        if isinstance(node, Mapping):
+            children = [(v, _join(at, str(k))) for k, v in node.items()]
+        elif isinstance(node, list | tuple):
+            children = [(v, f"{at}[{i}]") for i, v in enumerate(node)]
+        else:
+            continue
+        if depth + 1 >= limit and children and any(isinstance(v, Mapping | list | tuple) for v, _ in children):
+            raise SpecError(at, f"nested deeper than a {type_name} can be ({limit} levels)")
+        stack.extend((v, p, depth + 1) for v, p in children)
+
+
+def _check_quantities(resources: Mapping[str, Json] | None, path: str) -> None:
+    for key in ("limits", "requests"):
+        values = (resources or {}).get(key)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise SpecError(f"{path}.{key}", f"must be an object, not {_type_name(values)}")
+        for name, q in values.items():
+            at = f"{path}.{key}.{name}"
+            if len(str(name)) > MAX_KEY_LENGTH:
+                raise SpecError(f"{path}.{key}", f"keys must be at most {MAX_KEY_LENGTH} characters")
+            if (
+                isinstance(q, bool)
+                or not isinstance(q, str | int)
+                or len(str(q)) > QUANTITY_MAX_LENGTH
+                or not QUANTITY_RE.fullmatch(str(q))
+            ):
+                raise SpecError(at, f"must be a quantity such as 64Mi or 250m (got {q!r})")
+
+
+def _resources(o: _Obj) -> Mapping[str, Json] | None:
+    got = o.typed_obj("resources", RESOURCES_FIELDS, "ResourceRequirements")
+    _check_quantities(got, o.at("resources"))
+    return got
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -535,7 +642,7 @@ def _check_int(value: object, path: str, minimum: int, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(path, f"must be an integer, not {_type_name(value)}")
     if not minimum <= value <= maximum:
-        if maximum >= MAX_TIMEOUT_SECONDS:
+        if maximum >= MAX_TIMEOUT_SECONDS and value < minimum:
             raise SpecError(path, f"must be at least {minimum} (got {value})")
         raise SpecError(path, f"must be between {minimum} and {maximum} (got {value})")
     return value
@@ -545,9 +652,17 @@ _DNS_LABEL_MSG = "must be a DNS label: lowercase letters, digits and '-', starti
 _DNS_SUBDOMAIN_MSG = (
     "must be a DNS subdomain: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
 )
-_URL_MSG = "must be an http:// or https:// URL with a host"
+_URL_MSG = (
+    "must be an http:// or https:// URL with a host, in printable ASCII without spaces "
+    "(percent-encode anything else)"
+)
+_URL_LABEL_MSG = "must not have a host label longer than 63 characters"
 _PORT = {"minimum": 1, "maximum": 65535}
-_HOST_MSG = "must be a host name or IP address without spaces"
+_HOST_MSG = (
+    "must be a host name or IP address: ASCII letters, digits, '-', '_', ':', '%', '[', ']', "
+    "labels of 1-63 characters separated by '.'"
+)
+_DNS_NAME_MSG = "must be a DNS name: ASCII letters, digits, '-' or '_', labels of 1-63 characters separated by '.'"
 
 
 def _name(o: _Obj, key: str = "name") -> str:
@@ -574,16 +689,23 @@ def _keys(o: _Obj) -> tuple[str, ...]:
     )
 
 
+def _url(o: _Obj) -> str:
+    url = o.req_str("url", pattern=URL_RE, pattern_message=_URL_MSG, max_length=2048)
+    if URL_LONG_LABEL_RE.search(url):
+        raise SpecError(o.at("url"), f"{_URL_LABEL_MSG} (got {url!r})")
+    return url
+
+
 def _parse_tcp(o: _Obj) -> TCPCheck:
     return TCPCheck(
-        host=o.req_str("host", pattern=NO_SPACE_RE, pattern_message=_HOST_MSG),
+        host=o.req_str("host", pattern=HOST_RE, pattern_message=_HOST_MSG),
         port=o.req_int("port", **_PORT),
     )
 
 
 def _parse_redis(o: _Obj) -> RedisCheck:
     return RedisCheck(
-        host=o.req_str("host", pattern=NO_SPACE_RE, pattern_message=_HOST_MSG),
+        host=o.req_str("host", pattern=HOST_RE, pattern_message=_HOST_MSG),
         port=o.opt_int("port", default=6379, **_PORT) or 6379,
         password_secret_ref=_key_ref(o.obj("passwordSecretRef", ("name", "key"))),
         tls=o.flag("tls"),
@@ -591,7 +713,7 @@ def _parse_redis(o: _Obj) -> RedisCheck:
 
 
 def _parse_http(o: _Obj) -> HTTPCheck:
-    url = o.req_str("url", pattern=URL_RE, pattern_message=_URL_MSG, max_length=2048)
+    url = _url(o)
     codes = o.array("expectStatus", min_items=1, max_items=32)
     expect: list[int] = []
     for i, code in enumerate(codes or [200]):
@@ -632,13 +754,16 @@ def _header_value(h: _Obj) -> str:
         raise SpecError(path, f"must be a string, not {_type_name(value)}")
     if len(value) > 4096:
         raise SpecError(path, f"must be at most 4096 characters (got {len(value)})")
-    if "\r" in value or "\n" in value:
-        raise SpecError(path, "must not contain line breaks")
+    if not HEADER_VALUE_RE.fullmatch(value):
+        raise SpecError(path, f"{_HEADER_VALUE_MSG} (got {value!r})")
     return value
 
 
+_HEADER_VALUE_MSG = "must be printable ASCII or tabs: no line break, NUL or other control character"
+
+
 def _parse_dns(o: _Obj) -> DNSCheck:
-    return DNSCheck(name=o.req_str("name", pattern=NO_SPACE_RE, pattern_message="must be a DNS name without spaces"))
+    return DNSCheck(name=o.req_str("name", pattern=DNS_NAME_RE, pattern_message=_DNS_NAME_MSG))
 
 
 def _parse_service(o: _Obj) -> ServiceCheck:
@@ -686,14 +811,17 @@ def _parse_resource(o: _Obj) -> ResourceCheck:
 
 
 def _parse_download(o: _Obj) -> DownloadTask:
-    url = o.req_str("url", pattern=URL_RE, pattern_message=_URL_MSG, max_length=2048)
+    url = _url(o)
     sha = o.req_str(
         "sha256", pattern=SHA256_RE, pattern_message="must be 64 lowercase hexadecimal digits", max_length=64
     )
     path = o.req_str("path", max_length=1024)
     if path.startswith("/") or DOTDOT_RE.search(path):
         raise SpecError(o.at("path"), f"must be a relative path inside the shared volume, without '..' (got {path!r})")
-    return DownloadTask(url=url, sha256=sha, path=path)
+    if CONTROL_RE.search(path):
+        raise SpecError(o.at("path"), f"must not contain control characters (got {path!r})")
+    max_bytes = o.opt_int("maxBytes", default=DEFAULT_MAX_BYTES, minimum=1, maximum=MAX_MAX_BYTES)
+    return DownloadTask(url=url, sha256=sha, path=path, max_bytes=max_bytes or DEFAULT_MAX_BYTES)
 
 
 _COMMAND_FIELDS = (
@@ -715,8 +843,8 @@ def _parse_command(o: _Obj) -> CommandTask:
             raise SpecError(o.at(key), FORBIDDEN_COMMAND_MESSAGE)
     image = o.opt_str(
         "image",
-        pattern=NO_SPACE_RE,
-        pattern_message="must be an image reference without spaces",
+        pattern=IMAGE_RE,
+        pattern_message="must be an image reference in printable ASCII without spaces",
         max_length=1024,
     )
     source = o.opt_str("fromContainer", pattern=DNS_LABEL_RE, pattern_message=_DNS_LABEL_MSG, max_length=63)
@@ -741,7 +869,7 @@ def _parse_command(o: _Obj) -> CommandTask:
             raise SpecError(e.at("name"), f"duplicate name {env_name!r}")
         if e.has("value") and not isinstance(e.raw("value"), str):
             raise SpecError(e.at("value"), f"must be a string, not {_type_name(e.raw('value'))}")
-        e.free_obj("valueFrom")
+        e.typed_obj("valueFrom", ENV_VAR_SOURCE_FIELDS, "EnvVarSource")
         env.append(dict(item))
     return CommandTask(
         image=image,
@@ -750,8 +878,8 @@ def _parse_command(o: _Obj) -> CommandTask:
         args=args,
         env=tuple(env),
         working_dir=o.opt_str("workingDir", max_length=4096),
-        resources=o.free_obj("resources"),
-        security_context=o.free_obj("securityContext"),
+        resources=_resources(o),
+        security_context=o.typed_obj("securityContext", SECURITY_CONTEXT_FIELDS, "SecurityContext"),
     )
 
 
@@ -766,7 +894,7 @@ _PARSERS: Final[Mapping[str, Any]] = {
     "configMap": (("name", "keys"), _parse_config_map),
     "workload": (("kind", "name", "minAvailable"), _parse_workload),
     "resource": (("apiVersion", "kind", "name", "condition", "status"), _parse_resource),
-    "download": (("url", "sha256", "path"), _parse_download),
+    "download": (("url", "sha256", "path", "maxBytes"), _parse_download),
     "command": (_COMMAND_FIELDS, _parse_command),
 }
 
@@ -845,7 +973,7 @@ def _parse_template(o: _Obj) -> Template:
         for k, v in labels.items():
             _check_label(meta.at("labels"), k, v)
         annotations = meta.str_map("annotations", max_properties=256)
-    spec = o.free_obj("spec")
+    spec = o.typed_obj("spec", DEPLOYMENT_SPEC_FIELDS, "DeploymentSpec")
     if spec is None:
         raise SpecError(o.at("spec"), "required")
     return Template(metadata=TemplateMetadata(name=name, labels=labels, annotations=annotations), spec=spec)
@@ -906,8 +1034,8 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
         defaults = Defaults(
             timeout_seconds=d.opt_int("timeoutSeconds", default=0, minimum=0, maximum=MAX_TIMEOUT_SECONDS) or 0,
             period_seconds=d.opt_int("periodSeconds", default=1, minimum=1, maximum=MAX_PERIOD_SECONDS) or 1,
-            resources=d.free_obj("resources"),
-            security_context=d.free_obj("securityContext"),
+            resources=_resources(d),
+            security_context=d.typed_obj("securityContext", SECURITY_CONTEXT_FIELDS, "SecurityContext"),
         )
 
     sv = spec.obj("sharedVolume", ("mountPath", "sizeLimit"))
@@ -935,6 +1063,14 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
             raise SpecError(f"{path}.name", f"duplicate name {pre.name!r} (also spec.preconditions[{seen[pre.name]}])")
         seen[pre.name] = i
         preconditions.append(pre)
+
+    size = len(json.dumps(obj.get("spec"), separators=(",", ":")))
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(
+            "spec",
+            f"is {size} bytes as JSON, more than {MAX_SPEC_BYTES} (depgate's bookkeeping keeps a copy of "
+            "the spec in an annotation, and annotations hold 256 KiB in all)",
+        )
 
     return Policy(
         name=name,

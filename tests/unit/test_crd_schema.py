@@ -16,9 +16,16 @@ import pytest
 import yaml
 
 from depgate import spec as S
+from depgate.dev import crdgen
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "dependencypolicies.depgate.io.yaml"
+# The OpenAPI the generated parts came from, as the Kubernetes module ships it (the plane compiles
+# from that module; tests/integration/test_hostile_schema.py compares with what the server serves).
+KUBE_OPENAPI = Path.home() / "go/pkg/mod/k8s.io/kubernetes@v1.34.4/api/openapi-spec/v3/apis__apps__v1_openapi.json"
+GENERATED = {".spec.template.spec", ".spec.defaults.resources", ".spec.defaults.securityContext",
+             ".spec.preconditions[].command.resources", ".spec.preconditions[].command.securityContext",
+             ".spec.preconditions[].command.env[].valueFrom"}
 
 
 @pytest.fixture(scope="module")
@@ -95,18 +102,14 @@ def test_structural(schema: dict[str, Any]) -> None:
         if node["type"] == "array":
             assert "items" in node, path
         if node.get("x-kubernetes-list-type") == "map":
-            for key in node["x-kubernetes-list-map-keys"]:
-                assert key in node["items"].get("required", []), path
+            for key in node["x-kubernetes-list-map-keys"]:  # required, or defaulted (ports: protocol TCP)
+                item = node["items"]
+                assert key in item.get("required", []) or "default" in item["properties"][key], path
         if node.get("x-kubernetes-preserve-unknown-fields"):
             assert node["type"] == "object" and "properties" not in node, path
             free.add(path)
+    # Free-form only where any value is refused by a CEL rule (init containers take no probes).
     assert free == {
-        ".spec.template.spec",
-        ".spec.defaults.resources",
-        ".spec.defaults.securityContext",
-        ".spec.preconditions[].command.env[].valueFrom",
-        ".spec.preconditions[].command.resources",
-        ".spec.preconditions[].command.securityContext",
         ".spec.preconditions[].command.readinessProbe",
         ".spec.preconditions[].command.livenessProbe",
         ".spec.preconditions[].command.startupProbe",
@@ -115,7 +118,13 @@ def test_structural(schema: dict[str, Any]) -> None:
 
 
 def test_every_field_is_described(schema: dict[str, Any]) -> None:
-    missing = [p for p, node in walk(schema) if p != ".metadata" and not node.get("description", "").strip()]
+    missing = [
+        p
+        for p, node in walk(schema)
+        if p != ".metadata"
+        and not any(p.startswith(g) and p != g for g in GENERATED)  # `kubectl explain deployment` has those
+        and not node.get("description", "").strip()
+    ]
     assert missing == []
 
 
@@ -139,12 +148,14 @@ def test_every_cel_rule_has_a_message_and_bounded_inputs(schema: dict[str, Any])
     assert rules >= 15
     # The cost estimator needs bounds on everything CEL can see: every string, list and map of the spec.
     for path, node in walk(schema["properties"]["spec"], ".spec"):
-        if node.get("type") == "string":
-            assert "maxLength" in node or "enum" in node or path.endswith("env[].value"), path
+        if node.get("type") == "string" or node.get("x-kubernetes-int-or-string"):
+            assert "maxLength" in node or "enum" in node, path
         if node.get("type") == "array":
             assert "maxItems" in node, path
         if node.get("type") == "object" and "additionalProperties" in node:
             assert "maxProperties" in node, path
+            rules = [r["rule"] for r in node.get("x-kubernetes-validations", [])]
+            assert f"self.all(k, size(k) <= {S.MAX_KEY_LENGTH})" in rules, path  # map keys have no maxLength
 
 
 def test_cel_messages_name_their_field(schema: dict[str, Any]) -> None:
@@ -281,13 +292,23 @@ def test_enums_and_patterns_agree(schema: dict[str, Any]) -> None:
     expr = schema["properties"]["spec"]["properties"]["selector"]["properties"]["matchExpressions"]["items"]
     assert props(expr)["operator"]["enum"] == list(S.SELECTOR_OPERATORS)
     cel = " ".join(r["rule"] for _, node in walk(schema) for r in node.get("x-kubernetes-validations", []))
-    for pattern in (S.URL_RE, S.SHA256_RE, S.DOTDOT_RE, S.DNS_LABEL_RE):
-        assert pattern.pattern in cel
+    for pattern in (
+        S.URL_RE,
+        S.URL_LONG_LABEL_RE,
+        S.SHA256_RE,
+        S.DOTDOT_RE,
+        S.DNS_LABEL_RE,
+        S.HOST_RE,
+        S.DNS_NAME_RE,
+        S.HEADER_VALUE_RE,
+        S.CONTROL_RE,
+    ):
+        assert f"r'{pattern.pattern}'" in cel, pattern.pattern
     patterns = {node["pattern"] for _, node in walk(schema) if "pattern" in node}
     for pattern in (
         S.DNS_SUBDOMAIN_RE,
         S.CONFIG_KEY_RE,
-        S.NO_SPACE_RE,
+        S.IMAGE_RE,
         S.QUANTITY_RE,
         S.API_VERSION_RE,
         S.KIND_RE,
@@ -301,6 +322,7 @@ def test_enums_and_patterns_agree(schema: dict[str, Any]) -> None:
         "redis.port": (1, 65535),
         "timeoutSeconds": (0, S.MAX_TIMEOUT_SECONDS),
         "periodSeconds": (1, S.MAX_PERIOD_SECONDS),
+        "download.maxBytes": (1, S.MAX_MAX_BYTES),
     }
     for dotted, (lo, hi) in ranges.items():
         node: dict[str, Any] = {"properties": item}
@@ -404,3 +426,124 @@ def test_the_offline_validator_sees_schema_errors(schema: dict[str, Any], body: 
         assert errors == []
     else:
         assert any(e.endswith(error) for e in errors), errors
+
+
+# --- the Kubernetes-typed fields: the real structure, bounded -----------------------------------------
+
+
+def node_at(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    node = schema
+    for part in path.strip(".").replace("[]", ".[]").split("."):
+        node = node["items"] if part == "[]" else node["properties"][part]
+    return node
+
+
+def depth(node: dict[str, Any]) -> int:
+    children = [*props(node).values(), *([node["items"]] if "items" in node else [])]
+    if isinstance(node.get("additionalProperties"), dict):
+        children.append(node["additionalProperties"])
+    return 1 + max((depth(c) for c in children), default=-1)
+
+
+def test_kubernetes_typed_fields_have_their_structure_and_spec_py_knows_it(schema: dict[str, Any]) -> None:
+    """spec.py holds policies that bypassed the schema to the same fields and the same depth."""
+    types = {
+        ".spec.template.spec": ("DeploymentSpec", S.DEPLOYMENT_SPEC_FIELDS),
+        ".spec.defaults.resources": ("ResourceRequirements", S.RESOURCES_FIELDS),
+        ".spec.defaults.securityContext": ("SecurityContext", S.SECURITY_CONTEXT_FIELDS),
+        ".spec.preconditions[].command.resources": ("ResourceRequirements", S.RESOURCES_FIELDS),
+        ".spec.preconditions[].command.securityContext": ("SecurityContext", S.SECURITY_CONTEXT_FIELDS),
+        ".spec.preconditions[].command.env[].valueFrom": ("EnvVarSource", S.ENV_VAR_SOURCE_FIELDS),
+    }
+    assert set(types) == GENERATED
+    for path, (type_name, fields) in types.items():
+        node = node_at(schema, path)
+        assert "x-kubernetes-preserve-unknown-fields" not in node, path
+        assert sorted(props(node)) == sorted(fields), path
+        assert depth(node) == S.TYPE_DEPTHS[type_name], path
+    limits = node_at(schema, ".spec.defaults.resources.limits")["additionalProperties"]
+    assert limits["x-kubernetes-int-or-string"] and limits["pattern"] == S.QUANTITY_RE.pattern
+    assert limits["maxLength"] == S.QUANTITY_MAX_LENGTH
+    pod = node_at(schema, ".spec.template.spec.template.spec")
+    assert {"containers", "initContainers", "volumes", "securityContext"} <= set(props(pod))
+    assert props(node_at(schema, ".spec.template.spec.template.metadata")) .keys() == {"labels", "annotations"}
+
+
+@pytest.mark.skipif(not KUBE_OPENAPI.exists(), reason=f"{KUBE_OPENAPI} is not in the Go module cache")
+def test_generated_fields_are_what_crdgen_makes_of_the_kubernetes_openapi() -> None:
+    """`python -m depgate.dev.crdgen` reproduces the committed CRD byte for byte."""
+    import json
+
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    regenerated = crdgen.place(crd, crdgen.generated_types(json.loads(KUBE_OPENAPI.read_text())))
+    assert crdgen.dump(regenerated) == CRD_PATH.read_text()
+
+
+# --- the worst case: the largest spec the API server would accept ---------------------------------------
+
+MAX_ANNOTATIONS = 256 * 1024  # metadata.annotations, all together (Kopf copies the spec into one)
+
+
+def char_bytes(node: dict[str, Any]) -> int:
+    """Bytes a character costs in Kopf's encoding (json.dumps, ensure_ascii): printable ASCII (our
+    patterns and CEL rules) at most 2 ('"' and '\\\\' are escaped), anything else up to 12 (an astral
+    character, as a surrogate pair \\\\uXXXX\\\\uXXXX; maxLength counts characters, not bytes)."""
+    return 2 if "pattern" in node or node.get("x-kubernetes-validations") else 12
+
+
+def worst(node: dict[str, Any], path: str = "") -> int:
+    """The longest compact JSON of any value the node accepts. Exactly-one-of rules (targets, types)
+    count the largest alternative only; probes and lifecycle (refused whenever present) count 0."""
+    if node.get("x-kubernetes-int-or-string"):
+        return 2 + node["maxLength"] * char_bytes(node)
+    if "enum" in node:
+        return max(len(json_dumps(v)) for v in node["enum"])
+    kind = node.get("type")
+    if kind == "string":
+        return 2 + node["maxLength"] * char_bytes(node)
+    if kind == "integer":
+        return 20
+    if kind == "boolean":
+        return 5
+    if kind == "array":
+        n = node["maxItems"]
+        return 2 + n * (worst(node["items"], path + "[]") + 1)
+    assert kind == "object", path
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        return 0
+    if "additionalProperties" in node:
+        n = node["maxProperties"]
+        return 2 + n * (2 + S.MAX_KEY_LENGTH * 12 + 2 + worst(node["additionalProperties"], path + "{}"))
+    sizes = {k: len(k) + 4 + worst(v, f"{path}.{k}") for k, v in props(node).items()}
+    for group in EXACTLY_ONE.get(path, ()):
+        present = [k for k in group if k in sizes]
+        largest = max(sizes[k] for k in present)
+        for k in present:
+            sizes[k] = 0
+        sizes[present[0]] = largest
+    return 2 + sum(sizes.values())
+
+
+EXACTLY_ONE = {
+    ".spec": [("workloadRef", "selector", "template")],
+    ".spec.preconditions[]": [S.TYPES],
+}
+
+
+def json_dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"))
+
+
+def test_worst_case_sizes(schema: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """Every accepted spec is finite; the figures (printed) say how large it can get."""
+    spec = schema["properties"]["spec"]
+    whole = worst(spec, ".spec")
+    untemplated = dict(spec, properties={k: v for k, v in props(spec).items() if k != "template"})
+    without_template = worst(untemplated, ".spec")
+    per_type = {t: worst(props(spec)["preconditions"]["items"]["properties"][t]) for t in S.TYPES}
+    with capsys.disabled():
+        print(f"\nworst-case spec: {whole:,} bytes; without spec.template: {without_template:,} bytes; "
+              f"per precondition type: {per_type}")
+    assert 0 < without_template < whole < 10**12

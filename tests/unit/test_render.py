@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from depgate import render_cli
+from depgate import spec as S
 from depgate.render import (
     ANNOTATION,
     RenderConfig,
@@ -243,7 +244,7 @@ def test_download_mounts_the_shared_volume_everywhere_it_should() -> None:
     out = rendered(policy, dep, CONFIG)
     pod = out["spec"]["template"]["spec"]
     model, unpack = pod["initContainers"]
-    assert model["args"][-1] == "--dest=/models/resnet50/model.onnx"
+    assert model["args"][-2:] == ["--dest=/models/resnet50/model.onnx", "--max-bytes=268435456"]
     shared = {"name": "depgate-shared", "mountPath": "/models"}
     assert model["volumeMounts"] == [shared] and unpack["volumeMounts"] == [shared]
     assert [c["volumeMounts"][-1] for c in pod["containers"]] == [shared, shared]
@@ -252,6 +253,39 @@ def test_download_mounts_the_shared_volume_everywhere_it_should() -> None:
         {"name": "cache", "emptyDir": {}},
         {"name": "depgate-shared", "emptyDir": {"sizeLimit": "2Gi"}},
     ]
+
+
+def test_download_max_bytes_defaults_to_100_mib() -> None:
+    doc = yaml.safe_load((GOLDEN / "download-shared-volume" / "policy.yaml").read_text())
+    del doc["spec"]["preconditions"][0]["download"]["maxBytes"]
+    (model, _) = init_containers(parse_policy(doc), golden_deployment("download-shared-volume"), CONFIG)
+    assert model["args"][-1] == "--max-bytes=104857600"
+
+
+def test_wait_role_names_are_unique_for_any_valid_policy_name() -> None:
+    from depgate.render import WAIT_ROLE_PREFIX, wait_role_name
+
+    assert wait_role_name("app") == "depgate-wait-app"
+    fits = "a" * (253 - len(WAIT_ROLE_PREFIX))
+    assert wait_role_name(fits) == WAIT_ROLE_PREFIX + fits  # exactly 253: unchanged
+    # Two names of 240+ characters sharing their first 240: each its own Role, stable, at most 253.
+    one, two = "x" * 240 + ".one", "x" * 240 + ".two"
+    assert wait_role_name(one) != wait_role_name(two)
+    assert wait_role_name(one) == wait_role_name(one)
+    for name in (one, two, "a" * 253, "a" * 239 + "-" + "b" * 13, "a." * 126 + "a"):
+        role = wait_role_name(name)
+        assert len(role) <= 253 and role.startswith(WAIT_ROLE_PREFIX), role
+        assert S.DNS_SUBDOMAIN_RE.fullmatch(role), role  # still a valid object name
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,251}[a-z0-9])?\Z"), min_size=2, max_size=2, unique=True))
+def test_wait_role_names_never_collide(names: list[str]) -> None:
+    from depgate.render import wait_role_name
+
+    a, b = names
+    assert wait_role_name(a) != wait_role_name(b)
+    assert S.DNS_SUBDOMAIN_RE.fullmatch(wait_role_name(a)) and len(wait_role_name(a)) <= 253
 
 
 # --- the apply body -----------------------------------------------------------------------------------

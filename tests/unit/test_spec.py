@@ -260,8 +260,56 @@ def pre(body: dict[str, Any], name: str = "p", **extra: Any) -> dict[str, Any]:
     return policy({"name": name, **body, **extra})
 
 
+def deep(levels: int) -> dict[str, Any]:
+    """JSON nested `levels` objects deep, built without recursion."""
+    node: dict[str, Any] = {}
+    for _ in range(levels):
+        node = {"a": node}
+    return node
+
+
 ERRORS: list[tuple[str, dict[str, Any], str, str]] = [
     # (case id, policy, field path, part of the message)
+    # values the waiter cannot use (issue 12): refused with the field's path, as the CRD does
+    ("url-non-ascii", pre({"http": {"url": "http://exämple.com/"}}), "spec.preconditions[0].http.url", "ASCII"),
+    ("url-control", pre({"http": {"url": "http://a/\x07b"}}), "spec.preconditions[0].http.url", "ASCII"),
+    ("url-space", pre({"download": {"url": "http://a/b c", "sha256": "a" * 64, "path": "f"}}),
+     "spec.preconditions[0].download.url", "without spaces"),
+    ("url-long-label", pre({"http": {"url": f"http://{'a' * 64}.com/"}}), "spec.preconditions[0].http.url",
+     "longer than 63"),
+    ("dns-long-label", pre({"dns": {"name": "a" * 64 + ".com"}}), "spec.preconditions[0].dns.name", "1-63"),
+    ("dns-unicode", pre({"dns": {"name": "bücher.de"}}), "spec.preconditions[0].dns.name", "DNS name"),
+    ("tcp-nul", pre({"tcp": {"host": "db\x00", "port": 1}}), "spec.preconditions[0].tcp.host", "host name"),
+    ("redis-long-label", pre({"redis": {"host": "b" * 64}}), "spec.preconditions[0].redis.host", "1-63"),
+    ("header-nul", pre({"http": {"url": "http://a", "headers": [{"name": "X", "value": "a\x00"}]}}),
+     "spec.preconditions[0].http.headers[0].value", "NUL"),
+    ("header-unicode", pre({"http": {"url": "http://a", "headers": [{"name": "X", "value": "é"}]}}),
+     "spec.preconditions[0].http.headers[0].value", "ASCII"),
+    ("header-name-nul", pre({"http": {"url": "http://a", "headers": [{"name": "X\x00", "value": "1"}]}}),
+     "spec.preconditions[0].http.headers[0].name", "token"),
+    ("download-path-nul", pre({"download": {"url": "http://a/b", "sha256": "a" * 64, "path": "f\x00"}}),
+     "spec.preconditions[0].download.path", "control"),
+    ("max-bytes-zero", pre({"download": {"url": "http://a/b", "sha256": "a" * 64, "path": "f", "maxBytes": 0}}),
+     "spec.preconditions[0].download.maxBytes", "at least 1"),
+    ("max-bytes-huge", pre({"download": {"url": "http://a/b", "sha256": "a" * 64, "path": "f",
+                                         "maxBytes": 2**36 + 1}}),
+     "spec.preconditions[0].download.maxBytes", "between 1 and 68719476736"),
+    # Kubernetes-typed fields: their own fields, no deeper than the type, quantities
+    ("resources-bad-quantity", policy({"name": "p", "dns": {"name": "x"}}, defaults={"resources": {
+        "limits": {"memory": "lots"}}}), "spec.defaults.resources.limits.memory", "quantity"),
+    ("resources-unknown", policy({"name": "p", "dns": {"name": "x"}}, defaults={"resources": {"x": 1}}),
+     "spec.defaults.resources.x", "unknown field"),
+    ("security-context-unknown", pre({"command": {"image": "b", "command": ["x"], "securityContext": {
+        "bogus": True}}}), "spec.preconditions[0].command.securityContext.bogus", "unknown field"),
+    ("security-context-deep", pre({"command": {"image": "b", "command": ["x"], "securityContext": {
+        "capabilities": {"add": [{"a": [[1]]}]}}}}), "spec.preconditions[0].command.securityContext.capabilities.add",
+     "nested deeper"),
+    ("value-from-unknown", pre({"command": {"image": "b", "command": ["x"], "env": [{"name": "A", "valueFrom": {
+        "bogus": {}}}]}}), "spec.preconditions[0].command.env[0].valueFrom.bogus", "unknown field"),
+    ("template-deep", policy({"name": "p", "dns": {"name": "x"}}, workloadRef=None, template={
+        "spec": {"template": deep(2000)}}), "spec.template.spec.template" + ".a" * 11, "nested deeper"),
+    ("spec-too-large", policy({"name": "p", "command": {"image": "b", "args": ["x" * 8192] * 20}}),
+     "spec", "more than 131072"),
     ("not-object", [], "", "must be an object"),  # type: ignore[list-item]
     ("api-version", {**policy(), "apiVersion": "v1"}, "apiVersion", "depgate.io/v1alpha1"),
     ("kind", {**policy(), "kind": "Deployment"}, "kind", "DependencyPolicy"),
@@ -435,7 +483,7 @@ ERRORS: list[tuple[str, dict[str, Any], str, str]] = [
         "tcp-host-space",
         pre({"tcp": {"host": "a b", "port": 1}}),
         "spec.preconditions[0].tcp.host",
-        "without spaces",
+        "must be a host name or IP address",
     ),
     ("tcp-not-object", pre({"tcp": "db:5432"}), "spec.preconditions[0].tcp", "must be an object"),
     (
@@ -494,7 +542,7 @@ ERRORS: list[tuple[str, dict[str, Any], str, str]] = [
         "http-header-crlf",
         pre({"http": {"url": "http://a", "headers": [{"name": "X", "value": "1\r\nY: 2"}]}}),
         "spec.preconditions[0].http.headers[0].value",
-        "line breaks",
+        "no line break",
     ),
     (
         "http-ca-name",

@@ -94,10 +94,133 @@ class Waiter:
     def termination(self) -> str:
         return self.termlog.read_text(encoding="utf-8") if self.termlog.exists() else ""
 
+    def sample(self) -> tuple[int, int, int] | None:
+        """The waiter's threads, open file descriptors and peak RSS so far (VmHWM, KiB), from /proc;
+        None once it has exited. (Not wait4's ru_maxrss: Linux carries the forking parent's peak,
+        pytest's, over into the child's.)"""
+        try:
+            with open(f"/proc/{self.proc.pid}/status", encoding="ascii") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            fds = len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+            return int(fields["Threads"]), fds, int(fields["VmHWM"].split()[0])
+        except (OSError, KeyError, ValueError):
+            return None
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def fsize_limit(max_bytes: int) -> list[str]:
+    """A command prefix: exec the rest with RLIMIT_FSIZE = `max_bytes` (same pid, so /proc and wait4
+    see the waiter). Python ignores SIGXFSZ, so a write past the limit fails with EFBIG."""
+    code = (
+        "import os, resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_bytes}, {max_bytes}))\n"
+        "os.execv(sys.argv[1], sys.argv[1:])\n"
+    )
+    return [PYTHON, "-c", code]
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that hands each connection to `serve(conn, stop)` in a thread of its own.
+
+    Counts connections: accepted, how many are open at once (the peak), and how long each stayed open.
+    At most `max_connections` are accepted (the rest are closed at once); close() stops them all.
+    """
+
+    def __init__(self, serve: Callable[[socket.socket, threading.Event], None], max_connections: int = 200):
+        self.serve = serve
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.accepted = 0
+        self.open = 0
+        self.peak = 0
+        self.lifetimes: list[float] = []
+        self.max_connections = max_connections
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = int(self.listener.getsockname()[1])
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                if self.accepted >= self.max_connections:
+                    conn.close()
+                    continue
+                self.accepted += 1
+                self.open += 1
+                self.peak = max(self.peak, self.open)
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        opened = time.monotonic()
+        try:
+            self.serve(conn, self.stop)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            with self.lock:
+                self.open -= 1
+                self.lifetimes.append(time.monotonic() - opened)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        self.thread.join(5)
+
+
+def peer_closed(conn: socket.socket, wait: float) -> bool:
+    """Wait up to `wait` seconds for the peer: True once it has closed (what it sends is dropped)."""
+    import select
+
+    readable, _, _ = select.select([conn], [], [], wait)
+    if not readable:
+        return False
+    try:
+        return conn.recv(65536) == b""
+    except OSError:
+        return True
+
+
+def trickle(prefix: bytes, interval: float) -> Callable[[socket.socket, threading.Event], None]:
+    """A server that answers `prefix`, then one byte every `interval` seconds, never completing."""
+
+    def serve(conn: socket.socket, stop: threading.Event) -> None:
+        if peer_closed(conn, 2.0):  # the request (or nothing): the answer starts either way
+            return
+        conn.sendall(prefix)
+        while not stop.is_set() and not peer_closed(conn, interval):
+            conn.sendall(b"a")
+
+    return serve
+
+
+def flood(prefix: bytes, piece: bytes, limit: int = 1 << 30) -> Callable[[socket.socket, threading.Event], None]:
+    """A server that answers `prefix`, then `piece` over and over (at most `limit` bytes) until the peer
+    closes: an endless reply, header or body."""
+
+    def serve(conn: socket.socket, stop: threading.Event) -> None:
+        if peer_closed(conn, 2.0):
+            return
+        conn.settimeout(10)
+        conn.sendall(prefix)
+        sent = len(prefix)
+        while not stop.is_set() and sent < limit:
+            conn.sendall(piece)
+            sent += len(piece)
+
+    return serve
 
 
 Answer = tuple[int, Mapping[str, str], bytes]

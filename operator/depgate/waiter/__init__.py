@@ -7,8 +7,9 @@ Standard library only, and lean imports at module level: it starts in every pod.
   reasons.py  the reason classes, Result, exception -> Result classification (pure)
   backoff.py  exponential backoff with jitter, capped at --period (pure)
   statelog.py one stderr line per change of state; termination-log messages (pure formatting)
-  loop.py     retry loop: per-attempt timeout in a worker thread, overall --timeout
+  loop.py     retry loop: per-attempt deadline (worker thread, at most 2 alive), overall --timeout
   resp.py     RESP encoding/parsing and Redis reply classification (pure)
+  netio.py    bounded I/O: every socket call armed with what is left of the attempt; sized reads
   checks.py   tcp, redis, http, dns, download (I/O; ssl/http.client/hashlib imported lazily)
   verdict.py  GET + WATCH of the DependencyPolicy until the precondition is Satisfied
 """

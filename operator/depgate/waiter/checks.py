@@ -4,6 +4,11 @@ Each check is built once from its config (loading CA files and reading secrets f
 environment, so bad configuration fails fast with ConfigError), then `attempt()` is called until
 it returns Ready. `attempt` raises on failure; loop.run classifies the exception.
 ssl, http.client, hashlib and urllib are imported by the checks that use them, not at start-up.
+
+Every socket call is armed with what is left of the attempt and every read is bounded in size
+(netio.py): a Redis reply at most MAX_REPLY bytes, an HTTP status line and headers at most
+netio.MAX_HEAD, a download body at most --max-bytes. Beyond a bound the attempt fails with
+ResponseTooLarge / TooLarge, naming it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from depgate.waiter.config import (
     TypeConfig,
     VerdictConfig,
 )
+from depgate.waiter.netio import MAX_HEAD, Head, Stream, body, connect, content_length, read_head
 from depgate.waiter.reasons import Failed, Result, clean
 from depgate.waiter.resp import ProtocolError, Reply, encode_command, judge_auth, judge_ping, parse_reply
 
@@ -36,6 +42,7 @@ if TYPE_CHECKING:
 USER_AGENT = "depgate-wait/0.1"
 MAX_REDIRECTS = 5
 CHUNK = 1 << 16
+MAX_REPLY = 1 << 16  # one Redis reply (PONG, OK or an error line need a few bytes)
 
 
 def hostport(host: str, port: int) -> str:
@@ -87,11 +94,12 @@ class TcpCheck(_Base):
         self.target = hostport(cfg.host, cfg.port)
 
     def attempt(self, ctx: Attempt) -> Result:
-        socket.create_connection((self.host, self.port), timeout=ctx.timeout).close()
+        connect(self.host, self.port, ctx).close()
         return Result("Ready", "connected")
 
 
-def read_reply(sock: socket.socket) -> Reply:
+def read_reply(stream: Stream, command: str, limit: int = MAX_REPLY) -> Reply:
+    """One reply, in at most `limit` bytes (ResponseTooLarge beyond: nothing more is read)."""
     buf = b""
     while True:
         try:
@@ -100,7 +108,9 @@ def read_reply(sock: socket.socket) -> Reply:
             raise Failed("Protocol", str(exc)) from None
         if parsed is not None:
             return parsed[0]
-        chunk = sock.recv(4096)
+        if len(buf) >= limit:
+            raise Failed("ResponseTooLarge", f"the reply to {command} exceeds {limit} bytes")
+        chunk = stream.recv(min(4096, limit - len(buf)))
         if not chunk:
             raise Failed("Protocol", "the server closed the connection before replying")
         buf += chunk
@@ -119,22 +129,24 @@ class RedisCheck(_Base):
         self.username = _secret_env(env, "--username-env", cfg.username_env)
 
     def attempt(self, ctx: Attempt) -> Result:
-        sock = socket.create_connection((self.host, self.port), timeout=ctx.timeout)
+        sock = connect(self.host, self.port, ctx)
         try:
             if self.tls is not None:
+                sock.settimeout(ctx.op_timeout())  # the whole handshake (ssl keeps one deadline for it)
                 sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+            stream = Stream(sock, ctx)
             if self.password is not None:
                 args = (
                     ["AUTH", self.password]
                     if self.username is None
                     else ["AUTH", self.username, self.password]
                 )
-                sock.sendall(encode_command(args))
-                refused = judge_auth(read_reply(sock))
+                stream.send(encode_command(args))
+                refused = judge_auth(read_reply(stream, "AUTH"))
                 if refused is not None:
                     return refused
-            sock.sendall(encode_command(["PING"]))
-            return judge_ping(read_reply(sock))
+            stream.send(encode_command(["PING"]))
+            return judge_ping(read_reply(stream, "PING"))
         finally:
             sock.close()
 
@@ -167,42 +179,70 @@ class _HttpTarget:
             self.userinfo = (unquote(parts.username or ""), unquote(parts.password or ""))
 
     def connect(self, timeout: float, tls: ssl.SSLContext | None) -> http.client.HTTPConnection:
+        """An http.client connection (for verdict's watch, whose reads are long by design)."""
         import http.client
 
         if self.https:
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=tls)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
+    def open(self, ctx: Attempt, tls: ssl.SSLContext | None) -> socket.socket:
+        """A connected socket, TLS when https, within the attempt's time; the caller closes it."""
+        sock = connect(self.host, self.port, ctx)
+        if not self.https:
+            return sock
+        try:
+            sock.settimeout(ctx.op_timeout())  # the whole handshake (ssl keeps one deadline for it)
+            return (tls or tls_context(None, False)).wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def request_bytes(target: _HttpTarget, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """The GET request, formatted (and its path and headers validated) by http.client, not sent by it."""
+    import http.client
+
+    class Writer(http.client.HTTPConnection):
+        def send(self, data: object) -> None:
+            assert isinstance(data, bytes)
+            out.append(data)
+
+    out: list[bytes] = []
+    conn = Writer(target.host, target.port)
+    conn.default_port = 443 if target.https else 80  # the Host header omits the scheme's own port
+    names = {name.lower() for name, _ in headers}
+    conn.putrequest("GET", target.path, skip_host="host" in names, skip_accept_encoding=True)
+    for name, value in headers:
+        conn.putheader(name, value)
+    if "user-agent" not in names:
+        conn.putheader("User-Agent", USER_AGENT)
+    if target.userinfo is not None and "authorization" not in names:
+        import base64
+
+        raw = f"{target.userinfo[0]}:{target.userinfo[1]}".encode()
+        conn.putheader("Authorization", "Basic " + base64.b64encode(raw).decode("ascii"))
+    conn.endheaders()
+    return b"".join(out)
+
 
 def _get(
     target: _HttpTarget,
     headers: tuple[tuple[str, str], ...],
-    timeout: float,
+    ctx: Attempt,
     tls: ssl.SSLContext | None,
-) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """Send a GET; the caller closes the connection. Never reads the body."""
-    conn = target.connect(timeout, tls)
+) -> tuple[Stream, Head]:
+    """Send a GET and read the response's head (at most MAX_HEAD bytes); the caller closes
+    `stream.sock`. Never reads the body."""
+    request = request_bytes(target, headers)
+    sock = target.open(ctx, tls)
     try:
-        names = {name.lower() for name, _ in headers}
-        conn.putrequest("GET", target.path, skip_host="host" in names, skip_accept_encoding=True)
-        for name, value in headers:
-            conn.putheader(name, value)
-        if "user-agent" not in names:
-            conn.putheader("User-Agent", USER_AGENT)
-        if target.userinfo is not None and "authorization" not in names:
-            import base64
-
-            raw = f"{target.userinfo[0]}:{target.userinfo[1]}".encode()
-            conn.putheader("Authorization", "Basic " + base64.b64encode(raw).decode("ascii"))
-        conn.endheaders()
-        return conn, conn.getresponse()
+        stream = Stream(sock, ctx)
+        stream.send(request)
+        return stream, read_head(stream, MAX_HEAD)
     except BaseException:
-        conn.close()
+        sock.close()
         raise
-
-
-def _status_text(resp: http.client.HTTPResponse) -> str:
-    return clean(f"HTTP {resp.status} {resp.reason or ''}".strip(), 80)
 
 
 class HttpCheck(_Base):
@@ -216,12 +256,9 @@ class HttpCheck(_Base):
         self.target = redact_url(cfg.url)
 
     def attempt(self, ctx: Attempt) -> Result:
-        conn, resp = _get(self.http, self.headers, ctx.timeout, self.tls)
-        try:
-            status = resp.status
-            text = _status_text(resp)
-        finally:
-            conn.close()  # the body is never read, logged or reported
+        stream, head = _get(self.http, self.headers, ctx, self.tls)
+        stream.sock.close()  # the body is never read, logged or reported
+        status, text = head.status, head.text
         if status in self.expect:
             return Result("Ready", text)
         want = ", ".join(str(s) for s in self.expect)
@@ -260,7 +297,10 @@ class DownloadCheck(_Base):
     Idempotent: a `dest` that already has the right sha256 is ready without any request (the
     pod restarted, the emptyDir kept the file). A wrong checksum removes the temporary file and
     is retried: the source may be mid-publish. Redirects are followed (up to 5, never from
-    https to http): the checksum, not the host, vouches for the bytes.
+    https to http): the checksum, not the host, vouches for the bytes. A body over --max-bytes
+    (by its Content-Length, before any byte is written, or while it streams, before the byte
+    that would pass the cap is written) fails with TooLarge and removes the temporary file. A
+    failure after a body was fetched pauses the whole --period before the next attempt.
     """
 
     kind = "download"
@@ -276,6 +316,7 @@ class DownloadCheck(_Base):
         self.tls = (
             tls_context(cfg.ca_file, cfg.insecure) if cfg.url.startswith("https:") or cfg.ca_file else None
         )
+        self.max_bytes = cfg.max_bytes
         self.target = f"{redact_url(cfg.url)} -> {self.dest}"
         self.current_tmp: str | None = None
         self.fetches = 0
@@ -290,16 +331,20 @@ class DownloadCheck(_Base):
             target = _HttpTarget(url)
             if target.https and self.tls is None:
                 self.tls = tls_context(self.ca_file, self.insecure)
-            conn, resp = _get(target, (), ctx.timeout, self.tls)
+            stream, head = _get(target, (), ctx, self.tls)
             try:
-                if resp.status in (301, 302, 303, 307, 308):
-                    url = self._redirect(url, resp.getheader("Location"))
+                if head.status in (301, 302, 303, 307, 308):
+                    url = self._redirect(url, head.get("location"))
                     continue
-                if resp.status != 200:
-                    raise Failed("HTTPStatus", f"{_status_text(resp)}, want 200")
-                size = self._store(resp)
+                if head.status != 200:
+                    raise Failed("HTTPStatus", f"{head.text}, want 200")
+                declared = content_length(head)
+                if declared is not None and declared > self.max_bytes:
+                    raise Failed("TooLarge", f"Content-Length {declared} exceeds --max-bytes={self.max_bytes}")
+                ctx.costly = True  # from here on a failure has cost a (partial) body
+                size = self._store(stream, head)
             finally:
-                conn.close()
+                stream.sock.close()
             return Result("Ready", f"fetched {size} bytes, sha256 verified")
         raise Failed("Protocol", f"more than {MAX_REDIRECTS} redirects")
 
@@ -330,7 +375,7 @@ class DownloadCheck(_Base):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self.dir, name))
 
-    def _store(self, resp: http.client.HTTPResponse) -> int:
+    def _store(self, stream: Stream, head: Head) -> int:
         import hashlib
 
         self.fetches += 1
@@ -345,7 +390,9 @@ class DownloadCheck(_Base):
         try:
             with os.fdopen(fd, "wb") as out:
                 os.fchmod(out.fileno(), 0o644)
-                while chunk := resp.read(CHUNK):
+                for chunk in body(stream, head):
+                    if size + len(chunk) > self.max_bytes:  # checked before writing: never over the cap
+                        raise Failed("TooLarge", f"the body exceeds --max-bytes={self.max_bytes}")
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)

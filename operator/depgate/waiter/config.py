@@ -21,6 +21,7 @@ else:
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_ATTEMPT_TIMEOUT = 5.0
+DEFAULT_MAX_BYTES = 104857600  # 100 MiB: what a download may fetch when --max-bytes is not given
 _TCHAR = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -83,6 +84,7 @@ class DownloadConfig:
     dest: str
     ca_file: str | None
     insecure: bool
+    max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,12 @@ def _port(text: str) -> int:
 def _status(text: str) -> int:
     if not text.isdigit() or not 100 <= int(text) <= 599:
         raise argparse.ArgumentTypeError(f"expected an HTTP status 100..599, got {text!r}")
+    return int(text)
+
+
+def _byte_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes >= 1, got {text!r}")
     return int(text)
 
 
@@ -250,6 +258,10 @@ def _download(p: _Parser) -> None:
     p.add_argument("--url", required=True)
     p.add_argument("--sha256", required=True)
     p.add_argument("--dest", required=True, type=_nonempty)
+    p.add_argument(
+        "--max-bytes", type=_byte_count, default=DEFAULT_MAX_BYTES,
+        help=f"the largest body fetched; a larger one fails with TooLarge (default {DEFAULT_MAX_BYTES})",
+    )
     p.add_argument("--ca-file", type=_nonempty, help="PEM CA bundle to verify the server with")
     p.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
 
@@ -341,7 +353,9 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Parsed:
             raise ConfigError("--sha256: expected 64 hex digits")
         if ns.dest.endswith("/"):
             raise ConfigError("--dest: expected a file path, got a directory")
-        config = DownloadConfig(check_url("--url", ns.url), digest, ns.dest, ns.ca_file, ns.insecure)
+        config = DownloadConfig(
+            check_url("--url", ns.url), digest, ns.dest, ns.ca_file, ns.insecure, ns.max_bytes
+        )
     else:
         server = ns.server or default_server(env)
         if not server:

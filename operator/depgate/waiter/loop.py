@@ -1,9 +1,12 @@
 """The retry loop: one attempt at a time, backoff between them, an overall deadline.
 
 Each attempt runs in a daemon worker thread that the loop waits for at most the attempt's hard
-limit: socket timeouts bound most of an attempt, but not everything (getaddrinfo has no timeout),
-and --timeout must hold whatever the resolver does. An attempt that overruns is abandoned (its
-late observations are dropped) and counted as Timeout.
+limit: getaddrinfo has no timeout, and --timeout must hold whatever the resolver does. Everything
+else an attempt does is bounded on the socket itself: every blocking call is armed with
+`Attempt.op_timeout()`, the per-operation timeout cut to what is left of the attempt (netio.py), so
+a server that trickles bytes ends the attempt on time and its thread closes the socket and ends
+with it. An attempt that still overruns (in the resolver) is abandoned (its late observations are
+dropped) and counted as Timeout; at most MAX_LIVE_WORKERS attempt threads are ever alive.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Callable
 
 from depgate.waiter.backoff import Backoff, urandom_unit
 from depgate.waiter.config import ConfigError
-from depgate.waiter.reasons import Result, classify
+from depgate.waiter.reasons import DETERMINISTIC, Result, classify
 from depgate.waiter.statelog import Outcome, StateLog
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time; mypy knows the name
@@ -25,6 +28,7 @@ else:
     from depgate.waiter._record import dataclass
 
 GRACE = 0.5  # how long past its own timeout an attempt may take before it is abandoned
+MAX_LIVE_WORKERS = 2  # the running attempt and one abandoned in getaddrinfo, at most
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,26 @@ class Attempt:
     deadline: float | None  # monotonic time of the overall deadline, None = none
     observe: Callable[[Result], None]  # report a state seen inside a long attempt (verdict)
     clock: Callable[[], float] = time.monotonic
+    until: float | None = None  # monotonic time by which this attempt's I/O must be over, None = none
+    costly: bool = False  # set by a check whose failure cost much (a body was fetched): pause a --period
+    cut: bool = False  # set by op_timeout when `until`, not `timeout`, limited the last blocking call
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - self.clock()
+
+    def op_timeout(self) -> float:
+        """The timeout for the next blocking call: `timeout`, cut to what is left of the attempt.
+
+        TimeoutError when nothing is left: a check arms every socket call with this, so no
+        trickle of bytes can keep an attempt (and its thread and socket) alive past `until`.
+        """
+        if self.until is None:
+            return self.timeout
+        left = self.until - self.clock()
+        self.cut = left <= self.timeout
+        if left <= 0:
+            raise TimeoutError("the attempt's time is up")
+        return min(self.timeout, left)
 
 
 if TYPE_CHECKING:
@@ -64,17 +85,37 @@ if TYPE_CHECKING:
     Runner = Callable[[Callable[[], Result], float | None], Result | None]
 
 
-def run_in_thread(fn: Callable[[], Result], limit: float | None) -> Result | None:
-    """Run `fn` in a daemon thread; its result, or None when it did not finish within `limit`."""
-    box: list[Result] = []
+class ThreadRunner:
+    """Runs each attempt in a daemon thread; its result, or None when it did not finish within `limit`.
 
-    def target() -> None:
-        box.append(fn())
+    At most `max_live` attempt threads are alive: when every slot is held by attempts abandoned in
+    the resolver, the next attempt waits (within its own limit) for the oldest to end instead of
+    starting another, so a resolver that hangs cannot pile up threads either.
+    """
 
-    worker = threading.Thread(target=target, name="depgate-wait-attempt", daemon=True)
-    worker.start()
-    worker.join(limit)
-    return box[0] if box else None
+    def __init__(self, max_live: int = MAX_LIVE_WORKERS) -> None:
+        self.max_live = max_live
+        self.live: list[threading.Thread] = []
+
+    def __call__(self, fn: Callable[[], Result], limit: float | None) -> Result | None:
+        end = None if limit is None else time.monotonic() + limit
+        self.live = [t for t in self.live if t.is_alive()]
+        while len(self.live) >= self.max_live:
+            wait = None if end is None else end - time.monotonic()
+            if wait is not None and wait <= 0:
+                return None
+            self.live[0].join(wait)
+            self.live = [t for t in self.live if t.is_alive()]
+        box: list[Result] = []
+
+        def target() -> None:
+            box.append(fn())
+
+        worker = threading.Thread(target=target, name="depgate-wait-attempt", daemon=True)
+        worker.start()
+        self.live.append(worker)
+        worker.join(None if end is None else max(0.0, end - time.monotonic()))
+        return box[0] if box else None
 
 
 def run_inline(fn: Callable[[], Result], limit: float | None) -> Result | None:
@@ -109,10 +150,11 @@ def run(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     rand: Callable[[], float] = urandom_unit,
-    runner: Runner = run_in_thread,
+    runner: Runner | None = None,
     on_progress: Callable[[Outcome], None] | None = None,
 ) -> Outcome:
     """Attempt until ready or the deadline. Logs state changes; never logs Ready (the caller does)."""
+    runner = runner or ThreadRunner()
     start = clock()
     deadline = start + timing.timeout if timing.timeout > 0 else None
     backoff = Backoff(timing.period, rand, fast_window=timing.fast_window)
@@ -127,7 +169,12 @@ def run(
         if check.bounded:
             limit = per_op + GRACE if remaining is None else min(per_op + GRACE, remaining)
         gate = _Gate(log)
-        ctx = Attempt(per_op, deadline, gate.observe, clock)
+        # a bounded attempt's I/O ends after per_op, or at the deadline when that comes first; a long one's
+        # (watch, download) at the deadline
+        until = deadline
+        if check.bounded and (remaining is None or remaining > timing.attempt_timeout):
+            until = clock() + per_op
+        ctx = Attempt(per_op, deadline, gate.observe, clock, until)
         fatal: list[ConfigError] = []
 
         def one(ctx: Attempt = ctx, fatal: list[ConfigError] = fatal) -> Result:
@@ -144,12 +191,17 @@ def run(
         if fatal:
             raise fatal[0]
         attempts += 1
-        if result is None:
+        at_deadline = result is None and deadline is not None and clock() >= deadline
+        if result is not None and result.reason == "Timeout" and ctx.cut and deadline is not None and until == deadline:
+            at_deadline = True  # its I/O was cut short by the overall deadline, not by a slow answer
+        if result is None or at_deadline:
             if gate.last is not None:  # a long attempt (watch) saw something: that is what blocked
                 result = gate.last
-            elif deadline is not None and clock() >= deadline and attempts > 1:
+            elif at_deadline and attempts > 1:
                 # cut short by the overall deadline: the previous attempt's reason says more than "no answer"
                 return Outcome(False, last, attempts, clock() - start)
+            elif result is not None:
+                pass  # the first attempt's own Timeout
             elif check.bounded:
                 result = Result("Timeout", "no answer within the attempt timeout")
             else:
@@ -161,6 +213,8 @@ def run(
         if on_progress is not None:
             on_progress(Outcome(False, last, attempts, clock() - start))
         pause = backoff.next(clock() - start)
+        if ctx.costly or result.reason in DETERMINISTIC:
+            pause = max(pause, timing.period)  # never a tight loop of downloads or oversized reads
         if deadline is not None:
             pause = min(pause, max(0.0, deadline - clock()))
         if pause > 0:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
         "Forbidden",
         "Unauthorized",
         "ChecksumMismatch",
+        "TooLarge",
+        "ResponseTooLarge",
         "Loading",
         "Auth",
         "Protocol",
@@ -39,12 +41,18 @@ REASONS: Final[tuple[Reason, ...]] = (
     "Forbidden",
     "Unauthorized",
     "ChecksumMismatch",
+    "TooLarge",
+    "ResponseTooLarge",
     "Loading",
     "Auth",
     "Protocol",
     "NotSatisfied",
     "Ready",
 )
+
+# Failures that retrying at once would only repeat, at a cost (a whole download, a full read): the
+# pause after one is the whole --period, even inside the fast window (see loop.run).
+DETERMINISTIC: Final[frozenset[Reason]] = frozenset({"ChecksumMismatch", "TooLarge", "ResponseTooLarge"})
 
 MAX_MESSAGE: Final = 400  # a long API server message plus our hint still fits
 

@@ -242,7 +242,7 @@ class VerdictCheck(_Base):
         if resp.status != 200:
             raise Failed(*_unpack(api_error(resp.status, body, "get", self.namespace, self.policy)))
         if len(body) > MAX_OBJECT:
-            raise Failed("Protocol", "the DependencyPolicy is larger than 8 MiB")
+            raise Failed("ResponseTooLarge", "the DependencyPolicy is larger than 8 MiB")
         try:
             obj = json.loads(body)
         except ValueError:
@@ -277,7 +277,7 @@ class VerdictCheck(_Base):
                     if not line:
                         break
                     if not line.endswith(b"\n") and len(line) >= MAX_OBJECT:
-                        raise Failed("Protocol", "a watch event is larger than 8 MiB")
+                        raise Failed("ResponseTooLarge", "a watch event is larger than 8 MiB")
                     if not line.strip():
                         continue
                     try:

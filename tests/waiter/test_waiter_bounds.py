@@ -39,7 +39,7 @@ from depgate.waiter.statelog import StateLog
 pytestmark = pytest.mark.waiter
 
 Start = Callable[..., Waiter]
-PEAK_RSS_KIB = 40 * 1024  # the init container's limit is 64Mi; a waiter at rest is ~22 MiB
+PEAK_RSS_KIB = 40 * 1024  # the init container's limit is 64Mi; the waiter peaks at 15-21 MiB here
 
 
 @pytest.fixture

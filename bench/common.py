@@ -328,7 +328,7 @@ def private_plane(say: Say, keep: bool = False) -> Iterator[Cluster]:
         for f in sorted((REPO / "crds").glob("*.yaml")):
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
             name = cluster.kubectl("get", "-f", str(f), "-o", "name").stdout.strip()
-            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", name)
+            devplane.wait_crd_served(cluster.kubectl_bin, state.kubeconfig, name)
         say("plane up, CRDs established")
         yield cluster
         ok = True

@@ -92,8 +92,10 @@ def crds(plane: Plane) -> list[str]:
     for f in sorted((REPO / "crds").glob("*.yaml")):
         plane.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
         names.append(plane.run_kubectl("get", "-f", str(f), "-o", "name").stdout.strip())
+    from depgate.dev.plane import wait_crd_served
+
     for n in names:
-        plane.run_kubectl("wait", "--for=condition=Established", "--timeout=60s", n)
+        wait_crd_served(plane.kubectl, plane.kubeconfig, n)
     return names
 
 

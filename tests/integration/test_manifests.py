@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from depgate.dev.plane import wait_crd_served
 from tests.conftest import (
     REPO,
     Plane,
@@ -147,8 +148,7 @@ def _operator_pods_admitted(plane: Plane) -> None:
 
 def _install(plane: Plane, path: Path) -> str:
     out = plane.run_kubectl("apply", "-k", str(path), "--server-side").stdout
-    plane.run_kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                      "crd/dependencypolicies.depgate.io")
+    wait_crd_served(plane.kubectl, plane.kubeconfig, "crd/dependencypolicies.depgate.io")
     return out
 
 

@@ -14,6 +14,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from depgate.dev.plane import wait_crd_served
+
 WIDGET_CRD = """
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
@@ -73,7 +75,7 @@ def widget(name: str, spec: str) -> str:
 
 def test_crd_schema_and_cel_rejections_carry_the_field_path(plane, namespace):
     plane.run_kubectl("apply", "--server-side", "-f", "-", input=WIDGET_CRD)
-    plane.run_kubectl("wait", "--for=condition=Established", "crd/widgets.test.depgate.io", "--timeout=60s")
+    wait_crd_served(plane.kubectl, plane.kubeconfig, "crd/widgets.test.depgate.io")
 
     bad_port = plane.run_kubectl(
         "apply", "-n", namespace, "-f", "-", check=False,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from depgate.dev.plane import wait_crd_served
 from tests.conftest import REPO, wait_for
 from tests.integration.kubehelp import (
     apply,
@@ -160,7 +161,7 @@ spec:
 
 def test_custom_resource_condition_flips_both_ways(plane, operator, namespace):
     plane.run_kubectl("apply", "--server-side", "-f", "-", input=GADGET_CRD)
-    plane.run_kubectl("wait", "--for=condition=Established", "crd/gadgets.test.depgate.io", "--timeout=60s")
+    wait_crd_served(plane.kubectl, plane.kubeconfig, "crd/gadgets.test.depgate.io")
     apply(plane, namespace, deployment("app"))
     tls = ("      - name: tls\n"
            "        resource: {apiVersion: test.depgate.io/v1, kind: Gadget, name: g, condition: Ready}")

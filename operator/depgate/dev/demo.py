@@ -40,8 +40,7 @@ def main() -> int:
         print(f"export KUBECONFIG={state.kubeconfig}   # in another shell, to look around", file=sys.stderr)
     kubectl = _kubectl()
     subprocess.run([kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], check=True)
-    subprocess.run([kubectl, "wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/dependencypolicies.depgate.io"], check=True, capture_output=True)
+    plane.wait_crd_served(kubectl, os.environ.get("KUBECONFIG"), "crd/dependencypolicies.depgate.io")
     stop = threading.Event()
 
     def apply_examples() -> None:

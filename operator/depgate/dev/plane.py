@@ -175,6 +175,45 @@ def _wait_until(what: str, check: Callable[[], bool], timeout: float,
     raise PlaneError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_err or 'none'})")
 
 
+def wait_crd_served(kubectl: str, kubeconfig: str | None, name: str, timeout: float = 60.0) -> float:
+    """Wait until CRD `name` (`crd/<name>` or `<plural>.<group>`) is Established and its objects are
+    served from the API server's watch cache; return the seconds it took.
+
+    Established alone is not enough: the first LIST of a new resource can still be refused with
+    `429 storage is (re)initializing` while its watch cache fills. A list at resourceVersion=0 is
+    served by that cache, so its 200 is the sign. (Not `kubectl wait --for=condition=Established`:
+    it fails at once, without waiting, when it reads the CRD before the API server has written
+    `status.conditions` — "accessor error: <nil> is of the type <nil>" — seen 2 times in 20 fresh planes.)
+    """
+    crd = name.split("/", 1)[-1]
+    base = [kubectl, *([f"--kubeconfig={kubeconfig}"] if kubeconfig else [])]
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        got = subprocess.run([*base, "get", f"crd/{crd}", "-o", "json"], capture_output=True, text=True,
+                             check=False, timeout=30)
+        if got.returncode == 0:
+            obj = json.loads(got.stdout)
+            conds = (obj.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Established" and c.get("status") == "True" for c in conds):
+                sp = obj["spec"]
+                version = next(v["name"] for v in sp["versions"] if v.get("served"))
+                listing = subprocess.run(
+                    [*base, "get", "--raw", f"/apis/{sp['group']}/{version}/{sp['names']['plural']}"
+                     "?limit=1&resourceVersion=0"], capture_output=True, text=True, check=False, timeout=30)
+                if listing.returncode == 0:
+                    return time.monotonic() - t0
+                last = listing.stderr.strip()
+            else:
+                last = f"conditions: {conds}"
+        else:
+            last = got.stderr.strip()
+        time.sleep(0.2)
+    raise PlaneError(f"timed out after {timeout:.0f}s waiting for crd/{crd} to be Established and served "
+                     f"(last: {last or 'none'})")
+
+
 def load_state(state_dir: Path) -> PlaneState | None:
     f = state_dir / "state.json"
     if not f.exists():
@@ -262,6 +301,7 @@ def up(state_dir: Path | None = None, *, die_with_parent: bool = False, timeout:
         state.procs.append(Proc(name, p.pid, str(log), argv))
         _save(state)
 
+    verbosity = int(os.environ.get("DEPGATE_DEV_VERBOSITY") or 0)  # kube-apiserver's and kube-controller-manager's --v
     t0 = time.monotonic()
     try:
         _say(f"starting etcd, kube-apiserver {KUBERNETES_VERSION}"
@@ -290,7 +330,7 @@ def up(state_dir: Path | None = None, *, die_with_parent: bool = False, timeout:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--endpoint-reconciler-type=none", "--allow-privileged=true",
-            "--v=0",
+            f"--v={verbosity}",
         ])
         _wait_until("kube-apiserver /readyz", lambda: _get(f"{server}/readyz", token, pki / "ca.crt")[0] == 200,
                     timeout, started)
@@ -301,7 +341,7 @@ def up(state_dir: Path | None = None, *, die_with_parent: bool = False, timeout:
                 "--controllers=*", "--node-monitor-grace-period=2m",
                 "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
                 "--concurrent-endpoint-syncs=10", "--concurrent-service-endpoint-syncs=10",
-                "--v=0",
+                f"--v={verbosity}",
             ])
             start("kube-scheduler", [f"--kubeconfig={kubeconfig}", "--leader-elect=false", "--secure-port=0"])
             stages = build.stages_dir() if bins == build.bin_dir() else bins / "kwok-stages"

@@ -40,6 +40,12 @@ class Options:
     cycle_debounce_seconds: float = 0.25
     resync_seconds: float = 300.0
     max_backoff_seconds: float = 60.0
+    # A watch that delivers nothing, not even the API server's bookmark (sent about once a minute
+    # to every watch that asks for them), for this long is closed and started again from the last
+    # resourceVersion it saw: a connection that went silent without closing (a black-holed route,
+    # a stuck proxy) costs at most this long, never the server timeout.
+    watch_inactivity_seconds: float = 70.0
+    request_timeout_seconds: float = 30.0
 
 
 OPTIONS = Options()
@@ -174,7 +180,7 @@ def reconciler() -> Reconciler:
     return _reconciler
 
 
-KOPF_DIFFBASE = "depgate.io/last-handled-configuration"
+KOPF_DIFFBASE = "depgate.io/last-handled-configuration"  # written by depgate before _NoDiffBase
 
 
 def _plain(body: Any) -> dict[str, Any]:
@@ -200,14 +206,77 @@ def _slim(obj: dict[str, Any]) -> dict[str, Any]:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = "depgate.io/cleanup"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="depgate.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="depgate.io", key="last-handled-configuration")
+    settings.persistence.progress_storage = _TolerantProgress(prefix="depgate.io")
+    settings.persistence.diffbase_storage = _NoDiffBase()
     settings.posting.enabled = False  # our own Events say what happened; not Kopf's log lines
     settings.peering.standalone = True  # one replica, strategy Recreate (see manifests/)
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    settings.watching.inactivity_timeout = OPTIONS.watch_inactivity_seconds
+    settings.watching.connect_timeout = 10
+    # Kopf's own requests (finalizers, the diffbase annotation): bounded, so that a request on a
+    # pooled connection that went silent fails and is retried instead of hanging for 5 minutes.
+    settings.networking.request_timeout = OPTIONS.request_timeout_seconds
+    settings.networking.connect_timeout = 10
+    _watch_health.install()
+
+
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base at all. Kopf keeps the last handled spec (for on.create/on.update handlers'
+    diffs) in an annotation; depgate has no such handler (its on.delete handler needs no diff,
+    the workers read the spec themselves), and that copy was a second write on every new policy and
+    made a policy over the 256 KiB annotation limit impossible to delete (the finalizer's patch
+    carried it). fetch() answers with the object's own essence: never a diff, never a write."""
+
+    def fetch(self, *, body: Any) -> Any:
+        return self.build(body=body)
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
+class _TolerantProgress(kopf.AnnotationsProgressStorage):
+    """Kopf's progress annotations (a retried on.delete handler's attempts) live in the policy's
+    metadata, which the policy's author can write: a value that is not Kopf's JSON counts as no
+    record (the handler starts over) instead of an exception in Kopf's processing of the object."""
+
+    def fetch(self, *, key: Any, body: Any) -> Any:
+        try:
+            record = super().fetch(key=key, body=body)
+        except (ValueError, TypeError, RecursionError):
+            log.warning("ignoring an unreadable %s annotation on %s/%s", key,
+                        (body.get("metadata") or {}).get("namespace"), (body.get("metadata") or {}).get("name"))
+            return None
+        return record if isinstance(record, dict) else None
+
+
+class _WatchHealth(logging.Filter):
+    """Kopf restarts a silent watch (settings.watching.inactivity_timeout) and a watch whose
+    resourceVersion expired (410), and says so only in a debug line of its watching module. This
+    filter counts both (depgate_watch_restarts_total{reason}) and says a silent one at WARNING;
+    Kopf's other debug lines there pass only when the root logger wants debug (-v)."""
+
+    def install(self) -> None:
+        wlog = logging.getLogger("kopf._cogs.clients.watching")
+        wlog.setLevel(logging.DEBUG)  # the records must exist for the filter to see them
+        if self not in wlog.filters:
+            wlog.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg.startswith("Watch-stream for ") and msg.endswith(" is inactive, reconnecting."):
+            what = msg[len("Watch-stream for "):-len(" is inactive, reconnecting.")]
+            metrics.watch_restarts.labels(reason="silent").inc()
+            log.warning("the watch of %s delivered nothing, not even a bookmark, for %.0fs: "
+                        "restarted it from its last resourceVersion", what, OPTIONS.watch_inactivity_seconds)
+            return False
+        if msg.startswith("Restarting the watch-stream for "):
+            metrics.watch_restarts.labels(reason="expired").inc()
+        return record.levelno >= logging.INFO or logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+_watch_health = _WatchHealth()
 
 
 @kopf.on.startup()

@@ -20,6 +20,11 @@ reconcile_seconds = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 writes = Counter("depgate_api_writes_total", "Write requests depgate sent (applies, patches, status writes).")
+watch_restarts = Counter(
+    "depgate_watch_restarts_total",
+    "Watches the operator closed and started again: silent (nothing, not even a bookmark, within the "
+    "inactivity bound) or expired (410 Gone: the resourceVersion left the API server's window).",
+    ["reason"])
 status_writes = Counter("depgate_status_writes_total", "Status writes on DependencyPolicies.")
 preconditions = Gauge("depgate_preconditions", "Preconditions of a policy, by state.",
                       ["namespace", "policy", "state"])

@@ -24,12 +24,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="serve Kopf's liveness endpoint /healthz on this port (0: off)")
     p.add_argument("--resync-seconds", type=float, default=300.0,
                    help="reconcile every policy at least this often, even without events (default 300)")
+    p.add_argument("--watch-inactivity-seconds", type=float, default=70.0,
+                   help="restart a watch that delivered nothing, not even a bookmark (the API server sends one "
+                        "about every 60 s), for this long (default 70)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
 
+# The API server stores JSON nested up to 10,000 levels deep in any field a CRD leaves free (its
+# decoder's limit; a custom resource a `resource` precondition names can be one). Python's decoder
+# stops at the recursion limit (1,000 frames), which took Kopf's watch down for good. 30,000 frames
+# cover decoding, copying (two frames a level) and encoding such an object; it stays far inside an
+# 8 MiB C stack (measured: json.loads of 40,000 levels needs less).
+RECURSION_LIMIT = 30_000
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
@@ -45,6 +57,7 @@ def main(argv: list[str]) -> int:
     handlers.OPTIONS.waiter_image = args.waiter_image
     handlers.OPTIONS.kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
     handlers.OPTIONS.resync_seconds = args.resync_seconds
+    handlers.OPTIONS.watch_inactivity_seconds = args.watch_inactivity_seconds
     if args.metrics_port:
         from prometheus_client import start_http_server
 

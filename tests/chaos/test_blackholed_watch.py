@@ -1,0 +1,82 @@
+"""A black-holed watch (issue 11): every connection between the operator and the API server stops
+carrying bytes mid-run, without closing. The operator must notice within its inactivity bound
+(`--watch-inactivity-seconds`), count and say it (depgate_watch_restarts_total{reason="silent"}, a
+WARNING line), and converge on changes made during the silence, long before the API server's own
+watch timeout (300 s) or the resync (an hour here) could paper over it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.chaos import support
+from tests.chaos.blackhole import BlackholeProxy
+
+BOUND = 6.0  # the inactivity bound this test runs the operator with (the default is 70 s)
+
+
+@pytest.fixture
+def proxy(plane) -> Iterator[BlackholeProxy]:
+    u = urlparse(plane.server)
+    p = BlackholeProxy((u.hostname or "127.0.0.1", int(u.port or 443))).start()
+    yield p
+    p.stop()
+
+
+def proxied_kubeconfig(kubeconfig: str, port: int, tmp: Path) -> str:
+    cfg = json.loads(Path(kubeconfig).read_text())  # the suite writes kubeconfigs as JSON
+    for c in cfg["clusters"]:
+        c["cluster"]["server"] = f"https://127.0.0.1:{port}"  # the API server's certificate names 127.0.0.1
+    out = tmp / "proxied.kubeconfig"
+    out.write_text(json.dumps(cfg))
+    out.chmod(0o600)
+    return str(out)
+
+
+def settings_state(api: support.Api, path: str) -> tuple[str | None, str | None]:
+    pol = api.get(path) or {}
+    e = next((e for e in (pol.get("status") or {}).get("preconditions") or [] if e.get("name") == "settings"), {})
+    return e.get("state"), e.get("reason")
+
+
+@pytest.mark.chaos
+def test_a_blackholed_watch_is_noticed_and_nothing_is_lost(proxy, api, namespace, operators, tmp_path, report):
+    ns = namespace
+    deploys, policies, cms = support.DEPLOY.format(ns=ns), support.DP.format(ns=ns), support.CM.format(ns=ns)
+    api.create(deploys, support.deployment("app"))
+    api.apply(f"{policies}/p", support.policy(
+        "p", {"workloadRef": {"name": "app"}}, [{"name": "settings", "configMap": {"name": "cm", "keys": ["a"]}}]),
+        "chaos-test")
+    operators.kubeconfig = proxied_kubeconfig(operators.kubeconfig, proxy.port, tmp_path)
+    op = operators.start("--resync-seconds=3600", f"--watch-inactivity-seconds={BOUND}")
+
+    support.poll(lambda: [] if settings_state(api, f"{policies}/p") == ("Blocking", "NotFound")
+                 else [f"settings is {settings_state(api, f'{policies}/p')}"], 60, "Blocking on the missing ConfigMap")
+    silent_before = op.counter('depgate_watch_restarts_total{reason="silent"}')
+
+    holed = proxy.blackhole()
+    t_hole = time.monotonic()
+    assert holed >= 5, f"expected the operator's watches (and more) through the proxy, found {holed} connections"
+    # changes the operator cannot hear about on the connections it holds
+    api.apply(f"{cms}/cm", support.config_map("cm", {"a": "1"}), "chaos-test")
+
+    took = support.poll(lambda: [] if settings_state(api, f"{policies}/p") == ("Satisfied", "KeysPresent")
+                        else [f"settings is {settings_state(api, f'{policies}/p')}"],
+                        BOUND + 60, "Satisfied after the ConfigMap appeared during the silence")
+    silent = op.counter('depgate_watch_restarts_total{reason="silent"}') - silent_before
+    report(f"{holed} connections black-holed; Satisfied {took:.1f}s later (inactivity bound {BOUND:.0f}s); "
+           f"{silent:.0f} silent watches restarted")
+    assert silent >= 1, "the operator converged, but never counted a silent watch"
+    assert "delivered nothing, not even a bookmark" in op.log_text()
+    assert time.monotonic() - t_hole < 300, "converged only after the API server's own watch timeout"
+
+    # and it keeps hearing: a change after the silence arrives through the restarted watches
+    api.apply(f"{cms}/cm", support.config_map("cm", {"b": "1"}), "chaos-test")
+    support.poll(lambda: [] if settings_state(api, f"{policies}/p")[0] == "Blocking"
+                 else [f"settings is {settings_state(api, f'{policies}/p')}"], 30, "Blocking again (key a gone)")

@@ -21,9 +21,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from depgate import render, spec, status, verdicts
-from depgate.kube import Forbidden, Gone, Kube, NamespaceTerminating, Rejected
+from depgate.kube import ApiError, Forbidden, Gone, Kube, NamespaceTerminating, Rejected, describe
 
 log = logging.getLogger("depgate.controller")
+
+APPLY_ERROR_RETRY_SECONDS = 30.0  # an apply the API server failed (5xx, 429, ...) is tried again this often
 
 APPLIED_HASH = "depgate.io/applied"
 WAIT_ROLE_PREFIX = "depgate-wait-"
@@ -197,6 +199,7 @@ class Reconciler:
                 problems.append((errors[0].reason, "; ".join(str(e) for e in errors)))
                 continue
             live = None
+            refused = False
             for _ in range(3):  # the Deployment controller writes status often: re-read and re-render
                 try:
                     live = self._apply_to(policy, dep, out)
@@ -207,6 +210,20 @@ class Reconciler:
                     if fresh is None:
                         break
                     dep = fresh
+                except Rejected as e:  # the rendered Deployment itself is refused: a person must change the spec
+                    msg = f"deployment {dname}: the API server refused the rendered init containers: {e}"
+                    problems.append(("Refused", msg))
+                    stalled = stalled or status.Stalled("Refused", msg)
+                    refused = True
+                    break
+                except ApiError as e:  # any other class (500 included): said in status, tried again later
+                    reason, msg = describe(e)
+                    problems.append((reason, f"deployment {dname}: applying the init containers failed: {msg}"))
+                    out.requeue_after = APPLY_ERROR_RETRY_SECONDS
+                    refused = True
+                    break
+            if refused:
+                continue
             if live is None:
                 out.requeue_after = 0.2
                 problems.append(("Retrying", f"deployment {dname} kept changing while depgate applied; retrying"))

@@ -37,6 +37,9 @@ _PLURALS = {
 }
 
 
+ApiError = ApiException  # any other error answer of the API server; describe() says it for a status
+
+
 class Gone(Exception):
     """The object is not there (404), or a precondition of the write failed (409)."""
 
@@ -51,6 +54,22 @@ class Rejected(Exception):
 
 class NamespaceTerminating(Exception):
     """The namespace is being deleted: writes into it are refused, and nothing there needs them."""
+
+
+def describe(e: ApiError) -> tuple[str, str]:
+    """(reason, message) of an API error as the server said it: its Status reason in CamelCase
+    (InternalError, Invalid, Timeout, TooManyRequests, ...) and its message, for a policy's status."""
+    reason, message = "", ""
+    try:
+        body = json.loads(e.body or "{}")
+        if isinstance(body, dict):
+            reason, message = str(body.get("reason") or ""), str(body.get("message") or "")
+    except ValueError:
+        message = str(e.body or "")[:500]
+    if not reason:
+        reason = {500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout", 429: "TooManyRequests",
+                  413: "RequestEntityTooLarge"}.get(int(e.status or 0), "ApiError")
+    return reason, f"HTTP {e.status}: {message or e.reason or 'no message'}"
 
 
 def _base(api_version: str) -> str:

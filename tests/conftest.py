@@ -107,10 +107,33 @@ def namespace(plane: Plane, request: pytest.FixtureRequest) -> Iterator[str]:
     plane.run_kubectl("create", "namespace", name)
     if plane.pods:
         # Pods need the namespace's default ServiceAccount, made by kube-controller-manager.
-        plane.run_kubectl("wait", "--for=create", "serviceaccount/default",
-                          "-n", name, "--timeout=60s")
+        waited = plane.run_kubectl("wait", "--for=create", "serviceaccount/default",
+                                   "-n", name, "--timeout=60s", check=False)
+        if waited.returncode != 0:
+            raise AssertionError(f"kube-controller-manager made no default ServiceAccount in {name} within 60 s "
+                                 f"({waited.stderr.strip()}); what the plane says:\n{watch_diagnostics(plane, name)}")
     yield name
     plane.run_kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def watch_diagnostics(plane: Plane, namespace: str) -> str:
+    """What tells a silent watch apart from a slow controller: the namespace's resourceVersion next to
+    the API server's watch cache for namespaces and serviceaccounts (a cache behind it never heard of
+    the write: the server side; a cache past it: the client side), the watchers each cache serves, and
+    the last lines of kube-controller-manager's log (the plane's own, when it is a local plane)."""
+    ns = plane.run_kubectl("get", "namespace", namespace, "-o", "jsonpath={.metadata.resourceVersion}",
+                           check=False).stdout
+    raw = plane.run_kubectl("get", "--raw", "/metrics", check=False).stdout.splitlines()
+    keep = ("apiserver_watch_cache_resource_version", "apiserver_watch_cache_events_received_total",
+            "apiserver_registered_watchers", "apiserver_watch_events_total", "apiserver_watch_cache_initializations")
+    lines = [f"namespace {namespace} resourceVersion {ns}"]
+    lines += [m for m in raw if m.startswith(keep) and ('resource="namespaces"' in m or
+                                                         'resource="serviceaccounts"' in m)]
+    log = Path(plane.kubeconfig).parent / "logs" / "kube-controller-manager.log"
+    if log.exists():
+        lines += ["kube-controller-manager.log (last 40 lines):",
+                  *log.read_text(errors="replace").splitlines()[-40:]]
+    return "\n".join(lines)
 
 
 @pytest.fixture

@@ -367,8 +367,15 @@ def up(state_dir: Path | None = None, *, die_with_parent: bool = False, timeout:
                                pki / "ca.crt")
                 return code == 200
 
+            def root_ca() -> bool:
+                code, _ = _get(f"{server}/api/v1/namespaces/default/configmaps/kube-root-ca.crt", token,
+                               pki / "ca.crt")
+                return code == 200
+
             _wait_until(f"node {NODE_NAME} Ready (kwok)", node_ready, timeout, started)
+            # What a pod in a new namespace needs of kube-controller-manager: both are made per namespace
             _wait_until("the default ServiceAccount (kube-controller-manager)", default_sa, timeout, started)
+            _wait_until("the kube-root-ca.crt ConfigMap (kube-controller-manager)", root_ca, timeout, started)
     except BaseException:
         down(state_dir, quiet=True)
         raise

@@ -129,6 +129,12 @@ def watch_diagnostics(plane: Plane, namespace: str) -> str:
     lines = [f"namespace {namespace} resourceVersion {ns}"]
     lines += [m for m in raw if m.startswith(keep) and ('resource="namespaces"' in m or
                                                          'resource="serviceaccounts"' in m)]
+    from depgate.dev import plane as devplane
+
+    state = devplane.load_state(Path(plane.kubeconfig).parent)
+    if state is not None:  # a local plane: is every component still running?
+        lines.append("components: " + ", ".join(
+            f"{name} {'running' if up else 'GONE'} (pid {pid})" for name, pid, up in devplane.components(state)))
     log = Path(plane.kubeconfig).parent / "logs" / "kube-controller-manager.log"
     if log.exists():
         lines += ["kube-controller-manager.log (last 40 lines):",

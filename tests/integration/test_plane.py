@@ -196,3 +196,20 @@ def test_dev_up_reuses_and_down_leaves_no_process(plane, needs_pods):
             return False
 
     assert [p for p in pids if alive(p)] == []
+
+
+def test_the_namespace_fixtures_diagnostics_tell_server_from_client(plane, namespace):
+    """What a namespace whose default ServiceAccount never comes reports (see conftest.watch_diagnostics):
+    the namespace's resourceVersion and the watch caches' for namespaces and serviceaccounts, and,
+    on a local plane, whether every component still runs and kube-controller-manager's last lines."""
+    from tests.conftest import watch_diagnostics
+
+    text = watch_diagnostics(plane, namespace)
+    rv = plane.run_kubectl("get", "namespace", namespace, "-o", "jsonpath={.metadata.resourceVersion}").stdout
+    assert f"namespace {namespace} resourceVersion {rv}" in text
+    for resource in ("namespaces", "serviceaccounts"):
+        assert any(line.startswith("apiserver_watch_cache_resource_version") and f'resource="{resource}"' in line
+                   for line in text.splitlines()), text
+    if os.environ.get("USE_EXISTING_CLUSTER", "").lower() != "true":
+        assert "kube-controller-manager running" in text and "kube-apiserver running" in text, text
+        assert "kube-controller-manager.log (last 40 lines):" in text

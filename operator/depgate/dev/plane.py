@@ -223,6 +223,11 @@ def load_state(state_dir: Path) -> PlaneState | None:
     return PlaneState(**raw)
 
 
+def components(state: PlaneState) -> list[tuple[str, int, bool]]:
+    """(name, pid, still running) of every process the plane started."""
+    return [(p.name, p.pid, _alive(p.pid)) for p in state.procs]
+
+
 def running(state: PlaneState) -> bool:
     if not all(_alive(p.pid) for p in state.procs):
         return False

@@ -30,6 +30,10 @@ APPLY_ERROR_RETRY_SECONDS = 30.0  # an apply the API server failed (5xx, 429, ..
 APPLIED_HASH = "depgate.io/applied"
 WAIT_ROLE_PREFIX = "depgate-wait-"
 Dep = tuple[str, str, str]  # (kind or apiVersion/kind, namespace, name): what a policy watches
+CustomKey = tuple[str, str, str, str]  # (apiVersion, kind, namespace, name) of a custom resource
+# Claims a policy's custom-resource watches; answers {(apiVersion, kind, namespace): why not} for
+# those over a cap (handlers.CustomWatches.claim).
+ClaimCustom = Callable[[tuple[str, str], Sequence[CustomKey]], Mapping[tuple[str, str, str], str]]
 
 
 @dataclass
@@ -39,7 +43,7 @@ class Outcome:
     targets: list[str] = field(default_factory=list)
     wanted: set[str] = field(default_factory=set)  # Deployment names whose appearance matters
     deps: set[Dep] = field(default_factory=set)
-    custom: set[tuple[str, str, str, str]] = field(default_factory=set)  # (apiVersion, kind, ns, name)
+    custom: list[CustomKey] = field(default_factory=list)  # what `resource` preconditions name, in declared order
     selector: spec.Selector | None = None
     requeue_after: float | None = None
     writes: int = 0
@@ -119,8 +123,10 @@ def _ordered_body(body: dict[str, Any], desired: Mapping[str, Any]) -> dict[str,
 class Reconciler:
     def __init__(self, kube: Kube, config: render.RenderConfig,
                  policy_exists: Callable[[str, str], bool] | None = None,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 claim_custom: ClaimCustom | None = None) -> None:
         self.kube = kube
+        self.claim_custom = claim_custom
         self.config = config
         self.policy_exists = policy_exists or self._policy_exists_live
         self.now = now
@@ -389,9 +395,13 @@ class Reconciler:
                   out: Outcome) -> dict[str, verdicts.Verdict]:
         prior_entries = {e.get("name"): e for e in prior.get("preconditions") or [] if isinstance(e, Mapping)}
         result: dict[str, verdicts.Verdict] = {}
+        # Claimed before anything is read: an event from then on wakes this policy again.
+        out.custom = list(dict.fromkeys((p.body.api_version, p.body.kind, ns, p.body.name)
+                                        for p in policy.preconditions if isinstance(p.body, spec.ResourceCheck)))
+        refused = self.claim_custom((ns, policy.name), out.custom) if self.claim_custom else {}
         for p in policy.preconditions:
             try:
-                v = self._judge(p, ns, (prior_entries.get(p.name) or {}).get("satisfiedUID"), out)
+                v = self._judge(p, ns, (prior_entries.get(p.name) or {}).get("satisfiedUID"), out, refused)
             except Forbidden as e:
                 v = verdicts.Verdict(
                     verdicts.BLOCKING, "Forbidden",
@@ -401,8 +411,8 @@ class Reconciler:
                 result[p.name] = v
         return result
 
-    def _judge(self, p: spec.Precondition, ns: str, remembered_uid: str | None,
-               out: Outcome) -> verdicts.Verdict | None:
+    def _judge(self, p: spec.Precondition, ns: str, remembered_uid: str | None, out: Outcome,
+               refused: Mapping[tuple[str, str, str], str]) -> verdicts.Verdict | None:
         """The operator's verdict on one api-group precondition (None for the types judged in pods)."""
         b = p.body
         if isinstance(b, spec.ServiceCheck):
@@ -420,12 +430,16 @@ class Reconciler:
             return verdicts.judge_workload(b.kind, b.name, self.kube.get("apps/v1", b.kind, ns, b.name),
                                            b.min_available)
         if isinstance(b, spec.ResourceCheck):
-            out.custom.add((b.api_version, b.kind, ns, b.name))
             try:
                 cr = self.kube.get(b.api_version, b.kind, ns, b.name)
             except LookupError as e:
                 return verdicts.Verdict(verdicts.BLOCKING, "KindNotServed", str(e))
-            return verdicts.judge_resource(b.api_version, b.kind, b.name, cr, b.condition, b.status)
+            v = verdicts.judge_resource(b.api_version, b.kind, b.name, cr, b.condition, b.status)
+            why = refused.get((b.api_version, b.kind, ns))
+            if why:  # over a cap: not watched, so never Satisfied on a reading that may go stale unheard
+                return verdicts.Verdict(verdicts.BLOCKING, "TooManyWatches",
+                                        f"{why}. As read now: {v.state}: {v.message}")
+            return v
         return None
 
     def _pods(self, ns: str, deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -46,9 +46,133 @@ class Options:
     # a stuck proxy) costs at most this long, never the server timeout.
     watch_inactivity_seconds: float = 70.0
     request_timeout_seconds: float = 30.0
+    max_custom_watches: int = 64  # shared custom-resource watches, one per (apiVersion, kind, namespace)
+    max_custom_kinds_per_policy: int = 8  # distinct custom-resource kinds one policy may have watched
 
 
 OPTIONS = Options()
+
+
+CustomKey = tuple[str, str, str, str]  # (apiVersion, kind, namespace, name): what a `resource` precondition names
+StreamKey = tuple[str, str, str]  # (apiVersion, kind, namespace): one shared watch
+
+
+@dataclass
+class _Stream:
+    wants: dict[Key, set[str]] = field(default_factory=dict)  # policy -> the names it waits on
+    by_name: dict[str, set[Key]] = field(default_factory=dict)
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+class CustomWatches:
+    """The custom resources (`resource` preconditions) being watched: one shared watch per
+    (apiVersion, kind, namespace), whatever number of objects and policies name it, run as a task on
+    the event loop (Kube.watch_kind); an event wakes the policies that name the object it carries.
+
+    At most OPTIONS.max_custom_watches watches per operator and OPTIONS.max_custom_kinds_per_policy
+    kinds per policy: claim() says which of a policy's kinds are over a cap (the reconcile reports
+    them TooManyWatches); when a watch stops, the policies that were refused one are woken to claim again.
+    claim() is called from reconciles (threads) and from the loop: the state is behind a lock, and
+    the tasks are started and cancelled on the loop only (sync())."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.streams: dict[StreamKey, _Stream] = {}
+        self._refused: set[Key] = set()  # policies with a kind over a cap, woken when a watch stops
+        self._tasks: dict[StreamKey, asyncio.Task[None]] = {}
+
+    def claim(self, key: Key, wanted: Iterable[CustomKey]) -> dict[StreamKey, str]:
+        """Make `wanted` (in declared order) what policy `key` is woken by; return each of its
+        (apiVersion, kind, namespace) that is not watched, with the message saying which cap."""
+        names: dict[StreamKey, set[str]] = {}
+        for av, kind, ns, name in wanted:
+            names.setdefault((av, kind, ns), set()).add(name)
+        refused: dict[StreamKey, str] = {}
+        per_policy, per_operator = OPTIONS.max_custom_kinds_per_policy, OPTIONS.max_custom_watches
+        with self._lock:
+            admitted: dict[StreamKey, set[str]] = {}
+            for i, (skey, ns_names) in enumerate(names.items()):
+                av, kind, ns = skey
+                if i >= per_policy:
+                    refused[skey] = (
+                        f"a policy has at most {per_policy} kinds of custom resource watched "
+                        f"(--max-custom-kinds-per-policy={per_policy}); {kind} ({av}) is this policy's "
+                        f"{_ordinal(i + 1)}, so depgate does not watch it")
+                elif skey in self.streams or len(self.streams) < per_operator:
+                    admitted[skey] = ns_names
+                    self.streams.setdefault(skey, _Stream())
+                else:
+                    refused[skey] = (
+                        f"depgate watches at most {per_operator} kinds of custom resource per namespace at once "
+                        f"(--max-custom-watches={per_operator}), all taken: {kind} ({av}) in {ns} is not "
+                        "watched; judged on each reconcile and resync, and watched as soon as a watch frees up")
+            freed = False
+            for skey, stream in list(self.streams.items()):
+                old = stream.wants.pop(key, set())
+                for n in old:
+                    stream.by_name.get(n, set()).discard(key)
+                    if not stream.by_name.get(n, True):
+                        del stream.by_name[n]
+                new = admitted.get(skey)
+                if new:
+                    stream.wants[key] = set(new)
+                    for n in new:
+                        stream.by_name.setdefault(n, set()).add(key)
+                if not stream.wants:
+                    del self.streams[skey]
+                    freed = True
+            if refused:
+                self._refused.add(key)
+            else:
+                self._refused.discard(key)
+            waiting = self._refused - {key} if freed else set()
+            metrics.custom_watches.set(len(self.streams))
+        if waiting:
+            W.mark_threadsafe(waiting)
+        return refused
+
+    def wants(self, skey: StreamKey, name: str) -> bool:
+        with self._lock:
+            s = self.streams.get(skey)
+            return s is not None and name in s.by_name
+
+    def wake(self, skey: StreamKey, names: set[str] | None) -> None:
+        """On the loop: the policies that name one of `names` (None: every policy on the watch)."""
+        with self._lock:
+            s = self.streams.get(skey)
+            if s is None:
+                return
+            keys = set(s.wants) if names is None else {k for n in names for k in s.by_name.get(n, ())}
+        W.mark(keys)
+
+    def sync(self) -> None:
+        """On the loop: a task for each claimed watch, none for the others."""
+        with self._lock:
+            want = set(self.streams)
+        for skey in set(self._tasks) - want:
+            self._tasks.pop(skey).cancel()
+        for skey in want - set(self._tasks):
+            av, kind, ns = skey
+            self._tasks[skey] = asyncio.get_running_loop().create_task(reconciler().kube.watch_kind(
+                av, kind, ns, wants=functools.partial(self.wants, skey), on_change=functools.partial(self.wake, skey),
+                on_restart=_count_restart, inactivity=OPTIONS.watch_inactivity_seconds),
+                name=f"watch-{kind}-{ns}")
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if _reconciler is not None:
+            await _reconciler.kube.close_watches()
+
+
+def _count_restart(reason: str) -> None:
+    metrics.watch_restarts.labels(reason=reason).inc()
 
 
 @dataclass
@@ -65,7 +189,7 @@ class Wiring:
     policies: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
     services: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     workload_labels: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
-    custom: dict[tuple[str, str, str, str], tuple[threading.Event, set[Key]]] = field(default_factory=dict)
+    custom: CustomWatches = field(default_factory=lambda: CustomWatches())
     deployment_labels: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     graph_version: int = 0
     _cycles_at: int = -1
@@ -108,11 +232,8 @@ class Wiring:
         self.selectors.pop(key, None)
         self.policies.pop(key, None)
         self.dirty.pop(key, None)
-        for wkey, (stop, keys) in list(self.custom.items()):
-            keys.discard(key)
-            if not keys:
-                stop.set()
-                del self.custom[wkey]
+        self.custom.claim(key, ())
+        self.custom.sync()
 
     def for_deployment(self, ns: str, name: str, labels: Mapping[str, str] | None) -> set[Key]:
         keys = set(self.by_target.get((ns, name), set())) | set(self.by_dep.get(("Deployment", ns, name), set()))
@@ -176,7 +297,8 @@ def reconciler() -> Reconciler:
         def exists(ns: str, name: str) -> bool:
             return (ns, name) in W.policies or kube.get(f"{GROUP}/{VERSION}", "DependencyPolicy", ns, name) is not None
 
-        _reconciler = Reconciler(kube, RenderConfig(waiter_image=OPTIONS.waiter_image), policy_exists=exists)
+        _reconciler = Reconciler(kube, RenderConfig(waiter_image=OPTIONS.waiter_image), policy_exists=exists,
+                                 claim_custom=W.custom.claim)
     return _reconciler
 
 
@@ -376,24 +498,22 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
             _later(key, outcome.requeue_after)
 
 
-def _wake(keys: set[Key]) -> None:
-    W.mark_threadsafe(list(keys))
-
-
 def _later(key: Key, delay: float) -> None:
     if W.loop is not None:
         W.loop.call_later(delay, W.mark, [key])
 
 
 def _ensure_custom_watches(key: Key, outcome: Outcome) -> None:
-    for wkey in outcome.custom:
-        if wkey in W.custom:
-            W.custom[wkey][1].add(key)
-            continue
-        stop = threading.Event()
-        keys = {key}
-        W.custom[wkey] = (stop, keys)
-        reconciler().kube.watch_object(*wkey, on_change=functools.partial(_wake, keys), stop=stop)
+    """The reconcile claimed its custom watches already (and reported the refused ones); claim again,
+    idempotently, for a reconcile that did not get that far (an invalid spec names nothing) and for a
+    policy forgotten while it reconciled, then start and stop the watches' tasks."""
+    W.custom.claim(key, outcome.custom if key in W.dirty else ())
+    W.custom.sync()
+
+
+@kopf.on.cleanup()
+async def stop_custom_watches(**_: Any) -> None:
+    await W.custom.stop()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

@@ -6,14 +6,17 @@ and come out as plain dicts, exactly as the API server speaks them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -81,6 +84,7 @@ class Kube:
         self.api = api_client
         self._dyn_lock = threading.Lock()
         self._plurals: dict[tuple[str, str], str] = {}
+        self._aio: aiohttp.ClientSession | None = None  # the custom watches' (see watch_kind)
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None, context: str | None = None) -> Kube:
@@ -263,58 +267,209 @@ class Kube:
         return dict(out) if out is not None else None
 
     # ------------------------------------------------------------------ watches of arbitrary kinds
+    #
+    # Custom resources (`resource` preconditions) are watched one (apiVersion, kind, namespace) at a
+    # time, whatever number of objects and policies name them, as coroutines on the caller's event
+    # loop (Kopf's) over one aiohttp session: a watch costs a task and a connection, never a thread.
 
-    def watch_object(self, api_version: str, kind: str, namespace: str, name: str,
-                     on_change: Callable[[], None], stop: threading.Event) -> threading.Thread:
-        """Watch one object of any kind (custom resources) in a thread; call on_change on each event."""
+    def forget_plural(self, api_version: str, kind: str) -> None:
+        with self._dyn_lock:
+            self._plurals.pop((api_version, kind), None)
 
-        def run() -> None:
-            rv: str | None = None
-            failing = False  # after a refused or failed watch, the first good one re-judges (RBAC granted)
-            while not stop.is_set():
-                try:
-                    q = [("fieldSelector", f"metadata.name={name}"), ("watch", "true"),
-                         ("timeoutSeconds", "60"), ("allowWatchBookmarks", "true")]
-                    if rv:
-                        q.append(("resourceVersion", rv))
-                    resp = self.request("GET", self.path(api_version, kind, namespace), query=q, timeout=(10, 90))
-                    if resp.status >= 400:
-                        resp.read()
-                        rv, failing = None, True
-                        stop.wait(2)
-                        continue
-                    if failing:
-                        failing = False
-                        on_change()
-                    for line in _lines(resp.response):
-                        if stop.is_set():
-                            break
-                        ev = json.loads(line)
-                        obj = ev.get("object") or {}
-                        if ev.get("type") == "ERROR":
-                            rv = None
-                            break
-                        rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
-                        if ev.get("type") != "BOOKMARK":
-                            on_change()
-                except LookupError:
-                    stop.wait(10)  # the CRD may be installed later
-                except Exception as e:  # keep watching through API hiccups
-                    log.debug("watch of %s/%s %s: %s", kind, namespace, name, e)
+    def _ssl_context(self) -> ssl.SSLContext:
+        """The TLS settings of the client's configuration (CA, client certificate, verification)."""
+        c = self.api.configuration
+        ctx = ssl.create_default_context(cafile=c.ssl_ca_cert or None, cadata=c.ca_cert_data or None)
+        if c.cert_file:
+            ctx.load_cert_chain(c.cert_file, c.key_file or None)
+        if not c.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        elif c.assert_hostname is False:
+            ctx.check_hostname = False
+        return ctx
+
+    def _session(self) -> aiohttp.ClientSession:
+        """One session for every custom watch (created on the loop that runs them; connections
+        unlimited here: the number of watches is capped by the caller)."""
+        if self._aio is None or self._aio.closed:
+            self._aio = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl_context()))
+        return self._aio
+
+    async def close_watches(self) -> None:
+        if self._aio is not None and not self._aio.closed:
+            await self._aio.close()
+        self._aio = None
+
+    def _signed(self, path: str, query: Iterable[tuple[str, str]]) -> tuple[str, dict[str, str]]:
+        """URL and headers (the client's authentication, refreshed tokens included) of a GET."""
+        _, url, headers, _, _ = self.api.param_serialize(
+            "GET", path, query_params=list(query), header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"])
+        return url, dict(headers)
+
+    def _request_kwargs(self) -> dict[str, Any]:
+        c = self.api.configuration
+        kw: dict[str, Any] = {}
+        if c.tls_server_name:
+            kw["server_hostname"] = c.tls_server_name
+        if c.proxy:
+            kw["proxy"] = c.proxy
+        return kw
+
+    @staticmethod
+    def _refusal(status: int, raw: bytes, path: str) -> Exception:
+        try:
+            message = str(json.loads(raw).get("message") or path)
+        except (ValueError, AttributeError):
+            message = path
+        if status == 403:
+            return Forbidden(message)
+        if status == 404:
+            return LookupError(f"{path}: not found ({message})")
+        if status == 410:
+            return _Expired(message)
+        return ApiException(status=status, reason=message, body=raw.decode(errors="replace"))
+
+    async def _list_versions(self, path: str, wants: Callable[[str], bool]) -> tuple[str, dict[str, str]]:
+        """(resourceVersion of the list, {name: resourceVersion} of the wanted objects there), in pages."""
+        versions: dict[str, str] = {}
+        cont = ""
+        while True:
+            q = [("limit", str(LIST_PAGE))] + ([("continue", cont)] if cont else [])
+            url, headers = self._signed(path, q)
+            async with self._session().get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=LIST_TIMEOUT),
+                                           **self._request_kwargs()) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise self._refusal(resp.status, raw, path)
+            body = json.loads(raw)
+            for item in body.get("items") or []:
+                md = item.get("metadata") or {}
+                if wants(str(md.get("name"))):
+                    versions[str(md.get("name"))] = str(md.get("resourceVersion"))
+            meta = body.get("metadata") or {}
+            cont = str(meta.get("continue") or "")
+            if not cont:
+                return str(meta.get("resourceVersion") or ""), versions
+
+    async def _watch_from(self, path: str, rv: str, inactivity: float, wants: Callable[[str], bool],
+                          versions: dict[str, str], on_change: Callable[[set[str] | None], None]) -> str:
+        """One watch request from `rv`, until the server ends it; returns the last resourceVersion
+        seen (bookmarks included). Raises _Silent when nothing arrived for `inactivity` seconds,
+        _Expired on 410."""
+        q = [("watch", "true"), ("resourceVersion", rv), ("allowWatchBookmarks", "true"),
+             ("timeoutSeconds", str(WATCH_SERVER_TIMEOUT))]
+        url, headers = self._signed(path, q)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=inactivity)
+        resp = await self._session().get(url, headers=headers, timeout=timeout, **self._request_kwargs())
+        try:
+            if resp.status >= 400:
+                raise self._refusal(resp.status, await resp.read(), path)
+            buf = bytearray()
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                while (at := buf.find(b"\n")) >= 0:
+                    line = bytes(buf[:at])
+                    del buf[:at + 1]
+                    if line.strip():
+                        rv = _event(line, rv, path, wants, versions, on_change)
+            return rv
+        except aiohttp.SocketTimeoutError as e:
+            raise _Silent(path) from e
+        finally:
+            resp.close()  # never back into the pool: a watch that went silent may be a dead route
+
+    async def watch_kind(self, api_version: str, kind: str, namespace: str, *, wants: Callable[[str], bool],
+                         on_change: Callable[[set[str] | None], None], on_restart: Callable[[str], None],
+                         inactivity: float) -> None:
+        """Watch every object of one kind in one namespace until cancelled; on_change(names) for the
+        wanted objects that changed (None: any may have, after a re-list that follows a refusal or
+        an undecodable event). Lists first, then watches from the list's resourceVersion with
+        bookmarks; resumes from the last resourceVersion seen, re-lists on 410 (expired, diffing
+        the wanted objects' versions), restarts a watch silent for `inactivity` seconds
+        (on_restart("silent"/"expired")). A kind not served (CRD not installed yet) or a watch RBAC
+        refuses is retried, backing off to 10 s; the first success after that wakes everyone."""
+        what = f"{kind} ({api_version}) in {namespace}"
+        rv: str | None = None
+        versions: dict[str, str] = {}
+        everyone = True  # the next list wakes every interested policy (first one, or after a refusal)
+        delay = 0.0
+        while True:
+            try:
+                path = await asyncio.to_thread(self.path, api_version, kind, namespace)
+                if rv is None:
+                    rv, listed = await self._list_versions(path, wants)
+                    changed = {n for n in set(listed) | set(versions) if listed.get(n) != versions.get(n)}
+                    versions = listed
+                    if everyone:
+                        on_change(None)
+                    elif changed:
+                        on_change(changed)
+                    everyone = False
+                rv = await self._watch_from(path, rv, inactivity, wants, versions, on_change)
+                delay = 0.0
+            except asyncio.CancelledError:
+                raise
+            except _Silent:
+                on_restart("silent")
+                log.warning("the watch of %s delivered nothing, not even a bookmark, for %.0fs: restarted it "
+                            "from its last resourceVersion", what, inactivity)
+            except _Expired:
+                on_restart("expired")
+                log.debug("the watch of %s expired (410): listing again", what)
+                rv = None
+            except (Forbidden, LookupError) as e:  # RBAC may be granted, the CRD installed, later
+                log.debug("watch of %s: %s", what, e)
+                if isinstance(e, LookupError):
+                    self.forget_plural(api_version, kind)
+                rv, everyone = None, True
+                delay = min(10.0, max(1.0, delay * 2))
+                await asyncio.sleep(delay)
+            except Exception as e:  # API server restarts, refused connections, 5xx: try again from rv
+                log.debug("watch of %s: %s: %s", what, type(e).__name__, e)
+                if isinstance(e, ApiException | ValueError):  # an error answer, or a list we could not read
                     rv = None
-                    stop.wait(1)
-
-        t = threading.Thread(target=run, name=f"watch-{kind}-{namespace}-{name}", daemon=True)
-        t.start()
-        return t
+                delay = min(10.0, max(0.5, delay * 2))
+                await asyncio.sleep(delay)
 
 
-def _lines(resp: Any) -> Iterable[bytes]:
-    """The lines of a streaming HTTP response (a watch sends one JSON event per line)."""
-    buf = b""
-    for chunk in resp.stream(4096, decode_content=True):
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            if line.strip():
-                yield line
+LIST_PAGE = 500
+LIST_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10.0
+WATCH_SERVER_TIMEOUT = 300  # the API server ends each watch request after this (Kopf's is the same)
+
+
+class _Silent(Exception):
+    """A watch delivered nothing, not even a bookmark, within its inactivity bound."""
+
+
+class _Expired(Exception):
+    """410 Gone: the resourceVersion left the API server's window; list again."""
+
+
+def _event(line: bytes, rv: str, path: str, wants: Callable[[str], bool], versions: dict[str, str],
+           on_change: Callable[[set[str] | None], None]) -> str:
+    """Apply one watch event; return the resourceVersion to resume from."""
+    try:
+        ev = json.loads(line)
+        kind, obj = ev.get("type"), ev.get("object") or {}
+    except (ValueError, RecursionError, AttributeError) as e:
+        # Skipped, never a dead watch: every policy on the kind re-reads what it names.
+        log.warning("skipping an undecodable event of the watch %s (%s: %.200s)", path, type(e).__name__, e)
+        on_change(None)
+        return rv
+    if kind == "ERROR":
+        raise Kube._refusal(int(obj.get("code") or 500), json.dumps(obj).encode(), path)
+    md = obj.get("metadata") or {}
+    rv = str(md.get("resourceVersion") or rv)
+    if kind == "BOOKMARK":
+        return rv
+    name = str(md.get("name"))
+    if wants(name):
+        if kind == "DELETED":
+            versions.pop(name, None)
+        else:
+            versions[name] = rv
+        on_change({name})
+    return rv

@@ -25,6 +25,10 @@ watch_restarts = Counter(
     "Watches the operator closed and started again: silent (nothing, not even a bookmark, within the "
     "inactivity bound) or expired (410 Gone: the resourceVersion left the API server's window).",
     ["reason"])
+custom_watches = Gauge(
+    "depgate_custom_watches",
+    "Shared watches of custom resources running (one per apiVersion, kind and namespace that a "
+    "`resource` precondition names; at most --max-custom-watches).")
 status_writes = Counter("depgate_status_writes_total", "Status writes on DependencyPolicies.")
 preconditions = Gauge("depgate_preconditions", "Preconditions of a policy, by state.",
                       ["namespace", "policy", "state"])

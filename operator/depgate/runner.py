@@ -27,8 +27,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--watch-inactivity-seconds", type=float, default=70.0,
                    help="restart a watch that delivered nothing, not even a bookmark (the API server sends one "
                         "about every 60 s), for this long (default 70)")
+    p.add_argument("--max-custom-watches", type=_positive, default=64,
+                   help="watch custom resources (`resource` preconditions) of at most this many kinds per namespace "
+                        "at once, one shared watch each; a precondition over it says TooManyWatches (default 64)")
+    p.add_argument("--max-custom-kinds-per-policy", type=_positive, default=8,
+                   help="watch at most this many kinds of custom resource for one policy; its other `resource` "
+                        "preconditions say TooManyWatches (default 8)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
 
 
 # The API server stores JSON nested up to 10,000 levels deep in any field a CRD leaves free (its
@@ -58,6 +71,8 @@ def main(argv: list[str]) -> int:
     handlers.OPTIONS.kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
     handlers.OPTIONS.resync_seconds = args.resync_seconds
     handlers.OPTIONS.watch_inactivity_seconds = args.watch_inactivity_seconds
+    handlers.OPTIONS.max_custom_watches = args.max_custom_watches
+    handlers.OPTIONS.max_custom_kinds_per_policy = args.max_custom_kinds_per_policy
     if args.metrics_port:
         from prometheus_client import start_http_server
 

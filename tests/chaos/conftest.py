@@ -88,11 +88,24 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int) -> None:
 
         stats = terminalreporter.stats
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout
+        # A run of some of the tests replaces their lines and keeps the other tests' (with the run they
+        # came from), so running one test file does not drop the rest of `make chaos`'s report.
+        ran = {line.split(": ", 1)[0] for line in _REPORT}
+        kept: list[str] = []
+        earlier: list[Any] = []
+        if Path(out).exists():
+            old = json.loads(Path(out).read_text())
+            kept = [line for line in old.get("report", []) if line.split(": ", 1)[0] not in ran]
+            if kept:
+                earlier = [{k: old.get(k) for k in ("outcome", "exit_status")} | {
+                    "git_commit": old.get("machine", {}).get("git_commit"), "date": old.get("machine", {}).get("date"),
+                    "tests": sorted({line.split(": ", 1)[0] for line in kept})}, *old.get("earlier_runs", [])][:5]
         Path(out).write_text(json.dumps({
             "benchmark": "chaos",
             "outcome": {k: len(stats.get(k, [])) for k in ("passed", "failed", "error", "skipped")},
             "exit_status": int(exitstatus),
-            "report": _REPORT,
+            "report": kept + _REPORT,
+            **({"earlier_runs": earlier} if earlier else {}),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "kubernetes": KUBERNETES_VERSION,
                         "python": platform.python_version(), "git_commit": commit.strip(),
                         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

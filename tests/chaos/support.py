@@ -100,6 +100,25 @@ class Api:
             raise ApiError(resp.status, data)
         return data
 
+    def request_raw(self, method: str, path: str, body: bytes, *, query: Iterable[tuple[str, str]] = (),
+                    content_type: str = "application/json", timeout: float = 60) -> Any:
+        """`request` with the body as given (bytes: deep or malformed JSON the client's serializer
+        cannot write)."""
+        m, url, headers, _, _ = self.client.param_serialize(
+            method, path, query_params=list(query), header_params={"Content-Type": content_type,
+                                                                   "Accept": "application/json"},
+            auth_settings=["BearerToken"])
+        resp = self.client.rest_client.pool_manager.request(m, url, body=body, headers=headers,
+                                                            preload_content=False, timeout=timeout)
+        raw = resp.read()
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = raw.decode(errors="replace")
+        if resp.status >= 400:
+            raise ApiError(resp.status, data)
+        return data
+
     def get(self, path: str) -> dict[str, Any] | None:
         try:
             return dict(self.request("GET", path))
@@ -344,3 +363,84 @@ def etcd_compact(url: str) -> int:
     rev = etcd_revision(url)
     _etcd(url, "/v3/kv/compaction", {"revision": str(rev), "physical": True})
     return rev
+
+
+# ---------------------------------------------------------------------------------------------------
+# the operator's process, from /proc (as bench/common.proc_status reads memory)
+
+
+def threads_and_fds(pid: int) -> tuple[int, int]:
+    """(threads, open file descriptors) of a process."""
+    with open(f"/proc/{pid}/status") as fh:
+        threads = next(int(line.split()[1]) for line in fh if line.startswith("Threads:"))
+    return threads, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class ProcSampler:
+    """Samples a process's threads and fds every `interval` seconds in a thread, until stop()."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        import threading
+
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="proc-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.monotonic(), *threads_and_fds(self.pid)))
+            except (OSError, StopIteration):
+                return  # the process is gone: the test's liveness check says so
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    @property
+    def max_threads(self) -> int:
+        return max((t for _, t, _ in self.samples), default=0)
+
+    @property
+    def max_fds(self) -> int:
+        return max((f for _, _, f in self.samples), default=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# a canary policy: does the operator still serve other policies?
+
+
+class Canary:
+    """A policy gating Deployment `<name>-app` on ConfigMap `<name>-cm` having key `a`. flip()
+    changes the ConfigMap and returns how long its status took to follow (fails after `bound` s)."""
+
+    def __init__(self, api: Api, ns: str, name: str = "canary-policy", manager: str = "chaos-test") -> None:
+        self.api, self.name, self.manager = api, name, manager
+        self.policies, self.cms = DP.format(ns=ns), CM.format(ns=ns)
+        self.flips = 0
+        self.took: list[float] = []
+        api.create(DEPLOY.format(ns=ns), deployment(f"{name}-app"))
+        api.apply(f"{self.policies}/{name}", policy(name, {"workloadRef": {"name": f"{name}-app"}},
+                                                    [{"name": "settings", "configMap": {"name": f"{name}-cm",
+                                                                                        "keys": ["a"]}}]), manager)
+
+    def state(self) -> str | None:
+        pol = self.api.get(f"{self.policies}/{self.name}") or {}
+        for e in (pol.get("status") or {}).get("preconditions") or []:
+            if e.get("name") == "settings":
+                return str(e.get("state"))
+        return None
+
+    def flip(self, bound: float = 30) -> float:
+        self.flips += 1
+        has_key = self.flips % 2 == 1
+        self.api.apply(f"{self.cms}/{self.name}-cm",
+                       config_map(f"{self.name}-cm", {"a" if has_key else "b": str(self.flips)}), self.manager)
+        want = "Satisfied" if has_key else "Blocking"
+        took = poll(lambda: [] if self.state() == want else [f"{self.name} says {self.state()}"], bound,
+                    f"the canary's status to say {want} (flip {self.flips})", interval=0.1)
+        self.took.append(took)
+        return took

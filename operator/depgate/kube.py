@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -107,7 +108,14 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         # The client serialises dicts and lists as JSON itself (JSON is YAML, for apply patches too).
-        return self.api.call_api(m, url, headers, body, _request_timeout=timeout)
+        try:
+            return self.api.call_api(m, url, headers, body, _request_timeout=timeout)
+        except (urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError):
+            # A connection that went silent (a black-holed route, a stuck proxy) is seldom alone: the
+            # pool's other idle connections took the same path. Drop them all, so that the retry
+            # opens a new one instead of waiting out a timeout on each.
+            self.api.rest_client.pool_manager.clear()
+            raise
 
     def _call(self, method: str, path: str, *, query: Iterable[tuple[str, str]] = (), body: Any = None,
               content_type: str = "application/json") -> Any:

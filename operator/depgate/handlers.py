@@ -22,7 +22,7 @@ from typing import Any
 
 import kopf
 
-from depgate import GROUP, PLURAL, VERSION, graph, metrics, spec
+from depgate import GROUP, PLURAL, VERSION, echo, graph, metrics, spec
 from depgate.controller import Dep, Outcome, Reconciler, ReleaseFailed, deployment_of_pod, fresher
 from depgate.kube import Kube, NamespaceTerminating
 from depgate.render import ANNOTATION, RenderConfig
@@ -45,6 +45,10 @@ class Options:
     # resourceVersion it saw: a connection that went silent without closing (a black-holed route,
     # a stuck proxy) costs at most this long, never the server timeout.
     watch_inactivity_seconds: float = 70.0
+    # A status write the policies watch has not delivered back within this long means the watch
+    # no longer hears the API server although it is not silent (bookmarks still arrive): said at
+    # WARNING, counted, and the liveness probe fails until it hears again (the kubelet restarts us).
+    echo_seconds: float = 120.0
     request_timeout_seconds: float = 30.0
     max_custom_watches: int = 64  # shared custom-resource watches, one per (apiVersion, kind, namespace)
     max_custom_kinds_per_policy: int = 8  # distinct custom-resource kinds one policy may have watched
@@ -404,6 +408,41 @@ _watch_health = _WatchHealth()
 @kopf.on.startup()
 async def remember_loop(**_: Any) -> None:
     W.loop = asyncio.get_running_loop()
+    ECHO.bound = OPTIONS.echo_seconds
+    W.loop.create_task(_echo_watchdog(), name="depgate echo watchdog")
+
+
+ECHO = echo.Echoes()
+_echo_state: dict[str, float | None] = {"stale_since": None}
+
+
+async def _echo_watchdog() -> None:
+    """Every few seconds: has the policies watch delivered back every status write depgate made?"""
+    while True:
+        await asyncio.sleep(min(5.0, OPTIONS.echo_seconds / 4))
+        now = time.monotonic()
+        stale = ECHO.stale(now)
+        metrics.watch_stale.set(1 if stale else 0)
+        if stale and _echo_state["stale_since"] is None:
+            _echo_state["stale_since"] = now
+            metrics.watch_stale_total.inc()
+            (ns, name), rv, age = stale[0]
+            log.warning("the policies watch has not delivered depgate's own status write of %s/%s "
+                        "(resourceVersion %d) in %.0fs, nor %d other(s): it no longer hears the API server; "
+                        "the liveness probe fails until it does", ns, name, rv, age, len(stale) - 1)
+        elif not stale and _echo_state["stale_since"] is not None:
+            _echo_state["stale_since"] = None
+            log.warning("the policies watch hears the API server again")
+
+
+@kopf.on.probe(id="policy_watch")
+def policy_watch_probe(**_: Any) -> str:
+    since = _echo_state["stale_since"]
+    if since is not None:
+        # Permanent: Kopf retries other errors inside the probe, and /healthz would hang instead of failing
+        raise kopf.PermanentError(f"the policies watch has delivered none of depgate's own status writes for "
+                                  f"{time.monotonic() - since + OPTIONS.echo_seconds:.0f}s")
+    return "hears the API server"
 
 
 # ---------------------------------------------------------------------- the policies
@@ -416,8 +455,10 @@ async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name
         W.forget(key)
         W.changed_graph()
         metrics.forget(key)
+        ECHO.forget(key)
         return
     obj = _plain(body)
+    ECHO.heard(key, obj)
     prev = W.policies.get(key)
     if fresher(prev, obj):
         # A lagging watch (after an API server restart, say) delivers a copy older than the one
@@ -487,6 +528,8 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
         failures = 0
         last_done = time.monotonic()
         metrics.observe(key, outcome, time.monotonic() - started)
+        if outcome.written is not None:
+            ECHO.wrote(key, outcome.written, time.monotonic())
         if outcome.written is not None and fresher(outcome.written, W.policies.get(key) or obj):
             W.policies[key] = _slim(outcome.written)
             wmd, omd = outcome.written.get("metadata") or {}, obj.get("metadata") or {}

@@ -29,6 +29,13 @@ custom_watches = Gauge(
     "depgate_custom_watches",
     "Shared watches of custom resources running (one per apiVersion, kind and namespace that a "
     "`resource` precondition names; at most --max-custom-watches).")
+watch_stale_total = Counter(
+    "depgate_watch_stale_episodes_total",
+    "Times the policies watch stopped delivering depgate's own status writes back within the bound.")
+watch_stale = Gauge(
+    "depgate_watch_stale",
+    "1 while the policies watch has not delivered depgate's own status writes back within the bound "
+    "(the watch is open and may get bookmarks, but hears no change).")
 status_writes = Counter("depgate_status_writes_total", "Status writes on DependencyPolicies.")
 preconditions = Gauge("depgate_preconditions", "Preconditions of a policy, by state.",
                       ["namespace", "policy", "state"])

@@ -33,6 +33,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-custom-kinds-per-policy", type=_positive, default=8,
                    help="watch at most this many kinds of custom resource for one policy; its other `resource` "
                         "preconditions say TooManyWatches (default 8)")
+    p.add_argument("--echo-seconds", type=float, default=120.0,
+                   help="a status write the policies watch has not delivered back within this long fails the "
+                        "liveness probe (/healthz) until it does (default 120)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -71,6 +74,7 @@ def main(argv: list[str]) -> int:
     handlers.OPTIONS.kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
     handlers.OPTIONS.resync_seconds = args.resync_seconds
     handlers.OPTIONS.watch_inactivity_seconds = args.watch_inactivity_seconds
+    handlers.OPTIONS.echo_seconds = args.echo_seconds
     handlers.OPTIONS.max_custom_watches = args.max_custom_watches
     handlers.OPTIONS.max_custom_kinds_per_policy = args.max_custom_kinds_per_policy
     if args.metrics_port:

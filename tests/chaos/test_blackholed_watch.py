@@ -80,3 +80,55 @@ def test_a_blackholed_watch_is_noticed_and_nothing_is_lost(proxy, api, namespace
     api.apply(f"{cms}/cm", support.config_map("cm", {"b": "1"}), "chaos-test")
     support.poll(lambda: [] if settings_state(api, f"{policies}/p")[0] == "Blocking"
                  else [f"settings is {settings_state(api, f'{policies}/p')}"], 30, "Blocking again (key a gone)")
+
+
+@pytest.mark.chaos
+def test_a_watch_that_hears_nothing_fails_the_liveness_probe(proxy, api, namespace, operators, tmp_path, report):
+    """The case the inactivity bound cannot see (a watch that stays open, bookmarks or not, but
+    delivers no change): depgate's own status write not delivered back within --echo-seconds fails
+    /healthz, the kubelet's liveness probe, with a WARNING and depgate_watch_stale 1."""
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    ns = namespace
+    deploys, policies, cms = support.DEPLOY.format(ns=ns), support.DP.format(ns=ns), support.CM.format(ns=ns)
+    api.create(deploys, support.deployment("app"))
+    api.apply(f"{policies}/p", support.policy(
+        "p", {"workloadRef": {"name": "app"}}, [{"name": "settings", "configMap": {"name": "cm", "keys": ["a"]}}]),
+        "chaos-test")
+    health = free_port()
+    direct = operators.kubeconfig
+    operators.kubeconfig = proxied_kubeconfig(direct, proxy.port, tmp_path)
+    # the inactivity bound far away: only the echo check can notice
+    op = operators.start("--resync-seconds=3", "--watch-inactivity-seconds=600", "--echo-seconds=5",
+                         f"--health-port={health}")
+
+    def healthz() -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    support.poll(lambda: [] if settings_state(api, f"{policies}/p") == ("Blocking", "NotFound")
+                 else [f"settings is {settings_state(api, f'{policies}/p')}"], 60, "Blocking on the missing ConfigMap")
+    support.poll(lambda: [] if healthz() == 200 else ["not healthy yet"], 30, "/healthz 200 while the watch hears")
+
+    proxy.blackhole()
+    # a change the operator's black-holed watches never deliver; its 3 s resync reads it on a new
+    # connection and writes the status, which the policies watch then never delivers back
+    api.apply(f"{cms}/cm", support.config_map("cm", {"a": "1"}), "chaos-test")
+    support.poll(lambda: [] if settings_state(api, f"{policies}/p") == ("Satisfied", "KeysPresent")
+                 else [f"settings is {settings_state(api, f'{policies}/p')}"], 90, "the resync's status write")
+    try:
+        took = support.poll(lambda: [] if healthz() == 500 else ["/healthz still 200"], 60,
+                            "/healthz to fail once the policies watch stops delivering depgate's writes")
+        assert op.counter("depgate_watch_stale") == 1
+        assert op.counter("depgate_watch_stale_episodes_total") == 1
+        assert "no longer hears the API server" in op.log_text()
+        report(f"/healthz failed {took:.1f}s after the status write the watch never delivered (echo bound 5s)")
+    finally:  # what the kubelet would do: a new operator, here on a direct connection (it deletes the policy)
+        operators.stop()
+        operators.kubeconfig = direct

@@ -134,14 +134,20 @@ def api(api_client: Any) -> support.Api:
 
 
 @pytest.fixture
-def plane_dir(plane: Plane) -> Path:
-    """The state dir of the plane this session started (components can be restarted there)."""
+def plane_dir(plane: Plane, report: Any) -> Iterator[Path]:
+    """The state dir of the plane this session started (components can be restarted there). After the
+    test, wait until kube-controller-manager hears the API server again (its reflectors back off for
+    up to a minute after restarts: dev.plane.wait_settled), so that the next test finds a whole plane."""
+    from depgate.dev import plane as devplane
+
     if os.environ.get("USE_EXISTING_CLUSTER", "").lower() == "true":
         pytest.skip("stops and restarts components of the local plane; USE_EXISTING_CLUSTER runs none")
     d = Path(plane.kubeconfig).parent
     if not (d / "state.json").exists():
         pytest.skip(f"no local plane state in {d}")
-    return d
+    yield d
+    took = devplane.wait_settled(d)
+    report(f"kube-controller-manager heard the API server again {took:.1f}s after the test")
 
 
 def _running_operators() -> list[int]:

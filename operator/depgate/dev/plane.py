@@ -436,6 +436,40 @@ def restart(state_dir: Path, name: str, down_seconds: float = 0.0, *, timeout: f
     return proc
 
 
+def wait_settled(state_dir: Path, timeout: float = 150.0) -> float:
+    """Wait until kube-controller-manager hears the API server again: a probe namespace gets its
+    default ServiceAccount. Return the seconds it took.
+
+    After kube-apiserver restarts, its watch caches start with no history, so every client-go
+    reflector's resumed watch is refused as too old (410) and lists again after its backoff: 800 ms
+    doubling to 30 s, jittered up to twice that, reset only after 2 minutes without a failure.
+    Measured here: three restarts 10 s apart and kube-controller-manager's namespaces reflector waited
+    49 s before listing again; a new namespace got its ServiceAccount 66 s after it was created
+    (0.1 s on a settled plane). A test that restarts the API server calls this before the next test
+    needs kube-controller-manager (it is what a cold `make test` tripped on: issue 11).
+    """
+    state = load_state(Path(state_dir))
+    if state is None:
+        raise PlaneError(f"no plane in {state_dir}")
+    if not state.pods:
+        return 0.0  # no kube-controller-manager to wait for
+    ca = Path(state.state_dir) / "pki" / "ca.crt"
+    name = f"depgate-settle-{secrets.token_hex(4)}"
+    t0 = time.monotonic()
+    _post(f"{state.server}/api/v1/namespaces", state.token, ca,
+          {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    try:
+        _wait_until("kube-controller-manager to hear the API server again (a probe namespace's ServiceAccount)",
+                    lambda: _get(f"{state.server}/api/v1/namespaces/{name}/serviceaccounts/default", state.token,
+                                 ca)[0] == 200, timeout, [])
+    finally:
+        req = urllib.request.Request(f"{state.server}/api/v1/namespaces/{name}", method="DELETE",
+                                     headers={"Authorization": f"Bearer {state.token}"})
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(req, timeout=10, context=ssl.create_default_context(cafile=str(ca))).close()
+    return time.monotonic() - t0
+
+
 def _stop_pid(pid: int, grace: float) -> None:
     # Each process leads its own group (start_new_session / setsid): signal the group.
     for sig in (signal.SIGTERM, signal.SIGKILL):

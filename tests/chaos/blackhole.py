@@ -7,10 +7,12 @@ as usual, so a client that gives up on a silent connection and opens a new one g
 from __future__ import annotations
 
 import contextlib
+import json
 import selectors
 import socket
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -109,3 +111,14 @@ class BlackholeProxy:
         with self._lock:
             if pair in self.pairs:
                 self.pairs.remove(pair)
+
+
+def proxied_kubeconfig(kubeconfig: str, port: int, tmp: Path) -> str:
+    """The same identity, through the proxy on `port` (the API server's certificate names 127.0.0.1)."""
+    cfg = json.loads(Path(kubeconfig).read_text())  # the suite writes kubeconfigs as JSON
+    for c in cfg["clusters"]:
+        c["cluster"]["server"] = f"https://127.0.0.1:{port}"
+    out = tmp / "proxied.kubeconfig"
+    out.write_text(json.dumps(cfg))
+    out.chmod(0o600)
+    return str(out)

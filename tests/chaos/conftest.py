@@ -150,6 +150,19 @@ def plane_dir(plane: Plane, report: Any) -> Iterator[Path]:
     report(f"kube-controller-manager heard the API server again {took:.1f}s after the test")
 
 
+@pytest.fixture
+def proxy(plane: Plane) -> Iterator[Any]:
+    """A TCP proxy to the plane's API server that can black-hole the connections it carries."""
+    from urllib.parse import urlparse
+
+    from tests.chaos.blackhole import BlackholeProxy
+
+    u = urlparse(plane.server)
+    p = BlackholeProxy((u.hostname or "127.0.0.1", int(u.port or 443))).start()
+    yield p
+    p.stop()
+
+
 def _running_operators() -> list[int]:
     """`depgate run` children of this process (the integration suite's session operator, or one a
     fault test left running): they would fight the operators a fault test kills and restarts."""

@@ -7,36 +7,16 @@ watch timeout (300 s) or the resync (an hour here) could paper over it.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
 from tests.chaos import support
-from tests.chaos.blackhole import BlackholeProxy
+from tests.chaos.blackhole import proxied_kubeconfig
 
 BOUND = 6.0  # the inactivity bound this test runs the operator with (the default is 70 s)
 
 
-@pytest.fixture
-def proxy(plane) -> Iterator[BlackholeProxy]:
-    u = urlparse(plane.server)
-    p = BlackholeProxy((u.hostname or "127.0.0.1", int(u.port or 443))).start()
-    yield p
-    p.stop()
-
-
-def proxied_kubeconfig(kubeconfig: str, port: int, tmp: Path) -> str:
-    cfg = json.loads(Path(kubeconfig).read_text())  # the suite writes kubeconfigs as JSON
-    for c in cfg["clusters"]:
-        c["cluster"]["server"] = f"https://127.0.0.1:{port}"  # the API server's certificate names 127.0.0.1
-    out = tmp / "proxied.kubeconfig"
-    out.write_text(json.dumps(cfg))
-    out.chmod(0o600)
-    return str(out)
 
 
 def settings_state(api: support.Api, path: str) -> tuple[str | None, str | None]:
@@ -45,19 +25,32 @@ def settings_state(api: support.Api, path: str) -> tuple[str | None, str | None]
     return e.get("state"), e.get("reason")
 
 
-@pytest.mark.chaos
-def test_a_blackholed_watch_is_noticed_and_nothing_is_lost(proxy, api, namespace, operators, tmp_path, report):
-    ns = namespace
-    deploys, policies, cms = support.DEPLOY.format(ns=ns), support.DP.format(ns=ns), support.CM.format(ns=ns)
-    api.create(deploys, support.deployment("app"))
+def gated_app(api: support.Api, ns: str) -> tuple[str, str]:
+    """Deployment `app`, gated by policy `p` on key `a` of ConfigMap `cm` (not there yet)."""
+    policies, cms = support.DP.format(ns=ns), support.CM.format(ns=ns)
+    api.create(support.DEPLOY.format(ns=ns), support.deployment("app"))
     api.apply(f"{policies}/p", support.policy(
         "p", {"workloadRef": {"name": "app"}}, [{"name": "settings", "configMap": {"name": "cm", "keys": ["a"]}}]),
         "chaos-test")
+    return policies, cms
+
+
+def wait_state(api: support.Api, path: str, want: tuple[str, str], timeout: float, what: str) -> float:
+    def check() -> list[str]:
+        have = settings_state(api, path)
+        return [] if have == want else [f"settings is {have}"]
+
+    return support.poll(check, timeout, what)
+
+
+@pytest.mark.chaos
+def test_a_blackholed_watch_is_noticed_and_nothing_is_lost(proxy, api, namespace, operators, tmp_path, report):
+    ns = namespace
+    policies, cms = gated_app(api, ns)
     operators.kubeconfig = proxied_kubeconfig(operators.kubeconfig, proxy.port, tmp_path)
     op = operators.start("--resync-seconds=3600", f"--watch-inactivity-seconds={BOUND}")
 
-    support.poll(lambda: [] if settings_state(api, f"{policies}/p") == ("Blocking", "NotFound")
-                 else [f"settings is {settings_state(api, f'{policies}/p')}"], 60, "Blocking on the missing ConfigMap")
+    wait_state(api, f"{policies}/p", ("Blocking", "NotFound"), 60, "Blocking on the missing ConfigMap")
     silent_before = op.counter('depgate_watch_restarts_total{reason="silent"}')
 
     holed = proxy.blackhole()
@@ -66,9 +59,8 @@ def test_a_blackholed_watch_is_noticed_and_nothing_is_lost(proxy, api, namespace
     # changes the operator cannot hear about on the connections it holds
     api.apply(f"{cms}/cm", support.config_map("cm", {"a": "1"}), "chaos-test")
 
-    took = support.poll(lambda: [] if settings_state(api, f"{policies}/p") == ("Satisfied", "KeysPresent")
-                        else [f"settings is {settings_state(api, f'{policies}/p')}"],
-                        BOUND + 90, "Satisfied after the ConfigMap appeared during the silence")
+    took = wait_state(api, f"{policies}/p", ("Satisfied", "KeysPresent"), BOUND + 90,
+                      "Satisfied after the ConfigMap appeared during the silence")
     silent = op.counter('depgate_watch_restarts_total{reason="silent"}') - silent_before
     report(f"{holed} connections black-holed; Satisfied {took:.1f}s later (inactivity bound {BOUND:.0f}s); "
            f"{silent:.0f} silent watches restarted")
@@ -78,8 +70,7 @@ def test_a_blackholed_watch_is_noticed_and_nothing_is_lost(proxy, api, namespace
 
     # and it keeps hearing: a change after the silence arrives through the restarted watches
     api.apply(f"{cms}/cm", support.config_map("cm", {"b": "1"}), "chaos-test")
-    support.poll(lambda: [] if settings_state(api, f"{policies}/p")[0] == "Blocking"
-                 else [f"settings is {settings_state(api, f'{policies}/p')}"], 30, "Blocking again (key a gone)")
+    wait_state(api, f"{policies}/p", ("Blocking", "MissingKeys"), 30, "Blocking again (key a gone)")
 
 
 @pytest.mark.chaos
@@ -93,11 +84,7 @@ def test_a_watch_that_hears_nothing_fails_the_liveness_probe(proxy, api, namespa
     from tests.conftest import free_port
 
     ns = namespace
-    deploys, policies, cms = support.DEPLOY.format(ns=ns), support.DP.format(ns=ns), support.CM.format(ns=ns)
-    api.create(deploys, support.deployment("app"))
-    api.apply(f"{policies}/p", support.policy(
-        "p", {"workloadRef": {"name": "app"}}, [{"name": "settings", "configMap": {"name": "cm", "keys": ["a"]}}]),
-        "chaos-test")
+    policies, cms = gated_app(api, ns)
     health = free_port()
     direct = operators.kubeconfig
     operators.kubeconfig = proxied_kubeconfig(direct, proxy.port, tmp_path)
@@ -112,16 +99,14 @@ def test_a_watch_that_hears_nothing_fails_the_liveness_probe(proxy, api, namespa
         except urllib.error.HTTPError as e:
             return int(e.code)
 
-    support.poll(lambda: [] if settings_state(api, f"{policies}/p") == ("Blocking", "NotFound")
-                 else [f"settings is {settings_state(api, f'{policies}/p')}"], 60, "Blocking on the missing ConfigMap")
+    wait_state(api, f"{policies}/p", ("Blocking", "NotFound"), 60, "Blocking on the missing ConfigMap")
     support.poll(lambda: [] if healthz() == 200 else ["not healthy yet"], 30, "/healthz 200 while the watch hears")
 
     proxy.blackhole()
     # a change the operator's black-holed watches never deliver; its 3 s resync reads it on a new
     # connection and writes the status, which the policies watch then never delivers back
     api.apply(f"{cms}/cm", support.config_map("cm", {"a": "1"}), "chaos-test")
-    support.poll(lambda: [] if settings_state(api, f"{policies}/p") == ("Satisfied", "KeysPresent")
-                 else [f"settings is {settings_state(api, f'{policies}/p')}"], 90, "the resync's status write")
+    wait_state(api, f"{policies}/p", ("Satisfied", "KeysPresent"), 90, "the resync's status write")
     try:
         took = support.poll(lambda: [] if healthz() == 500 else ["/healthz still 200"], 60,
                             "/healthz to fail once the policies watch stops delivering depgate's writes")

@@ -12,14 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 
 from depgate.dev.plane import wait_crd_served
 from tests.chaos import support
-from tests.chaos.blackhole import BlackholeProxy
-from tests.chaos.test_blackholed_watch import proxied_kubeconfig
+from tests.chaos.blackhole import proxied_kubeconfig
 
 GROUP = "bounds.depgate.io"
 KINDS = ("Widget", "Gizmo", "Doohickey")
@@ -247,13 +245,6 @@ def test_watches_over_a_cap_say_too_many_watches_and_get_one_when_room_frees(kin
 
 BOUND = 6.0  # the inactivity bound the silent-watch test runs the operator with (the default is 70 s)
 
-
-@pytest.fixture
-def proxy(plane) -> Iterator[BlackholeProxy]:
-    u = urlparse(plane.server)
-    p = BlackholeProxy((u.hostname or "127.0.0.1", int(u.port or 443))).start()
-    yield p
-    p.stop()
 
 
 @pytest.mark.chaos

@@ -448,7 +448,9 @@ def test_a_template_the_api_server_refuses_or_render_cannot_use_is_explained(api
                   "template": {"metadata": {"labels": {"app": "w"}}, "spec": pod}}
     cases = {  # name: (template, preconditions, what the message must name)
         "bad-labels": ({"metadata": {"labels": {"bad key!": "x"}}, "spec": deployment}, tcp, "bad key!"),
-        "no-containers": ({"spec": {"replicas": 0}}, tcp, "containers"),
+        # the schema takes an empty list (a DeploymentSpec's containers has no minItems); the API server does not
+        "no-containers": ({"spec": {**deployment, "template": {"metadata": {"labels": {"app": "w"}},
+                                                               "spec": {"containers": []}}}}, tcp, "containers"),
         "missing-container": ({"spec": deployment},
                               [{"name": "await", "command": {"fromContainer": "missing", "command": ["true"]}}],
                               "missing"),

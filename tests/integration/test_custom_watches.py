@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from depgate.dev.plane import wait_crd_served
 from tests.conftest import wait_for
 from tests.integration.kubehelp import apply, deployment, entry, policy, wait_policy
@@ -45,14 +47,26 @@ def sprocket(name: str, ready: str) -> str:
                        "status": {"conditions": [{"type": "Ready", "status": ready}]}})
 
 
-def test_a_kind_installed_after_its_policies_is_watched_once_for_all(plane, operator, namespace):
+@pytest.fixture
+def read_sprockets(plane):
+    """The right to read Sprockets, granted the documented way, and taken back after the test (the
+    operator's rights are compared with a snapshot by test_manifests)."""
     plane.run_kubectl("apply", "--server-side", "-f", "-", input=READ)
-    if "DEPGATE_TEST_AS_ADMIN" not in os.environ and "USE_EXISTING_CLUSTER" not in os.environ:
-        def aggregated() -> bool:  # (`kubectl auth can-i` needs the kind served to say yes)
-            role = json.loads(plane.run_kubectl("get", "clusterrole", "depgate-operator", "-o", "json").stdout)
-            return any(GROUP in (r.get("apiGroups") or []) for r in role.get("rules") or [])
 
+    def aggregated() -> bool:  # (`kubectl auth can-i` needs the kind served to say yes)
+        role = json.loads(plane.run_kubectl("get", "clusterrole", "depgate-operator", "-o", "json").stdout)
+        return any(GROUP in (r.get("apiGroups") or []) for r in role.get("rules") or [])
+
+    checked = "DEPGATE_TEST_AS_ADMIN" not in os.environ and "USE_EXISTING_CLUSTER" not in os.environ
+    if checked:
         wait_for(aggregated, 30, interval=0.3, what="the aggregated right to watch Sprockets")
+    yield
+    plane.run_kubectl("delete", "clusterrole", "depgate-read-sprockets", check=False)
+    if checked:
+        wait_for(lambda: not aggregated(), 30, interval=0.3, what="the right to watch Sprockets taken back")
+
+
+def test_a_kind_installed_after_its_policies_is_watched_once_for_all(plane, operator, namespace, read_sprockets):
     for p in ("a", "b"):
         apply(plane, namespace, deployment(f"app-{p}"))
         apply(plane, namespace, policy(p, f"app-{p}", "\n".join(

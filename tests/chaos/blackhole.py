@@ -2,13 +2,15 @@
 both ways, without closing anything (as a dead route or a stuck middlebox does; the client sees an
 open connection that never delivers another byte). Connections opened after that are forwarded
 as usual, so a client that gives up on a silent connection and opens a new one gets through.
+
+Each direction of each connection has its own thread with blocking I/O: a peer that reads slowly
+(or not at all) holds up only its own direction, never the other connections.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import selectors
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ class _Pair:
     client: socket.socket
     upstream: socket.socket
     holed: bool = False
+    closed: bool = False
 
 
 @dataclass
@@ -33,15 +36,16 @@ class BlackholeProxy:
 
     def start(self) -> BlackholeProxy:
         self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.settimeout(0.2)
         self.port = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._run, name="blackhole-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._accept, name="blackhole-proxy", daemon=True)
         self._thread.start()
         return self
 
     def blackhole(self) -> int:
         """Stop forwarding on every connection open now; return how many that is."""
         with self._lock:
-            live = [p for p in self.pairs if not p.holed]
+            live = [p for p in self.pairs if not p.holed and not p.closed]
             for p in live:
                 p.holed = True
             return len(live)
@@ -49,68 +53,65 @@ class BlackholeProxy:
     def held(self) -> int:
         """Black-holed connections the client still keeps open (it has not given up on them yet)."""
         with self._lock:
-            return sum(1 for p in self.pairs if p.holed)
+            return sum(1 for p in self.pairs if p.holed and not p.closed)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
         with self._lock:
-            for p in self.pairs:
-                for s in (p.client, p.upstream):
-                    with contextlib.suppress(OSError):
-                        s.close()
+            pairs = list(self.pairs)
+        for p in pairs:
+            self._close(p)
         self._listener.close()
 
-    def _run(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self._listener, selectors.EVENT_READ, None)
+    def _accept(self) -> None:
         while not self._stop.is_set():
-            for key, _ in sel.select(timeout=0.1):
-                if key.data is None:
-                    client, _addr = self._listener.accept()
-                    try:
-                        upstream = socket.create_connection(self.target, timeout=5)
-                    except OSError:
-                        client.close()
-                        continue
-                    pair = _Pair(client, upstream)
-                    with self._lock:
-                        self.pairs.append(pair)
-                        self.accepted += 1
-                    sel.register(client, selectors.EVENT_READ, (pair, upstream))
-                    sel.register(upstream, selectors.EVENT_READ, (pair, client))
-                    continue
-                pair, other = key.data
-                src: socket.socket = key.fileobj  # type: ignore[assignment]
-                if pair.holed:
-                    # Read what arrives and drop it: a client that closes its end is seen (so
-                    # `held` drops), but not one byte goes through any more, either way.
-                    try:
-                        data = src.recv(65536)
-                    except OSError:
-                        data = b""
-                    if not data:
-                        self._close(sel, pair)
-                    continue
-                try:
-                    data = src.recv(65536)
-                    if data:
-                        other.sendall(data)
-                except OSError:
-                    data = b""
-                if not data:
-                    self._close(sel, pair)
-        sel.close()
+            try:
+                client, _addr = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            client.settimeout(None)
+            upstream.settimeout(None)
+            pair = _Pair(client, upstream)
+            with self._lock:
+                self.pairs.append(pair)
+                self.accepted += 1
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(pair, src, dst), daemon=True,
+                                 name="blackhole-pump").start()
 
-    def _close(self, sel: selectors.BaseSelector, pair: _Pair) -> None:
-        for s in (pair.client, pair.upstream):
-            with contextlib.suppress(KeyError, ValueError):
-                sel.unregister(s)
-            with contextlib.suppress(OSError):
-                s.close()
+    def _pump(self, pair: _Pair, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if pair.holed:
+                    continue  # read and drop: a close is still seen, not one byte goes through
+                dst.sendall(data)
+        except OSError:
+            pass
+        self._close(pair)
+
+    def _close(self, pair: _Pair) -> None:
         with self._lock:
+            if pair.closed:
+                return
+            pair.closed = True
             if pair in self.pairs:
                 self.pairs.remove(pair)
+        for s in (pair.client, pair.upstream):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
 
 
 def proxied_kubeconfig(kubeconfig: str, port: int, tmp: Path) -> str:

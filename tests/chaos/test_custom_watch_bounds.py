@@ -266,7 +266,7 @@ def test_a_silent_custom_watch_is_restarted_and_counted(kinds, proxy, api, names
     silent_before = op.counter('depgate_watch_restarts_total{reason="silent"}')
     holed = proxy.blackhole()
     set_ready(api, ns, "Widget", "w", True)  # unheard on the connection the watch holds
-    took = support.poll(lambda: [] if state() == ("Satisfied", "ConditionMet") else [str(state())], BOUND + 60,
+    took = support.poll(lambda: [] if state() == ("Satisfied", "ConditionMet") else [str(state())], BOUND + 90,
                         "Satisfied after the Widget changed during the silence")
     report(f"{holed} connections black-holed; Satisfied {took:.1f}s later (inactivity bound {BOUND:.0f}s)")
     assert op.counter('depgate_watch_restarts_total{reason="silent"}') > silent_before

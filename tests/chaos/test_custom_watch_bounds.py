@@ -263,6 +263,21 @@ def test_a_silent_custom_watch_is_restarted_and_counted(kinds, proxy, api, names
         return e.get("state"), e.get("reason")
 
     support.poll(lambda: [] if state() == ("Blocking", "ConditionNotMet") else [str(state())], 60, "Blocking")
+    # the shared Widget watch must be up (through the proxy) before the black-hole: it starts after the
+    # policy's first reconcile, which can itself take a request timeout; a change it delivers proves it
+    def watch_live() -> list[str]:
+        before = op.counter("depgate_reconciles_total")
+        api.merge_patch(path(ns, "Widget", "w"), {"metadata": {"annotations": {"probe": str(before)}}})
+        try:
+            support.poll(lambda: [] if op.counter("depgate_reconciles_total") > before else ["no"], 5,
+                         "a reconcile woken by the Widget watch")
+        except AssertionError:
+            return ["the Widget watch delivered no change within 5 s"]
+        return []
+
+    support.poll(lambda: [] if op.counter("depgate_custom_watches") == 1 else ["no watch yet"], 60,
+                 "the shared Widget watch")
+    support.poll(watch_live, 60, "the Widget watch delivering changes")
     silent_before = op.counter('depgate_watch_restarts_total{reason="silent"}')
     holed = proxy.blackhole()
     set_ready(api, ns, "Widget", "w", True)  # unheard on the connection the watch holds

@@ -156,6 +156,7 @@ class Reconciler:
         stalled: status.Stalled | None = None
         problems: list[tuple[str, str]] = []  # (reason, message) that keep Applied False
         deployments: list[dict[str, Any]] = []
+        claimed: set[str] = set()  # Deployments that carry this policy's claim, whatever status.targets says
 
         target = policy.target
         if isinstance(target, spec.WorkloadRef):
@@ -168,8 +169,12 @@ class Reconciler:
                 deployments.append(dep)
         elif isinstance(target, spec.Selector):
             out.selector = target
-            deployments = [d for d in self.kube.items("apps/v1", "Deployment", ns)
-                           if target.matches((d.get("metadata") or {}).get("labels"))]
+            listed = self.kube.items("apps/v1", "Deployment", ns)
+            deployments = [d for d in listed if target.matches((d.get("metadata") or {}).get("labels"))]
+            # The namespace's list is at hand: a Deployment gated by a reconcile whose status write never
+            # happened (the operator killed in between) is released too, not only those status.targets names.
+            claimed = {d["metadata"]["name"] for d in listed
+                       if ((d["metadata"].get("annotations") or {}).get(render.ANNOTATION)) == name}
             if not deployments:
                 problems.append(("TargetNotFound", "no Deployment in the namespace matches spec.selector"))
         else:
@@ -236,7 +241,7 @@ class Reconciler:
                 continue
             applied_to.append(live)
 
-        self._release_dropped(ns, name, prior, set(out.targets), out)
+        self._release_dropped(ns, name, set(prior.get("targets") or []) | claimed, set(out.targets), out)
         if any(p.group == "api" for p in policy.preconditions) and applied_to:
             self._ensure_wait_rbac(obj, policy, applied_to, out)
 
@@ -306,10 +311,10 @@ class Reconciler:
         out.writes += 1
         return live
 
-    def _release_dropped(self, ns: str, name: str, prior: Mapping[str, Any], current: set[str], out: Outcome) -> None:
+    def _release_dropped(self, ns: str, name: str, before: set[str], current: set[str], out: Outcome) -> None:
         # A release that fails raises (ReleaseFailed): the status is not written, so the next attempt
         # still finds the Deployment among the prior targets.
-        for dname in prior.get("targets") or []:
+        for dname in sorted(before):
             if dname not in current and self.release(ns, name, dname):
                 out.writes += 1
 

@@ -216,6 +216,34 @@ def test_selector_gates_every_matching_deployment(plane, operator, namespace):
     wait_deployment(plane, namespace, "b", lambda d: init_names(d) == [], what="released when no longer selected")
 
 
+def test_selector_releases_a_deployment_it_gated_but_never_recorded(plane, operator, namespace):
+    """An operator killed between gating a Deployment and writing status.targets leaves a Deployment that
+    carries depgate's init containers and its claim, unselected meanwhile, named nowhere in the status.
+    The policy's next reconcile finds the claim in the namespace's list and releases it."""
+    apply(plane, namespace, deployment("left", labels=", tier: other"))
+    # what a depgate that died before its status write leaves behind (depgate's own field manager)
+    plane.run_kubectl("apply", "--server-side", "--field-manager=depgate", "-n", namespace, "-f", "-", input="""
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: left
+  annotations: {depgate.io/policy: tier}
+spec:
+  template:
+    spec:
+      initContainers:
+      - {name: depgate-redis-port, image: depgate/depgate:test, command: [depgate, wait, tcp]}
+""")
+    assert init_names(get(plane, namespace, "deployment", "left"))[0] == "depgate-redis-port"
+    apply(plane, namespace, deployment("a", labels=", tier: app"))
+    apply(plane, namespace, policy("tier", "selector: {matchLabels: {tier: app}}"))
+    wait_policy(plane, namespace, "tier", lambda p: (p["status"].get("targets") or []) == ["a"])
+    dep = wait_deployment(plane, namespace, "left", lambda d: "depgate-redis-port" not in init_names(d),
+                          what="released although status.targets never named it")
+    assert "depgate.io/policy" not in (dep["metadata"].get("annotations") or {})
+    assert init_names(get(plane, namespace, "deployment", "a")) == OURS
+
+
 def test_template_mode_creates_owns_and_garbage_collects(plane, operator, namespace, needs_pods):
     apply(plane, namespace, """
     apiVersion: depgate.io/v1alpha1

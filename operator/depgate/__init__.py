@@ -1,22 +1,26 @@
 """depgate: gate Deployments on declared startup preconditions, one init container each.
 
 Follow one policy by file name:
-  spec.py      YAML/dict -> validated Policy model (pure)
-  render.py    Policy + Deployment -> the server-side-apply body and the rendered Deployment (pure)
-  verdicts.py  API objects -> per-precondition verdicts (pure)
-  status.py    verdicts + pods -> the policy's status and conditions (pure)
-  graph.py     all policies -> dependency graph, cycles (pure)
-  kube.py      the one adapter that talks to the API server
-  handlers.py  Kopf handlers: wire events to the core through kube.py
-  waiter/      `depgate wait ...`, the program inside every init container (stdlib only)
-  dev/         `depgate dev up|down`: a real local control plane compiled from Go modules
+  constants.py  the vocabulary: the API's names, the names depgate owns, state and group words
+  registry.py   the tables: Kubernetes kinds, workload kinds, precondition types (who judges, what
+                they watch, which waiter runs them)
+  spec.py       YAML/dict -> validated Policy model (pure)
+  render.py     Policy + Deployment -> the server-side-apply body and the rendered Deployment (pure)
+  verdicts.py   API objects -> the operator's verdict on each api precondition (pure)
+  status.py     verdicts + pods -> the policy's status, conditions and events (pure)
+  graph.py      what each policy depends on; all policies -> dependency graph, cycles (pure)
+  controller.py one reconcile of one policy: read, decide with the core, write (through kube.py)
+  kube.py       the one adapter that talks to the API server
+  handlers.py   Kopf handlers: wire events to the controller
+  runner.py     `depgate run`: the operator's flags, then Kopf
+  echo.py, metrics.py  the policies watch's health check; Prometheus metrics
+  render_cli.py, graph_cli.py  `depgate render` (files, offline) and `depgate graph` (live)
+  waiter/       `depgate wait ...`, the program inside every init container (stdlib only)
+  dev/          `depgate dev up|down`: a real local control plane compiled from Go modules
 """
 
-GROUP = "depgate.io"
-VERSION = "v1alpha1"
-PLURAL = "dependencypolicies"
-KIND = "DependencyPolicy"
-FIELD_MANAGER = "depgate"
-CONTAINER_PREFIX = "depgate-"
+from depgate.constants import CONTAINER_PREFIX, FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
+
+__all__ = ["CONTAINER_PREFIX", "FIELD_MANAGER", "GROUP", "KIND", "PLURAL", "VERSION", "__version__"]
 
 __version__ = "0.1.0"

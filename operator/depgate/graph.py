@@ -1,4 +1,5 @@
-"""All policies -> one dependency graph, its cycles, and printouts (pure: standard library only).
+"""What each policy depends on; all policies -> one dependency graph, its cycles, and printouts
+(pure: the standard library and depgate's core only).
 
 Nodes are objects (namespace, kind, name): the workloads that policies gate, the Services they
 wait on, and, as leaves, the other objects api preconditions name (Job, Secret, ConfigMap, any
@@ -12,8 +13,8 @@ on a cold start, neither a's nor b's pods can pass their init containers. `find_
 elementary cycles (Johnson's algorithm, bounded); `cycle_for_policy` turns them into the
 `DependencyCycle` message of each policy involved.
 
-The helpers at the bottom read raw DependencyPolicy objects (as the API returns them) leniently,
-so `depgate graph` does not depend on the strict spec model.
+Policies come in as spec.Policy (spec.parse_policy is the one reading of a policy); `dependencies`
+is the one answer to "what does this policy depend on", for the graph and for the operator's watches.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
-from urllib.parse import urlsplit
+
+from depgate import registry, spec
 
 DEPENDENCY_CYCLE: Final = "DependencyCycle"
-WORKLOAD_KINDS: Final = ("Deployment", "StatefulSet", "DaemonSet")
+WORKLOAD_KINDS: Final = tuple(registry.WORKLOAD_KINDS)
 DEFAULT_CYCLE_LIMIT: Final = 100
 
 
@@ -44,15 +46,36 @@ class Node(NamedTuple):
         return text if namespace is None or namespace == self.namespace else f"{text} ({self.namespace})"
 
 
+class ObjectKey(NamedTuple):
+    """(kind, namespace, name): how the operator's watches name an object (Dep.key)."""
+
+    kind: str
+    namespace: str
+    name: str
+
+
 @dataclass(frozen=True)
 class Dep:
-    """An object a policy's precondition waits on. namespace None: the policy's own namespace
-    (only network preconditions, through a Service's DNS name, can reach another namespace)."""
+    """An object a policy's precondition waits on. `kind` is the API kind ("Service", "Job", a workload
+    kind); for a `resource` precondition it is qualified with its API group ("Certificate.cert-manager.io",
+    see kind_name). namespace None: the policy's own namespace (only network preconditions, through a
+    Service's DNS name, can reach another namespace)."""
 
     kind: str
     name: str
     precondition: str
     namespace: str | None = None
+
+    def key(self, namespace: str) -> ObjectKey:
+        """(kind, namespace, name), the policy's `namespace` filling in a None."""
+        return ObjectKey(self.kind, self.namespace or namespace, self.name)
+
+
+def kind_name(api_version: str, kind: str, *, qualified: bool) -> str:
+    """How the graph and the watches spell a kind: bare for the kinds depgate knows (and for any kind
+    when not `qualified`), `Kind.group` for a custom resource's kind of a named group."""
+    group = api_version.rpartition("/")[0]
+    return f"{kind}.{group}" if qualified and group else kind
 
 
 @dataclass(frozen=True)
@@ -119,8 +142,9 @@ def build_graph(policies: Iterable[PolicyNode],
         selector = services.get((svc.namespace, svc.name))
         if not selector:
             continue
+        selects = spec.Selector(match_labels=selector)
         for workload, pod_labels in by_namespace.get(svc.namespace, ()):
-            if all(pod_labels.get(k) == v for k, v in selector.items()):
+            if selects.matches(pod_labels):
                 nodes.add(workload)
                 labels[(svc, workload)].add(SELECTS)
     edges: dict[Node, list[Node]] = defaultdict(list)
@@ -433,31 +457,7 @@ def to_dot(graph: Graph, blocked: Collection[tuple[Node, Node]] = frozenset(),
     return "\n".join(out) + "\n"
 
 
-# --------------------------------------------------------------------------- raw objects
-
-
-def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str] | None) -> bool:
-    """A metav1.LabelSelector against labels: matchLabels and matchExpressions (In, NotIn, Exists,
-    DoesNotExist). An empty selector matches everything; None matches nothing."""
-    if selector is None:
-        return False
-    labels = labels or {}
-    match_labels = selector.get("matchLabels") or {}
-    if any(labels.get(k) != v for k, v in match_labels.items()):
-        return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and key in labels and labels[key] in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
-            return False
-    return True
+# --------------------------------------------------------------------------- what a policy depends on
 
 
 def service_for_host(host: str, namespace: str, services: Collection[tuple[str, str]],
@@ -482,83 +482,78 @@ def service_for_host(host: str, namespace: str, services: Collection[tuple[str, 
     return candidate if candidate is not None and candidate in services else None
 
 
-def _host_of(spec: Mapping[str, Any], ptype: str) -> str | None:
-    if ptype in ("tcp", "redis"):
-        host = spec.get("host")
-        return host if isinstance(host, str) else None
-    if ptype in ("http", "download"):
-        url = spec.get("url")
-        try:
-            return urlsplit(url).hostname if isinstance(url, str) else None
-        except ValueError:
-            return None
-    if ptype == "dns":
-        name = spec.get("name")
-        return name if isinstance(name, str) else None
-    return None
+def dependencies(policy: spec.Policy, namespace: str | None = None,
+                 services: Collection[tuple[str, str]] = ()) -> list[Dep]:
+    """What `policy` depends on, in declared order (its namespace: `namespace`, else the policy's own,
+    else "default"; every Dep returned has it filled in).
 
-
-_API_KINDS: Final = {"service": "Service", "job": "Job", "secret": "Secret", "configMap": "ConfigMap"}
-_NETWORK: Final = ("tcp", "redis", "http", "dns", "download")
-
-
-def deps_of(namespace: str, preconditions: Iterable[Any],
-            services: Collection[tuple[str, str]]) -> list[Dep]:
-    """The Deps of a raw spec.preconditions list. Network preconditions count when their host
-    is an existing Service's cluster DNS name; `command` ones never name an object."""
+    - each precondition the operator judges: the object it names (its body's named_object());
+    - each network precondition (its body has a `host`) whose host is the cluster DNS name of one of
+      `services` ((namespace, name) pairs; none given: none counts): that Service;
+    - a `command` names nothing.
+    The operator watches the first kind (`{d.key(ns) for d in dependencies(policy, ns)}`); the graph
+    takes both."""
+    ns = namespace or policy.namespace or "default"
     deps: list[Dep] = []
-    for pre in preconditions:
-        if not isinstance(pre, Mapping) or not isinstance(pre.get("name"), str):
+    for pre in policy.preconditions:
+        body = pre.body
+        named = getattr(body, "named_object", None)
+        if named is not None:
+            api_version, kind, name = named()
+            custom = registry.PRECONDITION_TYPES[pre.type].custom_kind
+            deps.append(Dep(kind_name(api_version, kind, qualified=custom), name, pre.name, ns))
             continue
-        pname = pre["name"]
-        for ptype, kind in _API_KINDS.items():
-            body = pre.get(ptype)
-            if isinstance(body, Mapping) and isinstance(body.get("name"), str):
-                deps.append(Dep(kind, body["name"], pname))
-        body = pre.get("workload")
-        if isinstance(body, Mapping) and isinstance(body.get("name"), str):
-            deps.append(Dep(str(body.get("kind") or "Deployment"), body["name"], pname))
-        body = pre.get("resource")
-        if (isinstance(body, Mapping) and isinstance(body.get("name"), str)
-                and isinstance(body.get("kind"), str)):
-            group = str(body.get("apiVersion") or "").rpartition("/")[0]
-            kind = f"{body['kind']}.{group}" if group else body["kind"]
-            deps.append(Dep(kind, body["name"], pname))
-        for ptype in _NETWORK:
-            body = pre.get(ptype)
-            if not isinstance(body, Mapping):
-                continue
-            host = _host_of(body, ptype)
-            found = service_for_host(host, namespace, services) if host else None
-            if found is not None:
-                deps.append(Dep("Service", found[1], pname, None if found[0] == namespace else found[0]))
+        host = getattr(body, "host", None)
+        found = service_for_host(host, ns, services) if isinstance(host, str) and services else None
+        if found is not None:
+            deps.append(Dep(registry.SERVICE.kind, found[1], pre.name, found[0]))
     return deps
 
 
-def policy_node(policy: Mapping[str, Any], deployment_labels: Mapping[tuple[str, str], Mapping[str, str]],
+def targets_of(policy: spec.Policy, deployment_labels: Mapping[tuple[str, str], Mapping[str, str]]) -> list[str]:
+    """The names of the Deployments `policy` gates: workloadRef.name; the Deployments of its namespace
+    whose labels its selector matches (deployment_labels: (namespace, name) -> metadata.labels), sorted;
+    or the Deployment its template creates (spec.template_name)."""
+    target = policy.target
+    if isinstance(target, spec.WorkloadRef):
+        return [target.name]
+    if isinstance(target, spec.Selector):
+        ns = policy.namespace or "default"
+        return sorted(name for (dns, name), labels in deployment_labels.items()
+                      if dns == ns and target.matches(labels))
+    return [spec.template_name(policy)]
+
+
+def policy_node(policy: spec.Policy | Mapping[str, Any],
+                deployment_labels: Mapping[tuple[str, str], Mapping[str, str]],
                 services: Collection[tuple[str, str]]) -> PolicyNode:
-    """A raw DependencyPolicy -> PolicyNode. Targets: workloadRef.name, the Deployments of the
-    namespace whose labels `selector` matches (deployment_labels: (ns, name) -> metadata.labels),
-    or template.metadata.name."""
-    meta = policy.get("metadata") or {}
-    spec = policy.get("spec") or {}
-    ns, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
-    targets: list[str] = []
-    ref = spec.get("workloadRef")
-    if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
-        targets.append(ref["name"])
-    if isinstance(spec.get("selector"), Mapping):
-        targets += sorted(dname for (dns, dname), labels in deployment_labels.items()
-                          if dns == ns and selector_matches(spec["selector"], labels))
-    tname = ((spec.get("template") or {}).get("metadata") or {}).get("name")
-    if isinstance(tname, str):
-        targets.append(tname)
-    pres = spec.get("preconditions")
-    return PolicyNode(ns, name, targets, deps_of(ns, pres if isinstance(pres, list) else [], services))
+    """A policy -> PolicyNode: its targets (targets_of) and its dependencies.
+
+    A raw DependencyPolicy object is still taken (parsed with spec.parse_policy; one that does not
+    parse gates nothing and waits on nothing) while callers move to spec.Policy."""
+    if not isinstance(policy, spec.Policy):
+        meta = policy.get("metadata") or {}
+        ns, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+        try:
+            policy = spec.parse_policy(policy)
+        except spec.SpecError:
+            return PolicyNode(ns, name, [], [])
+    ns = policy.namespace or "default"
+    return PolicyNode(ns, policy.name, targets_of(policy, deployment_labels), dependencies(policy, ns, services))
+
+
+def policy_nodes(policies: Iterable[spec.Policy],
+                 deployment_labels: Mapping[tuple[str, str], Mapping[str, str]],
+                 services: Collection[tuple[str, str]]) -> list[PolicyNode]:
+    return [policy_node(p, deployment_labels, services) for p in policies]
+
+
+# --------------------------------------------------------------------------- status
 
 
 def blocked_from_status(policy: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """(namespace, policy, precondition) for each name in the policy's status.blocking."""
+    """(namespace, policy, precondition) for each name in the policy's status.blocking (a raw
+    DependencyPolicy object: spec.Policy holds no status)."""
     meta = policy.get("metadata") or {}
     ns, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
     blocking = (policy.get("status") or {}).get("blocking")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from depgate import GROUP, PLURAL, VERSION
 from depgate import graph as g
+from depgate import registry, spec
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Live:
 
     policies: list[dict[str, Any]] = field(default_factory=list)
     services: list[dict[str, Any]] = field(default_factory=list)
-    workloads: list[dict[str, Any]] = field(default_factory=list)  # Deployments, StatefulSets, DaemonSets
+    workloads: list[dict[str, Any]] = field(default_factory=list)  # of registry.WORKLOAD_KINDS, with "kind" set
 
 
 def list_live(namespace: str | None, context: str | None = None) -> Live:
@@ -36,30 +36,26 @@ def list_live(namespace: str | None, context: str | None = None) -> Live:
     except config.ConfigException:
         config.load_incluster_config()
     api: Any = client.ApiClient()
-    core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
 
     def items(result: Any) -> list[dict[str, Any]]:
         raw = api.sanitize_for_serialization(result) if not isinstance(result, dict) else result
         return [dict(i) for i in (raw.get("items") or [])]
 
+    def listed(kind: registry.ApiKind) -> list[dict[str, Any]]:
+        # the custom-objects client lists any kind of a named API group (apps/v1 included)
+        if namespace is None:
+            return items(custom.list_cluster_custom_object(kind.group, kind.version, kind.plural))
+        return items(custom.list_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural))
+
     live = Live()
-    listers: list[tuple[Callable[..., Any], str]]
+    live.policies = listed(registry.DEPENDENCY_POLICY)
     if namespace is None:
-        live.policies = items(custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
         live.services = items(core.list_service_for_all_namespaces())
-        listers = [(apps.list_deployment_for_all_namespaces, "Deployment"),
-                   (apps.list_stateful_set_for_all_namespaces, "StatefulSet"),
-                   (apps.list_daemon_set_for_all_namespaces, "DaemonSet")]
-        for lister, kind in listers:
-            live.workloads += [{**w, "kind": kind} for w in items(lister())]
     else:
-        live.policies = items(custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
         live.services = items(core.list_namespaced_service(namespace))
-        listers = [(apps.list_namespaced_deployment, "Deployment"),
-                   (apps.list_namespaced_stateful_set, "StatefulSet"),
-                   (apps.list_namespaced_daemon_set, "DaemonSet")]
-        for lister, kind in listers:
-            live.workloads += [{**w, "kind": kind} for w in items(lister(namespace))]
+    for workload in registry.WORKLOAD_KINDS.values():
+        live.workloads += [{**w, "kind": workload.kind} for w in listed(workload.api)]
     return live
 
 
@@ -81,8 +77,16 @@ def _meta(obj: dict[str, Any]) -> tuple[str, str]:
     return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
 
-def graph_from_live(live: Live) -> tuple[g.Graph, frozenset[tuple[g.Node, g.Node]]]:
-    """The graph of the live objects, and its blocked edges (from each policy's status.blocking)."""
+@dataclass(frozen=True)
+class LiveGraph:
+    graph: g.Graph
+    blocked: frozenset[tuple[g.Node, g.Node]]  # from each policy's status.blocking
+    skipped: list[spec.Refused]  # the policies that do not parse: not in the graph
+
+
+def live_graph(live: Live) -> LiveGraph:
+    """The graph of the live objects: the policies that parse (spec.parse_policy), their blocked edges,
+    and the policies skipped."""
     selectors: dict[tuple[str, str], dict[str, str] | None] = {}
     for svc in live.services:
         selector = (svc.get("spec") or {}).get("selector")
@@ -91,15 +95,34 @@ def graph_from_live(live: Live) -> tuple[g.Graph, frozenset[tuple[g.Node, g.Node
     deployment_labels: dict[tuple[str, str], dict[str, str]] = {}
     for w in live.workloads:
         ns, name = _meta(w)
-        kind = str(w.get("kind") or "Deployment")
-        labels = (((w.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
-        pod_labels[(ns, kind, name)] = dict(labels)
-        if kind == "Deployment":
+        kind = str(w.get("kind") or registry.DEPLOYMENT.kind)
+        workload = registry.WORKLOAD_KINDS.get(kind)
+        template = _at(w, workload.pod_template if workload else ("spec", "template"))
+        pod_labels[(ns, kind, name)] = dict(_at(template, ("metadata", "labels")))
+        if kind in registry.TARGET_KINDS:
             deployment_labels[(ns, name)] = dict((w.get("metadata") or {}).get("labels") or {})
-    nodes = [g.policy_node(p, deployment_labels, selectors.keys()) for p in live.policies]
-    graph = g.build_graph(nodes, selectors, pod_labels)
+    policies, skipped = spec.parse_policies(live.policies)
+    graph = g.build_graph(g.policy_nodes(policies, deployment_labels, selectors.keys()), selectors, pod_labels)
     blocked = g.blocked_edges(graph, [b for p in live.policies for b in g.blocked_from_status(p)])
-    return graph, blocked
+    return LiveGraph(graph, blocked, skipped)
+
+
+def graph_from_live(live: Live) -> tuple[g.Graph, frozenset[tuple[g.Node, g.Node]]]:
+    """The graph of the live objects, and its blocked edges (live_graph without the skipped list)."""
+    got = live_graph(live)
+    return got.graph, got.blocked
+
+
+def _at(obj: Any, path: Sequence[str]) -> Mapping[str, Any]:
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, Mapping) else None
+    return obj if isinstance(obj, Mapping) else {}
+
+
+def skipped_lines(skipped: Sequence[spec.Refused]) -> str:
+    """One line per policy left out of the graph (for stderr: stdout stays a graph, dot included)."""
+    return "".join(f"depgate graph: skipped DependencyPolicy {r.namespace or 'default'}/{r.name}: "
+                   f"invalid spec: {r.error}\n" for r in skipped)
 
 
 def render(graph: g.Graph, blocked: frozenset[tuple[g.Node, g.Node]], fmt: str) -> str:
@@ -139,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = " (is the DependencyPolicy CRD installed?)" if status == 404 else ""
         print(f"depgate graph: cannot list objects: {detail}{hint}", file=sys.stderr)
         return 1
-    graph, blocked = graph_from_live(live)
-    sys.stdout.write(render(graph, blocked, args.format))
+    got = live_graph(live)
+    sys.stdout.write(render(got.graph, got.blocked, args.format))
+    sys.stderr.write(skipped_lines(got.skipped))
     return 0

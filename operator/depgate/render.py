@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
+from depgate import registry
+from depgate.constants import API_VERSION, CA_VOLUME_PREFIX, CONTAINER_PREFIX, KIND, POLICY_ANNOTATION
+from depgate.constants import SHARED_VOLUME as SHARED_VOLUME
+from depgate.constants import TOKEN_VOLUME as TOKEN_VOLUME
+from depgate.constants import WAIT_ROLE_PREFIX as WAIT_ROLE_PREFIX
 from depgate.spec import (
-    API_VERSION,
-    KIND,
     CommandTask,
     DNSCheck,
     DownloadTask,
@@ -30,12 +33,11 @@ from depgate.spec import (
     TCPCheck,
     Template,
 )
+from depgate.spec import template_name as template_name
 
-PREFIX: Final = "depgate-"
-ANNOTATION: Final = "depgate.io/policy"
+PREFIX: Final = CONTAINER_PREFIX  # (the old names of the constants, importable from here)
+ANNOTATION: Final = POLICY_ANNOTATION
 DEFAULT_WAITER_IMAGE: Final = "depgate/depgate:0.1.0"
-SHARED_VOLUME: Final = "depgate-shared"
-TOKEN_VOLUME: Final = "depgate-token"
 TOKEN_MOUNT_PATH: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 TOKEN_EXPIRATION_SECONDS: Final = 3600
 CA_MOUNT_ROOT: Final = "/depgate/ca"
@@ -122,7 +124,7 @@ def _describe(deployment: Mapping[str, Any]) -> str:
 
 
 def _ca_volume_name(pre: Precondition) -> str:
-    return f"{PREFIX}ca-{pre.name}"
+    return CA_VOLUME_PREFIX + pre.name
 
 
 def _shared_mount(policy: Policy) -> Obj:
@@ -140,57 +142,107 @@ def _security_context(policy: Policy) -> Obj:
 
 
 def _needs_token(policy: Policy, pod: Mapping[str, Any]) -> bool:
-    return pod.get("automountServiceAccountToken") is False and any(p.group == "api" for p in policy.preconditions)
+    """The pod mounts no ServiceAccount token, and `depgate wait verdict` must read the policy."""
+    return pod.get("automountServiceAccountToken") is False and any(
+        p.judged_by_operator for p in policy.preconditions
+    )
+
+
+@dataclass
+class WaiterArgs:
+    """What one precondition's `depgate wait <subcommand>` needs beyond --timeout and --period."""
+
+    args: list[str] = field(default_factory=list)
+    env: list[Obj] = field(default_factory=list)
+    mounts: list[Obj] = field(default_factory=list)
+
+
+def _tcp_args(policy: Policy, pre: Precondition, pod: Mapping[str, Any]) -> WaiterArgs:
+    body = pre.body
+    assert isinstance(body, TCPCheck)
+    return WaiterArgs([f"--host={body.host}", f"--port={body.port}"])
+
+
+def _redis_args(policy: Policy, pre: Precondition, pod: Mapping[str, Any]) -> WaiterArgs:
+    body = pre.body
+    assert isinstance(body, RedisCheck)
+    out = WaiterArgs([f"--host={body.host}", f"--port={body.port}"])
+    if body.tls:
+        out.args.append("--tls")
+    if body.password_secret_ref is not None:
+        out.args.append(f"--password-env={REDIS_PASSWORD_ENV}")
+        ref = body.password_secret_ref
+        out.env.append(
+            {
+                "name": REDIS_PASSWORD_ENV,
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    return out
+
+
+def _http_args(policy: Policy, pre: Precondition, pod: Mapping[str, Any]) -> WaiterArgs:
+    body = pre.body
+    assert isinstance(body, HTTPCheck)
+    out = WaiterArgs([f"--url={body.url}"])
+    out.args += [f"--expect-status={code}" for code in body.expect_status]
+    if body.ca_config_map is not None:
+        mount_path = f"{CA_MOUNT_ROOT}/{pre.name}"
+        out.args.append(f"--ca-file={mount_path}/ca.crt")
+        out.mounts.append({"name": _ca_volume_name(pre), "mountPath": mount_path, "readOnly": True})
+    out.args += [f"--header={h.name}: {h.value}" for h in body.headers]
+    if body.insecure_skip_verify:
+        out.args.append("--insecure")
+    return out
+
+
+def _dns_args(policy: Policy, pre: Precondition, pod: Mapping[str, Any]) -> WaiterArgs:
+    body = pre.body
+    assert isinstance(body, DNSCheck)
+    return WaiterArgs([f"--name={body.name}"])
+
+
+def _download_args(policy: Policy, pre: Precondition, pod: Mapping[str, Any]) -> WaiterArgs:
+    body = pre.body
+    assert isinstance(body, DownloadTask)
+    dest = policy.shared_volume.mount_path.rstrip("/") + "/" + body.path
+    return WaiterArgs(
+        [f"--url={body.url}", f"--sha256={body.sha256}", f"--dest={dest}", f"--max-bytes={body.max_bytes}"],
+        mounts=[_shared_mount(policy)],
+    )
+
+
+def _verdict_args(policy: Policy, pre: Precondition, pod: Mapping[str, Any]) -> WaiterArgs:
+    """Every type the operator judges: the pod reads the verdict back from the policy's status."""
+    out = WaiterArgs([f"--policy={policy.name}", f"--precondition={pre.name}"])
+    out.env.append(
+        {
+            "name": NAMESPACE_ENV,
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
+        }
+    )
+    if _needs_token(policy, pod):
+        out.mounts.append({"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH, "readOnly": True})
+    return out
+
+
+_WAITER_ARGS: Final[Mapping[str, Callable[[Policy, Precondition, Mapping[str, Any]], WaiterArgs]]] = {
+    "tcp": _tcp_args,
+    "redis": _redis_args,
+    "http": _http_args,
+    "dns": _dns_args,
+    "download": _download_args,
+    registry.VERDICT_WAITER: _verdict_args,
+}
+"""`depgate wait <subcommand>` (registry.PreconditionType.waiter) -> its flags for one precondition."""
 
 
 def _waiter(policy: Policy, pre: Precondition, pod: Mapping[str, Any], config: RenderConfig) -> Obj:
-    args = [f"--timeout={policy.timeout_of(pre)}", f"--period={policy.period_of(pre)}"]
-    env: list[Obj] = []
-    mounts: list[Obj] = []
-    sub = pre.type
-    body = pre.body
-    if isinstance(body, TCPCheck):
-        args += [f"--host={body.host}", f"--port={body.port}"]
-    elif isinstance(body, RedisCheck):
-        args += [f"--host={body.host}", f"--port={body.port}"]
-        if body.tls:
-            args.append("--tls")
-        if body.password_secret_ref is not None:
-            args.append(f"--password-env={REDIS_PASSWORD_ENV}")
-            ref = body.password_secret_ref
-            env.append(
-                {
-                    "name": REDIS_PASSWORD_ENV,
-                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-                }
-            )
-    elif isinstance(body, HTTPCheck):
-        args.append(f"--url={body.url}")
-        args += [f"--expect-status={code}" for code in body.expect_status]
-        if body.ca_config_map is not None:
-            mount_path = f"{CA_MOUNT_ROOT}/{pre.name}"
-            args.append(f"--ca-file={mount_path}/ca.crt")
-            mounts.append({"name": _ca_volume_name(pre), "mountPath": mount_path, "readOnly": True})
-        args += [f"--header={h.name}: {h.value}" for h in body.headers]
-        if body.insecure_skip_verify:
-            args.append("--insecure")
-    elif isinstance(body, DNSCheck):
-        args.append(f"--name={body.name}")
-    elif isinstance(body, DownloadTask):
-        dest = policy.shared_volume.mount_path.rstrip("/") + "/" + body.path
-        args += [f"--url={body.url}", f"--sha256={body.sha256}", f"--dest={dest}", f"--max-bytes={body.max_bytes}"]
-        mounts.append(_shared_mount(policy))
-    else:  # the api group: judged by the operator, read back from the policy's status
-        sub = "verdict"
-        args += [f"--policy={policy.name}", f"--precondition={pre.name}"]
-        env.append(
-            {
-                "name": NAMESPACE_ENV,
-                "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
-            }
-        )
-        if _needs_token(policy, pod):
-            mounts.append({"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH, "readOnly": True})
+    sub = registry.PRECONDITION_TYPES[pre.type].waiter
+    assert sub is not None, f"{pre.type} runs the user's own container, not the waiter"
+    own = _WAITER_ARGS[sub](policy, pre, pod)
+    args = [f"--timeout={policy.timeout_of(pre)}", f"--period={policy.period_of(pre)}", *own.args]
+    env, mounts = own.env, own.mounts
     container: Obj = {
         "name": pre.container_name,
         "image": config.waiter_image,
@@ -260,7 +312,7 @@ def init_containers(policy: Policy, deployment: Mapping[str, Any], config: Rende
     pod = _pod_spec(deployment)
     out: list[Obj] = []
     for pre in policy.preconditions:
-        if isinstance(pre.body, CommandTask):
+        if isinstance(pre.body, CommandTask):  # registry: the one type without a waiter
             out.append(_command(policy, pre, pre.body, pod))
         else:
             out.append(_waiter(policy, pre, pod, config))
@@ -326,7 +378,7 @@ def render_errors(policy: Policy, deployment: Mapping[str, Any], config: RenderC
     if not config.waiter_image:
         errors.append(RenderError("waiterImage", "InvalidConfig", "the operator has no waiter image configured"))
     what = _describe(deployment)
-    if deployment.get("kind", "Deployment") != "Deployment":
+    if deployment.get("kind", registry.DEPLOYMENT.kind) not in registry.TARGET_KINDS:
         errors.append(RenderError(f"spec.{policy.target_field}", "InvalidTarget", f"{what} is not a Deployment"))
         return errors
     pod = _pod_spec(deployment)
@@ -394,8 +446,8 @@ def apply_body(policy: Policy, deployment: Mapping[str, Any], config: RenderConf
             for c in _app_containers(_pod_spec(deployment))
         ]
     return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "apiVersion": registry.DEPLOYMENT.api_version,
+        "kind": registry.DEPLOYMENT.kind,
         "metadata": metadata,
         "spec": {"template": {"spec": pod_spec}},
     }
@@ -462,7 +514,6 @@ def rendered(policy: Policy, deployment: Mapping[str, Any], config: RenderConfig
 
 # --- names derived from the policy's name -----------------------------------------------------------
 
-WAIT_ROLE_PREFIX: Final = "depgate-wait-"
 MAX_OBJECT_NAME: Final = 253
 NAME_HASH_LENGTH: Final = 10
 
@@ -486,11 +537,7 @@ def wait_role_name(policy_name: str) -> str:
 # --- template mode ----------------------------------------------------------------------------------
 
 
-def template_name(policy: Policy) -> str:
-    """The name of the Deployment a template-mode policy creates."""
-    if isinstance(policy.target, Template) and policy.target.metadata.name:
-        return policy.target.metadata.name
-    return policy.name
+# template_name (spec.template_name): the name of the Deployment a template-mode policy creates
 
 
 def base_from_template(policy: Policy) -> Obj:
@@ -506,8 +553,8 @@ def base_from_template(policy: Policy) -> Obj:
     if tmpl.metadata.annotations:
         metadata["annotations"] = dict(tmpl.metadata.annotations)
     return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "apiVersion": registry.DEPLOYMENT.api_version,
+        "kind": registry.DEPLOYMENT.kind,
         "metadata": metadata,
         "spec": copy.deepcopy(dict(tmpl.spec)),
     }

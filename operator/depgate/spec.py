@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
+from urllib.parse import urlsplit
 
-API_VERSION: Final = "depgate.io/v1alpha1"
-KIND: Final = "DependencyPolicy"
+from depgate import registry
+from depgate.constants import API_VERSION as API_VERSION  # re-exported: the policy API, spelled once
+from depgate.constants import KIND as KIND
+from depgate.constants import container_name
 
 MAX_PRECONDITIONS: Final = 32
 MAX_NAME_LENGTH: Final = 52  # "depgate-" + 52 = 60 and "depgate-ca-" + 52 = 63 <= 63 (a DNS label)
@@ -33,7 +36,7 @@ MAX_KEY_LENGTH: Final = 317
 MAX_SPEC_BYTES: Final = 128 * 1024
 
 PLACEMENTS: Final = ("BeforeExisting", "AfterExisting")
-WORKLOAD_KINDS: Final = ("Deployment", "StatefulSet", "DaemonSet")
+WORKLOAD_KINDS: Final = tuple(registry.WORKLOAD_KINDS)
 CONDITION_STATUSES: Final = ("True", "False", "Unknown")
 SELECTOR_OPERATORS: Final = ("In", "NotIn", "Exists", "DoesNotExist")
 FORBIDDEN_COMMAND_FIELDS: Final = ("readinessProbe", "livenessProbe", "startupProbe", "lifecycle")
@@ -132,7 +135,7 @@ class WorkloadRef:
     """`spec.workloadRef`: one Deployment of the policy's namespace, by name."""
 
     name: str
-    kind: str = "Deployment"
+    kind: str = registry.DEPLOYMENT.kind
 
 
 @dataclass(frozen=True)
@@ -148,12 +151,16 @@ class LabelSelectorRequirement:
             return self.key not in labels or labels[self.key] not in self.values
         if self.operator == "Exists":
             return self.key in labels
-        return self.key not in labels  # DoesNotExist
+        if self.operator == "DoesNotExist":
+            return self.key not in labels
+        return False  # an operator parse_policy refuses (SELECTOR_OPERATORS) matches nothing
 
 
 @dataclass(frozen=True)
 class Selector:
-    """`spec.selector`: every Deployment of the policy's namespace whose labels match."""
+    """`spec.selector`: every Deployment of the policy's namespace whose labels match.
+
+    The one label-selector matcher of depgate (a Service's selector is `Selector(match_labels=...)`)."""
 
     match_labels: Mapping[str, str] = field(default_factory=dict)
     match_expressions: tuple[LabelSelectorRequirement, ...] = ()
@@ -212,7 +219,7 @@ class KeyRef:
 
 @dataclass(frozen=True)
 class TCPCheck:
-    host: str
+    host: str  # network checks have a `host`: where the pod connects (depgate graph follows it to a Service)
     port: int
 
 
@@ -238,10 +245,22 @@ class HTTPCheck:
     headers: tuple[HTTPHeader, ...] = ()
     insecure_skip_verify: bool = False
 
+    @property
+    def host(self) -> str | None:
+        return _url_host(self.url)
+
 
 @dataclass(frozen=True)
 class DNSCheck:
     name: str
+
+    @property
+    def host(self) -> str:
+        return self.name
+
+
+ObjectName: TypeAlias = tuple[str, str, str]
+"""(apiVersion, kind, name) of the object an api precondition names, in the policy's namespace."""
 
 
 @dataclass(frozen=True)
@@ -249,10 +268,16 @@ class ServiceCheck:
     name: str
     min_ready_endpoints: int = 1
 
+    def named_object(self) -> ObjectName:  # api checks name one object (depgate.graph.dependencies)
+        return (registry.SERVICE.api_version, registry.SERVICE.kind, self.name)
+
 
 @dataclass(frozen=True)
 class JobCheck:
     name: str
+
+    def named_object(self) -> ObjectName:
+        return (registry.JOB.api_version, registry.JOB.kind, self.name)
 
 
 @dataclass(frozen=True)
@@ -260,11 +285,17 @@ class SecretCheck:
     name: str
     keys: tuple[str, ...] = ()
 
+    def named_object(self) -> ObjectName:
+        return (registry.SECRET.api_version, registry.SECRET.kind, self.name)
+
 
 @dataclass(frozen=True)
 class ConfigMapCheck:
     name: str
     keys: tuple[str, ...] = ()
+
+    def named_object(self) -> ObjectName:
+        return (registry.CONFIG_MAP.api_version, registry.CONFIG_MAP.kind, self.name)
 
 
 @dataclass(frozen=True)
@@ -272,6 +303,9 @@ class WorkloadCheck:
     kind: str
     name: str
     min_available: int = 1
+
+    def named_object(self) -> ObjectName:
+        return (registry.WORKLOAD_KINDS[self.kind].api.api_version, self.kind, self.name)
 
 
 @dataclass(frozen=True)
@@ -282,6 +316,9 @@ class ResourceCheck:
     condition: str = "Ready"
     status: str = "True"
 
+    def named_object(self) -> ObjectName:
+        return (self.api_version, self.kind, self.name)
+
 
 @dataclass(frozen=True)
 class DownloadTask:
@@ -289,6 +326,17 @@ class DownloadTask:
     sha256: str
     path: str
     max_bytes: int = DEFAULT_MAX_BYTES
+
+    @property
+    def host(self) -> str | None:
+        return _url_host(self.url)
+
+
+def _url_host(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:  # parse_policy refuses such a URL; a hand-built body may still carry one
+        return None
 
 
 @dataclass(frozen=True)
@@ -318,39 +366,9 @@ Body: TypeAlias = (
     | CommandTask
 )
 
-BODY_TYPES: Final[Mapping[str, type[Any]]] = {
-    "tcp": TCPCheck,
-    "redis": RedisCheck,
-    "http": HTTPCheck,
-    "dns": DNSCheck,
-    "service": ServiceCheck,
-    "job": JobCheck,
-    "secret": SecretCheck,
-    "configMap": ConfigMapCheck,
-    "workload": WorkloadCheck,
-    "resource": ResourceCheck,
-    "download": DownloadTask,
-    "command": CommandTask,
-}
-"""Precondition type (its field name in the spec) -> body class, in the CRD's order."""
-
-TYPES: Final = tuple(BODY_TYPES)
-
-GROUPS: Final[Mapping[str, str]] = {
-    "tcp": "network",
-    "redis": "network",
-    "http": "network",
-    "dns": "network",
-    "download": "task",
-    "command": "task",
-    "service": "api",
-    "job": "api",
-    "secret": "api",
-    "configMap": "api",
-    "workload": "api",
-    "resource": "api",
-}
-"""Where each type is judged: network and task in the pod, api by the operator (see design.md)."""
+TYPES: Final = registry.TYPES
+GROUPS: Final = registry.GROUPS
+"""Where each type is judged: network and task in the pod, api by the operator (see depgate.registry)."""
 
 
 @dataclass(frozen=True)
@@ -366,8 +384,12 @@ class Precondition:
         return GROUPS[self.type]
 
     @property
+    def judged_by_operator(self) -> bool:
+        return registry.judged_by_operator(self.type)
+
+    @property
     def container_name(self) -> str:
-        return f"depgate-{self.name}"
+        return container_name(self.name)
 
 
 @dataclass(frozen=True)
@@ -403,6 +425,14 @@ class Policy:
 
     def period_of(self, pre: Precondition) -> int:
         return self.defaults.period_seconds if pre.period_seconds is None else pre.period_seconds
+
+
+def template_name(policy: Policy) -> str:
+    """The name of the Deployment a template-mode policy creates: template.metadata.name, else the
+    policy's own name."""
+    if isinstance(policy.target, Template) and policy.target.metadata.name:
+        return policy.target.metadata.name
+    return policy.name
 
 
 # --- parsing -----------------------------------------------------------------------------------------
@@ -883,20 +913,32 @@ def _parse_command(o: _Obj) -> CommandTask:
     )
 
 
-_PARSERS: Final[Mapping[str, Any]] = {
-    "tcp": (("host", "port"), _parse_tcp),
-    "redis": (("host", "port", "passwordSecretRef", "tls"), _parse_redis),
-    "http": (("url", "expectStatus", "caConfigMap", "headers", "insecureSkipVerify"), _parse_http),
-    "dns": (("name",), _parse_dns),
-    "service": (("name", "minReadyEndpoints"), _parse_service),
-    "job": (("name",), _parse_job),
-    "secret": (("name", "keys"), _parse_secret),
-    "configMap": (("name", "keys"), _parse_config_map),
-    "workload": (("kind", "name", "minAvailable"), _parse_workload),
-    "resource": (("apiVersion", "kind", "name", "condition", "status"), _parse_resource),
-    "download": (("url", "sha256", "path", "maxBytes"), _parse_download),
-    "command": (_COMMAND_FIELDS, _parse_command),
+@dataclass(frozen=True)
+class _BodyParser:
+    cls: type[Any]  # the body dataclass
+    fields: tuple[str, ...]  # the JSON fields it takes
+    parse: Callable[[_Obj], Any]
+
+
+_BODIES: Final[Mapping[str, _BodyParser]] = {
+    "tcp": _BodyParser(TCPCheck, ("host", "port"), _parse_tcp),
+    "redis": _BodyParser(RedisCheck, ("host", "port", "passwordSecretRef", "tls"), _parse_redis),
+    "http": _BodyParser(HTTPCheck, ("url", "expectStatus", "caConfigMap", "headers", "insecureSkipVerify"),
+                        _parse_http),
+    "dns": _BodyParser(DNSCheck, ("name",), _parse_dns),
+    "service": _BodyParser(ServiceCheck, ("name", "minReadyEndpoints"), _parse_service),
+    "job": _BodyParser(JobCheck, ("name",), _parse_job),
+    "secret": _BodyParser(SecretCheck, ("name", "keys"), _parse_secret),
+    "configMap": _BodyParser(ConfigMapCheck, ("name", "keys"), _parse_config_map),
+    "workload": _BodyParser(WorkloadCheck, ("kind", "name", "minAvailable"), _parse_workload),
+    "resource": _BodyParser(ResourceCheck, ("apiVersion", "kind", "name", "condition", "status"), _parse_resource),
+    "download": _BodyParser(DownloadTask, ("url", "sha256", "path", "maxBytes"), _parse_download),
+    "command": _BodyParser(CommandTask, _COMMAND_FIELDS, _parse_command),
 }
+"""Each precondition type's body: its dataclass, JSON fields and parser (keyed as depgate.registry)."""
+
+BODY_TYPES: Final[Mapping[str, type[Any]]] = {name: _BODIES[name].cls for name in TYPES}
+"""Precondition type (its field name in the spec) -> body class, in the CRD's order."""
 
 
 def _parse_precondition(value: object, path: str) -> Precondition:
@@ -921,8 +963,8 @@ def _parse_precondition(value: object, path: str) -> Precondition:
             "not allowed on a command precondition: it runs your own command, not "
             "depgate's waiter (put a timeout in the command itself)",
         )
-    allowed, parse = _PARSERS[kind]
-    body = parse(o.req_obj(kind, allowed))
+    parser = _BODIES[kind]
+    body = parser.parse(o.req_obj(kind, parser.fields))
     return Precondition(name=name, type=kind, body=body, timeout_seconds=timeout, period_seconds=period)
 
 
@@ -1017,8 +1059,9 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
     target: Target
     if found[0] == "workloadRef":
         ref = spec.req_obj("workloadRef", ("kind", "name"))
+        default_kind = registry.TARGET_KINDS[0]
         target = WorkloadRef(
-            kind=ref.opt_str("kind", default="Deployment", choices=("Deployment",)) or "Deployment",
+            kind=ref.opt_str("kind", default=default_kind, choices=registry.TARGET_KINDS) or default_kind,
             name=_name(ref),
         )
     elif found[0] == "selector":
@@ -1083,3 +1126,27 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
         shared_volume=shared,
         preconditions=tuple(preconditions),
     )
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A policy parse_policies could not read: its namespace, name and the error."""
+
+    namespace: str | None
+    name: str
+    error: SpecError
+
+
+def parse_policies(objs: Iterable[Mapping[str, Any]]) -> tuple[list[Policy], list[Refused]]:
+    """parse_policy over many objects: the policies that parse, and those refused (in given order)."""
+    policies: list[Policy] = []
+    refused: list[Refused] = []
+    for obj in objs:
+        try:
+            policies.append(parse_policy(obj))
+        except SpecError as e:
+            meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+            meta = meta if isinstance(meta, Mapping) else {}
+            ns, name = meta.get("namespace"), meta.get("name")
+            refused.append(Refused(ns if isinstance(ns, str) else None, name if isinstance(name, str) else "", e))
+    return policies, refused

@@ -6,11 +6,11 @@ changes (`since` when a state changes, `lastTransitionTime` when a condition's s
 so the same inputs over the same prior give an equal dict and the caller can skip the write when
 `new == prior`. `transitions(prior, new)` lists the Kubernetes Events worth emitting for a change.
 
-Where the truth comes from:
-- api types (service, job, secret, configMap, workload, resource) are judged by the operator
-  (depgate.verdicts); the state is the verdict's, always, because `depgate wait verdict` in the
-  pods waits for exactly this state. Pods only add `blockedPods`.
-- network and task types (tcp, redis, http, dns, download, command) are judged in the pods: the
+Where the truth comes from (depgate.registry says which type is judged where):
+- types judged by the operator (the api group: service, job, secret, configMap, workload,
+  resource; depgate.verdicts): the state is the verdict's, always, because `depgate wait verdict`
+  in the pods waits for exactly this state. Pods only add `blockedPods`.
+- types judged in the pod (network and task: tcp, redis, http, dns, download, command): the
   init container `depgate-<name>` of each pod says whether it passed (terminated with exit code
   0), blocks (running, waiting, or failed and not yet succeeded since), or is not reached yet
   (an earlier init container still runs). The waiter writes one line, `Class: detail`, into its
@@ -25,12 +25,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from depgate import CONTAINER_PREFIX
-from depgate.verdicts import BLOCKING, FAILED, PENDING, SATISFIED, UNKNOWN, Verdict
-
-API_TYPES: Final = frozenset({"service", "job", "secret", "configMap", "workload", "resource"})
-NETWORK_TYPES: Final = frozenset({"tcp", "redis", "http", "dns"})
-TASK_TYPES: Final = frozenset({"download", "command"})
+from depgate.constants import BLOCKING, BLOCKING_STATES, FAILED, PENDING, SATISFIED, UNKNOWN, container_name
+from depgate.registry import judged_by_operator
+from depgate.verdicts import Verdict
 
 CONDITION_TYPES: Final = ("Applied", "PreconditionsMet", "Ready", "Reconciling", "Stalled")
 
@@ -107,11 +104,6 @@ def _clip(text: str, limit: int = _MESSAGE_LIMIT) -> str:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def container_name(precondition: str) -> str:
-    """The init container of a precondition."""
-    return CONTAINER_PREFIX + precondition
 
 
 def parse_termination_message(text: str) -> tuple[str, str] | None:
@@ -350,7 +342,7 @@ def compute_status(*, generation: int, prior: Mapping[str, Any], preconditions: 
     for info in preconditions:
         side = _pod_side(info, gates, alive)
         uid: str | None = None
-        if info.type in API_TYPES:
+        if judged_by_operator(info.type):
             verdict = verdicts.get(info.name) or _NOT_EVALUATED
             state, reason, message = verdict.state, verdict.reason, verdict.message
             uid = verdict.satisfied_uid
@@ -359,7 +351,7 @@ def compute_status(*, generation: int, prior: Mapping[str, Any], preconditions: 
         entries.append(_entry(info, state, reason, _clip(message), side.blocked, uid,
                               prior_entries.get(info.name), stamp))
 
-    blocking = [e["name"] for e in entries if e["state"] in (BLOCKING, FAILED)]
+    blocking = [e["name"] for e in entries if e["state"] in BLOCKING_STATES]
     prior_conds = _prior_conditions(prior)
 
     applied_status = "True" if applied.ok else "False"

@@ -15,17 +15,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-SATISFIED: Final = "Satisfied"
-BLOCKING: Final = "Blocking"
-PENDING: Final = "Pending"
-FAILED: Final = "Failed"
-UNKNOWN: Final = "Unknown"
-STATES: Final = (SATISFIED, BLOCKING, PENDING, FAILED, UNKNOWN)
+from depgate import registry
 
-SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
+# The states a verdict can have (re-exported: callers read them from here too)
+from depgate.constants import BLOCKING as BLOCKING
+from depgate.constants import FAILED as FAILED
+from depgate.constants import PENDING as PENDING
+from depgate.constants import SATISFIED as SATISFIED
+from depgate.constants import STATES as STATES
+from depgate.constants import UNKNOWN as UNKNOWN
+from depgate.registry import SERVICE_NAME_LABEL as SERVICE_NAME_LABEL
 
-_WORKLOAD_KINDS: Final = ("Deployment", "StatefulSet", "DaemonSet")
-_KEY_KINDS: Final = ("Secret", "ConfigMap")
+_KEY_KINDS: Final = (registry.SECRET.kind, registry.CONFIG_MAP.kind)
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ def judge_workload(kind: str, name: str, obj: Mapping[str, Any] | None, min_avai
     Deployment: status.availableReplicas; StatefulSet: availableReplicas, else readyReplicas;
     DaemonSet: numberAvailable. The status is only trusted once the workload's controller has
     observed the current generation."""
-    if kind not in _WORKLOAD_KINDS:
+    if kind not in registry.WORKLOAD_KINDS:
         return Verdict(UNKNOWN, "UnsupportedKind",
                        f"kind {kind} is not a Deployment, StatefulSet or DaemonSet")
     label = kind.lower()

@@ -26,15 +26,15 @@ from depgate.graph import (
     build_graph,
     cycle_for_policy,
     cycles_by_policy,
-    deps_of,
+    dependencies,
     find_cycles,
     format_cycle,
     policy_node,
-    selector_matches,
     service_for_host,
     to_dot,
     to_text,
 )
+from depgate.spec import parse_policy
 
 
 def dep(ns: str, name: str) -> Node:
@@ -369,29 +369,6 @@ def test_to_dot() -> None:
 # --------------------------------------------------------------------------- raw objects
 
 
-def test_selector_matches() -> None:
-    labels = {"tier": "app", "env": "prod"}
-    assert selector_matches({}, labels)
-    assert not selector_matches(None, labels)
-    assert selector_matches({"matchLabels": {"tier": "app"}}, labels)
-    assert not selector_matches({"matchLabels": {"tier": "db"}}, labels)
-    ok = [
-        {"key": "env", "operator": "In", "values": ["prod", "qa"]},
-        {"key": "x", "operator": "DoesNotExist"},
-        {"key": "tier", "operator": "Exists"},
-        {"key": "env", "operator": "NotIn", "values": ["dev"]},
-    ]
-    assert selector_matches({"matchExpressions": ok}, labels)
-    for bad in (
-        {"key": "env", "operator": "In", "values": ["dev"]},
-        {"key": "x", "operator": "Exists"},
-        {"key": "env", "operator": "NotIn", "values": ["prod"]},
-        {"key": "env", "operator": "Gt"},
-        {"key": "tier", "operator": "DoesNotExist"},
-    ):
-        assert not selector_matches({"matchExpressions": [bad]}, labels)
-
-
 def test_service_for_host() -> None:
     services = {("default", "db"), ("data", "pg")}
     assert service_for_host("db", "default", services) == ("default", "db")
@@ -405,7 +382,14 @@ def test_service_for_host() -> None:
     assert service_for_host("", "default", services) is None
 
 
-def test_deps_of_raw_preconditions() -> None:
+def policy(ns: str, name: str, spec: dict[str, object]) -> dict[str, object]:
+    return {"metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+TCP = [{"name": "db", "tcp": {"host": "db", "port": 1}}]
+
+
+def test_dependencies_of_every_precondition_type() -> None:
     services = {("default", "db"), ("default", "cache"), ("data", "pg"), ("default", "api")}
     pres = [
         {"name": "db", "tcp": {"host": "db", "port": 5432}},
@@ -419,32 +403,42 @@ def test_deps_of_raw_preconditions() -> None:
         {"name": "creds", "secret": {"name": "creds", "keys": ["password"]}},
         {"name": "cfg", "configMap": {"name": "cfg", "keys": []}},
         {"name": "ss", "workload": {"kind": "StatefulSet", "name": "db"}},
-        {"name": "dp", "workload": {"name": "other"}},
+        {"name": "dp", "workload": {"kind": "Deployment", "name": "other"}},
         {
             "name": "cert",
             "resource": {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "name": "tls"},
         },
         {"name": "pod", "resource": {"apiVersion": "v1", "kind": "Pod", "name": "x"}},
         {"name": "cmd", "command": {"image": "busybox", "command": ["true"]}},
-        {"name": "badurl", "http": {"url": "http://[::1"}},
-        "garbage",
-        {"tcp": {"host": "db"}},
     ]
-    assert deps_of("default", pres, services) == [
-        Dep("Service", "db", "db"),
-        Dep("Service", "cache", "cache"),
+    parsed = parse_policy(policy("default", "p", {"workloadRef": {"name": "web"}, "preconditions": pres}))
+    assert dependencies(parsed, "default", services) == [
+        Dep("Service", "db", "db", "default"),
+        Dep("Service", "cache", "cache", "default"),
         Dep("Service", "pg", "pg", namespace="data"),
-        Dep("Service", "api", "dns"),
-        Dep("Service", "api", "model"),
-        Dep("Service", "db", "ep"),
-        Dep("Job", "migrate", "migrate"),
-        Dep("Secret", "creds", "creds"),
-        Dep("ConfigMap", "cfg", "cfg"),
-        Dep("StatefulSet", "db", "ss"),
-        Dep("Deployment", "other", "dp"),
-        Dep("Certificate.cert-manager.io", "tls", "cert"),
-        Dep("Pod", "x", "pod"),
+        Dep("Service", "api", "dns", "default"),
+        Dep("Service", "api", "model", "default"),
+        Dep("Service", "db", "ep", "default"),
+        Dep("Job", "migrate", "migrate", "default"),
+        Dep("Secret", "creds", "creds", "default"),
+        Dep("ConfigMap", "cfg", "cfg", "default"),
+        Dep("StatefulSet", "db", "ss", "default"),
+        Dep("Deployment", "other", "dp", "default"),
+        Dep("Certificate.cert-manager.io", "tls", "cert", "default"),
+        Dep("Pod", "x", "pod", "default"),
     ]
+    # without the Services, network preconditions name nothing: what the operator watches
+    keys = {d.key("default") for d in dependencies(parsed, "default")}
+    assert keys == {
+        ("Service", "default", "db"),
+        ("Job", "default", "migrate"),
+        ("Secret", "default", "creds"),
+        ("ConfigMap", "default", "cfg"),
+        ("StatefulSet", "default", "db"),
+        ("Deployment", "default", "other"),
+        ("Certificate.cert-manager.io", "default", "tls"),
+        ("Pod", "default", "x"),
+    }
 
 
 def test_policy_node_targets_and_blocked_from_status() -> None:
@@ -454,23 +448,33 @@ def test_policy_node_targets_and_blocked_from_status() -> None:
         ("default", "db"): {"tier": "data"},
         ("other", "x"): {"tier": "app"},
     }
-    obj = {
-        "metadata": {"name": "p", "namespace": "default"},
-        "spec": {
-            "selector": {"matchLabels": {"tier": "app"}},
-            "preconditions": [{"name": "db", "tcp": {"host": "db", "port": 1}}],
-        },
-        "status": {"blocking": ["db"]},
-    }
-    node = policy_node(obj, deployments, {("default", "db")})
+    obj = {**policy("default", "p", {"selector": {"matchLabels": {"tier": "app"}}, "preconditions": TCP}),
+           "status": {"blocking": ["db"]}}
+    node = policy_node(parse_policy(obj), deployments, {("default", "db")})
     assert (node.namespace, node.name, list(node.targets)) == ("default", "p", ["api", "web"])
-    assert list(node.deps) == [Dep("Service", "db", "db")]
+    assert list(node.deps) == [Dep("Service", "db", "db", "default")]
     assert blocked_from_status(obj) == [("default", "p", "db")]
-    ref = {"metadata": {"name": "q", "namespace": "n"}, "spec": {"workloadRef": {"name": "app"}}}
-    assert list(policy_node(ref, {}, set()).targets) == ["app"]
+    ref = policy("n", "q", {"workloadRef": {"name": "app"}, "preconditions": TCP})
+    assert list(policy_node(parse_policy(ref), {}, set()).targets) == ["app"]
     assert blocked_from_status(ref) == []
-    tmpl = {"metadata": {"name": "t", "namespace": "n"}, "spec": {"template": {"metadata": {"name": "made"}}}}
-    assert list(policy_node(tmpl, {}, set()).targets) == ["made"]
+    made = {"metadata": {"name": "made"}, "spec": {"template": {"spec": {"containers": []}}}}
+    tmpl = policy("n", "t", {"template": made, "preconditions": TCP})
+    assert list(policy_node(parse_policy(tmpl), {}, set()).targets) == ["made"]
+    # a raw object is parsed the same way; one that does not parse gates nothing
+    assert policy_node(tmpl, {}, set()) == policy_node(parse_policy(tmpl), {}, set())
+    assert policy_node(policy("n", "bad", {"workloadRef": {"name": "app"}}), {}, set()) == PolicyNode(
+        "n", "bad", [], []
+    )
+
+
+def test_selector_edges_use_the_policy_selector_expressions() -> None:
+    deployments = {("ns", "a"): {"env": "prod", "tier": "app"}, ("ns", "b"): {"env": "dev", "tier": "app"},
+                   ("ns", "c"): {"env": "prod"}}
+    selector = {"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]},
+                                     {"key": "tier", "operator": "Exists"}]}
+    node = policy_node(parse_policy(policy("ns", "p", {"selector": selector, "preconditions": TCP})),
+                       deployments, set())
+    assert list(node.targets) == ["a"]
 
 
 # --------------------------------------------------------------------------- depgate graph (CLI)
@@ -575,3 +579,49 @@ def test_a_long_chain_is_walked_without_recursion_and_its_one_cycle_found() -> N
     assert find_cycles(graph_from_edges(chain)) == []
     ring = find_cycles(graph_from_edges(chain | {(n - 1, 0)}))
     assert len(ring) == 1 and len(ring[0]) == n
+
+
+def test_template_policy_without_a_name_targets_the_deployment_named_after_it() -> None:
+    """A template-mode policy without template.metadata.name creates a Deployment named after the
+    policy (render.template_name): a cycle through that Deployment is reported."""
+    live = live_two_way()
+    template_policy = {
+        "apiVersion": "depgate.io/v1alpha1",
+        "kind": "DependencyPolicy",
+        "metadata": {"name": "a", "namespace": "shop"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "selector": {"matchLabels": {"app": "a"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "a"}},
+                        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+                    },
+                }
+            },
+            "preconditions": [{"name": "peer", "tcp": {"host": "b-svc", "port": 80}}],
+        },
+    }
+    live.policies = [template_policy, live.policies[1]]
+    graph, _ = graph_cli.graph_from_live(live)
+    assert graph.policies_of(dep("shop", "a")) == ["a"]
+    assert [format_cycle(c) for c in find_cycles(graph)] == [
+        "deployment/a -> service/b-svc -> deployment/b -> service/a-svc -> deployment/a"
+    ]
+
+
+def test_cli_skips_and_lists_policies_that_do_not_parse(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    live = live_two_way()
+    broken = {"metadata": {"name": "broken", "namespace": "shop"}, "spec": {"workloadRef": {"name": "a"}}}
+    live.policies.append(broken)
+    monkeypatch.setattr(graph_cli, "list_live", lambda ns, context=None: live)
+    assert graph_cli.main(["-A"]) == 0
+    captured = capsys.readouterr()
+    assert "broken" not in captured.out and "cycles (pods on them cannot start from cold)" in captured.out
+    assert captured.err == (
+        "depgate graph: skipped DependencyPolicy shop/broken: invalid spec: spec.preconditions: required\n"
+    )
+    got = graph_cli.live_graph(live)
+    assert [(r.namespace, r.name) for r in got.skipped] == [("shop", "broken")]

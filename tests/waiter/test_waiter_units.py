@@ -36,7 +36,7 @@ from depgate.waiter.statelog import (
     termination_message,
     write_termination_log,
 )
-from depgate.waiter.verdict import _unpack, api_error, judge, parse_watch_line, watch_path
+from depgate.waiter.status_watch import _unpack, api_error, judge, parse_watch_line, watch_path
 
 # ---------------------------------------------------------------- backoff
 

@@ -23,7 +23,7 @@ from waiter_loopback import Waiter, wait_until
 
 from depgate.waiter.config import VerdictConfig
 from depgate.waiter.statelog import Outcome
-from depgate.waiter.verdict import wait_for_verdict
+from depgate.waiter.status_watch import wait_for_verdict
 
 pytestmark = pytest.mark.waiter
 

@@ -11,5 +11,7 @@ Standard library only, and lean imports at module level: it starts in every pod.
   resp.py     RESP encoding/parsing and Redis reply classification (pure)
   netio.py    bounded I/O: every socket call armed with what is left of the attempt; sized reads
   checks.py   tcp, redis, http, dns, download (I/O; ssl/http.client/hashlib imported lazily)
-  verdict.py  GET + WATCH of the DependencyPolicy until the precondition is Satisfied
+  status_watch.py  `depgate wait verdict`: GET + WATCH of the DependencyPolicy until its status says
+              the operator's verdict on the precondition is Satisfied (the verdicts themselves:
+              depgate.verdicts, in the operator)
 """

@@ -446,7 +446,7 @@ def build(kind: str, cfg: TypeConfig, env: Mapping[str, str]) -> Check:
     if isinstance(cfg, DownloadConfig):
         return DownloadCheck(cfg)
     if isinstance(cfg, VerdictConfig):
-        from depgate.waiter.verdict import VerdictCheck
+        from depgate.waiter.status_watch import VerdictCheck
 
         return VerdictCheck(cfg)
     raise ConfigError(f"unknown type {kind!r}")  # pragma: no cover - the parser knows only the six

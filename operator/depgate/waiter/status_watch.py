@@ -1,4 +1,5 @@
-"""`depgate wait verdict`: wait until the operator judged a precondition Satisfied.
+"""`depgate wait verdict`: the waiter's watch on its policy's status, until the operator's verdict
+on a precondition (depgate.verdicts, written into status.preconditions[]) says Satisfied.
 
 GET the DependencyPolicy; while its status does not say `Satisfied` for our precondition, WATCH
 it (one object, by field selector) from the resourceVersion we saw: reconnect when the server
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
+from depgate.constants import API_VERSION, PLURAL, SATISFIED
 from depgate.waiter.checks import USER_AGENT, _Base, _HttpTarget, tls_context
 from depgate.waiter.config import SA_DIR, ConfigError, VerdictConfig
 from depgate.waiter.loop import Attempt, Timing, run
@@ -31,8 +33,6 @@ if TYPE_CHECKING:
 else:
     from depgate.waiter._record import dataclass
 
-GROUP_VERSION = "depgate.io/v1alpha1"
-PLURAL = "dependencypolicies"
 WATCH_TIMEOUT = 300  # seconds the server keeps one watch open
 READ_SLACK = 30.0  # how much longer than that a read may block before we call the stream dead
 MAX_OBJECT = 8 << 20
@@ -40,7 +40,7 @@ MAX_RELISTS = 5  # consecutive 410s without a usable watch before backing off
 
 
 def collection_path(namespace: str, policy: str | None = None) -> str:
-    path = f"/apis/{GROUP_VERSION}/namespaces/{quote(namespace, safe='')}/{PLURAL}"
+    path = f"/apis/{API_VERSION}/namespaces/{quote(namespace, safe='')}/{PLURAL}"
     return path if policy is None else f"{path}/{quote(policy, safe='')}"
 
 
@@ -61,8 +61,8 @@ def judge(obj: Mapping[str, Any], policy: str, precondition: str) -> Result:
             state = entry.get("state")
             reason = entry.get("reason")
             message = entry.get("message")
-            if state == "Satisfied":
-                return Result("Ready", f"precondition {precondition} is Satisfied")
+            if state == SATISFIED:
+                return Result("Ready", f"precondition {precondition} is {SATISFIED}")
             head = f"{state or 'no state'}" + (f"/{reason}" if reason else "")
             return Result("NotSatisfied", clean(f"{head}: {message}" if message else head))
     spec = obj.get("spec")

@@ -12,6 +12,7 @@ KIND = "DependencyPolicy"
 PLURAL = "dependencypolicies"
 
 FIELD_MANAGER = "depgate"  # server-side apply's field manager for everything depgate writes
+WAITER_IMAGE_ENV = "DEPGATE_WAITER_IMAGE"  # the environment variable `depgate run` and `depgate render` read
 
 # Names depgate owns inside a pod template: every init container, volume and volume mount whose name
 # starts with the prefix is depgate's (dropped and rebuilt on each render).

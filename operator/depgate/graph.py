@@ -129,7 +129,7 @@ def build_graph(policies: Iterable[PolicyNode],
     labels: dict[tuple[Node, Node], set[EdgeLabel]] = defaultdict(set)
     for policy in policies:
         for target in policy.targets:
-            src = Node(policy.namespace, "Deployment", target)
+            src = Node(policy.namespace, registry.DEPLOYMENT.kind, target)
             nodes.add(src)
             for dep in policy.deps:
                 dst = Node(dep.namespace or policy.namespace, dep.kind, dep.name)
@@ -138,7 +138,7 @@ def build_graph(policies: Iterable[PolicyNode],
     by_namespace: dict[str, list[tuple[Node, Mapping[str, str]]]] = defaultdict(list)
     for (ns, kind, name), pod_labels in workload_labels.items():
         by_namespace[ns].append((Node(ns, kind, name), pod_labels))
-    for svc in [n for n in nodes if n.kind == "Service"]:
+    for svc in [n for n in nodes if n.kind == registry.SERVICE.kind]:
         selector = services.get((svc.namespace, svc.name))
         if not selector:
             continue
@@ -434,7 +434,7 @@ def to_dot(graph: Graph, blocked: Collection[tuple[Node, Node]] = frozenset(),
         for node in nodes:
             if node.kind in WORKLOAD_KINDS:
                 shape = "box"
-            elif node.kind == "Service":
+            elif node.kind == registry.SERVICE.kind:
                 shape = "ellipse"
             else:
                 shape = "note"

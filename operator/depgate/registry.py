@@ -130,6 +130,7 @@ class PreconditionType:
     custom_kind: the kind it names is given in the precondition (a custom resource, on a shared watch).
     waiter: the `depgate wait <waiter>` subcommand of its init container; None when the init container
         runs the user's own image and command.
+    shared_volume: it writes into the policy's shared volume (spec.sharedVolume is then mounted).
     """
 
     name: str
@@ -138,14 +139,15 @@ class PreconditionType:
     watches: tuple[ApiKind, ...] = ()
     custom_kind: bool = False
     waiter: str | None = None
+    shared_volume: bool = False
 
     @property
     def judged_by_operator(self) -> bool:
         return self.judged_by == JUDGED_BY_OPERATOR
 
 
-def _in_pod(name: str, group: str, waiter: str | None) -> PreconditionType:
-    return PreconditionType(name, group, JUDGED_IN_POD, waiter=waiter)
+def _in_pod(name: str, group: str, waiter: str | None, shared_volume: bool = False) -> PreconditionType:
+    return PreconditionType(name, group, JUDGED_IN_POD, waiter=waiter, shared_volume=shared_volume)
 
 
 def _by_operator(name: str, watches: tuple[ApiKind, ...] = (), custom_kind: bool = False) -> PreconditionType:
@@ -165,7 +167,7 @@ PRECONDITION_TYPES: Final[Mapping[str, PreconditionType]] = {
         _by_operator("configMap", (CONFIG_MAP,)),
         _by_operator("workload", tuple(w.api for w in WORKLOAD_KINDS.values())),
         _by_operator("resource", custom_kind=True),
-        _in_pod("download", TASK, "download"),
+        _in_pod("download", TASK, "download", shared_volume=True),
         _in_pod("command", TASK, None),
     )
 }

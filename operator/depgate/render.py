@@ -270,6 +270,13 @@ def _merge_env(copied: Sequence[Any], overrides: Sequence[Mapping[str, Any]]) ->
     return out
 
 
+def _given_or_copied(given: Mapping[str, Any] | None, source: Any, default: Obj) -> Any:
+    """The command's own value, else the source container's (a copy either way), else `default`."""
+    if given is not None:
+        return copy.deepcopy(dict(given))
+    return copy.deepcopy(source) if source is not None else default
+
+
 def _command(policy: Policy, pre: Precondition, body: CommandTask, pod: Mapping[str, Any]) -> Obj:
     source: Mapping[str, Any] = {}
     if body.from_container is not None:
@@ -287,18 +294,10 @@ def _command(policy: Policy, pre: Precondition, body: CommandTask, pod: Mapping[
         container["env"] = env
     if _list(source, "envFrom"):
         container["envFrom"] = copy.deepcopy(_list(source, "envFrom"))
-    if body.resources is not None:
-        container["resources"] = copy.deepcopy(dict(body.resources))
-    elif source.get("resources") is not None:
-        container["resources"] = copy.deepcopy(source["resources"])
-    else:
-        container["resources"] = _resources(policy)
-    if body.security_context is not None:
-        container["securityContext"] = copy.deepcopy(dict(body.security_context))
-    elif source.get("securityContext") is not None:
-        container["securityContext"] = copy.deepcopy(source["securityContext"])
-    else:
-        container["securityContext"] = _security_context(policy)
+    container["resources"] = _given_or_copied(body.resources, source.get("resources"), _resources(policy))
+    container["securityContext"] = _given_or_copied(
+        body.security_context, source.get("securityContext"), _security_context(policy)
+    )
     mounts = _mounts_without_ours(source)
     if policy.uses_shared_volume:
         mounts.append(_shared_mount(policy))

@@ -20,6 +20,8 @@ from typing import Any, TextIO
 
 import yaml
 
+from depgate import registry
+from depgate.constants import WAITER_IMAGE_ENV as WAITER_IMAGE_ENV
 from depgate.render import (
     DEFAULT_WAITER_IMAGE,
     RenderConfig,
@@ -30,8 +32,6 @@ from depgate.render import (
     rendered_template,
 )
 from depgate.spec import KIND, Policy, Selector, SpecError, WorkloadRef, parse_policy
-
-WAITER_IMAGE_ENV = "DEPGATE_WAITER_IMAGE"
 
 
 class RenderFailure(Exception):
@@ -81,7 +81,8 @@ def load_documents(paths: Sequence[str], stdin: TextIO | None = None) -> list[Do
 
 
 def _is_deployment(obj: Mapping[str, Any]) -> bool:
-    return obj.get("kind") == "Deployment" and str(obj.get("apiVersion", "apps/v1")) == "apps/v1"
+    kind = registry.DEPLOYMENT
+    return obj.get("kind") == kind.kind and str(obj.get("apiVersion", kind.api_version)) == kind.api_version
 
 
 def _same_namespace(policy: Policy, deployment: Mapping[str, Any]) -> bool:

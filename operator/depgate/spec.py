@@ -415,7 +415,7 @@ class Policy:
 
     @property
     def uses_shared_volume(self) -> bool:
-        return any(p.type == "download" for p in self.preconditions)
+        return any(registry.PRECONDITION_TYPES[p.type].shared_volume for p in self.preconditions)
 
     def precondition(self, name: str) -> Precondition | None:
         return next((p for p in self.preconditions if p.name == name), None)

@@ -1,9 +1,9 @@
-"""API objects -> per-precondition verdicts (pure: standard library only).
+"""API objects -> the operator's verdict on each api precondition (pure: standard library only).
 
 Each judge takes the objects exactly as the API server returns them (plain dicts; None when the
-object does not exist) and returns a `Verdict`. The operator judges every `api`-group
-precondition once for all pods and writes the verdict into the policy's status; the init
-container `depgate wait verdict` only reads it.
+object does not exist) and returns a `Verdict`. The operator judges every precondition that
+depgate.registry says it judges, once for all pods, and writes the verdict into the policy's
+status; the init container `depgate wait verdict` (depgate.waiter.status_watch) only reads it.
 
 Messages are short and concrete. They name objects, counts and key names; they never carry a
 Secret's values or a response body.

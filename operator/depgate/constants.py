@@ -11,6 +11,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "DependencyPolicy"
 PLURAL = "dependencypolicies"
 
+DEFAULT_NAMESPACE = "default"  # of an object (a policy on disk, a listed object) that names none
 FIELD_MANAGER = "depgate"  # server-side apply's field manager for everything depgate writes
 WAITER_IMAGE_ENV = "DEPGATE_WAITER_IMAGE"  # the environment variable `depgate run` and `depgate render` read
 

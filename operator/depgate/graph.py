@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 from depgate import registry, spec
+from depgate.constants import DEFAULT_NAMESPACE
 
 DEPENDENCY_CYCLE: Final = "DependencyCycle"
 WORKLOAD_KINDS: Final = tuple(registry.WORKLOAD_KINDS)
@@ -485,7 +486,7 @@ def service_for_host(host: str, namespace: str, services: Collection[tuple[str, 
 def dependencies(policy: spec.Policy, namespace: str | None = None,
                  services: Collection[tuple[str, str]] = ()) -> list[Dep]:
     """What `policy` depends on, in declared order (its namespace: `namespace`, else the policy's own,
-    else "default"; every Dep returned has it filled in).
+    else DEFAULT_NAMESPACE; every Dep returned has it filled in).
 
     - each precondition the operator judges: the object it names (its body's named_object());
     - each network precondition (its body has a `host`) whose host is the cluster DNS name of one of
@@ -493,7 +494,7 @@ def dependencies(policy: spec.Policy, namespace: str | None = None,
     - a `command` names nothing.
     The operator watches the first kind (`{d.key(ns) for d in dependencies(policy, ns)}`); the graph
     takes both."""
-    ns = namespace or policy.namespace or "default"
+    ns = namespace or policy.namespace or DEFAULT_NAMESPACE
     deps: list[Dep] = []
     for pre in policy.preconditions:
         body = pre.body
@@ -518,7 +519,7 @@ def targets_of(policy: spec.Policy, deployment_labels: Mapping[tuple[str, str], 
     if isinstance(target, spec.WorkloadRef):
         return [target.name]
     if isinstance(target, spec.Selector):
-        ns = policy.namespace or "default"
+        ns = policy.namespace or DEFAULT_NAMESPACE
         return sorted(name for (dns, name), labels in deployment_labels.items()
                       if dns == ns and target.matches(labels))
     return [spec.template_name(policy)]
@@ -532,13 +533,12 @@ def policy_node(policy: spec.Policy | Mapping[str, Any],
     A raw DependencyPolicy object is still taken (parsed with spec.parse_policy; one that does not
     parse gates nothing and waits on nothing) while callers move to spec.Policy."""
     if not isinstance(policy, spec.Policy):
-        meta = policy.get("metadata") or {}
-        ns, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+        raw = policy
         try:
-            policy = spec.parse_policy(policy)
+            policy = spec.parse_policy(raw)
         except spec.SpecError:
-            return PolicyNode(ns, name, [], [])
-    ns = policy.namespace or "default"
+            return PolicyNode(*namespace_and_name(raw), [], [])
+    ns = policy.namespace or DEFAULT_NAMESPACE
     return PolicyNode(ns, policy.name, targets_of(policy, deployment_labels), dependencies(policy, ns, services))
 
 
@@ -554,7 +554,12 @@ def policy_nodes(policies: Iterable[spec.Policy],
 def blocked_from_status(policy: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(namespace, policy, precondition) for each name in the policy's status.blocking (a raw
     DependencyPolicy object: spec.Policy holds no status)."""
-    meta = policy.get("metadata") or {}
-    ns, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+    ns, name = namespace_and_name(policy)
     blocking = (policy.get("status") or {}).get("blocking")
     return [(ns, name, str(p)) for p in blocking] if isinstance(blocking, list) else []
+
+
+def namespace_and_name(obj: Mapping[str, Any]) -> tuple[str, str]:
+    """(metadata.namespace or DEFAULT_NAMESPACE, metadata.name or "") of a raw object."""
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or DEFAULT_NAMESPACE), str(meta.get("name") or "")

@@ -14,6 +14,8 @@ from typing import Any
 
 from depgate import graph as g
 from depgate import registry, spec
+from depgate.constants import DEFAULT_NAMESPACE
+from depgate.graph import namespace_and_name as _meta
 
 
 @dataclass
@@ -67,14 +69,9 @@ def current_namespace(context: str | None = None) -> str:
         list_contexts: Any = config.list_kube_config_contexts  # untyped in the client
         contexts, active = list_contexts()
         chosen = next((c for c in contexts if c.get("name") == context), active) if context else active
-        return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
+        return str(((chosen or {}).get("context") or {}).get("namespace") or DEFAULT_NAMESPACE)
     except Exception:  # no kubeconfig: in-cluster, or nothing at all
-        return "default"
-
-
-def _meta(obj: dict[str, Any]) -> tuple[str, str]:
-    meta = obj.get("metadata") or {}
-    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+        return DEFAULT_NAMESPACE
 
 
 @dataclass(frozen=True)

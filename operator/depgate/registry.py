@@ -4,8 +4,8 @@ the precondition types (pure: the standard library and depgate.constants only).
 Adding a precondition type:
   1. an entry in PRECONDITION_TYPES below (its name in the spec, group, who judges it, what it watches,
      the waiter subcommand that runs it in the pod);
-  2. its body dataclass and parser in depgate.spec (`_BODIES`), and its field in the CRD
-     (depgate.dev.crdgen);
+  2. its body dataclass and parser in depgate.spec (`_BODIES`), and its schema in
+     crds/dependencypolicies.depgate.io.yaml (tests/unit/test_crd_schema.py checks they agree);
   3. judged in the pod: its waiter flags in depgate.render (`_WAITER_ARGS`, keyed by the subcommand)
      and its check in depgate.waiter (config.py, checks.py);
      judged by the operator: its judge in depgate.verdicts and its read in the controller (the

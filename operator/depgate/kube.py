@@ -25,6 +25,8 @@ from depgate import FIELD_MANAGER, GROUP, PLURAL, VERSION
 
 log = logging.getLogger("depgate.kube")
 
+EVENT_COMPONENT = "depgate"  # the source of the Events depgate posts
+
 _PLURALS = {
     "Deployment": ("apps/v1", "deployments"),
     "StatefulSet": ("apps/v1", "statefulsets"),
@@ -45,7 +47,12 @@ ApiError = ApiException  # any other error answer of the API server; describe() 
 
 
 class Gone(Exception):
-    """The object is not there (404), or a precondition of the write failed (409)."""
+    """The object is not there (404)."""
+
+
+class Changed(Exception):
+    """The object changed since it was read: the write's resourceVersion precondition failed (409
+    Conflict), or a JSON patch's `test` did not hold. Read it again, then decide again."""
 
 
 class Forbidden(Exception):
@@ -88,14 +95,14 @@ class Kube:
         self._aio: aiohttp.ClientSession | None = None  # the custom watches' (see watch_kind)
 
     @classmethod
-    def from_environment(cls, kubeconfig: str | None = None, context: str | None = None) -> Kube:
+    def from_environment(cls, kubeconfig: str | None = None) -> Kube:
         if kubeconfig is None:
             try:
                 config.load_incluster_config()  # type: ignore[no-untyped-call]
                 return cls(client.ApiClient())
             except config.ConfigException:
                 pass
-        return cls(config.new_client_from_config(config_file=kubeconfig, context=context))  # type: ignore[no-untyped-call]
+        return cls(config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------------ raw calls
 
@@ -179,41 +186,33 @@ class Kube:
         obj = self._call("GET", self.path(api_version, kind, namespace, name))
         return dict(obj) if obj is not None else None
 
-    def items(self, api_version: str, kind: str, namespace: str | None, *, label_selector: str | None = None,
-             field_selector: str | None = None) -> list[dict[str, Any]]:
-        q = []
-        if label_selector:
-            q.append(("labelSelector", label_selector))
-        if field_selector:
-            q.append(("fieldSelector", field_selector))
+    def items(self, api_version: str, kind: str, namespace: str | None, *,
+              label_selector: str | None = None) -> list[dict[str, Any]]:
+        q = [("labelSelector", label_selector)] if label_selector else []
         res = self._call("GET", self.path(api_version, kind, namespace), query=q)
         if res is None:
             return []
-        kind_of_item = kind
         items = []
-        for item in res.get("items", []):
+        for item in res.get("items", []):  # a list's items carry neither apiVersion nor kind
             item.setdefault("apiVersion", api_version)
-            item.setdefault("kind", kind_of_item)
+            item.setdefault("kind", kind)
             items.append(item)
         return items
 
     # ------------------------------------------------------------------ writes
 
-    def apply(self, body: Mapping[str, Any], *, force: bool = True, dry_run: bool = False) -> dict[str, Any]:
-        """Server-side apply as field manager `depgate`. With metadata.resourceVersion in the body
-        the write is conditional (and cannot create a missing object): a mismatch raises Gone."""
+    def apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply as field manager `depgate`, taking over conflicting fields (force). With
+        metadata.resourceVersion in the body the write is conditional (and cannot create a missing
+        object): a mismatch raises Changed, a missing object Gone."""
         md = body["metadata"]
-        q = [("fieldManager", FIELD_MANAGER), ("force", "true" if force else "false")]
-        if dry_run:
-            q.append(("dryRun", "All"))
+        q = [("fieldManager", FIELD_MANAGER), ("force", "true")]
         try:
             out = self._call("PATCH", self.path(body["apiVersion"], body["kind"], md.get("namespace"), md["name"]),
                              query=q, body=body, content_type="application/apply-patch+yaml")
         except ApiException as e:
             if e.status == 409:
-                raise Gone(f"{body['kind']} {md['name']} changed meanwhile") from e
-            if e.status == 404:
-                raise Gone(f"{body['kind']} {md['name']} is gone") from e
+                raise Changed(f"{body['kind']} {md['name']} changed meanwhile") from e
             raise
         if out is None:
             raise Gone(f"{body['kind']} {md['name']} is gone")
@@ -231,8 +230,7 @@ class Kube:
                 return None
             raise
 
-    def event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str,
-              component: str = "depgate") -> None:
+    def event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         md = involved.get("metadata", {})
         now = datetime.now(UTC)
         ev = {
@@ -247,12 +245,12 @@ class Kube:
             "reason": reason,
             "message": message[:1024],
             "type": type_,
-            "source": {"component": component},
+            "source": {"component": EVENT_COMPONENT},
             "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "count": 1,
-            "reportingComponent": component,
-            "reportingInstance": component,
+            "reportingComponent": EVENT_COMPONENT,
+            "reportingInstance": EVENT_COMPONENT,
         }
         try:
             self._call("POST", f"/api/v1/namespaces/{md.get('namespace')}/events", body=ev)
@@ -263,14 +261,15 @@ class Kube:
 
     def json_patch(self, api_version: str, kind: str, namespace: str | None, name: str,
                    ops: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """A JSON patch; None when the object is gone. A failed `test` op raises Changed."""
         try:
             out = self._call("PATCH", self.path(api_version, kind, namespace, name), body=ops,
                              content_type="application/json-patch+json")
         except Rejected as e:  # a failed `test` op (the object changed meanwhile)
-            raise Gone(f"{kind} {name}: {e}") from e
+            raise Changed(f"{kind} {name}: {e}") from e
         except ApiException as e:
             if e.status == 409:
-                raise Gone(f"{kind} {name}: {e.reason}") from e
+                raise Changed(f"{kind} {name}: {e.reason}") from e
             raise
         return dict(out) if out is not None else None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from depgate.controller import fresher
+from depgate.plan import fresher
 
 
 def copy(rv: Any, uid: str = "u1") -> dict[str, Any]:

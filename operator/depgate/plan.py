@@ -1,0 +1,461 @@
+"""What one reconcile writes, decided from what it read (pure: spec, render, status and the vocabulary).
+
+    plan(policy, Live, RenderConfig) -> Plan
+      Live: the Deployments read for the policy's target, status.targets as last written, and
+            whether each other policy that claims one of them exists
+      Plan: per target Deployment, either the problem that keeps it unwritten or the server-side
+            applies that gate it (none when it is up to date); template mode's one apply; the
+            Deployments to release (dropped from the target, or still carrying this policy's claim)
+
+The executor (controller.Reconciler) sends the writes in order and records what they achieved in a
+Progress, from which the Applied/Stalled state of the status follows (Progress.applied/.stalled).
+
+Three decisions depend on what a write answered, not on what was read. They are not placeholders in
+the plan but pure functions here, which the executor calls with the answer:
+- the resourceVersion guard. Every apply to a target is conditional (it can neither recreate a
+  Deployment deleted meanwhile nor overwrite a change it did not see): the first on the version
+  read, the second of the two-step ordering apply on the version the first one returned.
+  TargetWrite.applies holds the bodies without it; `guarded(body, version)` adds it when sending.
+- the placement patch. Structured-merge-diff decides where merged init containers land, so
+  `reorder(policy, applied)` looks at the Deployment the last apply returned.
+- the wait RBAC. Its RoleBinding names the ServiceAccounts of the Deployments actually gated (an
+  apply the server refused gates nothing): `wait_rbac(policy, gated)`, each body sent unless the
+  live object already `holds` it.
+Why not plan the whole reconcile again on each answer instead: the answer of the first of two
+applies is not up to date by design (its hash says "ordering"), and a misordered answer would be
+planned as another apply where one JSON patch is what is meant; the sequence decided would not be
+the sequence sent.
+
+A write refused because the object changed meanwhile (kube.Gone, kube.Changed) is not patched up:
+the executor reads that Deployment again and plans it again with `target_writes`, at most
+APPLY_ATTEMPTS times.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from depgate import registry, render, spec, status
+from depgate.constants import API_VERSION, APPLIED_HASH_ANNOTATION, GROUP, KIND, PLURAL, POLICY_ANNOTATION
+
+Obj = dict[str, Any]
+
+APPLY_ATTEMPTS: Final = 3  # applies to one target that may meet a Deployment changed meanwhile (then read again)
+RELEASE_ATTEMPTS: Final = 5
+APPLY_ERROR_RETRY_SECONDS: Final = 30.0  # an apply the API server failed (5xx, 429, ...) is tried again this often
+KEPT_CHANGING_RETRY_SECONDS: Final = 0.2  # a target that changed under every attempt is tried again this soon
+ORDERING_HASH: Final = "ordering"  # the applied hash of the first of two applies: never taken for done
+MANAGED_BY: Final = {"app.kubernetes.io/managed-by": "depgate"}
+
+# The reasons a reconcile gives for Applied (and Stalled); render errors and API errors bring their own.
+APPLIED: Final = "Applied"
+TARGET_NOT_FOUND: Final = "TargetNotFound"
+CONFLICT: Final = "Conflict"  # another policy gates the Deployment, or template mode's name is taken
+INVALID_SPEC: Final = "InvalidSpec"
+INVALID_TEMPLATE: Final = "InvalidTemplate"
+REFUSED: Final = "Refused"  # the API server refused the rendered Deployment (400/422)
+RETRYING: Final = "Retrying"
+
+
+# --------------------------------------------------------------------------- what was read, what to write
+
+
+@dataclass(frozen=True)
+class Live:
+    """What the reconcile read before writing anything."""
+
+    # workloadRef and template: the Deployment the target names, if it exists; selector: every
+    # Deployment of the namespace (the claims on the unselected ones matter too).
+    deployments: Sequence[Mapping[str, Any]]
+    prior_targets: Sequence[str] = ()  # status.targets as last written
+    claimants: Mapping[str, bool] = field(default_factory=dict)  # see claimants(): does that policy exist?
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What keeps Applied False: reason (CamelCase) and message; `stalls` is the Stalled reason when a
+    person must act; `retry_after` the seconds after which trying again may help by itself."""
+
+    reason: str
+    message: str
+    stalls: str | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class TargetWrite:
+    """One Deployment a workloadRef or selector targets: the problem that keeps it unwritten, or the
+    applies (in order, unguarded: see `guarded`) that gate it; neither when it is up to date."""
+
+    name: str
+    read: Mapping[str, Any]  # the Deployment as read
+    applies: tuple[Obj, ...] = ()
+    problem: Problem | None = None
+
+    @property
+    def resource_version(self) -> str:
+        return str(self.read["metadata"]["resourceVersion"])
+
+
+@dataclass(frozen=True)
+class TemplateWrite:
+    """Template mode's Deployment: the apply that creates or updates it (None: it is up to date)."""
+
+    name: str
+    read: Mapping[str, Any] | None
+    apply: Obj | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    wanted: tuple[str, ...]  # Deployment names whose appearance matters (a workloadRef's, found or not)
+    problems: tuple[Problem, ...]  # known before any write: they come first in the status
+    targets: tuple[TargetWrite, ...]
+    template: TemplateWrite | None
+    releases: tuple[str, ...]  # Deployments to give back, in this order (see Reconciler.release)
+
+    @property
+    def applies(self) -> list[Obj]:
+        """Every apply body of the plan (releases aside), in order: empty when nothing is to change."""
+        bodies = [b for t in self.targets for b in t.applies]
+        return bodies + ([self.template.apply] if self.template and self.template.apply else [])
+
+
+@dataclass
+class Progress:
+    """What the writes achieved, in the order they met it."""
+
+    problems: list[Problem]
+    targets: list[str] = field(default_factory=list)  # every Deployment the target names (status.targets)
+    gated: list[Mapping[str, Any]] = field(default_factory=list)  # as the last write (or read) returned them
+
+    @property
+    def result(self) -> str:
+        return "conflict" if any(p.stalls == CONFLICT for p in self.problems) else "ok"
+
+    @property
+    def requeue_after(self) -> float | None:
+        """The latest problem's word on when to try again (None: only an event or the resync)."""
+        later = [p.retry_after for p in self.problems if p.retry_after is not None]
+        return later[-1] if later else None
+
+    def applied(self) -> status.AppliedState:
+        if self.problems:
+            return status.AppliedState(False, self.problems[0].reason, self.problems[0].message)
+        n = len(self.gated)
+        return status.AppliedState(True, APPLIED, f"init containers in place on {n} Deployment"
+                                   + ("s" if n != 1 else ""))
+
+    def stalled(self, cycle: str | None) -> status.Stalled | None:
+        """The first problem a person must act on; else the dependency cycle the policy is in, if any."""
+        for p in self.problems:
+            if p.stalls:
+                return status.Stalled(p.stalls, p.message)
+        return status.Stalled("DependencyCycle", cycle) if cycle else None
+
+
+def invalid_spec(error: spec.SpecError) -> tuple[status.AppliedState, status.Stalled]:
+    return (status.AppliedState(False, INVALID_SPEC, "the spec is invalid; nothing was applied"),
+            status.Stalled(INVALID_SPEC, str(error)))
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def target_name(policy: spec.Policy) -> str | None:
+    """The one Deployment a workloadRef or template names (None for a selector: it lists them)."""
+    if isinstance(policy.target, spec.WorkloadRef):
+        return policy.target.name
+    if isinstance(policy.target, spec.Template):
+        return render.template_name(policy)
+    return None
+
+
+def claimants(policy: spec.Policy, deployments: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The other policies whose claim a target Deployment carries: the reconcile asks which exist
+    (a claim of a deleted policy is stale and taken over)."""
+    if isinstance(policy.target, spec.Template):
+        return set()  # its Deployment is its own or a Conflict already, whatever it carries
+    return {c for d in _targeted(policy, deployments) if (c := claim_of(d)) and c != policy.name}
+
+
+def plan(policy: spec.Policy, live: Live, config: render.RenderConfig) -> Plan:
+    if isinstance(policy.target, spec.Template):
+        return _plan_template(policy, live, config)
+    targeted = _targeted(policy, live.deployments)
+    problems: list[Problem] = []
+    if not targeted and isinstance(policy.target, spec.WorkloadRef):
+        problems.append(Problem(TARGET_NOT_FOUND, f"deployment {policy.target.name} not found; depgate applies as "
+                                                  "soon as it appears"))
+    elif not targeted:
+        problems.append(Problem(TARGET_NOT_FOUND, "no Deployment in the namespace matches spec.selector"))
+    writes = tuple(_target_write(policy, d, config, live.claimants) for d in targeted)
+    # The namespace's list is at hand: a Deployment gated by a reconcile whose status write never
+    # happened (the operator killed in between) is released too, not only those status.targets names.
+    claimed = {_name(d) for d in live.deployments if claim_of(d) == policy.name} \
+        if isinstance(policy.target, spec.Selector) else set()
+    return Plan(wanted=(policy.target.name,) if isinstance(policy.target, spec.WorkloadRef) else (),
+                problems=tuple(problems), targets=writes, template=None,
+                releases=_releases(live.prior_targets, claimed, [w.name for w in writes]))
+
+
+def target_writes(policy: spec.Policy, dep: Mapping[str, Any], config: render.RenderConfig) -> TargetWrite:
+    """What gates one Deployment: nothing when up to date; else our apply, preceded by an ordering
+    apply when the user's own init containers would otherwise end up where placement does not want them."""
+    name = _name(dep)
+    errors = render.render_errors(policy, dep, config)
+    if errors:
+        return TargetWrite(name, dep, problem=Problem(errors[0].reason, "; ".join(str(e) for e in errors)))
+    desired = render.rendered(policy, dep, config)
+    body = render.apply_body(policy, dep, config)
+    h = body_hash(body)
+    if up_to_date(dep, desired, h):
+        return TargetWrite(name, dep)
+    body["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = h
+    live_names = _names(_pod(dep).get("initContainers"))
+    theirs = [n for n in live_names if not render.is_ours(n)]
+    predicted = render.ssa_merged_order(live_names, _names(_pod(body).get("initContainers")))
+    if not theirs or predicted == _names(_pod(desired).get("initContainers")):
+        return TargetWrite(name, dep, applies=(body,))
+    # Naming the user's entries (key only) where placement wants them orders the whole list in one
+    # write; the second apply, with ours only, gives their entries back to them alone. Not the final
+    # hash on the first: should we die between the two, the next reconcile must not take this state
+    # (the user's entries co-owned) for done.
+    ordering = _ordered_body(body, desired)
+    ordering["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = ORDERING_HASH
+    return TargetWrite(name, dep, applies=(ordering, body))
+
+
+def guarded(body: Mapping[str, Any], resource_version: str) -> Obj:
+    """The apply body made conditional on the Deployment still being at `resource_version`."""
+    out = copy.deepcopy(dict(body))
+    out["metadata"]["resourceVersion"] = resource_version
+    return out
+
+
+def reorder(policy: spec.Policy, applied: Mapping[str, Any]) -> list[Obj] | None:
+    """The JSON patch that puts the applied Deployment's init containers where spec.placement wants
+    them (None: they are), guarded by its resourceVersion."""
+    return render.placement_patch(policy, applied)
+
+
+def _plan_template(policy: spec.Policy, live: Live, config: render.RenderConfig) -> Plan:
+    dname = render.template_name(policy)
+    found = live.deployments[0] if live.deployments else None
+    releases = _releases(live.prior_targets, set(), [dname])  # its own Deployment is never released
+    try:
+        want = render.rendered_template(policy, config, render.owner_reference(policy))
+    except render.RenderProblem as e:
+        return Plan((), (invalid_template(str(e)),), (), None, _releases(live.prior_targets, set(), []))
+    if found is not None and not any(o.get("uid") == policy.uid for o in _meta(found).get("ownerReferences") or []):
+        conflict = Problem(CONFLICT, f"deployment {dname} exists and is not owned by this policy; depgate never "
+                                     "takes over a Deployment it did not create", stalls=CONFLICT)
+        return Plan((), (conflict,), (), None, _releases(live.prior_targets, set(), []))
+    h = body_hash(want)
+    if found is not None and up_to_date(found, want, h) and _subset(want["spec"], found.get("spec")):
+        return Plan((), (), (), TemplateWrite(dname, found, None), releases)
+    want["metadata"].setdefault("annotations", {})[APPLIED_HASH_ANNOTATION] = h
+    want["metadata"]["namespace"] = policy.namespace
+    return Plan((), (), (), TemplateWrite(dname, found, want), releases)
+
+
+def _target_write(policy: spec.Policy, dep: Mapping[str, Any], config: render.RenderConfig,
+                  exists: Mapping[str, bool]) -> TargetWrite:
+    claim = claim_of(dep)
+    if claim and claim != policy.name and exists.get(claim):
+        msg = f"deployment {_name(dep)} is already gated by DependencyPolicy {claim}; this policy leaves it alone"
+        return TargetWrite(_name(dep), dep, problem=Problem(CONFLICT, msg, stalls=CONFLICT))
+    return target_writes(policy, dep, config)
+
+
+def _targeted(policy: spec.Policy, deployments: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    if isinstance(policy.target, spec.Selector):
+        return [d for d in deployments if policy.target.matches(_meta(d).get("labels"))]
+    return list(deployments)
+
+
+def _releases(prior: Iterable[str], claimed: set[str], current: Sequence[str]) -> tuple[str, ...]:
+    return tuple(sorted((set(prior) | claimed) - set(current)))
+
+
+# --------------------------------------------------------------------------- problems met while writing
+
+
+def refused(dname: str, message: str) -> Problem:
+    msg = f"deployment {dname}: the API server refused the rendered init containers: {message}"
+    return Problem(REFUSED, msg, stalls=REFUSED)  # a person must change the spec
+
+
+def apply_failed(dname: str, reason: str, message: str) -> Problem:
+    """Any other error class (500 included): said in status, tried again later."""
+    return Problem(reason, f"deployment {dname}: applying the init containers failed: {message}",
+                   retry_after=APPLY_ERROR_RETRY_SECONDS)
+
+
+def kept_changing(dname: str) -> Problem:
+    return Problem(RETRYING, f"deployment {dname} kept changing while depgate applied; retrying",
+                   retry_after=KEPT_CHANGING_RETRY_SECONDS)
+
+
+def invalid_template(message: str) -> Problem:
+    return Problem(INVALID_TEMPLATE, f"spec.template: the Deployment it describes is refused: {message}",
+                   stalls=INVALID_SPEC)
+
+
+# --------------------------------------------------------------------------- releases and the wait RBAC
+
+
+def release_body(policy_name: str, dep: Mapping[str, Any] | None) -> Obj | None:
+    """The apply that gives back one Deployment, or None when there is nothing to give back (gone,
+    not claimed by this policy, or template mode's own: garbage collection removes it).
+
+    An apply that names nothing gives up every field depgate owned: our init containers, volumes,
+    mounts and annotations go; the user's fields stay. The resourceVersion guard keeps it from
+    recreating a Deployment deleted meanwhile."""
+    if dep is None or claim_of(dep) != policy_name:
+        return None
+    md = _meta(dep)
+    if any(o.get("kind") == KIND for o in md.get("ownerReferences") or []):
+        return None
+    return {"apiVersion": registry.DEPLOYMENT.api_version, "kind": registry.DEPLOYMENT.kind,
+            "metadata": {"name": md["name"], "namespace": md["namespace"], "resourceVersion": md["resourceVersion"]}}
+
+
+def wait_rbac(policy: spec.Policy, gated: Sequence[Mapping[str, Any]]) -> list[Obj]:
+    """A Role that can read this one policy, bound to the gated Deployments' ServiceAccounts, owned by
+    the policy: what `depgate wait verdict` needs. None without an operator-judged precondition."""
+    if not gated or not any(p.judged_by_operator for p in policy.preconditions):
+        return []
+    ns, rname = policy.namespace, render.wait_role_name(policy.name)
+    owner = [{"apiVersion": API_VERSION, "kind": KIND, "name": policy.name, "uid": policy.uid,
+              "controller": True, "blockOwnerDeletion": True}]
+    metadata = {"name": rname, "namespace": ns, "ownerReferences": owner, "labels": dict(MANAGED_BY)}
+    rules = [{"apiGroups": [GROUP], "resources": [PLURAL], "resourceNames": [policy.name],
+              "verbs": ["get", "list", "watch"]}]
+    accounts = sorted({_pod(d).get("serviceAccountName") or "default" for d in gated})
+    role: Obj = {"apiVersion": registry.ROLE.api_version, "kind": registry.ROLE.kind, "metadata": metadata,
+                 "rules": rules}
+    binding: Obj = {"apiVersion": registry.ROLE_BINDING.api_version, "kind": registry.ROLE_BINDING.kind,
+                    "metadata": copy.deepcopy(metadata),
+                    "roleRef": {"apiGroup": registry.ROLE.group, "kind": registry.ROLE.kind, "name": rname},
+                    "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns} for sa in accounts]}
+    return [role, binding]
+
+
+def holds(live: Mapping[str, Any] | None, want: Mapping[str, Any]) -> bool:
+    """The live object already has every field of `want`, with the same values (nothing to write)."""
+    return _subset(want, live)
+
+
+# --------------------------------------------------------------------------- up to date?
+
+
+def body_hash(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def up_to_date(live: Mapping[str, Any], desired: Mapping[str, Any], applied_hash: str) -> bool:
+    """Nothing to write: our last apply is the one we would send now, and nobody undid it."""
+    ann = _meta(live).get("annotations") or {}
+    if ann.get(APPLIED_HASH_ANNOTATION) != applied_hash \
+            or ann.get(POLICY_ANNOTATION) != desired["metadata"]["annotations"][POLICY_ANNOTATION]:
+        return False
+    lp, dp = _pod(live), _pod(desired)
+    if _names(lp.get("initContainers")) != _names(dp.get("initContainers")):
+        return False
+    live_inits = {c["name"]: c for c in lp.get("initContainers") or []}
+    for c in dp.get("initContainers") or []:
+        if render.is_ours(c.get("name")) and not _subset(c, live_inits.get(c["name"])):
+            return False
+    live_vols = {v["name"]: v for v in lp.get("volumes") or []}
+    for v in dp.get("volumes") or []:
+        if render.is_ours(v.get("name")) and not _subset(v, live_vols.get(v["name"])):
+            return False
+    for v in lp.get("volumes") or []:
+        if render.is_ours(v.get("name")) and v["name"] not in {x["name"] for x in dp.get("volumes") or []}:
+            return False
+    live_containers = {c["name"]: c for c in lp.get("containers") or []}
+    for c in dp.get("containers") or []:
+        have = {m.get("mountPath"): m for m in (live_containers.get(c["name"]) or {}).get("volumeMounts") or []}
+        for m in c.get("volumeMounts") or []:
+            if render.is_ours(m.get("name")) and not _subset(m, have.get(m.get("mountPath"))):
+                return False
+    return True
+
+
+def _subset(want: Any, have: Any) -> bool:
+    """True when every field of `want` is in `have` with the same value (server defaults ignored)."""
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(k in have and _subset(v, have[k]) for k, v in want.items())
+    if isinstance(want, list):
+        return (isinstance(have, list) and len(want) == len(have)
+                and all(_subset(w, h) for w, h in zip(want, have, strict=True)))
+    return bool(want == have)
+
+
+def _ordered_body(body: Obj, desired: Mapping[str, Any]) -> Obj:
+    """The apply body with the user's init containers named (key only) where placement wants them:
+    structured-merge-diff then orders the whole list by it in the same write."""
+    ordered = copy.deepcopy(body)
+    ours = {c["name"]: c for c in ordered["spec"]["template"]["spec"]["initContainers"]}
+    ordered["spec"]["template"]["spec"]["initContainers"] = [
+        ours.get(n) or {"name": n} for n in _names(_pod(desired).get("initContainers"))
+    ]
+    return ordered
+
+
+# --------------------------------------------------------------------------- reading objects
+
+
+def claim_of(dep: Mapping[str, Any]) -> str | None:
+    """The policy whose claim (annotation) a Deployment carries."""
+    claim = (_meta(dep).get("annotations") or {}).get(POLICY_ANNOTATION)
+    return str(claim) if claim else None
+
+
+def fresher(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:
+    """Is copy `a` of an object newer than copy `b` (same object: same uid)?
+
+    resourceVersions are opaque by the API's contract, but every etcd-backed server hands out
+    increasing integers; where either is not one, `a` is not called fresher (trust the watch)."""
+    if a is None:
+        return False
+    ma, mb = a.get("metadata") or {}, b.get("metadata") or {}
+    if ma.get("uid") != mb.get("uid"):
+        return False
+    try:
+        return int(str(ma.get("resourceVersion"))) > int(str(mb.get("resourceVersion")))
+    except (TypeError, ValueError):
+        return False
+
+
+def deployment_of_pod(pod: Mapping[str, Any]) -> str | None:
+    """The Deployment a pod belongs to: its ReplicaSet owner is named <deployment>-<pod-template-hash>."""
+    md = pod.get("metadata") or {}
+    h = (md.get("labels") or {}).get("pod-template-hash")
+    for o in md.get("ownerReferences") or []:
+        if o.get("kind") == "ReplicaSet" and h and o.get("name", "").endswith(f"-{h}"):
+            return str(o["name"][: -len(h) - 1])
+    return None
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    md = obj.get("metadata")
+    return md if isinstance(md, Mapping) else {}
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str(_meta(obj)["name"])
+
+
+def _pod(dep: Mapping[str, Any]) -> Mapping[str, Any]:
+    return ((dep.get("spec") or {}).get("template") or {}).get("spec") or {}
+
+
+def _names(items: Sequence[Any] | None) -> list[str]:
+    return [str(i.get("name")) for i in items or [] if isinstance(i, Mapping)]

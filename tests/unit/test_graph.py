@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -625,3 +626,55 @@ def test_cli_skips_and_lists_policies_that_do_not_parse(
     )
     got = graph_cli.live_graph(live)
     assert [(r.namespace, r.name) for r in got.skipped] == [("shop", "broken")]
+
+
+def test_list_live_lists_policies_services_and_every_workload_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[object, ...]] = []
+
+    class Custom:
+        def __init__(self, api: object) -> None:
+            pass
+
+        def list_namespaced_custom_object(self, group: str, version: str, ns: str, plural: str) -> dict[str, object]:
+            calls.append((group, version, ns, plural))
+            return {"items": [{"metadata": {"name": f"{plural}-1", "namespace": ns}}]}
+
+        def list_cluster_custom_object(self, group: str, version: str, plural: str) -> dict[str, object]:
+            calls.append((group, version, plural))
+            return {"items": [{"metadata": {"name": f"{plural}-1", "namespace": "x"}}]}
+
+    class Core:
+        def __init__(self, api: object) -> None:
+            pass
+
+        def list_namespaced_service(self, ns: str) -> dict[str, object]:
+            calls.append(("services", ns))
+            return {"items": [{"metadata": {"name": "s"}}]}
+
+        def list_service_for_all_namespaces(self) -> dict[str, object]:
+            calls.append(("services",))
+            return {"items": []}
+
+    class Config:
+        ConfigException = Exception
+
+        @staticmethod
+        def load_kube_config(context: str | None = None) -> None:
+            pass
+
+    client = types.SimpleNamespace(ApiClient=lambda: object(), CoreV1Api=Core, CustomObjectsApi=Custom)
+    monkeypatch.setitem(sys.modules, "kubernetes", types.SimpleNamespace(client=client, config=Config))
+    live = graph_cli.list_live("shop")
+    assert calls == [
+        ("depgate.io", "v1alpha1", "shop", "dependencypolicies"),
+        ("services", "shop"),
+        ("apps", "v1", "shop", "deployments"),
+        ("apps", "v1", "shop", "statefulsets"),
+        ("apps", "v1", "shop", "daemonsets"),
+    ]
+    assert [w["kind"] for w in live.workloads] == ["Deployment", "StatefulSet", "DaemonSet"]
+    assert [p["metadata"]["name"] for p in live.policies] == ["dependencypolicies-1"]
+    calls.clear()
+    everywhere = graph_cli.list_live(None)
+    assert calls[0] == ("depgate.io", "v1alpha1", "dependencypolicies") and calls[1] == ("services",)
+    assert [w["metadata"]["name"] for w in everywhere.workloads] == ["deployments-1", "statefulsets-1", "daemonsets-1"]

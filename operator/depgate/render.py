@@ -1,12 +1,12 @@
 """Policy + Deployment -> the server-side-apply body depgate sends, and the Deployment it yields.
 
-Pure: the standard library and depgate.spec only. Every function returns new dicts and never
-mutates its arguments; the same inputs give the same output, key order included (no timestamps,
-no set or dict-order luck), so re-applying an unchanged policy is a no-op on the server.
+Pure: the standard library and depgate's spec, registry and constants only. Every function returns
+new dicts and never mutates its arguments; the same inputs give the same output, key order included
+(no timestamps, no set or dict-order luck), so re-applying an unchanged policy is a no-op on the server.
 
-Names starting with `depgate-` in a pod template (init containers, volumes, the volume mounts that
-use those volumes) are depgate's: they are dropped and rebuilt on every render, which makes
-`rendered(rendered(d))` equal `rendered(d)`.
+Names starting with `depgate-` (constants.CONTAINER_PREFIX) in a pod template (init containers,
+volumes, the volume mounts that use those volumes) are depgate's: they are dropped and rebuilt on
+every render, which makes `rendered(rendered(d))` equal `rendered(d)`.
 """
 
 from __future__ import annotations

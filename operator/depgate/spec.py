@@ -1,9 +1,10 @@
 """The DependencyPolicy model: a dict (as the API server or a YAML file gives it) -> a validated Policy.
 
-Pure: the standard library only. `parse_policy` applies the same rules as the CRD's schema and CEL
-rules (crds/dependencypolicies.depgate.io.yaml), so the operator and `depgate render` refuse a
-policy that reached them without the API server's validation (an old CRD, a file on disk) with the
-same field path the server would name: `SpecError("spec.preconditions[2].http.url", "...")`.
+Pure: the standard library and depgate.registry (which types and kinds exist) only. `parse_policy`
+applies the same rules as the CRD's schema and CEL rules (crds/dependencypolicies.depgate.io.yaml),
+so the operator and `depgate render` refuse a policy that reached them without the API server's
+validation (an old CRD, a file on disk) with the same field path the server would name:
+`SpecError("spec.preconditions[2].http.url", "...")`.
 
 JSON field names are the camelCase of the dataclass field names (`timeout_seconds` ->
 `timeoutSeconds`); tests/unit/test_crd_schema.py walks both and checks they agree.

@@ -9,7 +9,8 @@ Follow one policy by file name:
   verdicts.py   API objects -> the operator's verdict on each api precondition (pure)
   status.py     verdicts + pods -> the policy's status, conditions and events (pure)
   graph.py      what each policy depends on; all policies -> dependency graph, cycles (pure)
-  controller.py one reconcile of one policy: read, decide with the core, write (through kube.py)
+  plan.py       what one reconcile writes, from what it read (pure)
+  controller.py one reconcile of one policy: read, plan, write (through kube.py), status
   kube.py       the one adapter that talks to the API server
   handlers.py   Kopf handlers: wire events to the controller
   runner.py     `depgate run`: the operator's flags, then Kopf

@@ -203,8 +203,8 @@ class Kube:
 
     def apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply as field manager `depgate`, taking over conflicting fields (force). With
-        metadata.resourceVersion in the body the write is conditional (and cannot create a missing
-        object): a mismatch raises Changed, a missing object Gone."""
+        metadata.resourceVersion in the body the write is conditional and cannot create a missing
+        object: the API server's 409 raises Changed, its 404 Gone."""
         md = body["metadata"]
         q = [("fieldManager", FIELD_MANAGER), ("force", "true")]
         try:

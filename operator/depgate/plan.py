@@ -42,6 +42,7 @@ from typing import Any, Final
 
 from depgate import registry, render, spec, status
 from depgate.constants import API_VERSION, APPLIED_HASH_ANNOTATION, GROUP, KIND, PLURAL, POLICY_ANNOTATION
+from depgate.graph import DEPENDENCY_CYCLE
 
 Obj = dict[str, Any]
 
@@ -156,7 +157,7 @@ class Progress:
         for p in self.problems:
             if p.stalls:
                 return status.Stalled(p.stalls, p.message)
-        return status.Stalled("DependencyCycle", cycle) if cycle else None
+        return status.Stalled(DEPENDENCY_CYCLE, cycle) if cycle else None
 
 
 def invalid_spec(error: spec.SpecError) -> tuple[status.AppliedState, status.Stalled]:

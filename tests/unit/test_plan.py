@@ -7,6 +7,7 @@ from typing import Any
 
 from depgate import plan, render, spec
 from depgate.constants import APPLIED_HASH_ANNOTATION, POLICY_ANNOTATION
+from depgate.graph import DEPENDENCY_CYCLE
 
 NS = "shop"
 CONFIG = render.RenderConfig(waiter_image="depgate/depgate:test")
@@ -298,7 +299,7 @@ def test_without_problems_applied_counts_the_gated_deployments_and_a_cycle_stall
     assert done.applied().ok and done.applied().message == "init containers in place on 2 Deployments"
     assert plan.Progress(problems=[], gated=[deployment()]).applied().message.endswith("on 1 Deployment")
     stalled = done.stalled("p -> q -> p")
-    assert stalled is not None and (stalled.reason, stalled.message) == ("DependencyCycle", "p -> q -> p")
+    assert stalled is not None and (stalled.reason, stalled.message) == (DEPENDENCY_CYCLE, "p -> q -> p")
     assert done.stalled(None) is None and done.requeue_after is None
 
 

@@ -13,7 +13,7 @@ import pytest
 from fakekube import FakeKube
 from kubernetes.client.exceptions import ApiException
 
-from depgate import plan, render, spec
+from depgate import plan, registry, render, spec
 from depgate.constants import APPLIED_HASH_ANNOTATION, POLICY_ANNOTATION
 from depgate.controller import Outcome, Reconciler, ReleaseFailed
 from depgate.kube import Forbidden, Kube, Rejected
@@ -270,6 +270,24 @@ def test_a_dependency_cycle_stalls_the_policy() -> None:
     kube = world(deployment(), policy())
     reconcile(kube, cycle="p -> q -> p")
     assert condition(kube, "Stalled") == ("True", "DependencyCycle", "p -> q -> p")
+
+
+OPERATOR_JUDGED = {
+    "service": {"name": "db"}, "job": {"name": "migrate"}, "secret": {"name": "creds"}, "configMap": {"name": "cfg"},
+    "workload": {"kind": "StatefulSet", "name": "cache"},
+    "resource": {"apiVersion": "example.com/v1", "kind": "Widget", "name": "w", "condition": "Ready"},
+}
+
+
+def test_every_type_the_operator_judges_is_read_and_judged() -> None:
+    assert set(OPERATOR_JUDGED) == set(registry.OPERATOR_JUDGED)
+    pres = [{"name": t.lower(), t: body} for t, body in OPERATOR_JUDGED.items()]
+    kube = world(deployment(), policy(preconditions=pres))
+    reconcile(kube)
+    entries = stored_status(kube)["preconditions"]
+    assert [e["name"] for e in entries] == [t.lower() for t in OPERATOR_JUDGED]
+    assert [(e["name"], e["state"]) for e in entries if e["reason"] == "NotEvaluated"] == []
+    assert all(e["state"] == "Blocking" for e in entries), entries  # none of those objects exists
 
 
 def test_a_precondition_depgate_may_not_read_blocks_with_forbidden() -> None:

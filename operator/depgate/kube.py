@@ -1,7 +1,8 @@
 """The one adapter that talks to the Kubernetes API (through the official `kubernetes` client).
 
-Everything here is I/O and nothing else: the decisions live in the pure modules. Objects go in
-and come out as plain dicts, exactly as the API server speaks them.
+Everything here is I/O and nothing else: the decisions live in the pure modules, of which it imports
+none (only the vocabulary, depgate.constants, and the table of kinds, depgate.registry). Objects go
+in and come out as plain dicts, exactly as the API server speaks them.
 """
 
 from __future__ import annotations
@@ -21,26 +22,13 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from depgate import FIELD_MANAGER, GROUP, PLURAL, VERSION
+from depgate.constants import FIELD_MANAGER
+from depgate.registry import API_KINDS, DEPENDENCY_POLICY
 
 log = logging.getLogger("depgate.kube")
 
 EVENT_COMPONENT = "depgate"  # the source of the Events depgate posts
 
-_PLURALS = {
-    "Deployment": ("apps/v1", "deployments"),
-    "StatefulSet": ("apps/v1", "statefulsets"),
-    "DaemonSet": ("apps/v1", "daemonsets"),
-    "Role": ("rbac.authorization.k8s.io/v1", "roles"),
-    "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings"),
-    "Service": ("v1", "services"),
-    "Secret": ("v1", "secrets"),
-    "ConfigMap": ("v1", "configmaps"),
-    "Pod": ("v1", "pods"),
-    "Job": ("batch/v1", "jobs"),
-    "EndpointSlice": ("discovery.k8s.io/v1", "endpointslices"),
-    "DependencyPolicy": (f"{GROUP}/{VERSION}", PLURAL),
-}
 
 
 ApiError = ApiException  # any other error answer of the API server; describe() says it for a status
@@ -163,9 +151,9 @@ class Kube:
         return p
 
     def plural(self, api_version: str, kind: str) -> str:
-        known = _PLURALS.get(kind)
-        if known and known[0] == api_version:
-            return known[1]
+        known = API_KINDS.get(kind)  # the kinds depgate knows need no discovery
+        if known and known.api_version == api_version:
+            return known.plural
         with self._dyn_lock:
             cached = self._plurals.get((api_version, kind))
         if cached:
@@ -221,9 +209,9 @@ class Kube:
     def replace_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any] | None:
         """Write the policy's whole status in one request (a JSON patch that replaces it)."""
         patch = [{"op": "add", "path": "/status", "value": status}]
+        path = self.path(DEPENDENCY_POLICY.api_version, DEPENDENCY_POLICY.kind, namespace, name, "status")
         try:
-            out = self._call("PATCH", self.path(f"{GROUP}/{VERSION}", "DependencyPolicy", namespace, name, "status"),
-                             body=patch, content_type="application/json-patch+json")
+            out = self._call("PATCH", path, body=patch, content_type="application/json-patch+json")
             return dict(out) if out is not None else None
         except ApiException as e:
             if e.status in (404, 409, 422) and "not found" in str(e.body).lower():

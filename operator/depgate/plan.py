@@ -173,7 +173,7 @@ def target_name(policy: spec.Policy) -> str | None:
     if isinstance(policy.target, spec.WorkloadRef):
         return policy.target.name
     if isinstance(policy.target, spec.Template):
-        return render.template_name(policy)
+        return spec.template_name(policy)
     return None
 
 
@@ -246,7 +246,7 @@ def reorder(policy: spec.Policy, applied: Mapping[str, Any]) -> list[Obj] | None
 
 
 def _plan_template(policy: spec.Policy, live: Live, config: render.RenderConfig) -> Plan:
-    dname = render.template_name(policy)
+    dname = spec.template_name(policy)
     found = live.deployments[0] if live.deployments else None
     releases = _releases(live.prior_targets, set(), [dname])  # its own Deployment is never released
     try:

@@ -4,16 +4,28 @@ A watch can go silent without going quiet: the API server keeps sending it bookm
 inactivity bound fires) while its watch cache has stopped hearing etcd, and no event arrives again.
 Every status write depgate makes is a change the policies watch must deliver back, with that
 resourceVersion or a later one. `Echoes` remembers, per policy, the oldest write not delivered back
-yet; `stale()` lists those older than the bound. Plain data and arithmetic; the handlers feed it.
+yet; `stale()` lists those older than the bound, and `check()` (the watchdog's tick) says when the
+watch went deaf and when it hears again. Plain data and arithmetic; the handlers feed it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 Key = tuple[str, str]
+Stale = tuple[Key, int, float]  # (policy, resourceVersion, seconds since the write)
+
+TICK_SECONDS = 5.0  # the watchdog looks this often at most (a quarter of the bound when shorter)
+
+
+class Check(NamedTuple):
+    """One tick of the watchdog."""
+
+    stale: list[Stale]  # every write not heard back within the bound, oldest policy first
+    went_deaf: bool  # the first tick with a stale write: say it and count it
+    hears_again: bool  # the first tick with none after that
 
 
 def resource_version(obj: Mapping[str, Any] | None) -> int | None:
@@ -27,9 +39,14 @@ def resource_version(obj: Mapping[str, Any] | None) -> int | None:
 
 @dataclass
 class Echoes:
-    bound: float = 60.0
+    bound: float  # seconds: a write not heard back within this long is stale (--echo-seconds)
     # key -> the oldest write not heard back (resourceVersion, when), and the latest one
     pending: dict[Key, tuple[tuple[int, float], tuple[int, float]]] = field(default_factory=dict)
+    deaf_since: float | None = None  # the tick that first saw a stale write, until one sees none
+
+    @property
+    def tick_seconds(self) -> float:
+        return min(TICK_SECONDS, self.bound / 4)
 
     def wrote(self, key: Key, written: Mapping[str, Any] | None, now: float) -> None:
         """depgate wrote this policy and the API server answered with `written`."""
@@ -55,6 +72,22 @@ class Echoes:
     def forget(self, key: Key) -> None:
         self.pending.pop(key, None)
 
-    def stale(self, now: float) -> list[tuple[Key, int, float]]:
+    def stale(self, now: float) -> list[Stale]:
         """(policy, resourceVersion, seconds since the write) for every write not heard back within the bound."""
         return sorted((k, rv, now - t) for k, ((rv, t), _) in self.pending.items() if now - t > self.bound)
+
+    def check(self, now: float) -> Check:
+        """The watchdog's tick: is some write stale, and did that just start or just end?"""
+        stale = self.stale(now)
+        went_deaf = bool(stale) and self.deaf_since is None
+        hears_again = not stale and self.deaf_since is not None
+        if went_deaf:
+            self.deaf_since = now
+        elif hears_again:
+            self.deaf_since = None
+        return Check(stale, went_deaf, hears_again)
+
+    def deaf_for(self, now: float) -> float | None:
+        """Seconds since the oldest write the watch has not delivered back was made, while the
+        watchdog says it is deaf (the liveness probe fails then); None while it hears."""
+        return None if self.deaf_since is None else now - self.deaf_since + self.bound

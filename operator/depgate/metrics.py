@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from depgate.constants import BLOCKING_STATES, STATES
+
 if TYPE_CHECKING:
     from depgate.controller import Outcome
-
-STATES = ("Satisfied", "Blocking", "Pending", "Failed", "Unknown")
 
 reconciles = Counter("depgate_reconciles_total", "Reconciles of DependencyPolicies, by result.", ["result"])
 reconcile_seconds = Histogram(
@@ -63,7 +63,7 @@ def observe_status(key: tuple[str, str], status: Mapping[str, Any], now: float) 
     entries = [e for e in status.get("preconditions") or [] if isinstance(e, Mapping)]
     for state in STATES:
         preconditions.labels(ns, name, state).set(sum(1 for e in entries if e.get("state") == state))
-    blocking = frozenset(str(e.get("name")) for e in entries if e.get("state") in ("Blocking", "Failed"))
+    blocking = frozenset(str(e.get("name")) for e in entries if e.get("state") in BLOCKING_STATES)
     then, was_blocking = _last.get(key, (now, frozenset()))
     for pre in was_blocking:  # it blocked from the last observation until this one
         blocked_seconds.labels(ns, name, pre).inc(max(0.0, now - then))

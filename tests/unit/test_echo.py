@@ -41,3 +41,24 @@ def test_opaque_resource_versions_are_never_judged() -> None:
     e = Echoes(bound=1)
     e.wrote(("ns", "a"), obj("opaque"), now=0)
     assert e.stale(now=100) == []
+
+
+def test_the_watchdog_says_once_when_the_watch_goes_deaf_and_once_when_it_hears_again() -> None:
+    e = Echoes(bound=10)
+    e.wrote(("ns", "a"), obj("100"), now=0)
+    first = e.check(now=5)
+    assert first.stale == [] and not first.went_deaf and not first.hears_again
+    assert e.deaf_for(now=5) is None
+    deaf = e.check(now=12)
+    assert deaf.went_deaf and deaf.stale == [(("ns", "a"), 100, 12)]
+    assert not e.check(now=20).went_deaf  # said once
+    assert e.deaf_for(now=20) == 18  # 8 s since the tick that saw it, plus the bound it waited
+    e.heard(("ns", "a"), obj("100"))
+    assert e.check(now=21).hears_again
+    again = e.check(now=22)
+    assert not again.hears_again and not again.went_deaf and e.deaf_for(now=22) is None
+
+
+def test_the_watchdog_ticks_every_5_seconds_or_a_quarter_of_a_shorter_bound() -> None:
+    assert Echoes(bound=120).tick_seconds == 5
+    assert Echoes(bound=8).tick_seconds == 2

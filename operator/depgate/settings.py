@@ -1,0 +1,184 @@
+"""The operator's settings: one frozen object, built once from `depgate run`'s flags and passed in.
+
+Every tunable is a field here and a flag of `depgate run`, and its default is written once, in the
+field below: the flags, their help and their checks are built from these fields (`parse`). A few
+defaults come from the environment first (`env`: the manifests and the dev plane set them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from depgate.constants import WAITER_IMAGE_ENV
+from depgate.render import DEFAULT_WAITER_IMAGE
+
+
+class SettingsError(ValueError):
+    """A setting out of its range."""
+
+
+# ---------------------------------------------------------------------- the kinds of value
+
+
+def _seconds(value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise SettingsError(f"must be a number of seconds above 0, not {value}")
+
+
+def _seconds_or_zero(value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise SettingsError(f"must be a number of seconds, 0 or more, not {value}")
+
+
+def _count(value: int) -> None:
+    if value < 1:
+        raise SettingsError(f"must be at least 1, not {value}")
+
+
+def _port(value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise SettingsError(f"must be a TCP port (1-65535) or 0 (off), not {value}")
+
+
+def _text(value: str) -> None:
+    if not value.strip():
+        raise SettingsError("must not be empty")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a field is given on the command line."""
+
+    names: tuple[str, ...]
+    help: str
+    parse: Callable[[str], Any] = str
+    check: Callable[[Any], None] | None = None
+    env: str | None = None  # the environment variable that gives the default, when set
+    metavar: str | None = None
+
+
+def _flag(default: Any, *names: str, help: str, parse: Callable[[str], Any] = str,
+          check: Callable[[Any], None] | None = None, env: str | None = None, metavar: str | None = None) -> Any:
+    return field(default=default, metadata={"flag": Flag(names, help, parse, check, env, metavar)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = _flag(
+        (), "-n", "--namespace", metavar="NAMESPACE",
+        help="watch only this namespace (repeatable; default: all namespaces)")
+    kubeconfig: str | None = _flag(
+        None, "--kubeconfig", check=_text, metavar="PATH", env="KUBECONFIG",
+        help="path to a kubeconfig (default: $KUBECONFIG, then the in-cluster config)")
+    waiter_image: str = _flag(
+        DEFAULT_WAITER_IMAGE, "--waiter-image", check=_text, metavar="IMAGE", env=WAITER_IMAGE_ENV,
+        help="the image of the init containers depgate renders (pin it: tag@digest) "
+             f"[env {WAITER_IMAGE_ENV}, default %(default)s]")
+    metrics_port: int = _flag(
+        0, "--metrics-port", parse=int, check=_port, metavar="PORT", env="DEPGATE_METRICS_PORT",
+        help="serve Prometheus metrics on this port (0: off) [env DEPGATE_METRICS_PORT]")
+    health_port: int = _flag(
+        0, "--health-port", parse=int, check=_port, metavar="PORT", env="DEPGATE_HEALTH_PORT",
+        help="serve Kopf's liveness endpoint /healthz on this port (0: off) [env DEPGATE_HEALTH_PORT]")
+    resync_seconds: float = _flag(
+        300.0, "--resync-seconds", parse=float, check=_seconds, metavar="SECONDS",
+        help="reconcile every policy at least this often, even without events (default %(default)g)")
+    coalesce_seconds: float = _flag(
+        0.05, "--coalesce-seconds", parse=float, check=_seconds_or_zero, metavar="SECONDS",
+        help="a policy that reconciled less than a second ago waits this long before the next reconcile, "
+             "so that a burst of events costs one (default %(default)g)")
+    cycle_debounce_seconds: float = _flag(
+        0.25, "--cycle-debounce-seconds", parse=float, check=_seconds_or_zero, metavar="SECONDS",
+        help="recompute the dependency cycles this long after the graph of policies changed, so that a "
+             "burst of changes costs one recompute (default %(default)g)")
+    max_backoff_seconds: float = _flag(
+        60.0, "--max-backoff-seconds", parse=float, check=_seconds, metavar="SECONDS",
+        help="after failed reconciles a policy waits 1 s, then twice as long after each further failure, "
+             "at most this long (default %(default)g)")
+    watch_inactivity_seconds: float = _flag(
+        70.0, "--watch-inactivity-seconds", parse=float, check=_seconds, metavar="SECONDS",
+        help="restart a watch that delivered nothing, not even a bookmark (the API server sends one "
+             "about every 60 s), for this long (default %(default)g)")
+    echo_seconds: float = _flag(
+        120.0, "--echo-seconds", parse=float, check=_seconds, metavar="SECONDS",
+        help="a status write the policies watch has not delivered back within this long fails the "
+             "liveness probe (/healthz) until it does (default %(default)g)")
+    request_timeout_seconds: float = _flag(
+        30.0, "--request-timeout-seconds", parse=float, check=_seconds, metavar="SECONDS",
+        help="Kopf's own API requests (finalizers) fail after this long, so that one on a connection that "
+             "went silent is retried instead of hanging (default %(default)g)")
+    max_custom_watches: int = _flag(
+        64, "--max-custom-watches", parse=int, check=_count, metavar="N",
+        help="watch custom resources (`resource` preconditions) of at most this many kinds per namespace "
+             "at once, one shared watch each; a precondition over it says TooManyWatches (default %(default)g)")
+    max_custom_kinds_per_policy: int = _flag(
+        8, "--max-custom-kinds-per-policy", parse=int, check=_count, metavar="N",
+        help="watch at most this many kinds of custom resource for one policy; its other `resource` "
+             "preconditions say TooManyWatches (default %(default)g)")
+    verbose: bool = _flag(False, "-v", "--verbose", help="debug logging")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            check = flag_of(f).check
+            if check is not None and value is not None:
+                try:
+                    check(value)
+                except SettingsError as e:
+                    raise SettingsError(f"{flag_of(f).names[-1]}: {e}") from None
+
+
+def flag_of(f: dataclasses.Field[Any]) -> Flag:
+    flag: Flag = f.metadata["flag"]
+    return flag
+
+
+def _argument_type(flag: Flag) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = flag.parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if flag.parse is int else ' number'}: {text!r}") \
+                from None
+        if flag.check is not None:
+            try:
+                flag.check(value)
+            except SettingsError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+
+    convert.__name__ = getattr(flag.parse, "__name__", "value")
+    return convert
+
+
+def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """`depgate run`'s flags, one per field of Settings."""
+    env = os.environ if environ is None else environ
+    p = argparse.ArgumentParser(prog="depgate run", description="the operator process (Kopf) against the "
+                                "current kubeconfig or the in-cluster config")
+    for f in dataclasses.fields(Settings):
+        flag = flag_of(f)
+        if f.type in ("bool", bool):
+            p.add_argument(*flag.names, dest=f.name, action="store_true", help=flag.help)
+        elif f.name == "namespaces":
+            p.add_argument(*flag.names, dest=f.name, action="append", default=[], metavar=flag.metavar,
+                           help=flag.help)
+        else:
+            # argparse converts (and checks) a default given as text, as if it were on the command line
+            default = env.get(flag.env) if flag.env and env.get(flag.env) else f.default
+            p.add_argument(*flag.names, dest=f.name, type=_argument_type(flag), default=default,
+                           metavar=flag.metavar, help=flag.help)
+    return p
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+    """The Settings of `depgate run ARGV` (exits with a usage error, status 2, on a bad value)."""
+    args = vars(parser(environ).parse_args(list(argv)))
+    args["namespaces"] = tuple(args["namespaces"])
+    return Settings(**args)

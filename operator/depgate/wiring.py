@@ -1,0 +1,505 @@
+"""The event wiring's decisions, as plain data: which policies an event wakes, when a policy's
+worker reconciles, which custom-resource watches run, when the dependency cycles are recomputed.
+
+handlers.py feeds every watch event in and does what the answers say (wake a worker, start a task,
+sleep); nothing here imports kopf or talks to the API server, so that every rule has a unit test
+(tests/unit/test_wiring.py).
+
+- `Wiring`: who wakes whom. Every watched object a policy names (its target Deployments and their
+  pods, Services and their EndpointSlices, Jobs, Secrets, ConfigMaps, workloads) sets the dirty
+  flag of the policies that name it; the newest copy of every policy; the labels the cycle graph
+  needs. Touched from the event loop's thread only.
+- `CustomClaims`: one shared watch per (apiVersion, kind, namespace) that `resource` preconditions
+  name, within two caps; behind a lock (reconciles claim from their threads).
+- `CycleSchedule`: at most one recompute of the cycles at a time, only when the graph changed.
+- `WorkerState`: one policy's worker: the coalescing of bursts, the backoff after a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from depgate import graph, registry, spec
+from depgate.constants import GROUP
+from depgate.graph import ObjectKey
+from depgate.plan import claim_of, deployment_of_pod, fresher
+
+if TYPE_CHECKING:
+    from depgate.controller import CustomKey, Outcome
+
+Key = tuple[str, str]  # (namespace, policy name)
+StreamKey = tuple[str, str, str]  # (apiVersion, kind, namespace): one shared custom-resource watch
+
+KOPF_DIFFBASE = f"{GROUP}/last-handled-configuration"  # written by depgate before handlers._NoDiffBase
+
+# The kinds whose events wake policies: every kind a precondition type watches, and the pods of the
+# targets (their readiness is in the status). Adding a kind to depgate.registry watches it.
+WATCHED_KINDS: tuple[registry.ApiKind, ...] = (*registry.watched_kinds(), registry.POD)
+
+# One reconcile that finished less than this long ago makes the next one wait coalesce_seconds
+# (a burst of events becomes one reconcile); an idle policy reconciles at once.
+RECENT_SECONDS = 1.0
+FIRST_BACKOFF_SECONDS = 1.0  # after the first failure in a row; doubled after each further one
+
+
+class Change(NamedTuple):
+    """What one event means: the policies to wake, and whether the dependency graph changed."""
+
+    wake: frozenset[Key]
+    graph_changed: bool = False
+
+
+def plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A policy as the workers keep it: plain dicts (Kopf's bodies are views), slimmed."""
+    out: dict[str, Any] = json.loads(json.dumps(dict(body), default=dict))
+    return slim(out)
+
+
+def slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """Without what no reconcile reads (managedFields, Kopf's copy of the spec in an annotation),
+    which is most of a policy's size in memory."""
+    md = obj.get("metadata")
+    if isinstance(md, dict):
+        md.pop("managedFields", None)
+        ann = md.get("annotations")
+        if isinstance(ann, dict):
+            ann.pop(KOPF_DIFFBASE, None)
+    return obj
+
+
+def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return (obj or {}).get("metadata") or {}
+
+
+def _template_labels(body: Mapping[str, Any]) -> dict[str, str]:
+    return dict(((body.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {})
+
+
+def deleting(obj: Mapping[str, Any]) -> bool:
+    return bool(_meta(obj).get("deletionTimestamp"))
+
+
+def respecified(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    """Is `new` a copy the worker must reconcile for its own sake: the first seen, a new generation
+    (the spec changed), or the policy being deleted?"""
+    return old is None or _meta(new).get("generation") != _meta(old).get("generation") or deleting(new)
+
+
+def watched_objects(policy: spec.Policy, namespace: str) -> set[ObjectKey]:
+    """The objects whose events must wake `policy` (of `namespace`): what its preconditions name."""
+    return {d.key(namespace) for d in graph.dependencies(policy, namespace)}
+
+
+def cycles_of(policies: Sequence[spec.Policy],
+              deployment_labels: Mapping[tuple[str, str], Mapping[str, str]],
+              services: Mapping[tuple[str, str], Mapping[str, str]],
+              workload_labels: Mapping[tuple[str, str, str], Mapping[str, str]]) -> dict[Key, str]:
+    """The DependencyCycle message of every policy on a cycle of the graph of all policies."""
+    g = graph.build_graph(graph.policy_nodes(policies, deployment_labels, set(services)), services, workload_labels)
+    return graph.cycles_by_policy(g, graph.find_cycles(g))
+
+
+def to_release(policy: str, status: Mapping[str, Any] | None, deployments: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The Deployments a deleted policy must release: those its status names, and every one of
+    `deployments` carrying its claim, in case the status write never came."""
+    names = set((status or {}).get("targets") or [])
+    names.update(str(_meta(d).get("name")) for d in deployments if claim_of(d) == policy)
+    return sorted(names)
+
+
+# ---------------------------------------------------------------------- custom-resource watches
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+@dataclass
+class _Stream:
+    wants: dict[Key, set[str]] = field(default_factory=dict)  # policy -> the names it waits on
+    by_name: dict[str, set[Key]] = field(default_factory=dict)
+
+
+class Claim(NamedTuple):
+    refused: dict[StreamKey, str]  # each kind of the policy not watched -> why (which cap)
+    woken: frozenset[Key]  # policies refused before that may get a watch now (one stopped)
+
+
+class CustomClaims:
+    """The custom resources (`resource` preconditions) to watch: one shared watch per (apiVersion,
+    kind, namespace), whatever number of objects and policies name it; an event on it wakes the
+    policies that name the object it carries.
+
+    At most `max_watches` watches per operator and `max_kinds_per_policy` kinds per policy: claim()
+    says which of a policy's kinds are over a cap (the reconcile reports them TooManyWatches); when a
+    watch stops, the policies that were refused one are woken to claim again. claim() is called from
+    reconciles (threads) and from the event loop: the state is behind a lock."""
+
+    def __init__(self, max_watches: int, max_kinds_per_policy: int) -> None:
+        self.max_watches = max_watches
+        self.max_kinds_per_policy = max_kinds_per_policy
+        self._lock = threading.Lock()
+        self._streams: dict[StreamKey, _Stream] = {}
+        self._refused: set[Key] = set()  # policies with a kind over a cap, woken when a watch stops
+
+    def claim(self, key: Key, wanted: Iterable[CustomKey]) -> Claim:
+        """Make `wanted` (in declared order) what policy `key` is woken by."""
+        names: dict[StreamKey, set[str]] = {}
+        for av, kind, ns, name in wanted:
+            names.setdefault((av, kind, ns), set()).add(name)
+        refused: dict[StreamKey, str] = {}
+        per_policy, per_operator = self.max_kinds_per_policy, self.max_watches
+        with self._lock:
+            admitted: dict[StreamKey, set[str]] = {}
+            for i, (skey, ns_names) in enumerate(names.items()):
+                av, kind, ns = skey
+                if i >= per_policy:
+                    refused[skey] = (
+                        f"a policy has at most {per_policy} kinds of custom resource watched "
+                        f"(--max-custom-kinds-per-policy={per_policy}); {kind} ({av}) is this policy's "
+                        f"{_ordinal(i + 1)}, so depgate does not watch it")
+                elif skey in self._streams or len(self._streams) < per_operator:
+                    admitted[skey] = ns_names
+                    self._streams.setdefault(skey, _Stream())
+                else:
+                    refused[skey] = (
+                        f"depgate watches at most {per_operator} kinds of custom resource per namespace at once "
+                        f"(--max-custom-watches={per_operator}), all taken: {kind} ({av}) in {ns} is not "
+                        "watched; judged on each reconcile and resync, and watched as soon as a watch frees up")
+            freed = False
+            for skey, stream in list(self._streams.items()):
+                for n in stream.wants.pop(key, set()):
+                    stream.by_name.get(n, set()).discard(key)
+                    if not stream.by_name.get(n, True):
+                        del stream.by_name[n]
+                new = admitted.get(skey)
+                if new:
+                    stream.wants[key] = set(new)
+                    for n in new:
+                        stream.by_name.setdefault(n, set()).add(key)
+                if not stream.wants:
+                    del self._streams[skey]
+                    freed = True
+            if refused:
+                self._refused.add(key)
+            else:
+                self._refused.discard(key)
+            woken = frozenset(self._refused - {key}) if freed else frozenset()
+        return Claim(refused, woken)
+
+    def watched(self) -> set[StreamKey]:
+        """The watches that must run."""
+        with self._lock:
+            return set(self._streams)
+
+    def wants(self, skey: StreamKey, name: str) -> bool:
+        """Does some policy wait on the object `name` of this watch?"""
+        with self._lock:
+            s = self._streams.get(skey)
+            return s is not None and name in s.by_name
+
+    def woken_by(self, skey: StreamKey, names: set[str] | None) -> set[Key]:
+        """The policies that name one of `names` on this watch (None: every policy on it)."""
+        with self._lock:
+            s = self._streams.get(skey)
+            if s is None:
+                return set()
+            return set(s.wants) if names is None else {k for n in names for k in s.by_name.get(n, ())}
+
+
+# ---------------------------------------------------------------------- who wakes whom
+
+
+@dataclass
+class Wiring:
+    """Who wakes whom: every index from a watched object to the policies it must wake. Touched only
+    from the event loop's thread (the `custom` claims excepted, which have their own lock)."""
+
+    custom: CustomClaims
+    dirty: dict[Key, asyncio.Event] = field(default_factory=dict)  # a running worker's flag
+    policies: dict[Key, Mapping[str, Any]] = field(default_factory=dict)  # the newest copy of each
+    parsed: dict[Key, spec.Policy] = field(default_factory=dict)  # of that copy, when its spec is valid
+    deps: dict[Key, set[ObjectKey]] = field(default_factory=dict)
+    by_dep: dict[ObjectKey, set[Key]] = field(default_factory=lambda: defaultdict(set))
+    targets: dict[Key, set[str]] = field(default_factory=dict)
+    by_target: dict[tuple[str, str], set[Key]] = field(default_factory=lambda: defaultdict(set))
+    selectors: dict[Key, spec.Selector] = field(default_factory=dict)
+    services: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # -> spec.selector
+    workload_labels: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)  # -> template labels
+    deployment_labels: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ the workers' flags
+
+    def worker(self, key: Key) -> asyncio.Event:
+        """The dirty flag of the worker of `key` (the one it had, for a worker started again)."""
+        if key not in self.dirty:
+            self.dirty[key] = asyncio.Event()
+        return self.dirty[key]
+
+    def alive(self, key: Key) -> bool:
+        """Is the policy's worker running (started, and the policy not deleted since)?"""
+        return key in self.dirty
+
+    def mark(self, keys: Iterable[Key]) -> set[Key]:
+        """Wake the workers of `keys`; the keys whose worker runs."""
+        marked = {k for k in keys if k in self.dirty}
+        for k in marked:
+            self.dirty[k].set()
+        return marked
+
+    # ------------------------------------------------------------------ the indexes
+
+    def set_deps(self, key: Key, deps: set[ObjectKey]) -> None:
+        for d in self.deps.get(key, set()) - deps:
+            self.by_dep[d].discard(key)
+        for d in deps:
+            self.by_dep[d].add(key)
+        self.deps[key] = deps
+
+    def set_targets(self, key: Key, targets: Iterable[str]) -> None:
+        ns = key[0]
+        new = set(targets)
+        for t in self.targets.get(key, set()) - new:
+            self.by_target[(ns, t)].discard(key)
+        for t in new:
+            self.by_target[(ns, t)].add(key)
+        self.targets[key] = new
+
+    def forget(self, key: Key) -> Claim:
+        """A deleted policy: nothing wakes it any more, and its custom watches are given up."""
+        self.set_deps(key, set())
+        self.set_targets(key, ())
+        self.selectors.pop(key, None)
+        self.policies.pop(key, None)
+        self.parsed.pop(key, None)
+        self.dirty.pop(key, None)
+        return self.custom.claim(key, ())
+
+    def for_deployment(self, ns: str, name: str, labels: Mapping[str, str] | None) -> set[Key]:
+        """The policies a Deployment's event wakes: those targeting it by name or by selector, and
+        those with a precondition on it."""
+        keys = set(self.by_target.get((ns, name), set())) | self._naming(registry.DEPLOYMENT.kind, ns, name)
+        for k, sel in self.selectors.items():
+            if k[0] == ns and sel.matches(labels or {}):
+                keys.add(k)
+        return keys
+
+    def _naming(self, kind: str, ns: str, name: str) -> set[Key]:
+        """The policies with a precondition on this object."""
+        return set(self.by_dep.get(ObjectKey(kind, ns, name), set()))
+
+    def graph_inputs(self) -> tuple[list[spec.Policy], dict[tuple[str, str], dict[str, str]],
+                                    dict[tuple[str, str], dict[str, str]],
+                                    dict[tuple[str, str, str], dict[str, str]]]:
+        """A copy of what cycles_of() reads, for a thread to compute from (a policy whose spec does
+        not parse gates nothing and waits on nothing: it is on no cycle)."""
+        return (list(self.parsed.values()), dict(self.deployment_labels), dict(self.services),
+                dict(self.workload_labels))
+
+    def _learn(self, key: Key, obj: Mapping[str, Any]) -> None:
+        """Keep `obj` as the policy's newest copy, and what its spec names."""
+        self.policies[key] = obj
+        try:
+            pol = spec.parse_policy(obj)
+        except spec.SpecError:
+            self.parsed.pop(key, None)
+            self.set_deps(key, set())
+            return
+        self.parsed[key] = pol
+        self.set_deps(key, watched_objects(pol, key[0]))
+        if isinstance(pol.target, spec.Selector):
+            self.selectors[key] = pol.target
+        else:
+            self.selectors.pop(key, None)
+
+    # ------------------------------------------------------------------ events
+
+    def policy_seen(self, key: Key, obj: Mapping[str, Any]) -> Change:
+        """A policy's watch delivered `obj` (plain)."""
+        prev = self.policies.get(key)
+        if fresher(prev, obj):
+            # A lagging watch (after an API server restart, say) delivers a copy older than the one
+            # this operator's own status write returned: keep the newer one, so that a reconcile never
+            # compares its status with one it has already replaced (a lost update until the resync).
+            return Change(frozenset())
+        self._learn(key, obj)
+        graph_changed = prev is None or prev.get("spec") != obj.get("spec")
+        return Change(frozenset([key]) if respecified(obj, prev) else frozenset(), graph_changed)
+
+    def policy_deleted(self, key: Key) -> Claim:
+        return self.forget(key)
+
+    def event(self, kind: str, ns: str, name: str, body: Mapping[str, Any], deleted: bool) -> Change:
+        """An event of a WATCHED_KINDS object (a policy's: policy_seen)."""
+        if kind == registry.DEPLOYMENT.kind:
+            return self.deployment_seen(ns, name, body, deleted)
+        if kind in registry.WORKLOAD_KINDS:
+            return self.workload_seen(kind, ns, name, body, deleted)
+        if kind == registry.SERVICE.kind:
+            return self.service_seen(ns, name, body, deleted)
+        if kind == registry.ENDPOINT_SLICE.kind:
+            return Change(self.endpointslice_seen(ns, body))
+        if kind == registry.POD.kind:
+            return Change(self.pod_seen(ns, body))
+        return Change(self.object_seen(kind, ns, name))
+
+    def deployment_seen(self, ns: str, name: str, body: Mapping[str, Any], deleted: bool) -> Change:
+        labels = dict(_meta(body).get("labels") or {})
+        tmpl = _template_labels(body)
+        changed = deleted
+        if deleted:
+            self.workload_labels.pop((ns, "Deployment", name), None)
+            self.deployment_labels.pop((ns, name), None)
+        elif self.workload_labels.get((ns, "Deployment", name)) != tmpl or \
+                self.deployment_labels.get((ns, name)) != labels:
+            self.workload_labels[(ns, "Deployment", name)] = tmpl
+            self.deployment_labels[(ns, name)] = labels
+            changed = True
+        return Change(frozenset(self.for_deployment(ns, name, labels)), changed)
+
+    def workload_seen(self, kind: str, ns: str, name: str, body: Mapping[str, Any], deleted: bool) -> Change:
+        """A StatefulSet or DaemonSet (a Deployment: deployment_seen)."""
+        tmpl = _template_labels(body)
+        changed = deleted
+        if deleted:
+            self.workload_labels.pop((ns, kind, name), None)
+        elif self.workload_labels.get((ns, kind, name)) != tmpl:
+            self.workload_labels[(ns, kind, name)] = tmpl
+            changed = True
+        return Change(frozenset(self._naming(kind, ns, name)), changed)
+
+    def service_seen(self, ns: str, name: str, body: Mapping[str, Any], deleted: bool) -> Change:
+        selector = dict((body.get("spec") or {}).get("selector") or {})
+        changed = deleted
+        if deleted:
+            self.services.pop((ns, name), None)
+        elif self.services.get((ns, name)) != selector:
+            self.services[(ns, name)] = selector
+            changed = True
+        return Change(frozenset(self._naming(registry.SERVICE.kind, ns, name)), changed)
+
+    def pod_seen(self, ns: str, body: Mapping[str, Any]) -> frozenset[Key]:
+        dname = deployment_of_pod(body)
+        return frozenset(self.by_target.get((ns, dname), set())) if dname is not None else frozenset()
+
+    def endpointslice_seen(self, ns: str, body: Mapping[str, Any]) -> frozenset[Key]:
+        svc = (_meta(body).get("labels") or {}).get(registry.SERVICE_NAME_LABEL)
+        return frozenset(self._naming(registry.SERVICE.kind, ns, svc)) if svc else frozenset()
+
+    def object_seen(self, kind: str, ns: str, name: str) -> frozenset[Key]:
+        """A Job, Secret, ConfigMap (any other kind a precondition names): the policies naming it."""
+        return frozenset(self._naming(kind, ns, name))
+
+    # ------------------------------------------------------------------ after a reconcile
+
+    def to_reconcile(self, key: Key, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The copy of the policy a worker reconciles: the newest known, else Kopf's `body`."""
+        return self.policies.get(key) or plain(body)
+
+    def reconciled(self, key: Key, reconciled: Mapping[str, Any], outcome: Outcome) -> Reconciled:
+        """A reconcile of `reconciled` ended with `outcome`: keep the copy its status write returned
+        if it is the newest, learn its targets, claim its custom watches (idempotent: the reconcile
+        claimed them already, unless it did not get that far: an invalid spec names nothing).
+
+        A policy forgotten (deleted) while it reconciled is not learnt again; its claims are given up."""
+        if not self.alive(key):
+            return Reconciled(False, False, self.custom.claim(key, ()))
+        again = graph_changed = False
+        written = outcome.written
+        kept = self.policies.get(key) or reconciled
+        if written is not None and fresher(written, kept):
+            # its spec changed while it ran: the event that said so is older than this copy (ignored)
+            again = respecified(written, reconciled)
+            graph_changed = written.get("spec") != kept.get("spec")
+            self._learn(key, slim(written))
+        self.set_targets(key, set(outcome.targets) | outcome.wanted)
+        return Reconciled(again, graph_changed, self.custom.claim(key, outcome.custom))
+
+
+class Reconciled(NamedTuple):
+    again: bool  # reconcile again: the copy kept now has a spec the reconcile did not see
+    graph_changed: bool
+    claim: Claim
+
+
+# ---------------------------------------------------------------------- the cycles
+
+
+@dataclass
+class CycleSchedule:
+    """When the cycles of the graph of all policies are recomputed: after a change of the graph,
+    at most one recompute at a time (a burst of changes costs one, after the debounce); a reconcile
+    never waits for it, it reads the last computed message."""
+
+    version: int = 0  # changes of the graph seen
+    computed_at: int = -1  # the version the cycles below were computed from
+    running: bool = False
+    cycles: dict[Key, str] = field(default_factory=dict)
+
+    def changed(self) -> None:
+        self.version += 1
+
+    def start(self) -> bool:
+        """Should a recompute start now (then it is running until stopped())?"""
+        if self.running or self.computed_at == self.version:
+            return False
+        self.running = True
+        return True
+
+    def stale(self) -> bool:
+        """Has the graph changed since the cycles were computed (the recompute goes on)?"""
+        return self.computed_at != self.version
+
+    def finish(self, version: int, cycles: dict[Key, str]) -> set[Key]:
+        """The cycles as computed from `version`; the policies whose message changed (to wake)."""
+        changed = {k for k in set(cycles) | set(self.cycles) if cycles.get(k) != self.cycles.get(k)}
+        self.cycles, self.computed_at = cycles, version
+        return changed
+
+    def stopped(self) -> None:
+        self.running = False
+
+    def cycle_for(self, key: Key) -> str | None:
+        return self.cycles.get(key)
+
+
+# ---------------------------------------------------------------------- one policy's worker
+
+
+@dataclass
+class WorkerState:
+    """When one policy's worker reconciles, once woken (by its dirty flag or the resync period).
+
+    Leading edge: an idle policy reconciles at once; one that reconciled less than RECENT_SECONDS
+    ago waits `coalesce_seconds`, so that a burst of events (pods, endpoints) becomes one reconcile.
+    After a failure, nothing reconciles it before the backoff is over, whatever wakes it (no hot
+    loop): FIRST_BACKOFF_SECONDS, doubled after each further failure, at most `max_backoff_seconds`."""
+
+    coalesce_seconds: float
+    max_backoff_seconds: float
+    failures: int = 0  # in a row
+    last_done: float = -math.inf  # when the previous reconcile ended
+    not_before: float = -math.inf  # after a failure: the end of the backoff
+
+    def next_pause(self, now: float) -> float:
+        """How long to wait before reconciling (0: at once)."""
+        coalesce = self.coalesce_seconds if now - self.last_done < RECENT_SECONDS else 0.0
+        return max(self.not_before - now, coalesce, 0.0)
+
+    def on_failure(self, now: float) -> float:
+        """The reconcile failed at `now`: the delay before the next one (a wake-up is due then)."""
+        self.failures += 1
+        delay = min(self.max_backoff_seconds, FIRST_BACKOFF_SECONDS * 2.0 ** min(self.failures - 1, 30))
+        self.last_done, self.not_before = now, now + delay
+        return delay
+
+    def on_success(self, now: float) -> None:
+        self.failures = 0
+        self.last_done = now

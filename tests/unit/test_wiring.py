@@ -1,0 +1,484 @@
+"""depgate.wiring: which policies an event wakes, when a worker reconciles, which custom watches run."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from depgate import registry, spec
+from depgate.constants import POLICY_ANNOTATION
+from depgate.controller import Outcome
+from depgate.wiring import (
+    FIRST_BACKOFF_SECONDS,
+    KOPF_DIFFBASE,
+    RECENT_SECONDS,
+    WATCHED_KINDS,
+    CustomClaims,
+    CycleSchedule,
+    Wiring,
+    WorkerState,
+    cycles_of,
+    plain,
+    slim,
+    to_release,
+)
+
+NS = "ns"
+
+
+def policy(name: str, *, target: dict[str, Any] | None = None, pre: list[dict[str, Any]] | None = None,
+           generation: int = 1, rv: str = "10", uid: str | None = None, ns: str = NS,
+           **metadata: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "depgate.io/v1alpha1", "kind": "DependencyPolicy",
+        "metadata": {"name": name, "namespace": ns, "uid": uid or f"uid-{name}", "generation": generation,
+                     "resourceVersion": rv, **metadata},
+        "spec": {**(target or {"workloadRef": {"name": "web"}}), "preconditions": pre or [NAMES_NOTHING]},
+    }
+
+
+NAMES_NOTHING = {"name": "port", "tcp": {"host": "example.org", "port": 443}}  # judged in the pod: no object
+
+
+def service(name: str) -> dict[str, Any]:
+    return {"name": f"svc-{name}", "service": {"name": name}}
+
+
+def wiring() -> Wiring:
+    return Wiring(CustomClaims(max_watches=64, max_kinds_per_policy=8))
+
+
+def running(w: Wiring, *names: str, ns: str = NS) -> None:
+    """Start the workers of these policies (their flags exist, unset)."""
+    for n in names:
+        w.worker((ns, n))
+
+
+def woken(w: Wiring) -> set[str]:
+    """The policies whose flag is set; clears every flag."""
+    out = {k[1] for k, flag in w.dirty.items() if flag.is_set()}
+    for flag in w.dirty.values():
+        flag.clear()
+    return out
+
+
+def deployment(name: str, labels: dict[str, str] | None = None,
+               template: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": NS, "labels": labels or {}},
+            "spec": {"template": {"metadata": {"labels": template or {}}}}}
+
+
+def seen(w: Wiring, *pols: dict[str, Any]) -> None:
+    for p in pols:
+        w.policy_seen((p["metadata"]["namespace"], p["metadata"]["name"]), p)
+
+
+# ---------------------------------------------------------------------- which keys an event marks
+
+
+def test_a_deployment_wakes_the_policies_that_target_it_by_name_or_selector_want_it_or_depend_on_it() -> None:
+    w = wiring()
+    seen(w, policy("by-name"), policy("by-selector", target={"selector": {"matchLabels": {"tier": "app"}}}),
+         policy("depends", pre=[{"name": "api", "workload": {"kind": "Deployment", "name": "api"}}]),
+         policy("wants"), policy("other-ns", ns="elsewhere", target={"selector": {"matchLabels": {"tier": "app"}}}))
+    running(w, "by-name", "by-selector", "depends", "wants")
+    running(w, "other-ns", ns="elsewhere")
+    w.reconciled((NS, "by-name"), w.policies[(NS, "by-name")], Outcome(targets=["web"]))
+    w.reconciled((NS, "wants"), w.policies[(NS, "wants")], Outcome(wanted={"not-yet"}))
+    woken(w)
+
+    w.mark(w.deployment_seen(NS, "web", deployment("web"), deleted=False).wake)
+    assert woken(w) == {"by-name"}
+    w.mark(w.deployment_seen(NS, "x", deployment("x", labels={"tier": "app"}), deleted=False).wake)
+    assert woken(w) == {"by-selector"}  # not the same selector's policy in another namespace
+    w.mark(w.deployment_seen(NS, "x", deployment("x", labels={"tier": "db"}), deleted=False).wake)
+    assert woken(w) == set()
+    w.mark(w.deployment_seen(NS, "api", deployment("api"), deleted=False).wake)
+    assert woken(w) == {"depends"}
+    w.mark(w.deployment_seen(NS, "not-yet", deployment("not-yet"), deleted=True).wake)
+    assert woken(w) == {"wants"}
+
+
+def test_a_pod_wakes_the_policies_targeting_its_deployment() -> None:
+    w = wiring()
+    seen(w, policy("a"))
+    running(w, "a")
+    w.reconciled((NS, "a"), w.policies[(NS, "a")], Outcome(targets=["web"]))
+    woken(w)
+
+    def pod(owner: str, pod_hash: str = "5d8f") -> dict[str, Any]:
+        return {"metadata": {"labels": {"pod-template-hash": pod_hash},
+                             "ownerReferences": [{"kind": "ReplicaSet", "name": f"{owner}-5d8f"}]}}
+
+    assert w.pod_seen(NS, pod("web")) == {(NS, "a")}
+    assert w.pod_seen(NS, pod("api")) == frozenset()
+    assert w.pod_seen("elsewhere", pod("web")) == frozenset()
+    assert w.pod_seen(NS, pod("web", pod_hash="other")) == frozenset()  # not its ReplicaSet's hash
+    assert w.pod_seen(NS, {"metadata": {}}) == frozenset()
+
+
+def test_a_service_and_its_endpointslices_wake_the_policies_with_a_service_precondition_on_it() -> None:
+    w = wiring()
+    seen(w, policy("a", pre=[service("db")]), policy("b", pre=[service("cache")]))
+    running(w, "a", "b")
+    assert w.service_seen(NS, "db", {"spec": {"selector": {"app": "db"}}}, deleted=False).wake == {(NS, "a")}
+    assert w.service_seen("elsewhere", "db", {}, deleted=False).wake == frozenset()
+    slice_of = {"metadata": {"labels": {"kubernetes.io/service-name": "cache"}}}
+    assert w.endpointslice_seen(NS, slice_of) == {(NS, "b")}
+    assert w.endpointslice_seen(NS, {"metadata": {"labels": {}}}) == frozenset()
+
+
+@pytest.mark.parametrize(("kind", "body"), [("Job", {"job": {"name": "x"}}), ("Secret", {"secret": {"name": "x"}}),
+                                            ("ConfigMap", {"configMap": {"name": "x"}})])
+def test_jobs_secrets_and_configmaps_wake_the_policies_naming_them_by_kind_and_name(
+        kind: str, body: dict[str, Any]) -> None:
+    w = wiring()
+    seen(w, policy("a", pre=[{"name": "p", **body}]))
+    assert w.object_seen(kind, NS, "x") == {(NS, "a")}
+    assert w.object_seen(kind, NS, "y") == frozenset()
+    others = {"Job", "Secret", "ConfigMap"} - {kind}
+    assert all(w.object_seen(other, NS, "x") == frozenset() for other in others)
+
+
+def test_every_watched_kind_is_routed_to_what_its_events_mean() -> None:
+    w = wiring()
+    seen(w, policy("a", pre=[service("svc"), {"name": "j", "job": {"name": "x"}},
+                             {"name": "s", "secret": {"name": "x"}}, {"name": "c", "configMap": {"name": "x"}},
+                             {"name": "st", "workload": {"kind": "StatefulSet", "name": "x"}},
+                             {"name": "ds", "workload": {"kind": "DaemonSet", "name": "x"}},
+                             {"name": "d", "workload": {"kind": "Deployment", "name": "x"}}]))
+    w.set_targets((NS, "a"), ["web"])
+    bodies: dict[str, tuple[str, dict[str, Any]]] = {
+        "Service": ("svc", {}),
+        "EndpointSlice": ("svc-x1", {"metadata": {"labels": {registry.SERVICE_NAME_LABEL: "svc"}}}),
+        "Pod": ("web-5d8f-q", {"metadata": {"labels": {"pod-template-hash": "5d8f"},
+                                            "ownerReferences": [{"kind": "ReplicaSet", "name": "web-5d8f"}]}}),
+    }
+    kinds = {k.kind for k in WATCHED_KINDS}
+    assert kinds >= {"Deployment", "StatefulSet", "DaemonSet", "Service", "EndpointSlice", "Job", "Secret",
+                     "ConfigMap", "Pod"}
+    for kind in sorted(kinds):
+        name, body = bodies.get(kind, ("x", {}))
+        assert w.event(kind, NS, name, body, deleted=False).wake == {(NS, "a")}, kind
+        assert w.event(kind, NS, "unnamed", {}, deleted=False).wake == frozenset(), kind
+    assert w.event("Deployment", NS, "web", {}, deleted=False).wake == {(NS, "a")}  # its target
+    assert w.event("Service", NS, "svc", {"spec": {"selector": {"a": "b"}}}, deleted=False).graph_changed
+    assert w.event("StatefulSet", NS, "x", {"spec": {"template": {"metadata": {"labels": {"a": "b"}}}}},
+                   deleted=False).graph_changed
+    assert not w.event("Job", NS, "x", {}, deleted=True).graph_changed
+
+
+def test_a_workload_wakes_the_policies_with_a_precondition_on_that_kind_and_name() -> None:
+    w = wiring()
+    seen(w, policy("a", pre=[{"name": "p", "workload": {"kind": "StatefulSet", "name": "db"}}]))
+    assert w.workload_seen("StatefulSet", NS, "db", {}, deleted=False).wake == {(NS, "a")}
+    assert w.workload_seen("DaemonSet", NS, "db", {}, deleted=False).wake == frozenset()
+
+
+def test_the_graph_changes_when_labels_selectors_or_templates_do_or_an_object_goes() -> None:
+    w = wiring()
+    assert w.deployment_seen(NS, "web", deployment("web", {"a": "1"}, {"t": "1"}), deleted=False).graph_changed
+    assert not w.deployment_seen(NS, "web", deployment("web", {"a": "1"}, {"t": "1"}), deleted=False).graph_changed
+    assert w.deployment_seen(NS, "web", deployment("web", {"a": "1"}, {"t": "2"}), deleted=False).graph_changed
+    assert w.deployment_labels[(NS, "web")] == {"a": "1"} and w.workload_labels[(NS, "Deployment", "web")] == {"t": "2"}
+    assert w.deployment_seen(NS, "web", deployment("web", {"a": "2"}, {"t": "2"}), deleted=False).graph_changed
+    assert w.deployment_seen(NS, "web", {}, deleted=True).graph_changed
+    assert (NS, "web") not in w.deployment_labels and (NS, "Deployment", "web") not in w.workload_labels
+
+    sel = {"spec": {"selector": {"app": "db"}}}
+    assert w.service_seen(NS, "db", sel, deleted=False).graph_changed
+    assert not w.service_seen(NS, "db", sel, deleted=False).graph_changed
+    assert w.services[(NS, "db")] == {"app": "db"}
+    assert w.service_seen(NS, "db", sel, deleted=True).graph_changed and (NS, "db") not in w.services
+
+    ss = {"spec": {"template": {"metadata": {"labels": {"app": "db"}}}}}
+    assert w.workload_seen("StatefulSet", NS, "db", ss, deleted=False).graph_changed
+    assert not w.workload_seen("StatefulSet", NS, "db", ss, deleted=False).graph_changed
+    assert w.workload_seen("StatefulSet", NS, "db", ss, deleted=True).graph_changed
+
+
+def test_a_policy_wakes_its_worker_when_new_respecified_or_deleting_not_for_its_own_status_writes() -> None:
+    w = wiring()
+    key = (NS, "a")
+    first = w.policy_seen(key, policy("a", rv="10"))
+    assert first.wake == {key} and first.graph_changed
+    status_only = w.policy_seen(key, {**policy("a", rv="11"), "status": {"phase": "x"}})
+    assert status_only.wake == frozenset() and not status_only.graph_changed
+    respec = w.policy_seen(key, policy("a", rv="12", generation=2, pre=[service("db")]))
+    assert respec.wake == {key} and respec.graph_changed
+    deleting = w.policy_seen(key, policy("a", rv="13", generation=2, pre=[service("db")], deletionTimestamp="now"))
+    assert deleting.wake == {key} and not deleting.graph_changed
+
+
+def test_a_lagging_copy_of_a_policy_older_than_the_one_kept_is_ignored() -> None:
+    w = wiring()
+    key = (NS, "a")
+    w.policy_seen(key, policy("a", rv="20", generation=2, pre=[service("db")]))
+    stale = w.policy_seen(key, policy("a", rv="15", generation=1))
+    assert stale.wake == frozenset() and not stale.graph_changed
+    assert w.policies[key]["metadata"]["resourceVersion"] == "20"
+    assert w.service_seen(NS, "db", {}, deleted=False).wake == {key}  # the kept copy's deps stand
+    recreated = w.policy_seen(key, policy("a", rv="5", uid="another"))  # same name, a new object
+    assert recreated.wake == {key} and w.policies[key]["metadata"]["uid"] == "another"
+
+
+def test_new_deps_and_targets_replace_the_old_in_every_index() -> None:
+    w = wiring()
+    key = (NS, "a")
+    w.policy_seen(key, policy("a", pre=[service("db")]))
+    w.policy_seen(key, policy("a", rv="11", generation=2, pre=[service("cache")]))
+    assert w.service_seen(NS, "db", {}, deleted=False).wake == frozenset()
+    assert w.service_seen(NS, "cache", {}, deleted=False).wake == {key}
+    assert w.deps[key] == {("Service", NS, "cache")} and not w.by_dep[("Service", NS, "db")]
+
+    w.set_targets(key, ["web", "api"])
+    w.set_targets(key, ["api"])
+    assert w.for_deployment(NS, "web", {}) == set() and w.for_deployment(NS, "api", {}) == {key}
+    assert not w.by_target[(NS, "web")]
+
+    w.policy_seen(key, policy("a", rv="12", generation=3, target={"selector": {"matchLabels": {"x": "1"}}}))
+    assert w.for_deployment(NS, "any", {"x": "1"}) == {key}
+    w.policy_seen(key, policy("a", rv="13", generation=4))  # back to workloadRef: no selector
+    assert w.for_deployment(NS, "any", {"x": "1"}) == set()
+
+
+def test_an_invalid_spec_depends_on_nothing() -> None:
+    w = wiring()
+    key = (NS, "a")
+    w.policy_seen(key, policy("a", pre=[service("db")]))
+    broken = policy("a", rv="11", generation=2, pre=[service("db")])
+    broken["spec"]["preconditions"][0]["service"]["name"] = "NOT A NAME"
+    assert w.policy_seen(key, broken).wake == {key}  # its reconcile reports the error
+    assert w.deps[key] == set() and w.service_seen(NS, "db", {}, deleted=False).wake == frozenset()
+    assert w.graph_inputs()[0] == []  # on no cycle
+
+
+def test_forget_leaves_nothing_that_wakes_the_policy_and_gives_up_its_custom_watches() -> None:
+    w = Wiring(CustomClaims(max_watches=1, max_kinds_per_policy=8))
+    key, other = (NS, "a"), (NS, "b")
+    w.policy_seen(key, policy("a", pre=[service("db"), {"name": "j", "job": {"name": "mig"}}],
+                              target={"selector": {"matchLabels": {"x": "1"}}}))
+    running(w, "a", "b")
+    w.reconciled(key, w.policies[key], Outcome(targets=["web"], custom=[("ex.io/v1", "Widget", NS, "w1")]))
+    assert w.graph_inputs()[0] == [w.parsed[key]]
+    assert w.custom.claim(other, [("ex.io/v1", "Gadget", NS, "g1")]).refused  # the one watch is taken
+    woken(w)
+
+    claim = w.forget(key)
+    assert claim.woken == {other}  # the freed watch: the refused policy claims again
+    assert w.custom.watched() == set()
+    assert not w.alive(key) and key not in w.policies and key not in w.selectors and w.graph_inputs()[0] == []
+    assert w.for_deployment(NS, "web", {"x": "1"}) == set()
+    assert w.service_seen(NS, "db", {}, deleted=False).wake == frozenset()
+    assert w.object_seen("Job", NS, "mig") == frozenset()
+    assert w.mark([key]) == set()  # no worker flag left to set
+
+
+def test_only_running_workers_are_marked() -> None:
+    w = wiring()
+    w.policy_seen((NS, "a"), policy("a"))
+    assert w.mark([(NS, "a")]) == set()
+    flag = w.worker((NS, "a"))
+    assert w.worker((NS, "a")) is flag  # a worker started again gets the flag it had
+    assert w.mark([(NS, "a"), (NS, "nobody")]) == {(NS, "a")} and flag.is_set()
+
+
+# ---------------------------------------------------------------------- after a reconcile
+
+
+def test_the_copy_a_status_write_returned_is_kept_and_a_new_generation_reconciles_again() -> None:
+    w = wiring()
+    key = (NS, "a")
+    reconciled = policy("a", rv="10")
+    w.policy_seen(key, reconciled)
+    running(w, "a")
+    after = w.reconciled(key, reconciled, Outcome(written=policy("a", rv="11", managedFields=[{}])))
+    assert not after.again and not after.graph_changed and w.policies[key]["metadata"]["resourceVersion"] == "11"
+    assert "managedFields" not in w.policies[key]["metadata"]  # slimmed
+
+    # the spec changed while it reconciled: the write returned generation 2, whose event is older
+    after = w.reconciled(key, reconciled, Outcome(written=policy("a", rv="13", generation=2, pre=[service("db")])))
+    assert after.again and after.graph_changed
+    assert w.service_seen(NS, "db", {}, deleted=False).wake == {key}  # what the kept copy names wakes it
+    assert w.policy_seen(key, policy("a", rv="12", generation=2)).wake == frozenset()  # that older event
+
+    w.policy_seen(key, policy("a", rv="20", generation=3))
+    after = w.reconciled(key, reconciled, Outcome(written=policy("a", rv="14", generation=2)))
+    assert not after.again and w.policies[key]["metadata"]["resourceVersion"] == "20"  # the watch's is newer
+
+
+def test_a_policy_deleted_while_it_reconciled_is_not_learnt_again() -> None:
+    w = wiring()
+    key = (NS, "a")
+    obj = policy("a")
+    w.policy_seen(key, obj)
+    running(w, "a")
+    w.forget(key)
+    after = w.reconciled(key, obj, Outcome(targets=["web"], written=policy("a", rv="11"),
+                                           custom=[("ex.io/v1", "Widget", NS, "w1")]))
+    assert not after.again and not after.claim.refused
+    assert key not in w.policies and w.for_deployment(NS, "web", {}) == set() and w.custom.watched() == set()
+
+
+def test_a_reconcile_learns_its_targets_and_wanted_names_and_claims_its_custom_watches() -> None:
+    w = wiring()
+    key = (NS, "a")
+    w.policy_seen(key, policy("a"))
+    running(w, "a")
+    w.reconciled(key, w.policies[key], Outcome(targets=["web"], wanted={"api"},
+                                               custom=[("ex.io/v1", "Widget", NS, "w1")]))
+    assert w.targets[key] == {"web", "api"}
+    assert w.custom.watched() == {("ex.io/v1", "Widget", NS)}
+    assert w.custom.woken_by(("ex.io/v1", "Widget", NS), {"w1"}) == {key}
+
+
+def test_to_reconcile_is_the_newest_known_copy_else_kopfs_body() -> None:
+    w = wiring()
+    body = policy("a", rv="10", managedFields=[{"big": "x"}])
+    assert w.to_reconcile((NS, "a"), body) == slim(policy("a", rv="10"))
+    w.policy_seen((NS, "a"), policy("a", rv="12"))
+    assert w.to_reconcile((NS, "a"), body)["metadata"]["resourceVersion"] == "12"
+
+
+# ---------------------------------------------------------------------- one policy's worker
+
+
+def test_an_idle_policy_reconciles_at_once_and_one_that_just_did_coalesces() -> None:
+    s = WorkerState(coalesce_seconds=0.05, max_backoff_seconds=60)
+    assert s.next_pause(now=100.0) == 0
+    s.on_success(now=100.0)
+    assert s.next_pause(now=100.2) == 0.05
+    assert s.next_pause(now=100.0 + RECENT_SECONDS) == 0
+
+
+def test_failures_back_off_doubling_up_to_max_backoff_and_a_success_resets_it() -> None:
+    s = WorkerState(coalesce_seconds=0.05, max_backoff_seconds=60)
+    delays = [s.on_failure(now=float(t)) for t in range(10)]
+    assert delays == [FIRST_BACKOFF_SECONDS * 2 ** i for i in range(6)] + [60.0] * 4
+    assert delays[:3] == [1.0, 2.0, 4.0]
+    s.on_success(now=20.0)
+    assert s.on_failure(now=30.0) == FIRST_BACKOFF_SECONDS
+    many = WorkerState(coalesce_seconds=0, max_backoff_seconds=1e9)
+    assert all(math.isfinite(many.on_failure(now=0)) for _ in range(2000))  # no overflow, ever
+
+
+def test_after_a_failure_nothing_reconciles_before_the_backoff_is_over_whatever_wakes_it() -> None:
+    s = WorkerState(coalesce_seconds=0.05, max_backoff_seconds=60)
+    s.on_failure(now=100.0)
+    delay = s.on_failure(now=100.0)  # 2 s
+    assert s.next_pause(now=100.0) == delay
+    assert s.next_pause(now=101.5) == pytest.approx(delay - 1.5)  # woken early: still waits
+    assert s.next_pause(now=100.0 + delay) == 0
+
+
+# ---------------------------------------------------------------------- the cycles
+
+
+def test_cycles_are_recomputed_once_at_a_time_and_only_after_a_change() -> None:
+    c = CycleSchedule()
+    assert c.start()  # never computed
+    assert not c.start()  # one at a time
+    v = c.version
+    c.changed()  # changed while computing: the recompute goes on
+    assert c.finish(v, {(NS, "a"): "x -> y -> x"}) == {(NS, "a")}
+    assert c.stale()
+    assert c.finish(c.version, {(NS, "a"): "x -> y -> x"}) == set()  # the same message: nobody woken
+    assert not c.stale()
+    c.stopped()
+    assert not c.start()  # nothing changed since
+    c.changed()
+    assert c.start()
+    assert c.finish(c.version, {(NS, "b"): "m"}) == {(NS, "a"), (NS, "b")}  # a's went away, b's came
+    assert c.cycle_for((NS, "b")) == "m" and c.cycle_for((NS, "a")) is None
+
+
+def test_cycles_of_names_every_policy_on_a_cycle() -> None:
+    def pol(name: str, target: str, dep: str) -> spec.Policy:
+        return spec.parse_policy(policy(name, target={"workloadRef": {"name": target}},
+                                        pre=[{"name": "w", "workload": {"kind": "Deployment", "name": dep}}]))
+
+    labels = {(NS, "web"): {}, (NS, "api"): {}}
+    found = cycles_of([pol("a", "web", "api"), pol("b", "api", "web")], labels, {}, {})
+    assert set(found) == {(NS, "a"), (NS, "b")} and "deployment/web" in found[(NS, "a")]
+    assert cycles_of([pol("a", "web", "api"), pol("b", "api", "db")], labels, {}, {}) == {}
+
+
+# ---------------------------------------------------------------------- custom-resource watches
+
+WIDGET, GADGET, DOOHICKEY = ("ex.io/v1", "Widget"), ("ex.io/v1", "Gadget"), ("ex.io/v1", "Doohickey")
+
+
+def cr(kind: tuple[str, str], name: str, ns: str = NS) -> tuple[str, str, str, str]:
+    return (kind[0], kind[1], ns, name)
+
+
+def test_a_policy_gets_at_most_max_kinds_per_policy_kinds_watched_in_declared_order() -> None:
+    claims = CustomClaims(max_watches=64, max_kinds_per_policy=2)
+    c = claims.claim((NS, "a"), [cr(WIDGET, "w1"), cr(GADGET, "g1"), cr(WIDGET, "w2"), cr(DOOHICKEY, "d1")])
+    assert set(c.refused) == {(*DOOHICKEY, NS)}
+    assert "--max-custom-kinds-per-policy=2" in c.refused[(*DOOHICKEY, NS)]
+    assert "this policy's 3rd" in c.refused[(*DOOHICKEY, NS)]
+    assert claims.watched() == {(*WIDGET, NS), (*GADGET, NS)}
+    assert claims.wants((*WIDGET, NS), "w2") and not claims.wants((*WIDGET, NS), "w3")
+
+
+def test_the_operator_runs_at_most_max_watches_shared_by_every_policy_naming_a_kind() -> None:
+    claims = CustomClaims(max_watches=2, max_kinds_per_policy=8)
+    assert not claims.claim((NS, "a"), [cr(WIDGET, "w1"), cr(GADGET, "g1")]).refused
+    refused = claims.claim((NS, "b"), [cr(WIDGET, "w2"), cr(DOOHICKEY, "d1")]).refused
+    assert set(refused) == {(*DOOHICKEY, NS)}  # Widget's watch is shared; a third kind is over the cap
+    assert "--max-custom-watches=2" in refused[(*DOOHICKEY, NS)]
+    assert claims.claim((NS, "c"), [cr(WIDGET, "w1", ns="other")]).refused  # one watch per namespace too
+    assert claims.woken_by((*WIDGET, NS), {"w1"}) == {(NS, "a")}
+    assert claims.woken_by((*WIDGET, NS), {"w2"}) == {(NS, "b")}
+    assert claims.woken_by((*WIDGET, NS), None) == {(NS, "a"), (NS, "b")}
+    assert claims.woken_by((*DOOHICKEY, NS), None) == set()
+
+
+def test_a_watch_that_stops_wakes_the_policies_refused_one_and_a_new_claim_replaces_the_old() -> None:
+    claims = CustomClaims(max_watches=1, max_kinds_per_policy=8)
+    claims.claim((NS, "a"), [cr(WIDGET, "w1")])
+    assert claims.claim((NS, "b"), [cr(GADGET, "g1")]).refused
+    assert claims.claim((NS, "a"), [cr(WIDGET, "w2")]).woken == frozenset()  # still watched: nothing freed
+    assert claims.wants((*WIDGET, NS), "w2") and not claims.wants((*WIDGET, NS), "w1")
+    freed = claims.claim((NS, "a"), [])
+    assert freed.woken == {(NS, "b")} and claims.watched() == set()
+    assert not claims.claim((NS, "b"), [cr(GADGET, "g1")]).refused
+    assert claims.claim((NS, "b"), []).woken == frozenset()  # nobody else was refused
+
+
+def test_a_policy_that_frees_a_watch_and_is_refused_another_does_not_wake_itself() -> None:
+    claims = CustomClaims(max_watches=1, max_kinds_per_policy=8)
+    claims.claim((NS, "a"), [cr(WIDGET, "w1")])
+    claims.claim((NS, "b"), [cr(GADGET, "g1")])  # refused
+    moved = claims.claim((NS, "a"), [cr(DOOHICKEY, "d1")])  # refused too (Widget's still counted), Widget freed
+    assert set(moved.refused) == {(*DOOHICKEY, NS)} and moved.woken == {(NS, "b")}
+
+
+def test_ordinals_in_the_refusal_say_11th_12th_13th_and_21st() -> None:
+    claims = CustomClaims(max_watches=64, max_kinds_per_policy=1)
+    kinds = [("ex.io/v1", f"K{i}") for i in range(23)]
+    refused = claims.claim((NS, "a"), [cr(k, "x") for k in kinds]).refused
+    said = {k[1]: refused[(*k, NS)].split("this policy's ")[1].split(",")[0] for k in kinds[1:]}
+    assert [said[f"K{i}"] for i in (1, 2, 10, 11, 12, 20, 21, 22)] == \
+        ["2nd", "3rd", "11th", "12th", "13th", "21st", "22nd", "23rd"]
+
+
+# ---------------------------------------------------------------------- small helpers
+
+
+def test_slim_and_plain_drop_what_no_reconcile_reads() -> None:
+    body = policy("a", managedFields=[{"f": 1}], annotations={KOPF_DIFFBASE: "{}", "keep": "me"})
+    out = plain(body)
+    assert "managedFields" not in out["metadata"] and out["metadata"]["annotations"] == {"keep": "me"}
+    assert "managedFields" in body["metadata"]  # plain() copies
+    assert slim({"metadata": "odd"}) == {"metadata": "odd"}
+
+
+def test_a_deleted_policy_releases_what_its_status_names_and_every_deployment_it_claims() -> None:
+    deployments = [{"metadata": {"name": n, "annotations": {POLICY_ANNOTATION: p}}}
+                   for n, p in (("web", "a"), ("api", "a"), ("db", "other"))] + [{"metadata": {"name": "bare"}}]
+    assert to_release("a", {"targets": ["gone", "web"]}, deployments) == ["api", "gone", "web"]
+    assert to_release("a", None, []) == []

@@ -39,6 +39,7 @@ from depgate.wiring import (
     WorkerState,
     cycles_of,
     deleting,
+    kopf_watch_restart,
     plain,
     to_release,
 )
@@ -276,9 +277,6 @@ class _WatchHealth(logging.Filter):
     filter counts both (depgate_watch_restarts_total{reason}) and says a silent one at WARNING;
     Kopf's other debug lines there pass only when the root logger wants debug (-v)."""
 
-    SILENT = ("Watch-stream for ", " is inactive, reconnecting.")
-    EXPIRED = "Restarting the watch-stream for "
-
     def install(self) -> None:
         wlog = logging.getLogger("kopf._cogs.clients.watching")
         wlog.setLevel(logging.DEBUG)  # the records must exist for the filter to see them
@@ -286,16 +284,15 @@ class _WatchHealth(logging.Filter):
             wlog.addFilter(self)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        start, end = self.SILENT
-        if msg.startswith(start) and msg.endswith(end):
-            metrics.watch_restarts.labels(reason="silent").inc()
-            log.warning("the watch of %s delivered nothing, not even a bookmark, for %.0fs: "
-                        "restarted it from its last resourceVersion", msg[len(start):-len(end)],
-                        current().settings.watch_inactivity_seconds)
-            return False
-        if msg.startswith(self.EXPIRED):
-            metrics.watch_restarts.labels(reason="expired").inc()
+        restart = kopf_watch_restart(record.getMessage())
+        if restart is not None:
+            reason, what = restart
+            metrics.watch_restarts.labels(reason=reason).inc()
+            if reason == "silent":
+                log.warning("the watch of %s delivered nothing, not even a bookmark, for %.0fs: "
+                            "restarted it from its last resourceVersion", what,
+                            current().settings.watch_inactivity_seconds)
+                return False
         return record.levelno >= logging.INFO or logging.getLogger().isEnabledFor(logging.DEBUG)
 
 

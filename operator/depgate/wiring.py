@@ -114,6 +114,23 @@ def to_release(policy: str, status: Mapping[str, Any] | None, deployments: Itera
     return sorted(names)
 
 
+# Kopf restarts a silent watch and a watch whose resourceVersion expired, and says so only in these
+# debug lines of its watching module (kopf._cogs.clients.watching, kopf 1.45): "Watch-stream for {what} is inactive,
+# reconnecting." and "Restarting the watch-stream for {what}".
+_KOPF_SILENT = ("Watch-stream for ", " is inactive, reconnecting.")
+_KOPF_EXPIRED = "Restarting the watch-stream for "
+
+
+def kopf_watch_restart(message: str) -> tuple[str, str] | None:
+    """("silent" | "expired", what) when a line of Kopf's watching module says it restarted a watch."""
+    start, end = _KOPF_SILENT
+    if message.startswith(start) and message.endswith(end):
+        return "silent", message[len(start):-len(end)]
+    if message.startswith(_KOPF_EXPIRED):
+        return "expired", message[len(_KOPF_EXPIRED):]
+    return None
+
+
 # ---------------------------------------------------------------------- custom-resource watches
 
 

@@ -20,6 +20,7 @@ from depgate.wiring import (
     Wiring,
     WorkerState,
     cycles_of,
+    kopf_watch_restart,
     plain,
     slim,
     to_release,
@@ -482,3 +483,18 @@ def test_a_deleted_policy_releases_what_its_status_names_and_every_deployment_it
                    for n, p in (("web", "a"), ("api", "a"), ("db", "other"))] + [{"metadata": {"name": "bare"}}]
     assert to_release("a", {"targets": ["gone", "web"]}, deployments) == ["api", "gone", "web"]
     assert to_release("a", None, []) == []
+
+
+def test_kopfs_watch_restart_lines_are_recognised_as_kopf_writes_them() -> None:
+    import inspect
+
+    from kopf._cogs.clients import watching
+
+    source = inspect.getsource(watching)
+    assert 'f"Watch-stream for {resource} {where} is inactive, reconnecting."' in source
+    assert 'f"Restarting the watch-stream for {resource} {where}."' in source
+    assert kopf_watch_restart("Watch-stream for pods.v1 cluster-wide is inactive, reconnecting.") == \
+        ("silent", "pods.v1 cluster-wide")
+    assert kopf_watch_restart("Restarting the watch-stream for pods.v1 in 'ns'.") == \
+        ("expired", "pods.v1 in 'ns'.")
+    assert kopf_watch_restart("Watch-stream for pods.v1 cluster-wide is done.") is None

@@ -24,18 +24,29 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from depgate import graph, registry, spec
 from depgate.constants import GROUP
 from depgate.graph import ObjectKey
 from depgate.plan import claim_of, deployment_of_pod, fresher
 
-if TYPE_CHECKING:
-    from depgate.controller import CustomKey, Outcome
-
 Key = tuple[str, str]  # (namespace, policy name)
+CustomKey = tuple[str, str, str, str]  # (apiVersion, kind, namespace, name): what a `resource` precondition names
 StreamKey = tuple[str, str, str]  # (apiVersion, kind, namespace): one shared custom-resource watch
+
+
+class Outcome(Protocol):
+    """What the wiring reads of a reconcile's outcome (controller.Outcome)."""
+
+    @property
+    def targets(self) -> Sequence[str]: ...  # the Deployments it gates
+    @property
+    def wanted(self) -> Iterable[str]: ...  # the Deployment names whose appearance matters
+    @property
+    def custom(self) -> Sequence[CustomKey]: ...  # what its `resource` preconditions name, in declared order
+    @property
+    def written(self) -> dict[str, Any] | None: ...  # the policy as its status write returned it
 
 KOPF_DIFFBASE = f"{GROUP}/last-handled-configuration"  # written by depgate before handlers._NoDiffBase
 
@@ -436,7 +447,7 @@ class Wiring:
             again = respecified(written, reconciled)
             graph_changed = written.get("spec") != kept.get("spec")
             self._learn(key, slim(written))
-        self.set_targets(key, set(outcome.targets) | outcome.wanted)
+        self.set_targets(key, {*outcome.targets, *outcome.wanted})
         return Reconciled(again, graph_changed, self.custom.claim(key, outcome.custom))
 
 

@@ -153,7 +153,6 @@ def _argument_type(flag: Flag) -> Callable[[str], Any]:
                 raise argparse.ArgumentTypeError(str(e)) from None
         return value
 
-    convert.__name__ = getattr(flag.parse, "__name__", "value")
     return convert
 
 

@@ -498,3 +498,14 @@ def test_kopfs_watch_restart_lines_are_recognised_as_kopf_writes_them() -> None:
     assert kopf_watch_restart("Restarting the watch-stream for pods.v1 in 'ns'.") == \
         ("expired", "pods.v1 in 'ns'.")
     assert kopf_watch_restart("Watch-stream for pods.v1 cluster-wide is done.") is None
+
+
+def test_the_handlers_watch_every_watched_kind_and_the_policies() -> None:
+    import kopf
+
+    from depgate import handlers
+
+    watched = {(h.selector.group, h.selector.version, h.selector.any_name)
+               for h in kopf.get_default_registry()._watching.get_all_handlers()}
+    policies = handlers.POLICIES
+    assert watched == {(k.group, k.version, k.plural) for k in (*WATCHED_KINDS, policies)}

@@ -1,10 +1,11 @@
 """Compile the control plane (kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok)
-from Go modules, once per machine, cached by version outside the repository.
+and helm from Go modules, once per machine, cached by version outside the repository.
 
 These machines cannot download release binaries, but they reach the Go module proxy. The
 `k8s.io/kubernetes` module replaces its staging modules with local paths, which Go ignores for a
 dependency, so we build through a small wrapper module that requires `k8s.io/kubernetes` and
-replaces each `k8s.io/<staging> v0.0.0` with the matching `v0.<minor>.<patch>` release.
+replaces each `k8s.io/<staging> v0.0.0` with the matching `v0.<minor>.<patch>` release. Helm's
+module has no replace directives, so `go install helm.sh/helm/v3/cmd/helm@<version>` builds it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from depgate.dev.versions import GO_MIN, KUBERNETES_VERSION, KWOK_VERSION
+from depgate.dev.versions import GO_MIN, HELM_GO_MIN, HELM_MODULE, HELM_VERSION, KUBERNETES_VERSION, KWOK_VERSION
 
 KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 ALL_BINARIES = (*KUBE_COMPONENTS, "etcd", "kwok")
@@ -65,19 +66,22 @@ def _say(msg: str) -> None:
     print(f"depgate dev: {msg}", file=sys.stderr, flush=True)
 
 
-def check_go() -> str:
+_PLANE_WITHOUT_GO = ("Install Go, or point KUBEBUILDER_ASSETS at a directory holding kube-apiserver and etcd, "
+                     "or set USE_EXISTING_CLUSTER=true to use $KUBECONFIG.")
+
+
+def check_go(minimum: tuple[int, int] = GO_MIN, *, what: str = "kube-apiserver, etcd and kwok",
+             otherwise: str = _PLANE_WITHOUT_GO) -> str:
     go = shutil.which("go")
     if go is None:
         raise BuildError(
-            "the Go toolchain is not on PATH. depgate compiles kube-apiserver, etcd and kwok from Go "
-            f"modules (Go >= {GO_MIN[0]}.{GO_MIN[1]} is needed). Install Go, or point "
-            "KUBEBUILDER_ASSETS at a directory holding kube-apiserver and etcd, or set "
-            "USE_EXISTING_CLUSTER=true to use $KUBECONFIG."
+            f"the Go toolchain is not on PATH. depgate compiles {what} from Go "
+            f"modules (Go >= {minimum[0]}.{minimum[1]} is needed). {otherwise}"
         )
     out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=False).stdout
     m = re.match(r"go(\d+)\.(\d+)", out.strip())
-    if not m or (int(m.group(1)), int(m.group(2))) < GO_MIN:
-        raise BuildError(f"{go} reports {out.strip()!r}; Go >= {GO_MIN[0]}.{GO_MIN[1]} is needed")
+    if not m or (int(m.group(1)), int(m.group(2))) < minimum:
+        raise BuildError(f"{go} reports {out.strip()!r}; Go >= {minimum[0]}.{minimum[1]} is needed for {what}")
     return go
 
 
@@ -183,4 +187,63 @@ def build(version: str = KUBERNETES_VERSION, *, say: Callable[[str], None] = _sa
         shutil.copyfile(stage_src / rel, sdir / rel.replace("/", "_"))
     (vdir / "complete").write_text(f"{version} kwok {KWOK_VERSION} built in {time.monotonic() - total:.0f}s\n")
     say(f"control plane compiled in {time.monotonic() - total:.0f}s")
+    return out
+
+
+# --- helm ------------------------------------------------------------------------------------------
+
+
+def helm_dir(version: str = HELM_VERSION) -> Path:
+    return cache_root() / f"helm-{version}"
+
+
+def helm_path(version: str = HELM_VERSION) -> Path:
+    return helm_dir(version) / "bin" / "helm"
+
+
+def helm_is_built(version: str = HELM_VERSION) -> bool:
+    return (helm_dir(version) / "complete").exists() and helm_path(version).exists()
+
+
+def _helm_kube_minor(go: str, version: str, env: dict[str, str], cwd: Path) -> str:
+    """The Kubernetes minor of helm's client-go (v0.37.x: 37), which helm's own Makefile stamps in as
+    the version `helm lint` and `helm template` assume when no cluster is asked."""
+    out = subprocess.run([go, "mod", "download", "-json", f"{HELM_MODULE}@{version}"],
+                         cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise BuildError(f"go mod download {HELM_MODULE}@{version} failed:\n{out.stdout}{out.stderr}")
+    gomod = Path(json.loads(out.stdout)["GoMod"]).read_text()
+    m = re.search(r"^\s*k8s\.io/client-go v0\.(\d+)\.\d+", gomod, flags=re.M)
+    if m is None:
+        raise BuildError(f"found no k8s.io/client-go requirement in the go.mod of {HELM_MODULE}@{version}")
+    return m.group(1)
+
+
+def build_helm(version: str = HELM_VERSION, *, say: Callable[[str], None] = _say) -> Path:
+    """Compile helm into the cache (a no-op when already there) and return its path."""
+    if helm_is_built(version):
+        return helm_path(version)
+    go = check_go(HELM_GO_MIN, what="helm", otherwise="Install Go, or skip the Helm chart's tests.")
+    hdir = helm_dir(version)
+    out = helm_path(version)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = hdir / "build.log"
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "", "GOWORK": "off", "GOBIN": str(out.parent)}
+    started = time.monotonic()
+    say(f"compiling helm {version} into {hdir} (once per machine; minutes on a cold machine; log: {log})")
+    say("  resolving modules")
+    minor = _helm_kube_minor(go, version, env, hdir)
+    ldflags = " ".join([
+        "-s -w",
+        f"-X {HELM_MODULE}/internal/version.version={version}",
+        f"-X {HELM_MODULE}/internal/version.gitTreeState=clean",
+        f"-X {HELM_MODULE}/pkg/lint/rules.k8sVersionMajor=1",
+        f"-X {HELM_MODULE}/pkg/lint/rules.k8sVersionMinor={minor}",
+        f"-X {HELM_MODULE}/pkg/chartutil.k8sVersionMajor=1",
+        f"-X {HELM_MODULE}/pkg/chartutil.k8sVersionMinor={minor}",
+    ])
+    _run([go, "install", "-trimpath", "-ldflags", ldflags, f"{HELM_MODULE}/cmd/helm@{version}"],
+         cwd=hdir, env=env, label="compiling helm", log=log)
+    (hdir / "complete").write_text(f"helm {version} built in {time.monotonic() - started:.0f}s\n")
+    say(f"helm compiled in {time.monotonic() - started:.0f}s")
     return out

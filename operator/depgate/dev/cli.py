@@ -1,4 +1,4 @@
-"""`depgate dev up|down|status|build`: a real local control plane for development and tests."""
+"""`depgate dev up|down|status|build`: a real local control plane (and helm) for development and tests."""
 
 from __future__ import annotations
 
@@ -15,14 +15,19 @@ def main(argv: list[str]) -> int:
                         help="where the running plane keeps its state (default $DEPGATE_DEV_DIR or "
                              "~/.cache/depgate/dev)")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("build", help="compile the control plane into the cache (no-op when cached)")
+    b = sub.add_parser("build", help="compile the control plane and helm into the cache (no-op when cached); "
+                                     "prints the plane's bin dir, then helm's path")
+    b.add_argument("--only", choices=("plane", "helm"), default=None, help="compile only this")
     sub.add_parser("up", help="start (or reuse) the plane; prints `export KUBECONFIG=...` last")
     sub.add_parser("down", help="stop every process `up` started and remove its state")
     sub.add_parser("status", help="say whether a plane is running")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "build":
-            print(build.build())
+            if args.only != "helm":
+                print(build.build())
+            if args.only != "plane":
+                print(build.build_helm())
             return 0
         if args.cmd == "up":
             state = plane.up(args.state_dir)

@@ -1,0 +1,477 @@
+"""`kubectl depgate`: why a gated pod is still in Init, and what blocks, across namespaces.
+
+Installed with the package as the executable `kubectl-depgate`, which kubectl finds on PATH
+(`kubectl plugin list`) and runs for `kubectl depgate ...`, passing every argument after the
+plugin's name through (so kubectl's flags go after it: `kubectl depgate why pod/x -n apps`).
+
+    kubectl depgate why pod/NAME | deploy/NAME [-n NS] [--tail N]
+    kubectl depgate status [-n NS]          (every namespace unless -n)
+
+`why` reads the pod (or the Deployment's pods), finds the init container it is on, the policy that
+gates its Deployment (the `depgate.io/policy` annotation render puts on it) and that precondition's
+entry in the policy's status (state, reason, message, since), and the last log lines of the
+container. Only `Cluster` talks to the API server (the `kubernetes` client, plain reads); the
+text comes from pure functions of the objects as the API returns them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from depgate.constants import BLOCKING_STATES, CONTAINER_PREFIX, GROUP, PLURAL, POLICY_ANNOTATION, VERSION
+from depgate.status import pod_gate
+
+Obj = Mapping[str, Any]
+DEFAULT_TAIL = 10
+MAX_PODS_SHOWN = 5  # `why deploy/NAME` explains at most this many held pods, then counts the rest
+
+
+# --------------------------------------------------------------------------- reading objects (pure)
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def parse_time(text: Any) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def age(then: datetime | None, now: datetime) -> str:
+    """kubectl's style of age: 45s, 3m12s, 2h5m, 4d3h."""
+    if then is None:
+        return "-"
+    secs = max(0, int((now - then).total_seconds()))
+    if secs < 60:
+        return f"{secs}s"
+    mins, secs = divmod(secs, 60)
+    if mins < 60:
+        return f"{mins}m{secs}s" if mins < 10 else f"{mins}m"
+    hours, mins = divmod(mins, 60)
+    if hours < 24:
+        return f"{hours}h{mins}m" if mins else f"{hours}h"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"
+
+
+def since_text(entry: Obj, now: datetime) -> str:
+    since = entry.get("since")
+    if not isinstance(since, str):
+        return "-"
+    return f"{since} ({age(parse_time(since), now)} ago)"
+
+
+def precondition_of(container: str) -> str | None:
+    """`depgate-db` -> `db`; None for an init container that is not depgate's."""
+    return container[len(CONTAINER_PREFIX):] if container.startswith(CONTAINER_PREFIX) else None
+
+
+def status_entry(policy: Obj | None, precondition: str) -> Obj:
+    for entry in _items(_get(policy, "status", "preconditions")):
+        if isinstance(entry, Mapping) and entry.get("name") == precondition:
+            return entry
+    return {}
+
+
+def container_state(pod: Obj, container: str) -> str:
+    """What the kubelet says about one init container of the pod, in one line."""
+    cs = next((c for c in _items(_get(pod, "status", "initContainerStatuses"))
+               if isinstance(c, Mapping) and c.get("name") == container), None)
+    if cs is None:
+        return "not started"
+    parts = []
+    state = cs.get("state") or {}
+    if isinstance(state.get("waiting"), Mapping):
+        parts.append(f"waiting ({state['waiting'].get('reason') or 'no reason given'})")
+    elif isinstance(state.get("running"), Mapping):
+        started = state["running"].get("startedAt")
+        parts.append(f"running since {started}" if started else "running")
+    elif isinstance(state.get("terminated"), Mapping):
+        parts.append(f"exited {state['terminated'].get('exitCode')}")
+    restarts = cs.get("restartCount") or 0
+    if restarts:
+        parts.append(f"restarted {restarts} time{'s' if restarts != 1 else ''}")
+    last = _get(cs, "lastState", "terminated")
+    if isinstance(last, Mapping):
+        message = " ".join(str(last.get("message") or "").split())
+        parts.append(f"last exit {last.get('exitCode')}" + (f": {message}" if message else ""))
+    return "; ".join(parts)
+
+
+def init_progress(pod: Obj) -> tuple[int, int]:
+    """(init containers done, init containers in all): kubectl's Init:done/all."""
+    gate = pod_gate(pod)
+    names = [str(c.get("name")) for c in _items(_get(pod, "spec", "initContainers")) if isinstance(c, Mapping)]
+    return sum(1 for n in names if n in gate.passed), len(names)
+
+
+@dataclass(frozen=True)
+class Why:
+    """Where one pod stands, and what depgate says about it."""
+
+    pod: Obj
+    deployment: str | None  # the Deployment the pod belongs to
+    policy: Obj | None  # the DependencyPolicy gating it
+    logs: str | None  # the last lines of the init container it is on
+    logs_unavailable: str | None  # why there are none
+
+
+def explain(why: Why, now: datetime, tail: int = DEFAULT_TAIL) -> str:
+    """The text of `kubectl depgate why` for one pod."""
+    pod = why.pod
+    ns, name = _get(pod, "metadata", "namespace"), _get(pod, "metadata", "name")
+    gate = pod_gate(pod)
+    done, total = init_progress(pod)
+    inits = [str(c.get("name")) for c in _items(_get(pod, "spec", "initContainers")) if isinstance(c, Mapping)]
+    ours = [n for n in inits if precondition_of(n) is not None]
+    lines = []
+    policy_name = _get(why.policy, "metadata", "name")
+    if not ours:
+        lines.append(f"pod {ns}/{name} has no depgate init containers"
+                     + (f" (Deployment {why.deployment} is not gated)" if why.deployment else ""))
+        return "\n".join(lines) + "\n"
+    if gate.blocker is None:
+        if all(n in gate.passed for n in inits):
+            lines.append(f"pod {ns}/{name} has passed all its init containers ({done}/{total}), "
+                         f"the {len(ours)} of depgate included")
+        else:
+            lines.append(f"pod {ns}/{name} is Init:{done}/{total} and has not started an init container yet "
+                         f"(phase {_get(pod, 'status', 'phase') or 'unknown'}: not scheduled, or pulling images)")
+        if policy_name:
+            lines.append(f"  policy:        {ns}/{policy_name}")
+        return "\n".join(lines) + "\n"
+    blocker = gate.blocker
+    precondition = precondition_of(blocker)
+    position = inits.index(blocker) + 1 if blocker in inits else done + 1
+    if precondition is None:
+        lines.append(f"pod {ns}/{name} is Init:{done}/{total}, on init container {blocker} "
+                     f"({position} of {total}), which is not depgate's")
+        lines.append(f"  in this pod:   {container_state(pod, blocker)}")
+        return "\n".join(lines) + "\n"
+    lines.append(f"pod {ns}/{name} is Init:{done}/{total}, on init container {blocker} ({position} of {total})")
+    if why.policy is None:
+        lines.append("  policy:        none found (no DependencyPolicy claims "
+                     + (f"Deployment {why.deployment})" if why.deployment else "the pod's Deployment)"))
+    else:
+        targets = ", ".join(str(t) for t in _items(_get(why.policy, "status", "targets"))) or "-"
+        lines.append(f"  policy:        {ns}/{policy_name} (gates {targets})")
+    entry = status_entry(why.policy, precondition)
+    kind = entry.get("type")
+    lines.append(f"  precondition:  {precondition}" + (f" ({kind})" if kind else ""))
+    if why.policy is not None:
+        if entry:
+            lines.append(f"  state:         {entry.get('state') or '-'} since {since_text(entry, now)}")
+            lines.append(f"  reason:        {entry.get('reason') or '-'}")
+            lines.append(f"  message:       {entry.get('message') or '-'}")
+            if entry.get("blockedPods"):
+                lines.append(f"  blocked pods:  {entry['blockedPods']}")
+        else:
+            lines.append("  state:         not in the policy's status yet (the operator has not reported on it)")
+    if gate.detail is not None and gate.detail.informative:
+        lines.append(f"  pod says:      {gate.detail.reason}: {gate.detail.message}")
+    lines.append(f"  in this pod:   {container_state(pod, blocker)}")
+    later = [n for n in inits[position:] if precondition_of(n) is not None]
+    if later:
+        lines.append(f"  then:          {', '.join(later)}")
+    if why.logs is not None:
+        shown = why.logs.rstrip("\n").splitlines()[-tail:]
+        lines.append(f"logs of {blocker} (last {len(shown)} line{'s' if len(shown) != 1 else ''}):")
+        lines += [f"  {line}" for line in shown] or ["  (empty)"]
+    else:
+        lines.append(f"logs of {blocker}: unavailable ({why.logs_unavailable or 'no reason given'})")
+    return "\n".join(lines) + "\n"
+
+
+def held(pod: Obj) -> bool:
+    """Is the pod on one of depgate's init containers?"""
+    blocker = pod_gate(pod).blocker
+    return blocker is not None and precondition_of(blocker) is not None
+
+
+def selector_string(selector: Obj | None) -> str:
+    """A label selector as the `labelSelector` query parameter spells it."""
+    parts = [f"{k}={v}" for k, v in sorted((_get(selector, "matchLabels") or {}).items())]
+    for expr in _items(_get(selector, "matchExpressions")):
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if op == "In":
+            parts.append(f"{key} in ({','.join(values)})")
+        elif op == "NotIn":
+            parts.append(f"{key} notin ({','.join(values)})")
+        elif op == "Exists":
+            parts.append(str(key))
+        elif op == "DoesNotExist":
+            parts.append(f"!{key}")
+    return ",".join(parts)
+
+
+def status_rows(policies: Sequence[Obj], now: datetime, *, preconditions: bool = False) -> list[list[str]]:
+    """The rows of `kubectl depgate status`, header first."""
+    if preconditions:
+        rows = [["NAMESPACE", "POLICY", "PRECONDITION", "TYPE", "STATE", "SINCE", "BLOCKED-PODS", "REASON"]]
+    else:
+        rows = [["NAMESPACE", "POLICY", "TARGETS", "READY", "BLOCKING", "BLOCKED-FOR", "PODS", "REASON"]]
+    for p in sorted(policies, key=lambda p: (str(_get(p, "metadata", "namespace")), str(_get(p, "metadata", "name")))):
+        ns, name = str(_get(p, "metadata", "namespace") or "-"), str(_get(p, "metadata", "name") or "-")
+        entries = [e for e in _items(_get(p, "status", "preconditions")) if isinstance(e, Mapping)]
+        if preconditions:
+            rows += [[ns, name, str(e.get("name") or "-"), str(e.get("type") or "-"), str(e.get("state") or "-"),
+                      age(parse_time(e.get("since")), now), str(e.get("blockedPods") or 0),
+                      str(e.get("reason") or "-")] for e in entries]
+            continue
+        ready = next((c for c in _items(_get(p, "status", "conditions"))
+                      if isinstance(c, Mapping) and c.get("type") == "Ready"), {})
+        blocking = [e for e in entries if e.get("state") in BLOCKING_STATES]
+        oldest = min((t for t in (parse_time(e.get("since")) for e in blocking) if t), default=None)
+        pods = _get(p, "status", "pods") or {}
+        pods_text = (f"{pods.get('ready', 0)}/{pods.get('total', 0)} ready, {pods.get('initializing', 0)} in init"
+                     if pods else "-")
+        rows.append([ns, name, ",".join(str(t) for t in _items(_get(p, "status", "targets"))) or "-",
+                     str(ready.get("status") or "-"),
+                     ",".join(str(e.get("name")) for e in blocking) or "-",
+                     age(oldest, now) if oldest else "-", pods_text,
+                     str(ready.get("reason") or "-") if ready.get("status") != "True" else "-"])
+    return rows
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in rows)
+
+
+# --------------------------------------------------------------------------- the API server
+
+
+class NotFound(Exception):
+    pass
+
+
+def api_message(e: Any) -> str:
+    """The `message` of an API server's Status answer, else the HTTP reason."""
+    try:
+        return str(json.loads(e.body or "{}").get("message") or e.reason or "")
+    except (ValueError, AttributeError, TypeError):
+        return str(e.reason or "")
+
+
+class Cluster:
+    """Plain reads through the `kubernetes` client, as raw JSON objects (the API's camelCase)."""
+
+    def __init__(self, kubeconfig: str | None, context: str | None) -> None:
+        from kubernetes import client, config
+
+        cfg: Any = config  # partly untyped in the client
+        try:
+            self.api: Any = cfg.new_client_from_config(config_file=kubeconfig, context=context)
+        except cfg.ConfigException:
+            if kubeconfig or context:
+                raise
+            cfg.load_incluster_config()
+            self.api = client.ApiClient()
+        self.core: Any = client.CoreV1Api(self.api)
+        self.apps: Any = client.AppsV1Api(self.api)
+        self.custom: Any = client.CustomObjectsApi(self.api)
+        self.ApiException = client.ApiException
+        self.kubeconfig, self.context = kubeconfig, context
+
+    def _raw(self, call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        resp = call(*args, _preload_content=False, _request_timeout=30, **kwargs)
+        return dict(json.loads(resp.data))
+
+    def namespace(self) -> str:
+        """The current context's namespace, else `default` (kubectl's rule)."""
+        from kubernetes import config
+
+        try:
+            contexts, active = config.list_kube_config_contexts(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
+        except Exception:  # in-cluster: no kubeconfig
+            return "default"
+        chosen = next((c for c in contexts if c.get("name") == self.context), active) if self.context else active
+        return str(_get(chosen, "context", "namespace") or "default")
+
+    def pod(self, ns: str, name: str) -> dict[str, Any]:
+        try:
+            return self._raw(self.core.read_namespaced_pod, name, ns)
+        except self.ApiException as e:
+            if e.status == 404:
+                raise NotFound(f'pods "{name}" not found in namespace {ns}') from None
+            raise
+
+    def deployment(self, ns: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._raw(self.apps.read_namespaced_deployment, name, ns)
+        except self.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def deployment_of(self, pod: Obj) -> str | None:
+        """The pod's Deployment, through its controlling ReplicaSet."""
+        ns = str(_get(pod, "metadata", "namespace"))
+        owner = next((o for o in _items(_get(pod, "metadata", "ownerReferences")) if o.get("controller")), None)
+        if owner is None or owner.get("kind") != "ReplicaSet":
+            return None
+        try:
+            rs = self._raw(self.apps.read_namespaced_replica_set, owner["name"], ns)
+        except self.ApiException:
+            return None
+        dep = next((o for o in _items(_get(rs, "metadata", "ownerReferences")) if o.get("controller")), None)
+        return str(dep["name"]) if dep and dep.get("kind") == "Deployment" else None
+
+    def policy(self, ns: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name))
+        except self.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def policies(self, ns: str | None) -> list[dict[str, Any]]:
+        if ns is None:
+            out = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        else:
+            out = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
+        return [dict(p) for p in out.get("items") or []]
+
+    def policy_of(self, ns: str, deployment: str | None) -> dict[str, Any] | None:
+        """The policy named by the Deployment's annotation, else one whose status lists it as a target."""
+        if deployment is None:
+            return None
+        dep = self.deployment(ns, deployment)
+        named = _get(dep, "metadata", "annotations", POLICY_ANNOTATION)
+        if isinstance(named, str) and named:
+            found = self.policy(ns, named)
+            if found is not None:
+                return found
+        return next((p for p in self.policies(ns) if deployment in _items(_get(p, "status", "targets"))), None)
+
+    def pods_of(self, dep: Obj) -> list[dict[str, Any]]:
+        ns = str(_get(dep, "metadata", "namespace"))
+        selector = selector_string(_get(dep, "spec", "selector"))
+        out = self._raw(self.core.list_namespaced_pod, ns, label_selector=selector)
+        return sorted((dict(p) for p in out.get("items") or []), key=lambda p: str(_get(p, "metadata", "name")))
+
+    def logs(self, pod: Obj, container: str, tail: int) -> tuple[str | None, str | None]:
+        """(the last `tail` lines, None) or (None, why there are none). A container that restarted and
+        waits to run again has no log of its own yet: the previous run's is the one that says why."""
+        ns, name = str(_get(pod, "metadata", "namespace")), str(_get(pod, "metadata", "name"))
+        cs: Obj = next((c for c in _items(_get(pod, "status", "initContainerStatuses"))
+                        if c.get("name") == container), {})
+        previous = bool(cs.get("restartCount")) and isinstance(_get(cs, "state", "waiting"), Mapping)
+        try:
+            text = self.core.read_namespaced_pod_log(name, ns, container=container, tail_lines=tail,
+                                                     previous=previous, _request_timeout=15)
+        except self.ApiException as e:
+            return None, f"the API server answered {e.status}: {api_message(e)}"
+        except Exception as e:  # a node that does not answer: connection errors, timeouts
+            return None, f"{type(e).__name__}: {e}"
+        return str(text), None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _why(cluster: Cluster, ns: str, target: str, tail: int, now: datetime) -> tuple[str, int]:
+    kind, sep, name = target.partition("/")
+    if not sep or not name:
+        return f"error: expected pod/NAME or deploy/NAME, got {target!r}\n", 2
+    kind = kind.lower()
+    if kind in ("pod", "pods", "po"):
+        pod = cluster.pod(ns, name)
+        dep = cluster.deployment_of(pod)
+        return _why_pod(cluster, pod, dep, cluster.policy_of(ns, dep), tail, now), 0
+    if kind in ("deploy", "deployment", "deployments", "deployment.apps"):
+        dep_obj = cluster.deployment(ns, name)
+        if dep_obj is None:
+            raise NotFound(f'deployments.apps "{name}" not found in namespace {ns}')
+        policy = cluster.policy_of(ns, name)
+        pods = cluster.pods_of(dep_obj)
+        waiting = [p for p in pods if held(p)]
+        gated = f"gated by policy {ns}/{_get(policy, 'metadata', 'name')}" if policy else "no DependencyPolicy gates it"
+        head = (f"deployment {ns}/{name}: {gated}; {len(pods)} pod{'s' if len(pods) != 1 else ''}, "
+                f"{len(waiting)} held in depgate's init containers\n")
+        if not waiting:
+            blocking = _items(_get(policy, "status", "blocking"))
+            return head + (f"  blocking:      {', '.join(map(str, blocking))}\n" if blocking else ""), 0
+        parts = [head] + ["\n" + _why_pod(cluster, p, name, policy, tail, now) for p in waiting[:MAX_PODS_SHOWN]]
+        if len(waiting) > MAX_PODS_SHOWN:
+            parts.append(f"\n... and {len(waiting) - MAX_PODS_SHOWN} more held pods\n")
+        return "".join(parts), 0
+    return f"error: kubectl depgate why explains pod/NAME or deploy/NAME, not {kind}/\n", 2
+
+
+def _why_pod(cluster: Cluster, pod: Obj, dep: str | None, policy: Obj | None, tail: int, now: datetime) -> str:
+    blocker = pod_gate(pod).blocker
+    logs: str | None = None
+    unavailable: str | None = None
+    if blocker is not None and precondition_of(blocker) is not None:
+        logs, unavailable = cluster.logs(pod, blocker, tail)
+    return explain(Why(pod, dep, policy, logs, unavailable), now, tail)
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-n", "--namespace", help="the namespace (default: the current context's)")
+    common.add_argument("--kubeconfig", help="path to a kubeconfig (default: $KUBECONFIG, then ~/.kube/config)")
+    common.add_argument("--context", help="the kubeconfig context to use")
+    p = argparse.ArgumentParser(prog="kubectl depgate", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    why = sub.add_parser("why", parents=[common], help="why a pod (or a Deployment's pods) is still in Init")
+    why.add_argument("target", help="pod/NAME or deploy/NAME")
+    why.add_argument("--tail", type=int, default=DEFAULT_TAIL, help="log lines of the init container to show")
+    status = sub.add_parser("status", parents=[common], help="a table of every policy (every namespace unless -n)")
+    status.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (the default)")
+    status.add_argument("-p", "--preconditions", action="store_true", help="one row per precondition")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from kubernetes.client import ApiException
+    from kubernetes.config import ConfigException
+
+    now = datetime.now(UTC)
+    try:
+        cluster = Cluster(args.kubeconfig, args.context)
+        if args.command == "why":
+            text, code = _why(cluster, args.namespace or cluster.namespace(), args.target, max(1, args.tail), now)
+            (sys.stdout if code == 0 else sys.stderr).write(text)
+            return code
+        ns = None if args.all_namespaces or not args.namespace else args.namespace
+        policies = cluster.policies(ns)
+        if not policies:
+            print("No DependencyPolicies found" + (f" in namespace {ns}." if ns else "."), file=sys.stderr)
+            return 0
+        sys.stdout.write(table(status_rows(policies, now, preconditions=args.preconditions)))
+        return 0
+    except NotFound as e:
+        print(f"Error from server (NotFound): {e}", file=sys.stderr)
+        return 1
+    except ApiException as e:
+        print(f"Error from server ({e.reason}): {api_message(e)}", file=sys.stderr)
+        return 1
+    except ConfigException as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+if __name__ == "__main__":
+    sys.exit(main())

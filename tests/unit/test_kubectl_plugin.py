@@ -1,0 +1,117 @@
+"""`kubectl depgate` (depgate.kubectl_plugin): the text it prints, from objects shaped as the API returns them.
+Through the real kubectl's plugin mechanism on a real plane: tests/integration/test_kubectl_plugin.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from depgate.kubectl_plugin import Why, age, explain, held, selector_string, status_rows, table
+
+NOW = datetime(2026, 12, 1, 13, 0, 0, tzinfo=UTC)
+REFUSED = "Timeout: Refused: connect to data-tier:6379: connection refused after 30s"
+
+
+def pod(*statuses: dict[str, Any], inits: tuple[str, ...] = ("depgate-redis-port", "depgate-dns")) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "app-1", "namespace": "apps"},
+        "spec": {"initContainers": [{"name": n, "image": "depgate/depgate:test"} for n in inits],
+                 "containers": [{"name": "server", "image": "node:20"}]},
+        "status": {"phase": "Pending", "conditions": [{"type": "Initialized", "status": "False"}],
+                   "initContainerStatuses": list(statuses)},
+    }
+
+
+CRASHING = {"name": "depgate-redis-port", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 124, "reason": "Error", "message": REFUSED}}}
+WAITING = {"name": "depgate-dns", "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}
+POLICY = {
+    "metadata": {"name": "app", "namespace": "apps"},
+    "status": {
+        "targets": ["app"], "blocking": ["redis-port"],
+        "pods": {"total": 2, "initializing": 2, "ready": 0},
+        "conditions": [{"type": "Ready", "status": "False", "reason": "PreconditionsBlocking"}],
+        "preconditions": [
+            {"name": "redis-port", "type": "tcp", "state": "Blocking", "reason": "Timeout",
+             "message": "Refused: connect to data-tier:6379: connection refused after 30s", "blockedPods": 2,
+             "since": "2026-12-01T12:56:48Z"},
+            {"name": "dns", "type": "dns", "state": "Pending", "reason": "NotReached",
+             "message": "no pod has reached init container depgate-dns yet", "blockedPods": 0,
+             "since": "2026-12-01T12:50:00Z"},
+        ],
+    },
+}
+
+
+def test_why_names_the_container_policy_precondition_state_since_and_the_logs():
+    text = explain(Why(pod(CRASHING, WAITING), "app", POLICY, "line 1\nline 2\nline 3\n", None), NOW, tail=2)
+    assert text.splitlines()[0] == "pod apps/app-1 is Init:0/2, on init container depgate-redis-port (1 of 2)"
+    assert "  policy:        apps/app (gates app)" in text
+    assert "  precondition:  redis-port (tcp)" in text
+    assert "  state:         Blocking since 2026-12-01T12:56:48Z (3m12s ago)" in text
+    assert "  reason:        Timeout" in text
+    assert "  message:       Refused: connect to data-tier:6379: connection refused after 30s" in text
+    assert "  in this pod:   waiting (CrashLoopBackOff); restarted 3 times; last exit 124: " + REFUSED in text
+    assert "  then:          depgate-dns" in text
+    assert text.endswith("logs of depgate-redis-port (last 2 lines):\n  line 2\n  line 3\n")
+
+
+def test_why_on_the_second_container_and_logs_unavailable_said_plainly():
+    passed = {"name": "depgate-redis-port", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+    running = {"name": "depgate-dns", "state": {"running": {"startedAt": "2026-12-01T12:59:00Z"}}}
+    text = explain(Why(pod(passed, running), "app", POLICY, None, "the API server answered 500: no kubelet"), NOW)
+    assert text.startswith("pod apps/app-1 is Init:1/2, on init container depgate-dns (2 of 2)\n")
+    assert "  precondition:  dns (dns)" in text and "  state:         Pending since" in text
+    assert "  in this pod:   running since 2026-12-01T12:59:00Z" in text
+    assert "then:" not in text
+    assert text.endswith("logs of depgate-dns: unavailable (the API server answered 500: no kubelet)\n")
+
+
+def test_why_for_a_pod_past_depgate_or_on_someone_elses_init_container_or_without_a_policy():
+    done = {"state": {"terminated": {"exitCode": 0}}}
+    passed = pod({**done, "name": "depgate-redis-port"}, {**done, "name": "depgate-dns"})
+    passed["status"]["conditions"] = [{"type": "Initialized", "status": "True"}]
+    assert explain(Why(passed, "app", POLICY, None, None), NOW).startswith(
+        "pod apps/app-1 has passed all its init containers (2/2), the 2 of depgate included\n")
+    assert not held(passed)
+    theirs = pod({"name": "migrate", "state": {"running": {}}}, inits=("migrate", "depgate-dns"))
+    assert "on init container migrate (1 of 2), which is not depgate's" in explain(Why(theirs, "app", POLICY, None,
+                                                                                       None), NOW)
+    assert not held(theirs)
+    orphan = explain(Why(pod(CRASHING, WAITING), "app", None, None, "x"), NOW)
+    assert "policy:        none found (no DependencyPolicy claims Deployment app)" in orphan
+    assert "state:" not in orphan and "  precondition:  redis-port\n" in orphan
+    assert held(pod(CRASHING, WAITING))
+    plain = pod(inits=())
+    assert explain(Why(plain, "web", None, None, None), NOW) == (
+        "pod apps/app-1 has no depgate init containers (Deployment web is not gated)\n")
+
+
+def test_status_table_across_namespaces():
+    ready = {"metadata": {"name": "web", "namespace": "a"},
+             "status": {"targets": ["web"], "preconditions": [{"name": "db", "state": "Satisfied"}],
+                        "pods": {"total": 1, "initializing": 0, "ready": 1},
+                        "conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}]}}
+    fresh = {"metadata": {"name": "new", "namespace": "b"}}
+    text = table(status_rows([POLICY, ready, fresh], NOW))
+    lines = text.splitlines()
+    assert lines[0].split() == ["NAMESPACE", "POLICY", "TARGETS", "READY", "BLOCKING", "BLOCKED-FOR", "PODS", "REASON"]
+    assert lines[1].split() == ["a", "web", "web", "True", "-", "-", "1/1", "ready,", "0", "in", "init", "-"]
+    assert lines[2].split() == ["apps", "app", "app", "False", "redis-port", "3m12s", "0/2", "ready,", "2", "in",
+                                "init", "PreconditionsBlocking"]
+    assert lines[3].split() == ["b", "new", "-", "-", "-", "-", "-", "-"]
+    column = lines[0].index("POLICY")
+    assert all(line[column - 3:column] == "   " and line[column] != " " for line in lines[1:])  # aligned
+    per = table(status_rows([POLICY], NOW, preconditions=True)).splitlines()
+    assert per[1].split() == ["apps", "app", "redis-port", "tcp", "Blocking", "3m12s", "2", "Timeout"]
+    assert per[2].split() == ["apps", "app", "dns", "dns", "Pending", "10m", "0", "NotReached"]
+
+
+def test_ages_and_selectors():
+    assert [age(NOW - timedelta(seconds=s), NOW) for s in (5, 75, 700, 3600, 3660, 90000)] == [
+        "5s", "1m15s", "11m", "1h", "1h1m", "1d1h"]
+    assert age(None, NOW) == "-"
+    assert selector_string({"matchLabels": {"app": "x", "tier": "web"},
+                            "matchExpressions": [{"key": "env", "operator": "In", "values": ["a", "b"]},
+                                                 {"key": "canary", "operator": "DoesNotExist"}]}) == (
+        "app=x,tier=web,env in (a,b),!canary")

@@ -20,15 +20,13 @@ from typing import Any
 
 from depgate import graph, plan, registry, render, spec, status, verdicts
 from depgate.kube import ApiError, Changed, Forbidden, Gone, Kube, NamespaceTerminating, Rejected, describe
-from depgate.plan import APPLY_ERROR_RETRY_SECONDS, deployment_of_pod, fresher
+from depgate.plan import CustomKey, deployment_of_pod
 
-__all__ = ["APPLY_ERROR_RETRY_SECONDS", "ClaimCustom", "CustomKey", "Dep", "Outcome", "Reconciler",
-           "ReleaseFailed", "deployment_of_pod", "fresher"]
+__all__ = ["ClaimCustom", "CustomKey", "Dep", "Outcome", "Reconciler", "ReleaseFailed"]
 
 log = logging.getLogger("depgate.controller")
 
-Dep = tuple[str, str, str]  # (kind, namespace, name) of an object a policy waits on: graph.ObjectKey
-CustomKey = tuple[str, str, str, str]  # (apiVersion, kind, namespace, name) of a custom resource
+Dep = graph.ObjectKey  # (kind, namespace, name) of an object a policy waits on (graph.dependencies)
 # Claims a policy's custom-resource watches; answers {(apiVersion, kind, namespace): why not} for
 # those over a cap (handlers.CustomWatches.claim).
 ClaimCustom = Callable[[tuple[str, str], Sequence[CustomKey]], Mapping[tuple[str, str, str], str]]
@@ -193,21 +191,12 @@ class Reconciler:
 
     # ------------------------------------------------------------------ verdicts and pods
 
-    @staticmethod
-    def _deps(policy: spec.Policy, ns: str) -> set[Dep]:
-        """The objects whose events wake this policy: graph.dependencies, the one reading of what a
-        policy depends on (a custom resource's kind spelled Kind.group; its events come through the
-        custom watches, see `_verdicts`)."""
-        deps: set[Dep] = {d.key(ns) for d in graph.dependencies(policy, ns)}
-        return deps
-
     def _verdicts(self, policy: spec.Policy, ns: str, prior: Mapping[str, Any],
                   out: Outcome) -> dict[str, verdicts.Verdict]:
         prior_entries = {e.get("name"): e for e in prior.get("preconditions") or [] if isinstance(e, Mapping)}
         result: dict[str, verdicts.Verdict] = {}
         # Claimed before anything is read: an event from then on wakes this policy again.
-        out.custom = list(dict.fromkeys((p.body.api_version, p.body.kind, ns, p.body.name)
-                                        for p in policy.preconditions if isinstance(p.body, spec.ResourceCheck)))
+        out.custom = plan.custom_resources(policy, ns)
         refused = self.claim_custom((ns, policy.name), out.custom) if self.claim_custom else {}
         for p in policy.preconditions:
             try:

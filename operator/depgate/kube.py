@@ -28,6 +28,7 @@ from depgate.registry import API_KINDS, DEPENDENCY_POLICY
 log = logging.getLogger("depgate.kube")
 
 EVENT_COMPONENT = "depgate"  # the source of the Events depgate posts
+REQUEST_TIMEOUT_SECONDS = 30.0  # a request (a list of a custom watch included) that takes longer fails
 
 
 
@@ -76,21 +77,23 @@ def _base(api_version: str) -> str:
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, request_timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
         self.api = api_client
+        self.request_timeout = request_timeout  # every request and list; a watch has its own bounds
         self._dyn_lock = threading.Lock()
         self._plurals: dict[tuple[str, str], str] = {}
         self._aio: aiohttp.ClientSession | None = None  # the custom watches' (see watch_kind)
 
     @classmethod
-    def from_environment(cls, kubeconfig: str | None = None) -> Kube:
+    def from_environment(cls, kubeconfig: str | None = None,
+                         request_timeout: float = REQUEST_TIMEOUT_SECONDS) -> Kube:
         if kubeconfig is None:
             try:
                 config.load_incluster_config()  # type: ignore[no-untyped-call]
-                return cls(client.ApiClient())
+                return cls(client.ApiClient(), request_timeout)
             except config.ConfigException:
                 pass
-        return cls(config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
+        return cls(config.new_client_from_config(config_file=kubeconfig), request_timeout)  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------------ raw calls
 
@@ -115,7 +118,8 @@ class Kube:
     def _call(self, method: str, path: str, *, query: Iterable[tuple[str, str]] = (), body: Any = None,
               content_type: str = "application/json") -> Any:
         """A request whose JSON answer is returned; None on 404; ApiException on any other error."""
-        resp = self.request(method, path, query=query, body=body, content_type=content_type, timeout=30)
+        resp = self.request(method, path, query=query, body=body, content_type=content_type,
+                            timeout=self.request_timeout)
         raw = resp.read()
         if resp.status == 404:
             return None
@@ -333,8 +337,8 @@ class Kube:
         while True:
             q = [("limit", str(LIST_PAGE))] + ([("continue", cont)] if cont else [])
             url, headers = self._signed(path, q)
-            async with self._session().get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=LIST_TIMEOUT),
-                                           **self._request_kwargs()) as resp:
+            timeout = aiohttp.ClientTimeout(total=self.request_timeout)
+            async with self._session().get(url, headers=headers, timeout=timeout, **self._request_kwargs()) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise self._refusal(resp.status, raw, path)
@@ -430,7 +434,6 @@ class Kube:
 
 
 LIST_PAGE = 500
-LIST_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 WATCH_SERVER_TIMEOUT = 300  # the API server ends each watch request after this (Kopf's is the same)
 

@@ -45,6 +45,7 @@ from depgate.constants import API_VERSION, APPLIED_HASH_ANNOTATION, GROUP, KIND,
 from depgate.graph import DEPENDENCY_CYCLE
 
 Obj = dict[str, Any]
+CustomKey = tuple[str, str, str, str]  # (apiVersion, kind, namespace, name) of a custom resource
 
 APPLY_ATTEMPTS: Final = 3  # applies to one target that may meet a Deployment changed meanwhile (then read again)
 RELEASE_ATTEMPTS: Final = 5
@@ -417,6 +418,13 @@ def claim_of(dep: Mapping[str, Any]) -> str | None:
     """The policy whose claim (annotation) a Deployment carries."""
     claim = (_meta(dep).get("annotations") or {}).get(POLICY_ANNOTATION)
     return str(claim) if claim else None
+
+
+def custom_resources(policy: spec.Policy, namespace: str) -> list[CustomKey]:
+    """The custom resources the policy's `resource` preconditions name, in declared order, once each:
+    what its custom-resource watches must hear."""
+    return list(dict.fromkeys((p.body.api_version, p.body.kind, namespace, p.body.name)
+                              for p in policy.preconditions if isinstance(p.body, spec.ResourceCheck)))
 
 
 def fresher(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:

@@ -306,3 +306,13 @@ def test_without_problems_applied_counts_the_gated_deployments_and_a_cycle_stall
 def test_a_conflict_is_the_reconciles_result() -> None:
     conflict = plan.Problem(plan.CONFLICT, "taken", stalls=plan.CONFLICT)
     assert plan.Progress(problems=[conflict]).result == "conflict"
+
+
+def test_the_custom_resources_a_policy_names_come_once_each_in_declared_order() -> None:
+    def resource(name: str, kind: str, obj: str) -> dict[str, Any]:
+        return {"name": name, "resource": {"apiVersion": "example.com/v1", "kind": kind, "name": obj,
+                                           "condition": "Ready"}}
+    pol = policy(preconditions=[resource("b", "Widget", "w2"), TCP, resource("a", "Gadget", "g"),
+                                resource("c", "Widget", "w2")])
+    assert plan.custom_resources(pol, NS) == [("example.com/v1", "Widget", NS, "w2"),
+                                             ("example.com/v1", "Gadget", NS, "g")]

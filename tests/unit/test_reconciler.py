@@ -290,6 +290,22 @@ def test_every_type_the_operator_judges_is_read_and_judged() -> None:
     assert all(e["state"] == "Blocking" for e in entries), entries  # none of those objects exists
 
 
+def test_a_custom_resource_over_a_watch_cap_is_claimed_first_and_blocks_with_too_many_watches() -> None:
+    kube = world(deployment(), policy(preconditions=[{"name": "w", "resource": OPERATOR_JUDGED["resource"]}]))
+    claims: list[tuple[tuple[str, str], list[Any]]] = []
+
+    def claim(key: tuple[str, str], wanted: Any) -> dict[tuple[str, str, str], str]:
+        claims.append((key, list(wanted)))
+        return {("example.com/v1", "Widget", NS): "at most 0 kinds"}
+    obj = kube.stored(spec.API_VERSION, spec.KIND, NS, "p")
+    out = Reconciler(kube, CONFIG, claim_custom=claim).reconcile(obj)  # type: ignore[arg-type]
+    assert claims == [((NS, "p"), [("example.com/v1", "Widget", NS, "w")])]
+    assert out.custom == [("example.com/v1", "Widget", NS, "w")]
+    (entry,) = stored_status(kube)["preconditions"]
+    assert (entry["state"], entry["reason"]) == ("Blocking", "TooManyWatches")
+    assert entry["message"].startswith("at most 0 kinds. As read now:")
+
+
 def test_a_precondition_depgate_may_not_read_blocks_with_forbidden() -> None:
     kube = world(deployment(), policy(preconditions=[SECRET]))
     kube.fail("get", Forbidden("secrets \"creds\" is forbidden"), when=lambda av, kind, *_: kind == "Secret")

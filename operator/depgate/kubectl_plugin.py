@@ -187,8 +187,10 @@ def explain(why: Why, now: datetime, tail: int = DEFAULT_TAIL) -> str:
                 lines.append(f"  blocked pods:  {entry['blockedPods']}")
         else:
             lines.append("  state:         not in the policy's status yet (the operator has not reported on it)")
-    if gate.detail is not None and gate.detail.informative:
-        lines.append(f"  pod says:      {gate.detail.reason}: {gate.detail.message}")
+    detail = gate.detail
+    if detail is not None and detail.informative and (detail.reason, detail.message) != (
+            entry.get("reason"), entry.get("message")):  # the pod tells more than the status (or else)
+        lines.append(f"  pod says:      {detail.reason}: {detail.message}")
     lines.append(f"  in this pod:   {container_state(pod, blocker)}")
     later = [n for n in inits[position:] if precondition_of(n) is not None]
     if later:
@@ -428,17 +430,24 @@ def _why_pod(cluster: Cluster, pod: Obj, dep: str | None, policy: Obj | None, ta
     return explain(Why(pod, dep, policy, logs, unavailable), now, tail)
 
 
+def _connection_flags(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("-n", "--namespace", default=default, help="the namespace (default: the current context's)")
+    p.add_argument("--kubeconfig", default=default,
+                   help="path to a kubeconfig (default: $KUBECONFIG, then ~/.kube/config)")
+    p.add_argument("--context", default=default, help="the kubeconfig context to use")
+
+
 def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-n", "--namespace", help="the namespace (default: the current context's)")
-    common.add_argument("--kubeconfig", help="path to a kubeconfig (default: $KUBECONFIG, then ~/.kube/config)")
-    common.add_argument("--context", help="the kubeconfig context to use")
+    """The flags kubectl users type go before or after the command (`kubectl depgate -n apps why pod/x`)."""
     p = argparse.ArgumentParser(prog="kubectl depgate", description=__doc__.split("\n")[0])
+    _connection_flags(p, None)
+    after = argparse.ArgumentParser(add_help=False)
+    _connection_flags(after, argparse.SUPPRESS)  # a subcommand's flag wins; its absence keeps the one before
     sub = p.add_subparsers(dest="command", required=True)
-    why = sub.add_parser("why", parents=[common], help="why a pod (or a Deployment's pods) is still in Init")
+    why = sub.add_parser("why", parents=[after], help="why a pod (or a Deployment's pods) is still in Init")
     why.add_argument("target", help="pod/NAME or deploy/NAME")
     why.add_argument("--tail", type=int, default=DEFAULT_TAIL, help="log lines of the init container to show")
-    status = sub.add_parser("status", parents=[common], help="a table of every policy (every namespace unless -n)")
+    status = sub.add_parser("status", parents=[after], help="a table of every policy (every namespace unless -n)")
     status.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (the default)")
     status.add_argument("-p", "--preconditions", action="store_true", help="one row per precondition")
     return p

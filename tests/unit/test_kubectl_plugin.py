@@ -115,3 +115,24 @@ def test_ages_and_selectors():
                             "matchExpressions": [{"key": "env", "operator": "In", "values": ["a", "b"]},
                                                  {"key": "canary", "operator": "DoesNotExist"}]}) == (
         "app=x,tier=web,env in (a,b),!canary")
+
+
+def test_what_the_pod_says_is_shown_when_it_tells_more_than_the_status():
+    pulling = {"name": "depgate-redis-port", "restartCount": 0,
+               "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}
+    text = explain(Why(pod(pulling, WAITING), "app", POLICY, None, "x"), NOW)
+    assert "  pod says:      ImagePullBackOff: Back-off pulling image" in text
+    same = explain(Why(pod(CRASHING, WAITING), "app", POLICY, None, "x"), NOW)  # the status says it already
+    assert "pod says:" not in same
+
+
+def test_kubectls_flags_go_before_or_after_the_command():
+    from depgate.kubectl_plugin import parser
+
+    before = parser().parse_args(["-n", "apps", "--context", "c", "why", "pod/x"])
+    after = parser().parse_args(["why", "pod/x", "-n", "apps", "--context", "c"])
+    both = parser().parse_args(["-n", "one", "status", "-n", "two"])
+    for args in (before, after):
+        assert (args.namespace, args.context, args.kubeconfig, args.target) == ("apps", "c", None, "pod/x")
+    assert both.namespace == "two"
+    assert parser().parse_args(["status"]).namespace is None

@@ -22,9 +22,10 @@ import kopf
 
 from depgate import metrics, registry
 from depgate.constants import GROUP
-from depgate.controller import CustomKey, Outcome, Reconciler, ReleaseFailed
+from depgate.controller import Outcome, Reconciler, ReleaseFailed
 from depgate.echo import Echoes
 from depgate.kube import CONNECT_TIMEOUT, WATCH_SERVER_TIMEOUT, Kube, NamespaceTerminating
+from depgate.plan import CustomKey
 from depgate.render import RenderConfig
 from depgate.settings import Settings
 from depgate.wiring import (
@@ -69,7 +70,7 @@ class Operator:
 
     def reconciler(self) -> Reconciler:
         if self._reconciler is None:
-            kube = Kube.from_environment(self.settings.kubeconfig)
+            kube = Kube.from_environment(self.settings.kubeconfig, self.settings.request_timeout_seconds)
 
             def exists(ns: str, name: str) -> bool:
                 return ((ns, name) in self.wiring.policies

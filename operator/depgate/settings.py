@@ -111,8 +111,9 @@ class Settings:
              "liveness probe (/healthz) until it does (default %(default)g)")
     request_timeout_seconds: float = _flag(
         30.0, "--request-timeout-seconds", parse=float, check=_seconds, metavar="SECONDS",
-        help="Kopf's own API requests (finalizers) fail after this long, so that one on a connection that "
-             "went silent is retried instead of hanging (default %(default)g)")
+        help="an API request (depgate's reads and writes, a custom watch's list, Kopf's finalizer writes; not "
+             "the watches) fails after this long, so that one on a connection that went silent is retried "
+             "instead of hanging (default %(default)g)")
     max_custom_watches: int = _flag(
         64, "--max-custom-watches", parse=int, check=_count, metavar="N",
         help="watch custom resources (`resource` preconditions) of at most this many kinds per namespace "

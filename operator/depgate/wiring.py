@@ -29,10 +29,9 @@ from typing import Any, NamedTuple, Protocol
 from depgate import graph, registry, spec
 from depgate.constants import GROUP
 from depgate.graph import ObjectKey
-from depgate.plan import claim_of, deployment_of_pod, fresher
+from depgate.plan import CustomKey, claim_of, deployment_of_pod, fresher
 
 Key = tuple[str, str]  # (namespace, policy name)
-CustomKey = tuple[str, str, str, str]  # (apiVersion, kind, namespace, name): what a `resource` precondition names
 StreamKey = tuple[str, str, str]  # (apiVersion, kind, namespace): one shared custom-resource watch
 
 

@@ -4,6 +4,7 @@ in order, and only depgate's own fields change."""
 from __future__ import annotations
 
 import json
+import textwrap
 
 from tests.conftest import wait_for
 from tests.integration.kubehelp import (
@@ -220,7 +221,10 @@ def test_selector_releases_a_deployment_it_gated_but_never_recorded(plane, opera
     """An operator killed between gating a Deployment and writing status.targets leaves a Deployment that
     carries depgate's init containers and its claim, unselected meanwhile, named nowhere in the status.
     The policy's next reconcile finds the claim in the namespace's list and releases it."""
-    apply(plane, namespace, deployment("left", labels=", tier: other"))
+    # created, not `kubectl apply`-ed: a later `kubectl apply --server-side` would migrate the client-side
+    # apply's fields (selector, containers) to its field manager, depgate, whose release then drops them
+    plane.run_kubectl("create", "-n", namespace, "-f", "-",
+                      input=textwrap.dedent(deployment("left", labels=", tier: other")))
     # what a depgate that died before its status write leaves behind (depgate's own field manager)
     plane.run_kubectl("apply", "--server-side", "--field-manager=depgate", "-n", namespace, "-f", "-", input="""
 apiVersion: apps/v1

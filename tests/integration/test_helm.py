@@ -1,0 +1,320 @@
+"""charts/depgate with the real helm (compiled from its Go module and cached, like the plane: depgate.dev.build).
+
+- One source of truth: the chart's CRD is crds/dependencypolicies.depgate.io.yaml byte for byte (Helm reads
+  only files inside a chart, and a symlink does not survive every checkout, so the chart holds a copy and
+  this test fails the moment the two differ), and the chart's objects, RBAC rules included, are those of
+  manifests/: `helm template` equals `kubectl kustomize manifests/` (and manifests/namespaced/ with
+  namespaces=[apps]) object for object, field for field, but for Helm's own labels and the Namespace
+  (a release goes into a namespace that exists: `--create-namespace`, or created with the labels below).
+- `helm lint --strict`, and the values the chart's README lists do what it says.
+- `helm install` and `helm upgrade` on a plane of its own (the session's plane holds manifests/' objects of
+  the same names, which Helm would refuse to adopt): the operator's Deployment comes up (kwok runs its pod),
+  and the operator, run locally under a token of the chart's ServiceAccount, gates a Deployment without one
+  refused request, cluster-wide after the install and in the one namespace served after the upgrade.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from depgate.dev.plane import wait_crd_served
+from tests.conftest import (
+    REPO,
+    Plane,
+    operator_token_kubeconfig,
+    start_operator,
+    stop_operator,
+    wait_aggregated,
+    wait_for,
+)
+from tests.integration.kubehelp import apply, condition, deployment, get, init_names, wait_deployment, wait_policy
+
+CHART = REPO / "charts" / "depgate"
+MANIFESTS = REPO / "manifests"
+CRD = "dependencypolicies.depgate.io.yaml"
+RELEASE, SYSTEM_NS = "depgate", "depgate-system"  # the release whose names are manifests/' names
+# What Helm's conventions add to manifests/' labels (templates/_helpers.tpl, depgate.labels)
+HELM_LABELS = ("app.kubernetes.io/instance", "app.kubernetes.io/managed-by", "app.kubernetes.io/version",
+               "helm.sh/chart")
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory) -> Iterator[Helm]:
+    from depgate.dev import build
+
+    try:
+        binary = build.build_helm()
+    except build.BuildError as e:
+        pytest.fail(f"could not compile helm: {e}", pytrace=False)
+    home = tmp_path_factory.mktemp("helm-home")
+    yield Helm(str(binary), home)
+
+
+class Helm:
+    """helm with its config, cache and data in a directory of its own (never ~/.config/helm)."""
+
+    def __init__(self, binary: str, home: Path) -> None:
+        self.binary = binary
+        self.env = {**os.environ, "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
+                    "HELM_DATA_HOME": str(home / "data")}
+
+    def run(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([self.binary, *args], env=self.env, capture_output=True, text=True, check=False,
+                              timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+        return proc
+
+    def template(self, *values: str) -> list[dict[str, Any]]:
+        out = self.run("template", RELEASE, str(CHART), "--namespace", SYSTEM_NS, "--include-crds", *values).stdout
+        return [o for o in yaml.safe_load_all(out) if o]
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> str:
+    """The plane's kubectl (`kubectl kustomize` needs no API server)."""
+    from depgate.dev import build
+    from depgate.dev import plane as devplane
+
+    if os.environ.get("USE_EXISTING_CLUSTER", "").lower() == "true":
+        found = shutil.which("kubectl")
+        assert found, "USE_EXISTING_CLUSTER=true needs kubectl on PATH"
+        return found
+    try:
+        bins, _ = devplane.find_binaries()
+    except build.BuildError as e:
+        pytest.fail(f"could not compile kubectl: {e}", pytrace=False)
+    return str(bins / "kubectl") if (bins / "kubectl").exists() else shutil.which("kubectl") or "kubectl"
+
+
+def kustomized(kubectl: str, path: Path) -> list[dict[str, Any]]:
+    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, check=True, timeout=60)
+    return [o for o in yaml.safe_load_all(out.stdout) if o]
+
+
+def key(obj: dict[str, Any]) -> tuple[str, str, str]:
+    md = obj["metadata"]
+    return obj["kind"], md.get("namespace", ""), md["name"]
+
+
+def without_helm_labels(obj: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(obj)
+    for meta in (out["metadata"], (out.get("spec") or {}).get("template", {}).get("metadata")):
+        if meta and "labels" in meta:
+            for label in HELM_LABELS:
+                meta["labels"].pop(label, None)
+    return out
+
+
+def assert_same_objects(rendered: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    want = {key(o): o for o in expected if o["kind"] != "Namespace"}
+    got = {key(o): o for o in rendered}
+    assert sorted(got) == sorted(want), "helm template and kubectl kustomize render different objects"
+    for k, obj in got.items():
+        if obj["kind"] != "CustomResourceDefinition":  # crds/ is installed as it is, without labels
+            labels = obj["metadata"]["labels"]
+            assert labels["app.kubernetes.io/instance"] == RELEASE and labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert without_helm_labels(obj) == want[k], f"{k} differs between the chart and manifests/"
+
+
+# ---------------------------------------------------------------------------------------------------
+# the chart against manifests/, no API server needed
+
+
+def test_the_charts_crd_is_the_one_in_crds_byte_for_byte():
+    chart_crds = sorted(p.name for p in (CHART / "crds").iterdir())
+    assert chart_crds == sorted(p.name for p in (REPO / "crds").glob("*.yaml")) == [CRD]
+    assert (CHART / "crds" / CRD).read_bytes() == (REPO / "crds" / CRD).read_bytes(), (
+        f"charts/depgate/crds/{CRD} is not crds/{CRD}: after changing the CRD, "
+        f"cp crds/{CRD} charts/depgate/crds/")
+
+
+def test_helm_lint_strict(helm):
+    out = helm.run("lint", "--strict", str(CHART)).stdout
+    assert "1 chart(s) linted, 0 chart(s) failed" in out, out
+    namespaced = helm.run("lint", "--strict", str(CHART), "--set", "namespaces={apps,web}").stdout
+    assert "0 chart(s) failed" in namespaced, namespaced
+
+
+def test_helm_template_is_kubectl_kustomize_of_the_cluster_wide_install(helm, kubectl):
+    expected = kustomized(kubectl, MANIFESTS)
+    assert [o["kind"] for o in expected].count("Namespace") == 1
+    assert_same_objects(helm.template(), expected)
+
+
+def test_helm_template_with_namespaces_is_kubectl_kustomize_of_the_namespaced_install(helm, kubectl):
+    assert_same_objects(helm.template("--set", "namespaces={apps}"), kustomized(kubectl, MANIFESTS / "namespaced"))
+
+
+def test_values_image_ports_args_and_a_second_release_name(helm):
+    digest = "sha256:" + "ab" * 32
+
+    def operator(objs: list[dict[str, Any]]) -> dict[str, Any]:
+        dep = next(o for o in objs if o["kind"] == "Deployment")
+        return dict(dep["spec"]["template"]["spec"]["containers"][0])
+
+    c = operator(helm.template("--set", "image.repository=registry.example/depgate", "--set", "image.tag=0.2.0"))
+    assert c["image"] == "registry.example/depgate:0.2.0"
+    assert c["env"] == [{"name": "DEPGATE_WAITER_IMAGE", "value": "registry.example/depgate:0.2.0"}]
+    c = operator(helm.template("--set", f"image.digest={digest}", "--set", "image.pullPolicy=Always"))
+    assert c["image"] == c["env"][0]["value"] == f"depgate/depgate@{digest}"
+    assert c["imagePullPolicy"] == "Always"
+    objs = helm.template("--set", "metrics.port=9090", "--set", "namespaces={apps,web}",
+                         "--set", "extraArgs={--resync-seconds=120,-v}", "--set", "resources.limits.memory=1Gi")
+    c = operator(objs)
+    assert c["args"] == ["run", "--metrics-port=9090", "--health-port=8081", "--namespace=apps", "--namespace=web",
+                         "--resync-seconds=120", "-v"]
+    assert c["ports"][0] == {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}
+    assert c["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
+    service = next(o for o in objs if o["kind"] == "Service")
+    assert service["spec"]["ports"][0]["port"] == 9090
+    bindings = sorted((o["kind"], o["metadata"].get("namespace")) for o in objs if o["kind"].endswith("Binding")
+                      and o["roleRef"]["name"] == "depgate-operator")
+    assert bindings == [("RoleBinding", "apps"), ("RoleBinding", "web")]
+    # replicas is 0 or 1: the schema refuses a second operator pod
+    refused = helm.run("template", RELEASE, str(CHART), "--set", "replicas=2", check=False)
+    assert refused.returncode != 0 and "replicas" in refused.stderr, refused.stderr
+    # another release name prefixes every name, so two releases (say, two namespaced installs) never collide
+    other = helm.run("template", "ops", str(CHART), "--namespace", "ops").stdout
+    names = {(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(other) if o}
+    assert ("ClusterRole", "ops-depgate-operator") in names and ("Deployment", "ops-depgate") in names
+    sa = next(o for o in yaml.safe_load_all(other) if o and o["kind"] == "ClusterRoleBinding")["subjects"]
+    assert sa == [{"kind": "ServiceAccount", "name": "ops-depgate", "namespace": "ops"}]
+
+
+# ---------------------------------------------------------------------------------------------------
+# helm install and helm upgrade on a plane of its own
+
+
+@pytest.fixture(scope="module")
+def helm_plane() -> Iterator[Plane]:
+    if os.environ.get("USE_EXISTING_CLUSTER", "").lower() == "true":
+        pytest.skip("installs the chart under the names of manifests/: needs a cluster without them")
+    from depgate.dev import build
+    from depgate.dev import plane as devplane
+
+    state = Path(tempfile.mkdtemp(prefix="depgate-test-plane-helm-"))
+    try:
+        st = devplane.up(state, die_with_parent=True)
+    except (build.BuildError, devplane.PlaneError) as e:
+        shutil.rmtree(state, ignore_errors=True)
+        pytest.fail(f"could not start a control plane for the chart: {e}", pytrace=False)
+    bins, _ = devplane.find_binaries()
+    try:
+        if not st.pods:
+            pytest.skip("needs kube-controller-manager (role aggregation, ReplicaSets) and kwok")
+        yield Plane(st.kubeconfig, str(bins / "kubectl"), st.server, pods=st.pods)
+    finally:
+        devplane.down(state, quiet=True)
+
+
+POLICY = """
+apiVersion: depgate.io/v1alpha1
+kind: DependencyPolicy
+metadata: {name: %(name)s}
+spec:
+  workloadRef: {name: %(name)s}
+  preconditions:
+  - name: settings
+    configMap: {name: settings}
+  - name: db
+    service: {name: db, minReadyEndpoints: 0}
+"""
+
+
+def _gated(plane: Plane, ns: str, name: str) -> None:
+    """A Deployment, what its policy waits for, the policy; then Ready, and the init containers in place."""
+    apply(plane, ns, deployment(name))
+    apply(plane, ns, POLICY % {"name": name})
+    pol = wait_policy(plane, ns, name, lambda p: condition(p, "Ready").get("status") == "True",
+                      timeout=60, what="Ready under the chart's ServiceAccount")
+    assert pol["status"]["targets"] == [name]
+    wait_deployment(plane, ns, name, lambda d: init_names(d) == ["depgate-settings", "depgate-db"],
+                    what="gated: depgate's init containers")
+    wait_for(lambda: get(plane, ns, "rolebinding", f"depgate-wait-{name}"), 20,
+             what="the verdict waiter's RoleBinding, created by the operator")
+
+
+def _no_refusals(log: str) -> None:
+    for refused in ("(403)", "Forbidden", "Traceback"):
+        assert refused not in log, log[-4000:]
+
+
+def _release(helm: Helm, plane: Plane) -> dict[str, Any]:
+    out = helm.run("list", "-n", SYSTEM_NS, "-o", "json", "--kubeconfig", plane.kubeconfig).stdout
+    return next(r for r in json.loads(out) if r["name"] == RELEASE)
+
+
+def test_helm_install_then_upgrade_and_the_operator_gates_under_the_charts_serviceaccount(
+        helm, kubectl, helm_plane, tmp_path):
+    plane = helm_plane
+    # the release's namespace, with the labels of manifests/' Namespace (Pod Security `restricted`)
+    ns_obj = next(o for o in kustomized(kubectl, MANIFESTS) if o["kind"] == "Namespace")
+    plane.run_kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(ns_obj))
+    kc = ["--kubeconfig", plane.kubeconfig]
+
+    # install: --wait returns once the Deployment is available (kwok plays the kubelet)
+    helm.run("install", RELEASE, str(CHART), "-n", SYSTEM_NS, "--wait", "--timeout", "120s", *kc)
+    assert _release(helm, plane)["status"] == "deployed"
+    wait_crd_served(plane.kubectl, plane.kubeconfig, "crd/dependencypolicies.depgate.io")
+    wait_aggregated(plane)
+    dep = get(plane, SYSTEM_NS, "deployment", "depgate") or {}
+    assert dep["status"].get("readyReplicas") == 1
+    events = json.loads(plane.run_kubectl("get", "events", "-n", SYSTEM_NS, "-o", "json").stdout)["items"]
+    assert [e["message"] for e in events if e.get("reason") == "FailedCreate"] == []
+
+    for ns in ("apps", "elsewhere"):
+        plane.run_kubectl("create", "namespace", ns)
+        plane.run_kubectl("wait", "--for=create", "serviceaccount/default", "-n", ns, "--timeout=60s")
+        apply(plane, ns, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n")
+        apply(plane, ns, "apiVersion: v1\nkind: Service\nmetadata: {name: db}\n"
+                         "spec: {selector: {app: db}, ports: [{port: 5432}]}\n")
+    token = str(operator_token_kubeconfig(plane, tmp_path))  # of depgate-system/depgate, made by the chart
+    op = start_operator(token, tmp_path)
+    try:
+        _gated(plane, "elsewhere", "web")  # cluster-wide: any namespace
+    finally:
+        stop_operator(op)
+    _no_refusals(op.log_text())
+
+    # upgrade: serve only `apps` (RoleBinding there instead of the ClusterRoleBinding) with one more argument
+    helm.run("upgrade", RELEASE, str(CHART), "-n", SYSTEM_NS, "--wait", "--timeout", "120s",
+             "--set", "namespaces={apps}", "--set", "extraArgs={--resync-seconds=120}", *kc)
+    release = _release(helm, plane)
+    assert (release["status"], release["revision"]) == ("deployed", "2")
+    assert plane.run_kubectl("get", "clusterrolebinding", "depgate-operator", check=False).returncode != 0
+    assert get(plane, "apps", "rolebinding", "depgate-operator") is not None
+    args = (get(plane, SYSTEM_NS, "deployment", "depgate") or {})["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["run", "--metrics-port=8080", "--health-port=8081", "--namespace=apps", "--resync-seconds=120"]
+    denied = plane.run_kubectl("auth", "can-i", "patch", "deployments", "-n", "elsewhere",
+                               f"--as=system:serviceaccount:{SYSTEM_NS}:depgate", check=False)
+    assert denied.stdout.strip() == "no"
+    op = start_operator(token, tmp_path, "--namespace=apps", "--resync-seconds=120")
+    try:
+        _gated(plane, "apps", "app")
+    finally:
+        stop_operator(op)
+    _no_refusals(op.log_text())
+
+    # uninstall removes everything but the CRD (Helm never deletes what crds/ installed) and the policies
+    helm.run("uninstall", RELEASE, "-n", SYSTEM_NS, "--wait", *kc)
+    for kind, name in (("clusterrole", "depgate-operator-core"), ("clusterrole", "depgate-edit"),
+                       ("serviceaccount", "depgate"), ("deployment", "depgate")):
+        gone = plane.run_kubectl("get", kind, name, "-n", SYSTEM_NS, check=False)
+        assert gone.returncode != 0 and "NotFound" in gone.stderr, (kind, name)
+    assert plane.run_kubectl("get", "crd", "dependencypolicies.depgate.io", check=False).returncode == 0

@@ -187,6 +187,7 @@ def claimants(policy: spec.Policy, deployments: Sequence[Mapping[str, Any]]) -> 
 
 
 def plan(policy: spec.Policy, live: Live, config: render.RenderConfig) -> Plan:
+    """Every write one reconcile of `policy` makes, given what it read (see the module docstring)."""
     if isinstance(policy.target, spec.Template):
         return _plan_template(policy, live, config)
     targeted = _targeted(policy, live.deployments)
@@ -249,7 +250,8 @@ def reorder(policy: spec.Policy, applied: Mapping[str, Any]) -> list[Obj] | None
 def _plan_template(policy: spec.Policy, live: Live, config: render.RenderConfig) -> Plan:
     dname = spec.template_name(policy)
     found = live.deployments[0] if live.deployments else None
-    releases = _releases(live.prior_targets, set(), [dname])  # its own Deployment is never released
+    # its own Deployment is not released (release_body would find it owned by the policy, or absent)
+    releases = _releases(live.prior_targets, set(), [dname])
     try:
         want = render.rendered_template(policy, config, render.owner_reference(policy))
     except render.RenderProblem as e:

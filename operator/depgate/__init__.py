@@ -12,10 +12,13 @@ Follow one policy by file name:
   plan.py       what one reconcile writes, from what it read (pure)
   controller.py one reconcile of one policy: read, plan, write (through kube.py), status
   kube.py       the one adapter that talks to the API server
-  handlers.py   Kopf handlers: wire events to the controller
-  runner.py     `depgate run`: the operator's flags, then Kopf
+  wiring.py     the event wiring's decisions: which policies an event wakes, when a worker reconciles
+  handlers.py   Kopf handlers: feed watch events to wiring.py and reconciles to controller.py
+  settings.py   the operator's settings: one frozen object built from `depgate run`'s flags
+  runner.py     `depgate run`: parse the settings, then run Kopf
   echo.py, metrics.py  the policies watch's health check; Prometheus metrics
   render_cli.py, graph_cli.py  `depgate render` (files, offline) and `depgate graph` (live)
+  kubectl_plugin.py  `kubectl depgate`: why a gated pod is still in Init
   waiter/       `depgate wait ...`, the program inside every init container (stdlib only)
   dev/          `depgate dev up|down`: a real local control plane compiled from Go modules
 """

@@ -525,19 +525,10 @@ def targets_of(policy: spec.Policy, deployment_labels: Mapping[tuple[str, str], 
     return [spec.template_name(policy)]
 
 
-def policy_node(policy: spec.Policy | Mapping[str, Any],
+def policy_node(policy: spec.Policy,
                 deployment_labels: Mapping[tuple[str, str], Mapping[str, str]],
                 services: Collection[tuple[str, str]]) -> PolicyNode:
-    """A policy -> PolicyNode: its targets (targets_of) and its dependencies.
-
-    A raw DependencyPolicy object is still taken (parsed with spec.parse_policy; one that does not
-    parse gates nothing and waits on nothing) while callers move to spec.Policy."""
-    if not isinstance(policy, spec.Policy):
-        raw = policy
-        try:
-            policy = spec.parse_policy(raw)
-        except spec.SpecError:
-            return PolicyNode(*namespace_and_name(raw), [], [])
+    """A policy -> PolicyNode: its targets (targets_of) and its dependencies (dependencies)."""
     ns = policy.namespace or DEFAULT_NAMESPACE
     return PolicyNode(ns, policy.name, targets_of(policy, deployment_labels), dependencies(policy, ns, services))
 

@@ -93,8 +93,9 @@ def status_entry(policy: Obj | None, precondition: str) -> Obj:
     return {}
 
 
-def container_state(pod: Obj, container: str) -> str:
-    """What the kubelet says about one init container of the pod, in one line."""
+def container_state(pod: Obj, container: str, said: str = "") -> str:
+    """What the kubelet says about one init container of the pod, in one line (without the last
+    termination message when it is `said`, already shown)."""
     cs = next((c for c in _items(_get(pod, "status", "initContainerStatuses"))
                if isinstance(c, Mapping) and c.get("name") == container), None)
     if cs is None:
@@ -114,7 +115,7 @@ def container_state(pod: Obj, container: str) -> str:
     last = _get(cs, "lastState", "terminated")
     if isinstance(last, Mapping):
         message = " ".join(str(last.get("message") or "").split())
-        parts.append(f"last exit {last.get('exitCode')}" + (f": {message}" if message else ""))
+        parts.append(f"last exit {last.get('exitCode')}" + (f": {message}" if message and message != said else ""))
     return "; ".join(parts)
 
 
@@ -191,7 +192,8 @@ def explain(why: Why, now: datetime, tail: int = DEFAULT_TAIL) -> str:
     if detail is not None and detail.informative and (detail.reason, detail.message) != (
             entry.get("reason"), entry.get("message")):  # the pod tells more than the status (or else)
         lines.append(f"  pod says:      {detail.reason}: {detail.message}")
-    lines.append(f"  in this pod:   {container_state(pod, blocker)}")
+    said = f"{entry.get('reason')}: {entry.get('message')}" if entry else ""
+    lines.append(f"  in this pod:   {container_state(pod, blocker, said)}")
     later = [n for n in inits[position:] if precondition_of(n) is not None]
     if later:
         lines.append(f"  then:          {', '.join(later)}")

@@ -51,7 +51,7 @@ def test_why_names_the_container_policy_precondition_state_since_and_the_logs():
     assert "  state:         Blocking since 2026-12-01T12:56:48Z (3m12s ago)" in text
     assert "  reason:        Timeout" in text
     assert "  message:       Refused: connect to data-tier:6379: connection refused after 30s" in text
-    assert "  in this pod:   waiting (CrashLoopBackOff); restarted 3 times; last exit 124: " + REFUSED in text
+    assert "  in this pod:   waiting (CrashLoopBackOff); restarted 3 times; last exit 124\n" in text
     assert "  then:          depgate-dns" in text
     assert text.endswith("logs of depgate-redis-port (last 2 lines):\n  line 2\n  line 3\n")
 
@@ -81,6 +81,7 @@ def test_why_for_a_pod_past_depgate_or_on_someone_elses_init_container_or_withou
     orphan = explain(Why(pod(CRASHING, WAITING), "app", None, None, "x"), NOW)
     assert "policy:        none found (no DependencyPolicy claims Deployment app)" in orphan
     assert "state:" not in orphan and "  precondition:  redis-port\n" in orphan
+    assert f"last exit 124: {REFUSED}\n" in orphan  # no status said it: the pod's own words
     assert held(pod(CRASHING, WAITING))
     plain = pod(inits=())
     assert explain(Why(plain, "web", None, None, None), NOW) == (

@@ -269,7 +269,8 @@ def test_helm_install_then_upgrade_and_the_operator_gates_under_the_charts_servi
     kc = ["--kubeconfig", plane.kubeconfig]
 
     # install: --wait returns once the Deployment is available (kwok plays the kubelet)
-    helm.run("install", RELEASE, str(CHART), "-n", SYSTEM_NS, "--wait", "--timeout", "120s", *kc)
+    notes = helm.run("install", RELEASE, str(CHART), "-n", SYSTEM_NS, "--wait", "--timeout", "120s", *kc).stdout
+    assert f"runs as Deployment {SYSTEM_NS}/depgate, serving every namespace." in notes, notes
     assert _release(helm, plane)["status"] == "deployed"
     wait_crd_served(plane.kubectl, plane.kubeconfig, "crd/dependencypolicies.depgate.io")
     wait_aggregated(plane)
@@ -293,8 +294,9 @@ def test_helm_install_then_upgrade_and_the_operator_gates_under_the_charts_servi
     _no_refusals(op.log_text())
 
     # upgrade: serve only `apps` (RoleBinding there instead of the ClusterRoleBinding) with one more argument
-    helm.run("upgrade", RELEASE, str(CHART), "-n", SYSTEM_NS, "--wait", "--timeout", "120s",
-             "--set", "namespaces={apps}", "--set", "extraArgs={--resync-seconds=120}", *kc)
+    notes = helm.run("upgrade", RELEASE, str(CHART), "-n", SYSTEM_NS, "--wait", "--timeout", "120s",
+                     "--set", "namespaces={apps}", "--set", "extraArgs={--resync-seconds=120}", *kc).stdout
+    assert "serving the namespaces apps." in notes, notes
     release = _release(helm, plane)
     assert (release["status"], release["revision"]) == ("deployed", "2")
     assert plane.run_kubectl("get", "clusterrolebinding", "depgate-operator", check=False).returncode != 0

@@ -34,7 +34,8 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl lua5.1 >/dev/null; \
 	fi
-	@if [ "$${USE_EXISTING_CLUSTER:-}" != "true" ] && [ -z "$${KUBEBUILDER_ASSETS:-}" ]; then $(BIN)/depgate dev build; fi
+	@if [ "$${USE_EXISTING_CLUSTER:-}" != "true" ] && [ -z "$${KUBEBUILDER_ASSETS:-}" ]; then $(BIN)/depgate dev build; \
+	else $(BIN)/depgate dev build --only helm; fi
 
 checks: lint typecheck importlint
 

@@ -26,6 +26,10 @@ WAIT_ROLE_PREFIX = CONTAINER_PREFIX + "wait-"  # the Role and RoleBinding that l
 # Annotations on the Deployments depgate gates
 POLICY_ANNOTATION = f"{GROUP}/policy"  # the policy that claims the Deployment
 APPLIED_HASH_ANNOTATION = f"{GROUP}/applied"  # the hash of depgate's last apply body
+FINALIZER = f"{GROUP}/cleanup"  # on every policy: its on.delete handler releases its Deployments first
+
+# An API request (a custom watch's list included; not the watches) that takes longer fails and is retried
+REQUEST_TIMEOUT_SECONDS = 30.0
 
 # A precondition's state in status.preconditions[] (the operator's verdicts use the same words)
 SATISFIED = "Satisfied"

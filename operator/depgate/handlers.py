@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 
 from depgate import metrics, registry
-from depgate.constants import GROUP
+from depgate.constants import FINALIZER, GROUP
 from depgate.controller import Outcome, Reconciler, ReleaseFailed
 from depgate.echo import Echoes
 from depgate.kube import CONNECT_TIMEOUT, WATCH_SERVER_TIMEOUT, Kube, NamespaceTerminating
@@ -48,7 +48,6 @@ from depgate.wiring import (
 log = logging.getLogger("depgate")
 
 POLICIES = registry.DEPENDENCY_POLICY
-FINALIZER = f"{GROUP}/cleanup"  # on every policy: its on.delete handler releases its Deployments first
 
 WATCH_CLIENT_MARGIN_SECONDS = 30  # Kopf's client gives up on a watch request this long after the server should end it
 MAX_WORKERS = 8  # Kopf's threads for the synchronous handlers (login, cleanup, probe)

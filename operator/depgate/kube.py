@@ -22,13 +22,12 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from depgate.constants import FIELD_MANAGER
+from depgate.constants import FIELD_MANAGER, REQUEST_TIMEOUT_SECONDS
 from depgate.registry import API_KINDS, DEPENDENCY_POLICY
 
 log = logging.getLogger("depgate.kube")
 
 EVENT_COMPONENT = "depgate"  # the source of the Events depgate posts
-REQUEST_TIMEOUT_SECONDS = 30.0  # a request (a list of a custom watch included) that takes longer fails
 
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from depgate.constants import WAITER_IMAGE_ENV
+from depgate.constants import REQUEST_TIMEOUT_SECONDS, WAITER_IMAGE_ENV
 from depgate.render import DEFAULT_WAITER_IMAGE
 
 
@@ -110,7 +110,7 @@ class Settings:
         help="a status write the policies watch has not delivered back within this long fails the "
              "liveness probe (/healthz) until it does (default %(default)g)")
     request_timeout_seconds: float = _flag(
-        30.0, "--request-timeout-seconds", parse=float, check=_seconds, metavar="SECONDS",
+        REQUEST_TIMEOUT_SECONDS, "--request-timeout-seconds", parse=float, check=_seconds, metavar="SECONDS",
         help="an API request (depgate's reads and writes, a custom watch's list, Kopf's finalizer writes; not "
              "the watches) fails after this long, so that one on a connection that went silent is retried "
              "instead of hanging (default %(default)g)")

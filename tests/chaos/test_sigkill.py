@@ -170,8 +170,9 @@ class Killed(BaseException):
 @pytest.mark.chaos
 def test_sigkill_between_the_two_applies_leaves_the_users_init_containers_theirs(plane, api, namespace, operators,
                                                                                  report):
-    """For BeforeExisting with the user's own init containers, _apply_to applies twice: first naming
-    the user's entries too (to order the list), then ours only (to give theirs back). Until b6908cb the
+    """For BeforeExisting with the user's own init containers, the reconcile applies twice
+    (plan.target_writes, sent by Reconciler._send): first naming the user's entries too (to order the
+    list), then ours only (to give theirs back). Until b6908cb the
     first body already carried the final depgate.io/applied hash, so after a SIGKILL between the two
     the restarted operator found nothing to do: depgate co-owned the user's init containers for good,
     and the user's own apply that dropped one was refused (422 initContainers[1].image: Required)."""

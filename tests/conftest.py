@@ -10,6 +10,7 @@ USE_EXISTING_CLUSTER=true runs the same tests against $KUBECONFIG instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -59,10 +60,17 @@ def plane() -> Iterator[Plane]:
         yield Plane(kc, kubectl, server, pods=True)
         return
 
+    with own_plane("depgate-test-plane-") as p:
+        yield p
+
+
+@contextlib.contextmanager
+def own_plane(prefix: str) -> Iterator[Plane]:
+    """A control plane of `depgate dev` in a fresh state directory, torn down after."""
     from depgate.dev import build
     from depgate.dev import plane as devplane
 
-    state_dir = Path(tempfile.mkdtemp(prefix="depgate-test-plane-"))
+    state_dir = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         st = devplane.up(state_dir, die_with_parent=True)
     except (build.BuildError, devplane.PlaneError) as e:

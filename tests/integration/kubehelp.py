@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import textwrap
+from collections.abc import Iterator
 from typing import Any
 
 from tests.conftest import Plane, wait_for
@@ -96,3 +98,45 @@ def deployment(name: str, *, init: str = "", labels: str = "", replicas: int = 1
             image: node:20
             env: [{{name: REDIS_URL, value: "redis://data-tier:6379"}}]
     """
+
+
+HELD_MESSAGE = "Timeout: Refused: connect to data-tier:6379: connection refused after 30s"
+
+
+@contextlib.contextmanager
+def held_pods(plane: Plane, core: Any, ns: str, replicas: int) -> Iterator[list[Any]]:
+    """Deployment `app` gated by policy `app` (redis-port, then dns), its `replicas` pods on a node no
+    kubelet (nor kwok) manages, shown held in depgate-redis-port: the test plays the kubelet through
+    pods/status (restarted 3 times, last exit 124 with HELD_MESSAGE). Yields the pods; the node goes after."""
+    node = f"held-{ns}"[:63]
+    core.create_node({"metadata": {"name": node, "labels": {"type": "held"}}})
+    try:
+        # replicas 0 until gated: pods that no kubelet runs never finish a rolling update
+        apply(plane, ns, deployment("app", replicas=0).replace(
+            "containers:\n", f"nodeName: {node}\n          containers:\n", 1))
+        apply(plane, ns, policy("app", "app", "- name: redis-port\n  tcp: {host: data-tier, port: 6379}\n"
+                                              "- name: dns\n  dns: {name: data-tier}"))
+        wait_deployment(plane, ns, "app", lambda d: init_names(d) == ["depgate-redis-port", "depgate-dns"])
+        plane.run_kubectl("scale", "-n", ns, "deployment/app", f"--replicas={replicas}")
+
+        def gated() -> list[Any] | None:
+            pods = core.list_namespaced_pod(ns, label_selector="app=app").items
+            pods = [p for p in pods if p.spec.init_containers and p.spec.init_containers[0].name.startswith("depgate-")]
+            return pods if len(pods) == replicas else None
+
+        pods = wait_for(gated, 60, what=f"{replicas} gated pods")
+        for pod in pods:
+            core.patch_namespaced_pod_status(pod.metadata.name, ns, {"status": {
+                "phase": "Pending",
+                "conditions": [{"type": "Initialized", "status": "False"}, {"type": "Ready", "status": "False"}],
+                "initContainerStatuses": [
+                    {"name": "depgate-redis-port", "image": "depgate/depgate:test", "imageID": "", "ready": False,
+                     "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                     "lastState": {"terminated": {"exitCode": 124, "reason": "Error", "message": HELD_MESSAGE}}},
+                    {"name": "depgate-dns", "image": "depgate/depgate:test", "imageID": "", "ready": False,
+                     "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}},
+                ],
+            }})
+        yield pods
+    finally:
+        core.delete_node(node)

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from tests.conftest import (
     REPO,
     Plane,
     operator_token_kubeconfig,
+    own_plane,
     start_operator,
     stop_operator,
     wait_aggregated,
@@ -205,22 +205,10 @@ def test_values_image_ports_args_and_a_second_release_name(helm):
 def helm_plane() -> Iterator[Plane]:
     if os.environ.get("USE_EXISTING_CLUSTER", "").lower() == "true":
         pytest.skip("installs the chart under the names of manifests/: needs a cluster without them")
-    from depgate.dev import build
-    from depgate.dev import plane as devplane
-
-    state = Path(tempfile.mkdtemp(prefix="depgate-test-plane-helm-"))
-    try:
-        st = devplane.up(state, die_with_parent=True)
-    except (build.BuildError, devplane.PlaneError) as e:
-        shutil.rmtree(state, ignore_errors=True)
-        pytest.fail(f"could not start a control plane for the chart: {e}", pytrace=False)
-    bins, _ = devplane.find_binaries()
-    try:
-        if not st.pods:
+    with own_plane("depgate-test-plane-helm-") as p:
+        if not p.pods:
             pytest.skip("needs kube-controller-manager (role aggregation, ReplicaSets) and kwok")
-        yield Plane(st.kubeconfig, str(bins / "kubectl"), st.server, pods=st.pods)
-    finally:
-        devplane.down(state, quiet=True)
+        yield p
 
 
 POLICY = """

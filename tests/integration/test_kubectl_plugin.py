@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Plane, wait_for
-from tests.integration.kubehelp import apply, deployment, entry, init_names, policy, wait_deployment, wait_policy
+from tests.conftest import Plane
+from tests.integration.kubehelp import entry, held_pods, wait_policy
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
 PLUGIN = SCRIPTS / "kubectl-depgate"
-REFUSED = "Timeout: Refused: connect to data-tier:6379: connection refused after 30s"
 
 
 def kubectl(plane: Plane, *args: str) -> subprocess.CompletedProcess[str]:
@@ -52,39 +51,10 @@ def held(plane, api_client, operator, namespace):
     """Deployment `app` gated by policy `app` (redis-port, then dns); its one pod held in depgate-redis-port."""
     from kubernetes import client
 
-    core = client.CoreV1Api(api_client)
-    node = f"held-{namespace}"[:63]
-    core.create_node({"metadata": {"name": node, "labels": {"type": "held"}}})
-    try:
-        apply(plane, namespace, deployment("app", replicas=0).replace(
-            "containers:\n", f"nodeName: {node}\n          containers:\n", 1))
-        apply(plane, namespace, policy("app", "app", "      - name: redis-port\n"
-                                                      "        tcp: {host: data-tier, port: 6379}\n"
-                                                      "      - name: dns\n        dns: {name: data-tier}"))
-        wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["depgate-redis-port", "depgate-dns"])
-        plane.run_kubectl("scale", "-n", namespace, "deployment/app", "--replicas=1")
-
-        def gated_pod():
-            pods = core.list_namespaced_pod(namespace, label_selector="app=app").items
-            return [p for p in pods if p.spec.init_containers and p.spec.init_containers[0].name.startswith("depgate-")]
-
-        (pod,) = wait_for(gated_pod, 60, what="the gated pod")
-        core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
-            "phase": "Pending",
-            "conditions": [{"type": "Initialized", "status": "False"}, {"type": "Ready", "status": "False"}],
-            "initContainerStatuses": [
-                {"name": "depgate-redis-port", "image": "depgate/depgate:test", "imageID": "", "ready": False,
-                 "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                 "lastState": {"terminated": {"exitCode": 124, "reason": "Error", "message": REFUSED}}},
-                {"name": "depgate-dns", "image": "depgate/depgate:test", "imageID": "", "ready": False,
-                 "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}},
-            ],
-        }})
+    with held_pods(plane, client.CoreV1Api(api_client), namespace, replicas=1) as (pod,):
         wait_policy(plane, namespace, "app", lambda p: entry(p, "redis-port").get("blockedPods") == 1,
                     what="the pod counted as blocked")
         yield pod.metadata.name
-    finally:
-        core.delete_node(node)
 
 
 def test_why_pod_and_deploy_name_the_init_container_policy_precondition_and_say_logs_are_unavailable(

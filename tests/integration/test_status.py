@@ -17,6 +17,7 @@ from tests.integration.kubehelp import (
     deployment,
     entry,
     get,
+    held_pods,
     init_names,
     policy,
     wait_deployment,
@@ -231,38 +232,7 @@ def test_pods_held_in_an_init_container_show_up_as_blocked_pods(plane, api_clien
     """Pods on a node no kubelet (nor kwok) manages: the test plays the kubelet through pods/status."""
     from kubernetes import client
 
-    core = client.CoreV1Api(api_client)
-    node = f"held-{namespace}"[:63]
-    core.create_node({"metadata": {"name": node, "labels": {"type": "held"}}})
-    try:
-        # replicas 0 until gated: pods that no kubelet runs never finish a rolling update
-        apply(plane, namespace, deployment("app", replicas=0).replace(
-            "containers:\n", f"nodeName: {node}\n          containers:\n", 1))
-        apply(plane, namespace, policy("app", "app", "      - name: redis-port\n"
-                                                      "        tcp: {host: data-tier, port: 6379}\n"
-                                                      "      - name: dns\n        dns: {name: data-tier}"))
-        wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["depgate-redis-port", "depgate-dns"])
-        plane.run_kubectl("scale", "-n", namespace, "deployment/app", "--replicas=2")
-
-        def gated_pods():
-            pods = core.list_namespaced_pod(namespace, label_selector="app=app").items
-            pods = [p for p in pods if p.spec.init_containers and p.spec.init_containers[0].name.startswith("depgate-")]
-            return pods if len(pods) == 2 else None
-
-        pods = wait_for(gated_pods, 60, what="two gated pods")
-        message = "Timeout: Refused: connect to data-tier:6379: connection refused after 30s"
-        for pod in pods:
-            core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
-                "phase": "Pending",
-                "conditions": [{"type": "Initialized", "status": "False"}, {"type": "Ready", "status": "False"}],
-                "initContainerStatuses": [
-                    {"name": "depgate-redis-port", "image": "depgate/depgate:test", "imageID": "", "ready": False,
-                     "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                     "lastState": {"terminated": {"exitCode": 124, "reason": "Error", "message": message}}},
-                    {"name": "depgate-dns", "image": "depgate/depgate:test", "imageID": "", "ready": False,
-                     "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}},
-                ],
-            }})
+    with held_pods(plane, client.CoreV1Api(api_client), namespace, replicas=2):
         pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "redis-port").get("blockedPods") == 2,
                           what="2 blocked pods")
         e = entry(pol, "redis-port")
@@ -272,8 +242,6 @@ def test_pods_held_in_an_init_container_show_up_as_blocked_pods(plane, api_clien
         assert entry(pol, "dns")["blockedPods"] == 0
         assert pol["status"]["blocking"][0] == "redis-port"
         assert pol["status"]["pods"] == {"total": 2, "initializing": 2, "ready": 0}
-    finally:
-        core.delete_node(node)
 
 
 def test_examples_are_admitted_under_restricted_pod_security(plane, operator, namespace, needs_pods):

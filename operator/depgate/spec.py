@@ -436,6 +436,62 @@ def template_name(policy: Policy) -> str:
     return policy.name
 
 
+# --- what a policy makes depgate use or reveal ----------------------------------------------------------
+
+ObjectRef: TypeAlias = tuple[str, str]
+"""(field path in the policy, object name in the policy's namespace), e.g.
+("spec.preconditions[2].redis.passwordSecretRef", "payments-db")."""
+
+
+def _env_refs(env: Sequence[Mapping[str, Json]], path: str, source: str) -> list[ObjectRef]:
+    out: list[ObjectRef] = []
+    for i, entry in enumerate(env):
+        value_from = entry.get("valueFrom") if isinstance(entry, Mapping) else None
+        ref = value_from.get(source) if isinstance(value_from, Mapping) else None
+        name = ref.get("name") if isinstance(ref, Mapping) else None
+        if isinstance(name, str) and name:
+            out.append((f"{path}.env[{i}].valueFrom.{source}", name))
+    return out
+
+
+def secret_refs(policy: Policy) -> list[ObjectRef]:
+    """Every Secret the policy makes depgate use (render into a pod) or reveal (judge), in document order.
+
+    A redis `passwordSecretRef`, a `secret` precondition (its existence and key names), a command's
+    `env[].valueFrom.secretKeyRef`. Not the Secrets the target's own pod template already uses (a command's
+    `fromContainer` copies them: changing the workload is what the author needs the right to do), nor
+    those a `template` Deployment's pod spec names (whoever may create the Deployment may run its pods).
+    The authority check (depgate.authority) asks that the policy's author may `get` each of these.
+    """
+    out: list[ObjectRef] = []
+    for i, pre in enumerate(policy.preconditions):
+        at = f"spec.preconditions[{i}].{pre.type}"
+        body = pre.body
+        if isinstance(body, RedisCheck) and body.password_secret_ref is not None:
+            out.append((f"{at}.passwordSecretRef", body.password_secret_ref.name))
+        elif isinstance(body, SecretCheck):
+            out.append((at, body.name))
+        elif isinstance(body, CommandTask):
+            out += _env_refs(body.env, at, "secretKeyRef")
+    return out
+
+
+def config_map_refs(policy: Policy) -> list[ObjectRef]:
+    """Every ConfigMap the policy makes depgate use or reveal, like secret_refs: a `configMap`
+    precondition, an http `caConfigMap`, a command's `env[].valueFrom.configMapKeyRef`."""
+    out: list[ObjectRef] = []
+    for i, pre in enumerate(policy.preconditions):
+        at = f"spec.preconditions[{i}].{pre.type}"
+        body = pre.body
+        if isinstance(body, ConfigMapCheck):
+            out.append((at, body.name))
+        elif isinstance(body, HTTPCheck) and body.ca_config_map is not None:
+            out.append((f"{at}.caConfigMap", body.ca_config_map.name))
+        elif isinstance(body, CommandTask):
+            out += _env_refs(body.env, at, "configMapKeyRef")
+    return out
+
+
 # --- parsing -----------------------------------------------------------------------------------------
 
 

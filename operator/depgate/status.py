@@ -244,7 +244,24 @@ def _pod_side(info: PreconditionInfo, gates: Sequence[PodGate],
         return _PodSide(UNKNOWN, "NoPods", "no pods of the targets exist", 0)
     if not any(_get(c, "name") == cname for p in pods for c in _list(_get(p, "spec", "initContainers"))):
         return _PodSide(PENDING, "NotInPods", f"no pod has init container {cname} yet", 0)
+    unschedulable = [u for p in pods if (u := _unschedulable(p)) is not None]
+    if unschedulable:
+        # the scheduler's word, not "NotReached": nothing in the policy is in the way, the pods never
+        # got a node (requests above every node's capacity, a taint, an affinity nobody meets, ...)
+        first_name, why = min(unschedulable)
+        more = f" (and {_plural(len(unschedulable) - 1, 'more pod')})" if len(unschedulable) > 1 else ""
+        return _PodSide(PENDING, "Unschedulable", f"pod {first_name}{more} cannot be scheduled: {why}", 0)
     return _PodSide(PENDING, "NotReached", f"no pod has reached init container {cname} yet", 0)
+
+
+def _unschedulable(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(pod name, the scheduler's message) when the pod's PodScheduled condition is False because it
+    is Unschedulable."""
+    for cond in _list(_get(pod, "status", "conditions")):
+        if (isinstance(cond, Mapping) and cond.get("type") == "PodScheduled" and str(cond.get("status")) == "False"
+                and cond.get("reason") == "Unschedulable"):
+            return str(_get(pod, "metadata", "name") or ""), str(cond.get("message") or "no message")
+    return None
 
 
 # --------------------------------------------------------------------------- status

@@ -318,6 +318,22 @@ def test_network_not_reached_is_pending() -> None:
     assert (e["state"], e["reason"], e["blockedPods"]) == ("Pending", "NotReached", 0)
 
 
+def test_unschedulable_pods_say_the_schedulers_message_instead_of_not_reached() -> None:
+    msg = "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available"
+    pods = []
+    for name in ("b", "a"):
+        p = pod(name, ("depgate-db", None))
+        p["status"]["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                          "message": msg})
+        pods.append(p)
+    e = entry(status(pods=pods), "db")
+    assert (e["state"], e["reason"], e["blockedPods"]) == ("Pending", "Unschedulable", 0)
+    assert e["message"] == f"pod a (and 1 more pod) cannot be scheduled: {msg}"
+    pods[0]["status"]["conditions"][-1]["reason"] = "SchedulingGated"  # not the scheduler refusing
+    pods.pop()
+    assert entry(status(pods=pods), "db")["reason"] == "NotReached"
+
+
 def test_pods_without_our_container_yet() -> None:
     e = entry(status(pods=[ready_pod("old", "user-init")]), "db")
     assert (e["state"], e["reason"]) == ("Pending", "NotInPods")

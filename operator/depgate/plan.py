@@ -20,7 +20,13 @@ the plan but pure functions here, which the executor calls with the answer:
   `reorder(policy, applied)` looks at the Deployment the last apply returned.
 - the wait RBAC. Its RoleBinding names the ServiceAccounts of the Deployments actually gated (an
   apply the server refused gates nothing): `wait_rbac(policy, gated)`, each body sent unless the
-  live object already `holds` it.
+  live object already `holds` it. It binds the shipped ClusterRole VERDICT_READER: depgate writes
+  no Role (see wait_rbac).
+
+Two decisions come before any write, from what was read: a policy in a protected namespace
+(`--protected-namespaces`) changes nothing (`Live.protected`); and who gates a Deployment two
+policies target (`Live.rivals`): an explicit workloadRef wins over a selector, whatever came first;
+among equals (two workloadRefs, two selectors) the first claim wins and the other reports Conflict.
 Why not plan the whole reconcile again on each answer instead: the answer of the first of two
 applies is not up to date by design (its hash says "ordering"), and a misordered answer would be
 planned as another apply where one JSON patch is what is meant; the sequence decided would not be
@@ -40,8 +46,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from depgate import registry, render, spec, status
-from depgate.constants import API_VERSION, APPLIED_HASH_ANNOTATION, GROUP, KIND, PLURAL, POLICY_ANNOTATION
+from depgate import registry, render, spec, status, verdicts
+from depgate.constants import API_VERSION, APPLIED_HASH_ANNOTATION, KIND, POLICY_ANNOTATION
 from depgate.graph import DEPENDENCY_CYCLE
 
 Obj = dict[str, Any]
@@ -62,6 +68,19 @@ INVALID_SPEC: Final = "InvalidSpec"
 INVALID_TEMPLATE: Final = "InvalidTemplate"
 REFUSED: Final = "Refused"  # the API server refused the rendered Deployment (400/422)
 RETRYING: Final = "Retrying"
+PROTECTED: Final = "ProtectedNamespace"  # the policy's namespace is in --protected-namespaces
+PREEMPTED: Final = "Preempted"  # note: a Deployment a selector matches is left to a workloadRef naming it
+PRECEDENCE: Final = "TakesPrecedence"  # note: this workloadRef gates a Deployment a selector also matches
+FORBIDDEN: Final = "Forbidden"  # RBAC refused a write (template mode where it is not enabled)
+
+# How a rival policy targets a Deployment (Live.rivals).
+WORKLOAD_REF: Final = "workloadRef"
+SELECTOR: Final = "selector"
+# The ClusterRole the verdict waiters' RoleBindings grant (manifests/base/operator-role.yaml) and the
+# one that enables template mode in a namespace (the operator holds no `create` on Deployments otherwise).
+VERDICT_READER: Final = "depgate-verdict-reader"
+TEMPLATE_CREATOR: Final = "depgate-template-creator"
+VERDICT_BINDING_PREFIX: Final = "depgate-verdict-"
 
 
 # --------------------------------------------------------------------------- what was read, what to write
@@ -76,6 +95,11 @@ class Live:
     deployments: Sequence[Mapping[str, Any]]
     prior_targets: Sequence[str] = ()  # status.targets as last written
     claimants: Mapping[str, bool] = field(default_factory=dict)  # see claimants(): does that policy exist?
+    # Deployment name -> {other policy of the namespace: WORKLOAD_REF | SELECTOR} for every other live,
+    # valid policy whose workloadRef names it or whose selector matches it (see rivals()).
+    rivals: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # The namespaces depgate never gates (settings.protected_namespaces, resolved: wiring.protected).
+    protected: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,7 @@ class Problem:
     message: str
     stalls: str | None = None
     retry_after: float | None = None
+    note: bool = False  # only said (in the Applied message): it keeps nothing from being applied
 
 
 @dataclass(frozen=True)
@@ -147,11 +172,13 @@ class Progress:
         return later[-1] if later else None
 
     def applied(self) -> status.AppliedState:
-        if self.problems:
-            return status.AppliedState(False, self.problems[0].reason, self.problems[0].message)
+        real = [p for p in self.problems if not p.note]
+        notes = "".join(f"; {p.message}" for p in self.problems if p.note)
+        if real:
+            return status.AppliedState(False, real[0].reason, real[0].message + notes)
         n = len(self.gated)
         return status.AppliedState(True, APPLIED, f"init containers in place on {n} Deployment"
-                                   + ("s" if n != 1 else ""))
+                                   + ("s" if n != 1 else "") + notes)
 
     def stalled(self, cycle: str | None) -> status.Stalled | None:
         """The first problem a person must act on; else the dependency cycle the policy is in, if any."""
@@ -188,23 +215,45 @@ def claimants(policy: spec.Policy, deployments: Sequence[Mapping[str, Any]]) -> 
 
 def plan(policy: spec.Policy, live: Live, config: render.RenderConfig) -> Plan:
     """Every write one reconcile of `policy` makes, given what it read (see the module docstring)."""
+    if policy.namespace in live.protected:
+        return Plan((), (protected(policy.namespace, live.protected),), (), None, ())
     if isinstance(policy.target, spec.Template):
         return _plan_template(policy, live, config)
     targeted = _targeted(policy, live.deployments)
     problems: list[Problem] = []
-    if not targeted and isinstance(policy.target, spec.WorkloadRef):
+    left: set[str] = set()
+    if isinstance(policy.target, spec.Selector):
+        # a Deployment a workloadRef names is that policy's, whoever claimed it first: not targeted,
+        # not released (the workloadRef's apply takes it over in one write), said in a note
+        for d in targeted:
+            refs = sorted(p for p, how in (live.rivals.get(_name(d)) or {}).items() if how == WORKLOAD_REF)
+            if refs:
+                left.add(_name(d))
+                problems.append(Problem(PREEMPTED, f"deployment {_name(d)} is left to DependencyPolicy {refs[0]}, "
+                                                   "whose workloadRef takes precedence over this selector",
+                                        note=True))
+        targeted = [d for d in targeted if _name(d) not in left]
+    elif isinstance(policy.target, spec.WorkloadRef) and targeted:
+        sels = sorted(p for p, how in (live.rivals.get(policy.target.name) or {}).items() if how == SELECTOR)
+        if sels:
+            problems.append(Problem(PRECEDENCE, f"the selector of DependencyPolicy {', '.join(sels)} also matches "
+                                                f"deployment {policy.target.name}; this workloadRef takes "
+                                                "precedence", note=True))
+    if not targeted and left:
+        pass  # every match is left to a workloadRef: said in the notes
+    elif not targeted and isinstance(policy.target, spec.WorkloadRef):
         problems.append(Problem(TARGET_NOT_FOUND, f"deployment {policy.target.name} not found; depgate applies as "
                                                   "soon as it appears"))
     elif not targeted:
         problems.append(Problem(TARGET_NOT_FOUND, "no Deployment in the namespace matches spec.selector"))
-    writes = tuple(_target_write(policy, d, config, live.claimants) for d in targeted)
+    writes = tuple(_target_write(policy, d, config, live) for d in targeted)
     # The namespace's list is at hand: a Deployment gated by a reconcile whose status write never
     # happened (the operator killed in between) is released too, not only those status.targets names.
     claimed = {_name(d) for d in live.deployments if claim_of(d) == policy.name} \
         if isinstance(policy.target, spec.Selector) else set()
     return Plan(wanted=(policy.target.name,) if isinstance(policy.target, spec.WorkloadRef) else (),
                 problems=tuple(problems), targets=writes, template=None,
-                releases=_releases(live.prior_targets, claimed, [w.name for w in writes]))
+                releases=_releases(live.prior_targets, claimed, [w.name for w in writes], keep=left))
 
 
 def target_writes(policy: spec.Policy, dep: Mapping[str, Any], config: render.RenderConfig) -> TargetWrite:
@@ -269,12 +318,38 @@ def _plan_template(policy: spec.Policy, live: Live, config: render.RenderConfig)
 
 
 def _target_write(policy: spec.Policy, dep: Mapping[str, Any], config: render.RenderConfig,
-                  exists: Mapping[str, bool]) -> TargetWrite:
+                  live: Live) -> TargetWrite:
     claim = claim_of(dep)
-    if claim and claim != policy.name and exists.get(claim):
+    if claim and claim != policy.name and live.claimants.get(claim) and not _takes_over(policy, dep, claim, live):
         msg = f"deployment {_name(dep)} is already gated by DependencyPolicy {claim}; this policy leaves it alone"
         return TargetWrite(_name(dep), dep, problem=Problem(CONFLICT, msg, stalls=CONFLICT))
     return target_writes(policy, dep, config)
+
+
+def _takes_over(policy: spec.Policy, dep: Mapping[str, Any], claim: str, live: Live) -> bool:
+    """A workloadRef takes a Deployment over from the selector policy that claimed it first (never
+    from another workloadRef naming it, nor a template-mode policy's own Deployment)."""
+    if not isinstance(policy.target, spec.WorkloadRef):
+        return False
+    if any(o.get("kind") == KIND for o in _meta(dep).get("ownerReferences") or []):
+        return False
+    return (live.rivals.get(_name(dep)) or {}).get(claim) == SELECTOR
+
+
+def rivals(policy: spec.Policy, deployments: Sequence[Mapping[str, Any]],
+           others: Iterable[spec.Policy]) -> dict[str, dict[str, str]]:
+    """Live.rivals: for each of `deployments`, the other policies (of the same namespace, valid) that
+    target it, and how (WORKLOAD_REF or SELECTOR). Template-mode policies target only their own."""
+    out: dict[str, dict[str, str]] = {}
+    for other in others:
+        if other.name == policy.name or other.namespace != policy.namespace:
+            continue
+        for d in deployments:
+            if isinstance(other.target, spec.WorkloadRef) and other.target.name == _name(d):
+                out.setdefault(_name(d), {})[other.name] = WORKLOAD_REF
+            elif isinstance(other.target, spec.Selector) and other.target.matches(_meta(d).get("labels")):
+                out.setdefault(_name(d), {})[other.name] = SELECTOR
+    return out
 
 
 def _targeted(policy: spec.Policy, deployments: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -283,8 +358,9 @@ def _targeted(policy: spec.Policy, deployments: Sequence[Mapping[str, Any]]) -> 
     return list(deployments)
 
 
-def _releases(prior: Iterable[str], claimed: set[str], current: Sequence[str]) -> tuple[str, ...]:
-    return tuple(sorted((set(prior) | claimed) - set(current)))
+def _releases(prior: Iterable[str], claimed: set[str], current: Sequence[str],
+              keep: Iterable[str] = ()) -> tuple[str, ...]:
+    return tuple(sorted((set(prior) | claimed) - set(current) - set(keep)))
 
 
 # --------------------------------------------------------------------------- problems met while writing
@@ -304,6 +380,22 @@ def apply_failed(dname: str, reason: str, message: str) -> Problem:
 def kept_changing(dname: str) -> Problem:
     return Problem(RETRYING, f"deployment {dname} kept changing while depgate applied; retrying",
                    retry_after=KEPT_CHANGING_RETRY_SECONDS)
+
+
+def protected(namespace: str, protected_namespaces: Iterable[str]) -> Problem:
+    return Problem(PROTECTED, f"namespace {namespace} is protected (--protected-namespaces: "
+                              f"{', '.join(sorted(protected_namespaces))}): depgate gates nothing here, so that "
+                              "it can never hold back itself or the cluster's system components; nothing was "
+                              "applied", stalls=PROTECTED)
+
+
+def template_forbidden(namespace: str, dname: str, message: str,
+                       operator_namespace: str = verdicts.DEFAULT_OPERATOR_NAMESPACE) -> Problem:
+    """Template mode in a namespace where the operator may not create Deployments (not enabled)."""
+    return Problem(FORBIDDEN, f"deployment {dname}: depgate may not create Deployments in namespace {namespace} "
+                              f"({message}); template mode is enabled per namespace: kubectl create rolebinding "
+                              f"{TEMPLATE_CREATOR} -n {namespace} --clusterrole={TEMPLATE_CREATOR} "
+                              f"--serviceaccount={operator_namespace}:depgate", stalls=FORBIDDEN)
 
 
 def invalid_template(message: str) -> Problem:
@@ -330,25 +422,37 @@ def release_body(policy_name: str, dep: Mapping[str, Any] | None) -> Obj | None:
             "metadata": {"name": md["name"], "namespace": md["namespace"], "resourceVersion": md["resourceVersion"]}}
 
 
+def verdict_binding_name(policy_name: str) -> str:
+    """The RoleBinding that lets the targets' pods read their policy's verdicts: `depgate-verdict-<policy>`
+    (a hash-suffixed truncation over 253 characters). Not the `depgate-wait-<policy>` of the Role and
+    RoleBinding depgate wrote before: a RoleBinding's roleRef cannot change, so the new one is a new object."""
+    return render.derived_name(VERDICT_BINDING_PREFIX, policy_name)
+
+
 def wait_rbac(policy: spec.Policy, gated: Sequence[Mapping[str, Any]]) -> list[Obj]:
-    """A Role that can read this one policy, bound to the gated Deployments' ServiceAccounts, owned by
-    the policy: what `depgate wait verdict` needs. None without an operator-judged precondition."""
+    """A RoleBinding of the ClusterRole VERDICT_READER (get and watch DependencyPolicies) for the gated
+    Deployments' ServiceAccounts, in the policy's namespace, owned by the policy: what `depgate wait
+    verdict` needs. None without an operator-judged precondition.
+
+    depgate writes no Role: it may create and patch RoleBindings only, and the API server's escalation
+    prevention lets it bind a role only when it holds every right in it itself (it holds get/watch on
+    DependencyPolicies). The price: a shared ClusterRole cannot name one policy, so those
+    ServiceAccounts may read every DependencyPolicy of their namespace (specs and statuses, which hold
+    no Secret's value), where the per-policy Role named the one policy (resourceNames)."""
     if not gated or not any(p.judged_by_operator for p in policy.preconditions):
         return []
-    ns, rname = policy.namespace, render.wait_role_name(policy.name)
+    ns = policy.namespace
     owner = [{"apiVersion": API_VERSION, "kind": KIND, "name": policy.name, "uid": policy.uid,
               "controller": True, "blockOwnerDeletion": True}]
-    metadata = {"name": rname, "namespace": ns, "ownerReferences": owner, "labels": dict(MANAGED_BY)}
-    rules = [{"apiGroups": [GROUP], "resources": [PLURAL], "resourceNames": [policy.name],
-              "verbs": ["get", "list", "watch"]}]
+    metadata = {"name": verdict_binding_name(policy.name), "namespace": ns, "ownerReferences": owner,
+                "labels": dict(MANAGED_BY)}
     accounts = sorted({_pod(d).get("serviceAccountName") or "default" for d in gated})
-    role: Obj = {"apiVersion": registry.ROLE.api_version, "kind": registry.ROLE.kind, "metadata": metadata,
-                 "rules": rules}
     binding: Obj = {"apiVersion": registry.ROLE_BINDING.api_version, "kind": registry.ROLE_BINDING.kind,
-                    "metadata": copy.deepcopy(metadata),
-                    "roleRef": {"apiGroup": registry.ROLE.group, "kind": registry.ROLE.kind, "name": rname},
+                    "metadata": metadata,
+                    "roleRef": {"apiGroup": registry.ROLE_BINDING.group, "kind": "ClusterRole",
+                                "name": VERDICT_READER},
                     "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns} for sa in accounts]}
-    return [role, binding]
+    return [binding]
 
 
 def holds(live: Mapping[str, Any] | None, want: Mapping[str, Any]) -> bool:
@@ -423,10 +527,21 @@ def claim_of(dep: Mapping[str, Any]) -> str | None:
 
 
 def custom_resources(policy: spec.Policy, namespace: str) -> list[CustomKey]:
-    """The custom resources the policy's `resource` preconditions name, in declared order, once each:
-    what its custom-resource watches must hear."""
-    return list(dict.fromkeys((p.body.api_version, p.body.kind, namespace, p.body.name)
-                              for p in policy.preconditions if isinstance(p.body, spec.ResourceCheck)))
+    """The objects the policy's `resource` and `secret` preconditions name, in declared order, once
+    each: what its shared per-namespace watches must hear.
+
+    Secrets are watched like custom resources, one watch per namespace where a policy needs one,
+    not by a cluster-wide watch: the operator may read Secrets only in the namespaces where
+    depgate-secret-reader is bound to it (a refused watch is retried; the precondition says Forbidden
+    meanwhile, naming the RoleBinding to create)."""
+    out: list[CustomKey] = []
+    for p in policy.preconditions:
+        if isinstance(p.body, spec.ResourceCheck):
+            out.append((p.body.api_version, p.body.kind, namespace, p.body.name))
+        elif registry.PRECONDITION_TYPES[p.type].shared_watch and hasattr(p.body, "named_object"):
+            api_version, kind, name = p.body.named_object()
+            out.append((api_version, kind, namespace, name))
+    return list(dict.fromkeys(out))
 
 
 def fresher(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:

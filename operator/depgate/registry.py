@@ -128,6 +128,9 @@ class PreconditionType:
         writes the verdict into the policy's status; the init container waits for Satisfied).
     watches: the built-in kinds whose events can change its verdict (operator-judged types).
     custom_kind: the kind it names is given in the precondition (a custom resource, on a shared watch).
+    shared_watch: the built-in kind it names is watched like a custom resource, one shared watch per
+        namespace that a policy needs (plan.custom_resources), never cluster-wide: Secrets, which the
+        operator may read only where a namespace admin bound depgate-secret-reader to it.
     waiter: the `depgate wait <waiter>` subcommand of its init container; None when the init container
         runs the user's own image and command.
     shared_volume: it writes into the policy's shared volume (spec.sharedVolume is then mounted).
@@ -140,6 +143,7 @@ class PreconditionType:
     custom_kind: bool = False
     waiter: str | None = None
     shared_volume: bool = False
+    shared_watch: bool = False
 
     @property
     def judged_by_operator(self) -> bool:
@@ -150,8 +154,10 @@ def _in_pod(name: str, group: str, waiter: str | None, shared_volume: bool = Fal
     return PreconditionType(name, group, JUDGED_IN_POD, waiter=waiter, shared_volume=shared_volume)
 
 
-def _by_operator(name: str, watches: tuple[ApiKind, ...] = (), custom_kind: bool = False) -> PreconditionType:
-    return PreconditionType(name, API, JUDGED_BY_OPERATOR, watches, custom_kind, VERDICT_WAITER)
+def _by_operator(name: str, watches: tuple[ApiKind, ...] = (), custom_kind: bool = False,
+                 shared_watch: bool = False) -> PreconditionType:
+    return PreconditionType(name, API, JUDGED_BY_OPERATOR, watches, custom_kind, VERDICT_WAITER,
+                            shared_watch=shared_watch)
 
 
 PRECONDITION_TYPES: Final[Mapping[str, PreconditionType]] = {
@@ -163,7 +169,7 @@ PRECONDITION_TYPES: Final[Mapping[str, PreconditionType]] = {
         _in_pod("dns", NETWORK, "dns"),
         _by_operator("service", (SERVICE, ENDPOINT_SLICE)),
         _by_operator("job", (JOB,)),
-        _by_operator("secret", (SECRET,)),
+        _by_operator("secret", shared_watch=True),  # no cluster-wide watch of Secrets
         _by_operator("configMap", (CONFIG_MAP,)),
         _by_operator("workload", tuple(w.api for w in WORKLOAD_KINDS.values())),
         _by_operator("resource", custom_kind=True),

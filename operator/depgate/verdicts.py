@@ -246,6 +246,30 @@ def judge_keys(kind: str, name: str, obj: Mapping[str, Any] | None, keys: Iterab
     return Verdict(SATISFIED, "KeysPresent", f"{label} {name} has {_plural(len(wanted), 'key')}")
 
 
+# --------------------------------------------------------------------------- refused reads
+
+SECRET_READER: Final = "depgate-secret-reader"  # the ClusterRole a namespace admin binds to enable `secret`
+DEFAULT_OPERATOR_NAMESPACE: Final = "depgate-system"
+
+
+def forbidden(kind: str, name: str, namespace: str, message: str,
+              operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE) -> Verdict:
+    """RBAC refused the operator's read of what a precondition names: Blocking, saying what to grant.
+
+    Secrets: the operator reads them only in namespaces where depgate-secret-reader is bound to it
+    (no cluster-wide read of every Secret); the message gives the one command a namespace admin runs.
+    Anything else (a custom resource): a ClusterRole labelled depgate.io/aggregate-to-operator."""
+    if kind == registry.SECRET.kind:
+        return Verdict(BLOCKING, "Forbidden",
+                       f"depgate may not read secret {name} ({_clip(message)}): `secret` preconditions are enabled "
+                       f"per namespace; a namespace admin runs: kubectl create rolebinding {SECRET_READER} "
+                       f"-n {namespace} --clusterrole={SECRET_READER} "
+                       f"--serviceaccount={operator_namespace}:depgate")
+    return Verdict(BLOCKING, "Forbidden",
+                   f"depgate may not read what this precondition names ({message}); grant it with a ClusterRole "
+                   'labelled depgate.io/aggregate-to-operator: "true"')
+
+
 # --------------------------------------------------------------------------- workload
 
 

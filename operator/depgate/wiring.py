@@ -102,6 +102,18 @@ def respecified(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
     return old is None or _meta(new).get("generation") != _meta(old).get("generation") or deleting(new)
 
 
+SYSTEM_NAMESPACE = "kube-system"
+
+
+def protected(configured: Sequence[str], operator_namespace: str) -> frozenset[str]:
+    """The namespaces no policy may gate (settings.protected_namespaces): the ones given, else the
+    operator's own namespace and kube-system. A policy there changes nothing (plan.Live.protected): it
+    could otherwise hold back the operator itself (its next pod waiting on a verdict only the operator
+    writes) or the cluster's system components."""
+    names = [n.strip() for n in configured if n.strip()]
+    return frozenset(names) if names else frozenset({operator_namespace, SYSTEM_NAMESPACE})
+
+
 def watched_objects(policy: spec.Policy, namespace: str) -> set[ObjectKey]:
     """The objects whose events must wake `policy` (of `namespace`): what its preconditions name."""
     return {d.key(namespace) for d in graph.dependencies(policy, namespace)}
@@ -329,6 +341,11 @@ class Wiring:
         not parse gates nothing and waits on nothing: it is on no cycle)."""
         return (list(self.parsed.values()), dict(self.deployment_labels), dict(self.services),
                 dict(self.workload_labels))
+
+    def policies_in(self, namespace: str) -> list[spec.Policy]:
+        """The valid policies of a namespace, for plan.rivals (who else targets a Deployment). Called
+        from reconciles' threads: it iterates over a copy."""
+        return [p for (ns, _), p in list(self.parsed.items()) if ns == namespace]
 
     def _learn(self, key: Key, obj: Mapping[str, Any]) -> None:
         """Keep `obj` as the policy's newest copy, and what its spec names."""

@@ -258,13 +258,20 @@ def test_a_template_that_cannot_be_rendered_stalls_as_an_invalid_spec() -> None:
 # --------------------------------------------------------------------------- the wait RBAC
 
 
-def test_the_wait_rbac_binds_the_gated_deployments_service_accounts() -> None:
+def test_the_wait_rbac_binds_the_shipped_cluster_role_to_the_gated_deployments_service_accounts() -> None:
     pol = policy(preconditions=[SECRET])
-    role, binding = plan.wait_rbac(pol, [deployment("a", sa="api"), deployment("b"), deployment("c", sa="api")])
-    assert role["kind"] == "Role" and role["rules"][0]["resourceNames"] == ["p"]
-    assert role["metadata"]["name"] == render.wait_role_name("p") == binding["roleRef"]["name"]
+    (binding,) = plan.wait_rbac(pol, [deployment("a", sa="api"), deployment("b"), deployment("c", sa="api")])
+    # no Role: the operator writes RoleBindings of depgate-verdict-reader only (it holds get/watch on policies)
+    assert binding["kind"] == "RoleBinding" and binding["metadata"]["name"] == "depgate-verdict-p"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": plan.VERDICT_READER}
     assert [s["name"] for s in binding["subjects"]] == ["api", "default"]
-    assert role["metadata"]["ownerReferences"][0]["uid"] == "uid-p"
+    assert binding["metadata"]["ownerReferences"][0]["uid"] == "uid-p"
+    # a new name: the old depgate-wait-<policy> RoleBinding's roleRef (a Role) cannot be changed
+    assert plan.verdict_binding_name("p") != render.wait_role_name("p")
+    long_a, long_b = "p" * 245 + "-one", "p" * 245 + "-two"
+    assert plan.verdict_binding_name(long_a) != plan.verdict_binding_name(long_b)
+    assert len(plan.verdict_binding_name(long_a)) <= 253
 
 
 def test_no_wait_rbac_without_an_operator_judged_precondition_or_anything_gated() -> None:
@@ -273,7 +280,7 @@ def test_no_wait_rbac_without_an_operator_judged_precondition_or_anything_gated(
 
 
 def test_a_live_object_with_server_fields_holds_what_we_want_a_changed_one_does_not() -> None:
-    _, binding = plan.wait_rbac(policy(preconditions=[SECRET]), [deployment()])
+    (binding,) = plan.wait_rbac(policy(preconditions=[SECRET]), [deployment()])
     live = copy.deepcopy(binding)
     live["metadata"].update(uid="u", resourceVersion="5", creationTimestamp="2026-01-01T00:00:00Z")
     assert plan.holds(live, binding)
@@ -316,3 +323,102 @@ def test_the_custom_resources_a_policy_names_come_once_each_in_declared_order() 
                                 resource("c", "Widget", "w2")])
     assert plan.custom_resources(pol, NS) == [("example.com/v1", "Widget", NS, "w2"),
                                              ("example.com/v1", "Gadget", NS, "g")]
+
+
+def test_secret_preconditions_are_watched_per_namespace_with_the_custom_resources() -> None:
+    pol = policy(preconditions=[SECRET, {"name": "w", "resource": {"apiVersion": "example.com/v1", "kind": "Widget",
+                                                                 "name": "w", "condition": "Ready"}},
+                                {"name": "again", "secret": {"name": "creds"}}])
+    assert plan.custom_resources(pol, NS) == [("v1", "Secret", NS, "creds"), ("example.com/v1", "Widget", NS, "w")]
+
+
+# --------------------------------------------------------------------------- protected namespaces
+
+
+def test_a_policy_in_a_protected_namespace_changes_nothing_and_says_why() -> None:
+    pol = policy()
+    live = plan.Live([deployment()], prior_targets=("app",), protected=frozenset({NS, "kube-system"}))
+    p = plan.plan(pol, live, CONFIG)
+    assert p.applies == [] and p.targets == () and p.releases == () and p.template is None
+    (problem,) = p.problems
+    assert (problem.reason, problem.stalls) == (plan.PROTECTED, plan.PROTECTED)
+    assert f"namespace {NS} is protected" in problem.message and "kube-system" in problem.message
+    tmpl = policy(target={"template": {"spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {
+        "metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}})
+    assert plan.plan(tmpl, plan.Live([], protected=frozenset({NS})), CONFIG).applies == []
+    assert plan.plan(pol, plan.Live([deployment()], protected=frozenset({"kube-system"})), CONFIG).applies
+
+
+# --------------------------------------------------------------------------- workloadRef over selector
+
+
+SEL = {"selector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]}}  # every Deployment here
+
+
+def test_a_selector_leaves_a_deployment_a_workloadref_names_even_when_it_claimed_it_first() -> None:
+    broad = policy("broad", target=SEL)
+    mine = policy("mine")
+    deps = [gated(broad, deployment("app", claim="broad")), deployment("other")]
+    live = plan.Live(deps, prior_targets=("app", "other"), rivals=plan.rivals(broad, deps, [mine, broad]))
+    p = plan.plan(broad, live, CONFIG)
+    assert [t.name for t in p.targets] == ["other"]
+    assert p.releases == ()  # not released: mine's apply takes it over in one write (one rollout)
+    (note,) = p.problems
+    assert note.note and note.reason == plan.PREEMPTED and "left to DependencyPolicy mine" in note.message
+    done = plan.Progress(problems=list(p.problems), gated=[deps[1]])
+    assert done.applied().ok and "left to DependencyPolicy mine" in done.applied().message
+    assert done.stalled(None) is None
+
+
+def test_a_workloadref_takes_its_deployment_over_from_a_selector_and_says_so() -> None:
+    broad = policy("broad", target=SEL)
+    mine = policy("mine")
+    dep = gated(broad, deployment("app", claim="broad"))
+    live = plan.Live([dep], claimants={"broad": True}, rivals=plan.rivals(mine, [dep], [broad, mine]))
+    p = plan.plan(mine, live, CONFIG)
+    (target,) = p.targets
+    assert target.problem is None and target.applies
+    assert target.applies[-1]["metadata"]["annotations"][POLICY_ANNOTATION] == "mine"
+    (note,) = p.problems
+    assert note.note and note.reason == plan.PRECEDENCE and "DependencyPolicy broad" in note.message
+    # and once it holds the claim, the note stays (both statuses say it)
+    held = gated(mine, deployment("app", claim="mine"))
+    again = plan.plan(mine, plan.Live([held], rivals=plan.rivals(mine, [held], [broad])), CONFIG)
+    assert again.applies == [] and [n.reason for n in again.problems] == [plan.PRECEDENCE]
+
+
+def test_among_equals_the_first_claim_wins() -> None:
+    first, second = policy("first"), policy("second")
+    dep = gated(first, deployment("app", claim="first"))
+    live = plan.Live([dep], claimants={"first": True}, rivals=plan.rivals(second, [dep], [first]))
+    (target,) = plan.plan(second, live, CONFIG).targets
+    assert target.problem is not None and target.problem.reason == plan.CONFLICT and not target.applies
+    s1, s2 = policy("s1", target={"selector": {"matchLabels": {"app": "app"}}}), policy("s2", target=SEL)
+    dep = gated(s1, deployment("app", claim="s1"))
+    live = plan.Live([dep], claimants={"s1": True}, rivals=plan.rivals(s2, [dep], [s1]))
+    (target,) = plan.plan(s2, live, CONFIG).targets
+    assert target.problem is not None and target.problem.reason == plan.CONFLICT
+
+
+def test_a_workloadref_never_takes_over_a_template_policys_own_deployment() -> None:
+    mine = policy("mine")
+    dep = deployment("app", claim="tmpl")
+    dep["metadata"]["ownerReferences"] = [{"kind": "DependencyPolicy", "name": "tmpl", "uid": "u"}]
+    live = plan.Live([dep], claimants={"tmpl": True}, rivals={"app": {"tmpl": plan.SELECTOR}})
+    (target,) = plan.plan(mine, live, CONFIG).targets
+    assert target.problem is not None and target.problem.reason == plan.CONFLICT
+
+
+def test_rivals_are_the_other_policies_targeting_each_deployment() -> None:
+    deps = [deployment("app"), deployment("web", labels={"app": "web", "tier": "web"})]
+    others = [policy("ref", target={"workloadRef": {"name": "web"}}), policy("sel", target=SEL),
+              policy("me", target=SEL)]
+    assert plan.rivals(policy("me", target=SEL), deps, others) == {
+        "app": {"sel": plan.SELECTOR}, "web": {"ref": plan.WORKLOAD_REF, "sel": plan.SELECTOR}}
+
+
+def test_a_template_create_refused_by_rbac_names_the_rolebinding_to_create() -> None:
+    problem = plan.template_forbidden(NS, "app", "deployments.apps is forbidden")
+    assert problem.stalls == plan.FORBIDDEN
+    assert (f"kubectl create rolebinding depgate-template-creator -n {NS} --clusterrole=depgate-template-creator "
+            "--serviceaccount=depgate-system:depgate") in problem.message

@@ -391,15 +391,16 @@ def test_a_template_the_api_server_refuses_stalls_as_an_invalid_spec() -> None:
     assert out.targets == []
 
 
-def test_an_operator_judged_precondition_gets_the_pods_a_role_to_read_the_policy() -> None:
+def test_an_operator_judged_precondition_gets_the_pods_a_rolebinding_to_read_the_policy_and_no_role() -> None:
     kube = world(deployment(), policy(preconditions=[SECRET]))
     reconcile(kube)
-    rname = render.wait_role_name("p")
-    role = kube.stored("rbac.authorization.k8s.io/v1", "Role", NS, rname)
-    binding = kube.stored("rbac.authorization.k8s.io/v1", "RoleBinding", NS, rname)
-    assert role is not None and role["rules"][0]["resourceNames"] == ["p"]
-    assert binding is not None and binding["subjects"] == [{"kind": "ServiceAccount", "name": "default",
-                                                            "namespace": NS}]
+    binding = kube.stored("rbac.authorization.k8s.io/v1", "RoleBinding", NS, plan.verdict_binding_name("p"))
+    assert binding is not None and binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                                          "kind": "ClusterRole", "name": plan.VERDICT_READER}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default", "namespace": NS}]
+    assert [w for w in kube.writes if w[1] in ("Role", "RoleBinding")] == [
+        ("apply", "RoleBinding", plan.verdict_binding_name("p"))]
+    assert kube.stored("rbac.authorization.k8s.io/v1", "Role", NS, render.wait_role_name("p")) is None
     writes = list(kube.writes)
     reconcile(kube)
     assert kube.writes == writes

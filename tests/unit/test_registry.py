@@ -124,7 +124,8 @@ def test_api_kinds() -> None:
     assert registry.ApiKind("depgate.io/v1alpha1", "DependencyPolicy",
                                                           "dependencypolicies") == registry.DEPENDENCY_POLICY
     assert registry.API_KINDS["EndpointSlice"] == registry.ENDPOINT_SLICE
-    assert registry.watched_kinds() == (registry.SERVICE, registry.ENDPOINT_SLICE, registry.JOB, registry.SECRET,
+    # not SECRET: Secrets are watched per namespace, where the operator may read them (plan.custom_resources)
+    assert registry.watched_kinds() == (registry.SERVICE, registry.ENDPOINT_SLICE, registry.JOB,
                                         registry.CONFIG_MAP, registry.DEPLOYMENT, registry.STATEFUL_SET,
                                         registry.DAEMON_SET)
 

@@ -22,6 +22,7 @@ from depgate.wiring import (
     cycles_of,
     kopf_watch_restart,
     plain,
+    protected,
     slim,
     to_release,
 )
@@ -158,7 +159,7 @@ def test_every_watched_kind_is_routed_to_what_its_events_mean() -> None:
                                             "ownerReferences": [{"kind": "ReplicaSet", "name": "web-5d8f"}]}}),
     }
     kinds = {k.kind for k in WATCHED_KINDS}
-    assert kinds >= {"Deployment", "StatefulSet", "DaemonSet", "Service", "EndpointSlice", "Job", "Secret",
+    assert kinds >= {"Deployment", "StatefulSet", "DaemonSet", "Service", "EndpointSlice", "Job",
                      "ConfigMap", "Pod"}
     for kind in sorted(kinds):
         name, body = bodies.get(kind, ("x", {}))
@@ -509,3 +510,32 @@ def test_the_handlers_watch_every_watched_kind_and_the_policies() -> None:
                for h in kopf.get_default_registry()._watching.get_all_handlers()}
     policies = handlers.POLICIES
     assert watched == {(k.group, k.version, k.plural) for k in (*WATCHED_KINDS, policies)}
+
+
+# ---------------------------------------------------------------------- least privilege, self-protection
+
+
+def test_secrets_have_no_cluster_wide_watch_they_are_watched_per_namespace_on_a_shared_stream() -> None:
+    """The operator may read Secrets only where depgate-secret-reader is bound to it: a cluster-wide
+    watch would be refused; a `secret` precondition claims a shared watch of its namespace instead."""
+    assert "Secret" not in {k.kind for k in WATCHED_KINDS}
+    w = wiring()
+    running(w, "a")
+    seen(w, policy("a", pre=[{"name": "creds", "secret": {"name": "db"}}]))
+    woken(w)
+    claim = w.custom.claim((NS, "a"), [("v1", "Secret", NS, "db")])
+    assert claim.refused == {} and ("v1", "Secret", NS) in w.custom.watched()
+    assert w.custom.wants(("v1", "Secret", NS), "db") and not w.custom.wants(("v1", "Secret", NS), "other")
+    assert w.custom.woken_by(("v1", "Secret", NS), {"db"}) == {(NS, "a")}
+
+
+def test_the_protected_namespaces_default_to_the_operators_and_kube_system() -> None:
+    assert protected((), "depgate-system") == {"depgate-system", "kube-system"}
+    assert protected((), "ops") == {"ops", "kube-system"}
+    assert protected(("a", " b ", ""), "ops") == {"a", "b"}  # given: exactly those
+
+
+def test_policies_in_a_namespace_are_the_valid_ones_for_the_precedence_rule() -> None:
+    w = wiring()
+    seen(w, policy("a"), policy("b", ns="other"), policy("bad", target={"selector": {}}))
+    assert [p.name for p in w.policies_in(NS)] == ["a"]

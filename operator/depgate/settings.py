@@ -122,6 +122,11 @@ class Settings:
         8, "--max-custom-kinds-per-policy", parse=int, check=_count, metavar="N",
         help="watch at most this many kinds of custom resource for one policy; its other `resource` "
              "preconditions say TooManyWatches (default %(default)g)")
+    protected_namespaces: tuple[str, ...] = _flag(
+        (), "--protected-namespaces", metavar="NS,NS",
+        parse=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
+        help="namespaces where a policy changes nothing and says so in status, comma-separated (default: the "
+             "operator's namespace, --operator-namespace, and kube-system; a list given replaces both)")
     verbose: bool = _flag(False, "-v", "--verbose", help="debug logging")
 
     def __post_init__(self) -> None:

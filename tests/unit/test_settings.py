@@ -32,6 +32,7 @@ GIVEN: dict[str, tuple[list[str], Any]] = {
     "request_timeout_seconds": (["--request-timeout-seconds=2.5"], 2.5),
     "max_custom_watches": (["--max-custom-watches=2"], 2),
     "max_custom_kinds_per_policy": (["--max-custom-kinds-per-policy=1"], 1),
+    "protected_namespaces": (["--protected-namespaces=kube-system, ops"], ("kube-system", "ops")),
     "verbose": (["-v"], True),
 }
 

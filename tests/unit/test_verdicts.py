@@ -386,3 +386,14 @@ def test_resource_wants_false() -> None:
 def test_resource_long_foreign_message_is_clipped() -> None:
     obj = resource({"type": "Ready", "status": "False", "message": "x" * 5000})
     assert len(judge_resource("v1", "Thing", "t", obj).message) < 300
+
+
+def test_a_secret_the_operator_may_not_read_says_which_rolebinding_enables_it() -> None:
+    from depgate.verdicts import forbidden
+
+    v = forbidden("Secret", "db", "shop", 'secrets "db" is forbidden: User cannot get resource "secrets"')
+    assert (v.state, v.reason) == ("Blocking", "Forbidden")
+    assert ("kubectl create rolebinding depgate-secret-reader -n shop --clusterrole=depgate-secret-reader "
+            "--serviceaccount=depgate-system:depgate") in v.message
+    other = forbidden("Widget", "w", "shop", "widgets is forbidden")
+    assert "depgate.io/aggregate-to-operator" in other.message and "rolebinding" not in other.message

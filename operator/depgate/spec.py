@@ -76,6 +76,31 @@ LABEL_KEY_RE: Final = re.compile(
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 LABEL_VALUE_RE: Final = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+# A URL whose authority carries userinfo (`user:password@host`): refused, credentials come from a Secret.
+URL_USERINFO_RE: Final = re.compile(r"^https?://[^/?#]*@")
+# A normalised absolute path: '/'-separated non-empty segments, no trailing '/', and (DOT_SEGMENT_RE)
+# no '.' or '..' segment.
+NORMAL_PATH_RE: Final = re.compile(r"^(/[^/]+)+$")
+DOT_SEGMENT_RE: Final = re.compile(r"(^|/)\.\.?(/|$)")
+# Where spec.sharedVolume.mountPath may not go (nor above: a mount at /var hides /var/run/secrets): the
+# system directories an image's programs and libraries, its CA bundle (/etc/ssl/certs) and the
+# ServiceAccount token (/var/run/secrets/kubernetes.io/serviceaccount) live in. /lib, /lib32, /lib64
+# and /libx32 are SYSTEM_LIB_RE (not every /lib* name: /library is a data directory).
+SYSTEM_PATHS: Final = (
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/bin",
+    "/sbin",
+    "/usr",
+    "/boot",
+    "/var/run/secrets",
+    "/run/secrets",
+)
+SYSTEM_LIB_RE: Final = re.compile(r"^/lib(32|64|x32)?(/|$)")
+# Request headers that carry credentials: their value must come from a Secret (valueFrom.secretKeyRef).
+CREDENTIAL_HEADERS: Final = ("authorization", "proxy-authorization", "cookie")
 
 # The Kubernetes types the CRD embeds (generated from the API server's OpenAPI by depgate.dev.crdgen):
 # their fields, and how deep their structure goes (tests/unit/test_crd_schema.py checks both against
@@ -233,9 +258,23 @@ class RedisCheck:
 
 
 @dataclass(frozen=True)
-class HTTPHeader:
+class BasicAuthRef:
+    """`basicAuthSecretRef`: HTTP basic auth from a Secret of the policy's namespace (the keys of a
+    kubernetes.io/basic-auth Secret by default). The waiter reads both from env vars that reference
+    the Secret, so neither lands in the pod's args."""
+
     name: str
-    value: str
+    username_key: str = "username"
+    password_key: str = "password"
+
+
+@dataclass(frozen=True)
+class HTTPHeader:
+    """One request header: its `value`, or `valueFrom.secretKeyRef` (value_from) naming a Secret key."""
+
+    name: str
+    value: str | None = None
+    value_from: KeyRef | None = None  # valueFrom.secretKeyRef
 
 
 @dataclass(frozen=True)
@@ -245,6 +284,7 @@ class HTTPCheck:
     ca_config_map: KeyRef | None = None
     headers: tuple[HTTPHeader, ...] = ()
     insecure_skip_verify: bool = False
+    basic_auth_secret_ref: BasicAuthRef | None = None
 
     @property
     def host(self) -> str | None:
@@ -327,6 +367,7 @@ class DownloadTask:
     sha256: str
     path: str
     max_bytes: int = DEFAULT_MAX_BYTES
+    basic_auth_secret_ref: BasicAuthRef | None = None
 
     @property
     def host(self) -> str | None:
@@ -458,7 +499,8 @@ def secret_refs(policy: Policy) -> list[ObjectRef]:
     """Every Secret the policy makes depgate use (render into a pod) or reveal (judge), in document order.
 
     A redis `passwordSecretRef`, a `secret` precondition (its existence and key names), a command's
-    `env[].valueFrom.secretKeyRef`. Not the Secrets the target's own pod template already uses (a command's
+    `env[].valueFrom.secretKeyRef`, an http or download `basicAuthSecretRef`, an http header's
+    `valueFrom.secretKeyRef`. Not the Secrets the target's own pod template already uses (a command's
     `fromContainer` copies them: changing the workload is what the author needs the right to do), nor
     those a `template` Deployment's pod spec names (whoever may create the Deployment may run its pods).
     The authority check (depgate.authority) asks that the policy's author may `get` each of these.
@@ -473,6 +515,14 @@ def secret_refs(policy: Policy) -> list[ObjectRef]:
             out.append((at, body.name))
         elif isinstance(body, CommandTask):
             out += _env_refs(body.env, at, "secretKeyRef")
+        if isinstance(body, HTTPCheck | DownloadTask) and body.basic_auth_secret_ref is not None:
+            out.append((f"{at}.basicAuthSecretRef", body.basic_auth_secret_ref.name))
+        if isinstance(body, HTTPCheck):
+            out += [
+                (f"{at}.headers[{j}].valueFrom.secretKeyRef", h.value_from.name)
+                for j, h in enumerate(body.headers)
+                if h.value_from is not None
+            ]
     return out
 
 
@@ -780,7 +830,22 @@ def _url(o: _Obj) -> str:
     url = o.req_str("url", pattern=URL_RE, pattern_message=_URL_MSG, max_length=2048)
     if URL_LONG_LABEL_RE.search(url):
         raise SpecError(o.at("url"), f"{_URL_LABEL_MSG} (got {url!r})")
+    if URL_USERINFO_RE.search(url):  # never echo the URL: it holds a password
+        raise SpecError(o.at("url"), _URL_USERINFO_MSG)
     return url
+
+
+def _basic_auth(o: _Obj) -> BasicAuthRef | None:
+    ref = o.obj("basicAuthSecretRef", ("name", "usernameKey", "passwordKey"))
+    if ref is None:
+        return None
+    return BasicAuthRef(
+        name=_name(ref),
+        username_key=ref.opt_str("usernameKey", default="username", pattern=CONFIG_KEY_RE, pattern_message=_KEY_MSG)
+        or "username",
+        password_key=ref.opt_str("passwordKey", default="password", pattern=CONFIG_KEY_RE, pattern_message=_KEY_MSG)
+        or "password",
+    )
 
 
 def _parse_tcp(o: _Obj) -> TCPCheck:
@@ -809,26 +874,41 @@ def _parse_http(o: _Obj) -> HTTPCheck:
         if value in expect:
             raise SpecError(path, f"duplicate value {value}")
         expect.append(value)
+    ca_config_map = _key_ref(o.obj("caConfigMap", ("name", "key")))
     headers: list[HTTPHeader] = []
     for i, item in enumerate(o.array("headers", max_items=32) or []):
-        h = _Obj(item, f"{o.at('headers')}[{i}]", ("name", "value"))
-        headers.append(
-            HTTPHeader(
-                name=h.req_str(
-                    "name",
-                    pattern=HEADER_NAME_RE,
-                    pattern_message="must be an HTTP header name (a token)",
-                    max_length=256,
-                ),
-                value=_header_value(h),
-            )
+        h = _Obj(item, f"{o.at('headers')}[{i}]", ("name", "value", "valueFrom"))
+        name = h.req_str(
+            "name",
+            pattern=HEADER_NAME_RE,
+            pattern_message="must be an HTTP header name (a token)",
+            max_length=256,
         )
+        if ("value" in h.value) == h.has("valueFrom"):
+            raise SpecError(h.path, "exactly one of value or valueFrom must be set")
+        if "value" in h.value:
+            if name.lower() in CREDENTIAL_HEADERS:
+                raise SpecError(h.at("value"), _CREDENTIAL_HEADER_MSG.format(name=name))
+            headers.append(HTTPHeader(name=name, value=_header_value(h)))
+        else:
+            source = h.req_obj("valueFrom", ("secretKeyRef",))
+            ref = _key_ref(source.req_obj("secretKeyRef", ("name", "key")))
+            headers.append(HTTPHeader(name=name, value_from=ref))
+    basic_auth = _basic_auth(o)
+    if basic_auth is not None:
+        for i, header in enumerate(headers):
+            if header.name.lower() == "authorization":
+                raise SpecError(
+                    f"{o.at('headers')}[{i}].name",
+                    "an Authorization header and basicAuthSecretRef cannot both be set",
+                )
     return HTTPCheck(
         url=url,
         expect_status=tuple(expect),
-        ca_config_map=_key_ref(o.obj("caConfigMap", ("name", "key"))),
+        ca_config_map=ca_config_map,
         headers=tuple(headers),
         insecure_skip_verify=o.flag("insecureSkipVerify"),
+        basic_auth_secret_ref=basic_auth,
     )
 
 
@@ -847,6 +927,15 @@ def _header_value(h: _Obj) -> str:
 
 
 _HEADER_VALUE_MSG = "must be printable ASCII or tabs: no line break, NUL or other control character"
+_CREDENTIAL_HEADER_MSG = (
+    "must not be given inline for a {name} header (it would land in the pod's args): "
+    "use valueFrom.secretKeyRef, or basicAuthSecretRef for basic auth"
+)
+_URL_USERINFO_MSG = (
+    "must not contain credentials (user:password@ before the host: they would land in the pod's args); "
+    "put them in a Secret and use basicAuthSecretRef"
+)
+_KEY_MSG = "must consist of letters, digits, '-', '_' or '.'"
 
 
 def _parse_dns(o: _Obj) -> DNSCheck:
@@ -908,7 +997,9 @@ def _parse_download(o: _Obj) -> DownloadTask:
     if CONTROL_RE.search(path):
         raise SpecError(o.at("path"), f"must not contain control characters (got {path!r})")
     max_bytes = o.opt_int("maxBytes", default=DEFAULT_MAX_BYTES, minimum=1, maximum=MAX_MAX_BYTES)
-    return DownloadTask(url=url, sha256=sha, path=path, max_bytes=max_bytes or DEFAULT_MAX_BYTES)
+    return DownloadTask(
+        url=url, sha256=sha, path=path, max_bytes=max_bytes or DEFAULT_MAX_BYTES, basic_auth_secret_ref=_basic_auth(o)
+    )
 
 
 _COMMAND_FIELDS = (
@@ -980,8 +1071,11 @@ class _BodyParser:
 _BODIES: Final[Mapping[str, _BodyParser]] = {
     "tcp": _BodyParser(TCPCheck, ("host", "port"), _parse_tcp),
     "redis": _BodyParser(RedisCheck, ("host", "port", "passwordSecretRef", "tls"), _parse_redis),
-    "http": _BodyParser(HTTPCheck, ("url", "expectStatus", "caConfigMap", "headers", "insecureSkipVerify"),
-                        _parse_http),
+    "http": _BodyParser(
+        HTTPCheck,
+        ("url", "expectStatus", "caConfigMap", "headers", "insecureSkipVerify", "basicAuthSecretRef"),
+        _parse_http,
+    ),
     "dns": _BodyParser(DNSCheck, ("name",), _parse_dns),
     "service": _BodyParser(ServiceCheck, ("name", "minReadyEndpoints"), _parse_service),
     "job": _BodyParser(JobCheck, ("name",), _parse_job),
@@ -989,7 +1083,7 @@ _BODIES: Final[Mapping[str, _BodyParser]] = {
     "configMap": _BodyParser(ConfigMapCheck, ("name", "keys"), _parse_config_map),
     "workload": _BodyParser(WorkloadCheck, ("kind", "name", "minAvailable"), _parse_workload),
     "resource": _BodyParser(ResourceCheck, ("apiVersion", "kind", "name", "condition", "status"), _parse_resource),
-    "download": _BodyParser(DownloadTask, ("url", "sha256", "path", "maxBytes"), _parse_download),
+    "download": _BodyParser(DownloadTask, ("url", "sha256", "path", "maxBytes", "basicAuthSecretRef"), _parse_download),
     "command": _BodyParser(CommandTask, _COMMAND_FIELDS, _parse_command),
 }
 """Each precondition type's body: its dataclass, JSON fields and parser (keyed as depgate.registry)."""
@@ -1025,6 +1119,69 @@ def _parse_precondition(value: object, path: str) -> Precondition:
     return Precondition(name=name, type=kind, body=body, timeout_seconds=timeout, period_seconds=period)
 
 
+# What depgate's own containers may not be given (spec.defaults.securityContext): (field path inside
+# the securityContext, the value refused, why). A `command` precondition's own securityContext is the
+# author's (its image too), judged by the authority check, not here.
+_WAITER_SECURITY_REFUSALS: Final = (
+    ("privileged", True, "depgate's waiters never need a privileged container"),
+    ("allowPrivilegeEscalation", True, "depgate's waiters never need to gain privileges"),
+    ("runAsUser", 0, "depgate's waiters run as a non-root user"),
+    ("runAsNonRoot", False, "depgate's waiters run as a non-root user"),
+    ("procMount", "Unmasked", "depgate's waiters need the default /proc masking"),
+    ("windowsOptions.hostProcess", True, "depgate's waiters never run as a host process"),
+    ("seccompProfile.type", "Unconfined", "depgate's waiters run with a seccomp profile"),
+    ("appArmorProfile.type", "Unconfined", "depgate's waiters run with an AppArmor profile"),
+)
+
+
+def _same(value: Json, refused: object) -> bool:
+    """JSON equality that keeps booleans apart from numbers (false is not 0 here)."""
+    if isinstance(value, bool) or isinstance(refused, bool):
+        return value is refused
+    return bool(value == refused)
+
+
+def _waiter_security_context(d: _Obj) -> Mapping[str, Json] | None:
+    """spec.defaults.securityContext: a SecurityContext without privilege, root or added capabilities."""
+    sc = d.typed_obj("securityContext", SECURITY_CONTEXT_FIELDS, "SecurityContext")
+    if sc is None:
+        return None
+    at = d.at("securityContext")
+    for dotted, refused, why in _WAITER_SECURITY_REFUSALS:
+        node: Json = sc
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None and _same(node, refused):
+            shown = json.dumps(refused)
+            raise SpecError(f"{at}.{dotted}", f"must not be {shown}: {why}")
+    caps = sc.get("capabilities")
+    added = caps.get("add") if isinstance(caps, Mapping) else None
+    if added:
+        raise SpecError(
+            f"{at}.capabilities.add",
+            "must be empty: depgate's waiters need no capability (drop ALL is the default)",
+        )
+    return sc
+
+
+def _check_mount_path(path: str, at: str) -> None:
+    """A normalised absolute path outside (and not above) the system directories."""
+    if path != "/" and (not NORMAL_PATH_RE.fullmatch(path) or DOT_SEGMENT_RE.search(path)):
+        raise SpecError(at, f"{_MOUNT_PATH_NORMAL_MSG} (got {path!r})")
+    if path == "/" or SYSTEM_LIB_RE.search(path) or any(
+        path == root or path.startswith(root + "/") or root.startswith(path + "/") for root in SYSTEM_PATHS
+    ):
+        raise SpecError(at, f"{_MOUNT_PATH_SYSTEM_MSG} (got {path!r})")
+
+
+_MOUNT_PATH_NORMAL_MSG = "must be a normalised absolute path: no '//', no '.' or '..' segment, no trailing '/'"
+_MOUNT_PATH_SYSTEM_MSG = (
+    "must not be /, a system directory (/etc, /proc, /sys, /dev, /bin, /sbin, /lib, /lib64, /usr, /boot, "
+    "/var/run/secrets, /run/secrets), inside one or above one: the volume is mounted in every app "
+    "container and would hide what is there (its CA bundle, its ServiceAccount token)"
+)
+
+
 def _parse_selector(o: _Obj) -> Selector:
     labels = o.str_map("matchLabels", max_properties=64)
     for k, v in labels.items():
@@ -1052,7 +1209,16 @@ def _parse_selector(o: _Obj) -> Selector:
             "must have at least one matchLabels entry or matchExpressions requirement "
             "(an empty selector would gate every Deployment of the namespace)",
         )
+    if not labels and not any(r.operator in POSITIVE_OPERATORS for r in reqs):
+        raise SpecError(o.path, _NO_POSITIVE_SELECTOR_MSG)
     return Selector(match_labels=labels, match_expressions=tuple(reqs))
+
+
+POSITIVE_OPERATORS: Final = ("In", "Exists")
+_NO_POSITIVE_SELECTOR_MSG = (
+    "must have a matchLabels entry or an In or Exists requirement: with only NotIn and DoesNotExist "
+    "it matches every Deployment that lacks a label, which is nearly every Deployment of the namespace"
+)
 
 
 def _check_label(path: str, key: str, value: str) -> None:
@@ -1135,7 +1301,7 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
             timeout_seconds=d.opt_int("timeoutSeconds", default=0, minimum=0, maximum=MAX_TIMEOUT_SECONDS) or 0,
             period_seconds=d.opt_int("periodSeconds", default=1, minimum=1, maximum=MAX_PERIOD_SECONDS) or 1,
             resources=_resources(d),
-            security_context=d.typed_obj("securityContext", SECURITY_CONTEXT_FIELDS, "SecurityContext"),
+            security_context=_waiter_security_context(d),
         )
 
     sv = spec.obj("sharedVolume", ("mountPath", "sizeLimit"))
@@ -1144,6 +1310,9 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
         mount_path = sv.opt_str("mountPath", default="/depgate/shared", max_length=1024) or "/depgate/shared"
         if not mount_path.startswith("/") or ":" in mount_path or DOTDOT_RE.search(mount_path):
             raise SpecError(sv.at("mountPath"), f"must be an absolute path without ':' or '..' (got {mount_path!r})")
+        if CONTROL_RE.search(mount_path):
+            raise SpecError(sv.at("mountPath"), f"must not contain control characters (got {mount_path!r})")
+        _check_mount_path(mount_path, sv.at("mountPath"))
         size = sv.raw("sizeLimit")
         if size is not None and (
             isinstance(size, bool) or not isinstance(size, str | int) or not QUANTITY_RE.fullmatch(str(size))

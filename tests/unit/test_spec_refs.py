@@ -23,7 +23,12 @@ EVERY_REF = policy(
     {"name": "r2", "redis": {"host": "cache2"}},
     {"name": "sec", "secret": {"name": "creds", "keys": ["user"]}},
     {"name": "cm", "configMap": {"name": "settings"}},
-    {"name": "h", "http": {"url": "https://api/healthz", "caConfigMap": {"name": "ca-bundle", "key": "ca.crt"}}},
+    {"name": "h", "http": {"url": "https://api/healthz", "caConfigMap": {"name": "ca-bundle", "key": "ca.crt"},
+                           "basicAuthSecretRef": {"name": "api-creds"},
+                           "headers": [
+                               {"name": "X-Probe", "value": "1"},
+                               {"name": "X-Key", "valueFrom": {"secretKeyRef": {"name": "api-key", "key": "k"}}},
+                           ]}},
     {
         "name": "cmd",
         "command": {
@@ -37,6 +42,8 @@ EVERY_REF = policy(
             ],
         },
     },
+    {"name": "dl", "download": {"url": "https://files/m", "sha256": "a" * 64, "path": "m",
+                                "basicAuthSecretRef": {"name": "files"}}},
 )
 
 
@@ -44,7 +51,10 @@ def test_secret_refs_name_every_secret_with_its_field_path() -> None:
     assert secret_refs(parse_policy(EVERY_REF)) == [
         ("spec.preconditions[1].redis.passwordSecretRef", "redis-pw"),
         ("spec.preconditions[3].secret", "creds"),
+        ("spec.preconditions[5].http.basicAuthSecretRef", "api-creds"),
+        ("spec.preconditions[5].http.headers[1].valueFrom.secretKeyRef", "api-key"),
         ("spec.preconditions[6].command.env[1].valueFrom.secretKeyRef", "db"),
+        ("spec.preconditions[7].download.basicAuthSecretRef", "files"),
     ]
 
 

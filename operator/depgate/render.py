@@ -23,6 +23,7 @@ from depgate.constants import SHARED_VOLUME as SHARED_VOLUME
 from depgate.constants import TOKEN_VOLUME as TOKEN_VOLUME
 from depgate.constants import WAIT_ROLE_PREFIX as WAIT_ROLE_PREFIX
 from depgate.spec import (
+    BasicAuthRef,
     CommandTask,
     DNSCheck,
     DownloadTask,
@@ -42,6 +43,9 @@ TOKEN_MOUNT_PATH: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 TOKEN_EXPIRATION_SECONDS: Final = 3600
 CA_MOUNT_ROOT: Final = "/depgate/ca"
 REDIS_PASSWORD_ENV: Final = "DEPGATE_REDIS_PASSWORD"
+HTTP_USERNAME_ENV: Final = "DEPGATE_HTTP_USERNAME"  # basicAuthSecretRef, http and download
+HTTP_PASSWORD_ENV: Final = "DEPGATE_HTTP_PASSWORD"
+HEADER_ENV_PREFIX: Final = "DEPGATE_HEADER_"  # + the header's index: headers[i].valueFrom.secretKeyRef
 NAMESPACE_ENV: Final = "DEPGATE_NAMESPACE"
 
 DEFAULT_RESOURCES: Final[Mapping[str, Any]] = {
@@ -181,6 +185,19 @@ def _redis_args(policy: Policy, pre: Precondition, pod: Mapping[str, Any]) -> Wa
     return out
 
 
+def _secret_env(name: str, secret: str, key: str) -> Obj:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _basic_auth(out: WaiterArgs, ref: BasicAuthRef | None) -> None:
+    """Username and password as env vars from the Secret; the args name the variables only."""
+    if ref is None:
+        return
+    out.args += [f"--username-env={HTTP_USERNAME_ENV}", f"--password-env={HTTP_PASSWORD_ENV}"]
+    out.env.append(_secret_env(HTTP_USERNAME_ENV, ref.name, ref.username_key))
+    out.env.append(_secret_env(HTTP_PASSWORD_ENV, ref.name, ref.password_key))
+
+
 def _http_args(policy: Policy, pre: Precondition, pod: Mapping[str, Any]) -> WaiterArgs:
     body = pre.body
     assert isinstance(body, HTTPCheck)
@@ -190,7 +207,14 @@ def _http_args(policy: Policy, pre: Precondition, pod: Mapping[str, Any]) -> Wai
         mount_path = f"{CA_MOUNT_ROOT}/{pre.name}"
         out.args.append(f"--ca-file={mount_path}/ca.crt")
         out.mounts.append({"name": _ca_volume_name(pre), "mountPath": mount_path, "readOnly": True})
-    out.args += [f"--header={h.name}: {h.value}" for h in body.headers]
+    for i, h in enumerate(body.headers):
+        if h.value_from is None:
+            out.args.append(f"--header={h.name}: {h.value}")
+        else:
+            var = f"{HEADER_ENV_PREFIX}{i}"
+            out.args.append(f"--header-env={h.name}={var}")
+            out.env.append(_secret_env(var, h.value_from.name, h.value_from.key))
+    _basic_auth(out, body.basic_auth_secret_ref)
     if body.insecure_skip_verify:
         out.args.append("--insecure")
     return out
@@ -206,10 +230,12 @@ def _download_args(policy: Policy, pre: Precondition, pod: Mapping[str, Any]) ->
     body = pre.body
     assert isinstance(body, DownloadTask)
     dest = policy.shared_volume.mount_path.rstrip("/") + "/" + body.path
-    return WaiterArgs(
+    out = WaiterArgs(
         [f"--url={body.url}", f"--sha256={body.sha256}", f"--dest={dest}", f"--max-bytes={body.max_bytes}"],
         mounts=[_shared_mount(policy)],
     )
+    _basic_auth(out, body.basic_auth_secret_ref)
+    return out
 
 
 def _verdict_args(policy: Policy, pre: Precondition, pod: Mapping[str, Any]) -> WaiterArgs:
@@ -402,16 +428,28 @@ def render_errors(policy: Policy, deployment: Mapping[str, Any], config: RenderC
         path = policy.shared_volume.mount_path.rstrip("/") or "/"
         for c in containers:
             for m in _mounts_without_ours(c):
-                if str(m.get("mountPath", "")).rstrip("/") == path:
-                    errors.append(
-                        RenderError(
-                            "spec.sharedVolume.mountPath",
-                            "MountPathConflict",
-                            f"container {c.get('name')!r} of {what} already mounts volume "
-                            f"{m.get('name')!r} at {path}: choose another spec.sharedVolume.mountPath",
-                        )
+                theirs = str(m.get("mountPath", "")).rstrip("/") or "/"
+                if theirs == path:
+                    how = f"already mounts volume {m.get('name')!r} at {path}"
+                elif _inside(theirs, path):
+                    how = f"mounts volume {m.get('name')!r} at {theirs}, inside {path}"
+                elif _inside(path, theirs):
+                    how = f"mounts volume {m.get('name')!r} at {theirs}, which {path} is inside"
+                else:
+                    continue
+                errors.append(
+                    RenderError(
+                        "spec.sharedVolume.mountPath",
+                        "MountPathConflict",
+                        f"container {c.get('name')!r} of {what} {how}: choose another spec.sharedVolume.mountPath",
                     )
+                )
     return errors
+
+
+def _inside(path: str, parent: str) -> bool:
+    """`path` is below `parent` (both without a trailing '/')."""
+    return parent == "/" or path.startswith(parent + "/")
 
 
 def _check(policy: Policy, deployment: Mapping[str, Any], config: RenderConfig) -> None:

@@ -165,6 +165,33 @@ def test_redis_password_is_in_env_not_args() -> None:
     ]
 
 
+def test_secret_backed_basic_auth_and_headers_are_env_refs_not_args() -> None:
+    case = "http-secret-auth"
+    api, bearer, fonts = init_containers(golden_policy(case), golden_deployment(case), CONFIG)
+    assert api["args"][4:] == [
+        "--header=X-Probe: depgate",
+        "--header-env=X-Api-Key=DEPGATE_HEADER_1",
+        "--username-env=DEPGATE_HTTP_USERNAME",
+        "--password-env=DEPGATE_HTTP_PASSWORD",
+    ]
+    assert api["env"] == [
+        {"name": "DEPGATE_HEADER_1", "valueFrom": {"secretKeyRef": {"name": "api-key", "key": "token"}}},
+        {"name": "DEPGATE_HTTP_USERNAME", "valueFrom": {"secretKeyRef": {"name": "api-basic-auth", "key": "username"}}},
+        {"name": "DEPGATE_HTTP_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "api-basic-auth", "key": "password"}}},
+    ]
+    assert bearer["args"][4:] == ["--header-env=Authorization=DEPGATE_HEADER_0"]
+    assert fonts["args"][-2:] == ["--username-env=DEPGATE_HTTP_USERNAME", "--password-env=DEPGATE_HTTP_PASSWORD"]
+    assert [e["valueFrom"]["secretKeyRef"] for e in fonts["env"]] == [
+        {"name": "files-auth", "key": "user"},
+        {"name": "files-auth", "key": "pass"},
+    ]
+    # no env entry carries a literal value, and the args name no Secret or key
+    for c in (api, bearer, fonts):
+        assert all("value" not in e for e in c["env"])
+        for secret in ("api-key", "api-basic-auth", "billing-token", "files-auth", "token", "user", "pass"):
+            assert not any(a.endswith(secret) or f"{secret}:" in a for a in c["args"]), (secret, c["args"])
+
+
 def test_http_ca_volume_and_flags() -> None:
     policy, dep = golden_policy("http-full"), golden_deployment("http-full")
     api, legacy, plain = init_containers(policy, dep, CONFIG)
@@ -426,6 +453,24 @@ def test_shared_mount_path_must_be_free() -> None:
     (error,) = render_errors(policy, dep, CONFIG)
     assert (error.field_path, error.reason) == ("spec.sharedVolume.mountPath", "MountPathConflict")
     assert "'metrics'" in error.message and "'data'" in error.message
+
+
+@pytest.mark.parametrize(
+    ("theirs", "how"),
+    [("/models/cache", "inside /models"), ("/", "which /models is inside"), ("/models/", "already mounts")],
+)
+def test_shared_mount_path_may_not_contain_or_be_inside_an_app_mount(theirs: str, how: str) -> None:
+    policy, dep = golden_policy("download-shared-volume"), golden_deployment("download-shared-volume")
+    dep["spec"]["template"]["spec"]["containers"][1]["volumeMounts"] = [{"name": "data", "mountPath": theirs}]
+    (error,) = render_errors(policy, dep, CONFIG)
+    assert (error.field_path, error.reason) == ("spec.sharedVolume.mountPath", "MountPathConflict")
+    assert how in error.message and "'data'" in error.message
+
+
+def test_a_shared_mount_path_beside_an_app_mount_is_fine() -> None:
+    policy, dep = golden_policy("download-shared-volume"), golden_deployment("download-shared-volume")
+    dep["spec"]["template"]["spec"]["containers"][1]["volumeMounts"] = [{"name": "data", "mountPath": "/models2"}]
+    assert render_errors(policy, dep, CONFIG) == []
 
 
 def test_not_a_usable_deployment() -> None:

@@ -245,13 +245,35 @@ def _get(
         raise
 
 
+def basic_auth_header(env: Mapping[str, str], username_env: str | None, password_env: str | None) -> tuple[str, str]:
+    """`Authorization: Basic ...` from the two env vars (ConfigError when either is unset or empty)."""
+    import base64
+
+    username = _secret_env(env, "--username-env", username_env) or ""
+    password = _secret_env(env, "--password-env", password_env) or ""
+    return "Authorization", "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+def _env_headers(env: Mapping[str, str], cfg: HttpConfig) -> tuple[tuple[str, str], ...]:
+    """The headers given in the args, then those whose values come from env vars, then basic auth."""
+    out = list(cfg.headers)
+    for name, var in cfg.header_envs:
+        value = _secret_env(env, f"--header-env={name}", var) or ""
+        if any(ch in value for ch in "\r\n\0"):  # never echo the value: it is a secret
+            raise ConfigError(f"--header-env={name}: environment variable {var} contains a line break or NUL")
+        out.append((name, value))
+    if cfg.username_env is not None:
+        out.append(basic_auth_header(env, cfg.username_env, cfg.password_env))
+    return tuple(out)
+
+
 class HttpCheck(_Base):
     kind = "http"
 
-    def __init__(self, cfg: HttpConfig) -> None:
+    def __init__(self, cfg: HttpConfig, env: Mapping[str, str] | None = None) -> None:
         self.http = _HttpTarget(cfg.url)
         self.expect = cfg.expect_status
-        self.headers = cfg.headers
+        self.headers = _env_headers(env or {}, cfg)
         self.tls = tls_context(cfg.ca_file, cfg.insecure) if self.http.https or cfg.ca_file else None
         self.target = redact_url(cfg.url)
 
@@ -281,6 +303,11 @@ class DnsCheck(_Base):
         return Result("Ready", f"resolves to {', '.join(addrs[:3])}{more}")
 
 
+def _same_origin(a: str, b: str) -> bool:
+    x, y = _HttpTarget(a), _HttpTarget(b)
+    return (x.https, x.host.lower(), x.port) == (y.https, y.host.lower(), y.port)
+
+
 def file_sha256(path: str) -> str:
     import hashlib
 
@@ -306,8 +333,11 @@ class DownloadCheck(_Base):
     kind = "download"
     bounded = False  # a large file may take longer than one attempt timeout; reads still time out
 
-    def __init__(self, cfg: DownloadConfig) -> None:
+    def __init__(self, cfg: DownloadConfig, env: Mapping[str, str] | None = None) -> None:
         self.url = cfg.url
+        self.auth: tuple[tuple[str, str], ...] = ()
+        if cfg.username_env is not None:
+            self.auth = (basic_auth_header(env or {}, cfg.username_env, cfg.password_env),)
         self.sha256 = cfg.sha256
         self.dest = os.path.abspath(cfg.dest)
         self.dir = os.path.dirname(self.dest)
@@ -331,7 +361,8 @@ class DownloadCheck(_Base):
             target = _HttpTarget(url)
             if target.https and self.tls is None:
                 self.tls = tls_context(self.ca_file, self.insecure)
-            stream, head = _get(target, (), ctx, self.tls)
+            # basic auth goes to the URL's own origin only, never to where a redirect points elsewhere
+            stream, head = _get(target, self.auth if _same_origin(url, self.url) else (), ctx, self.tls)
             try:
                 if head.status in (301, 302, 303, 307, 308):
                     url = self._redirect(url, head.get("location"))
@@ -440,11 +471,11 @@ def build(kind: str, cfg: TypeConfig, env: Mapping[str, str]) -> Check:
     if isinstance(cfg, RedisConfig):
         return RedisCheck(cfg, env)
     if isinstance(cfg, HttpConfig):
-        return HttpCheck(cfg)
+        return HttpCheck(cfg, env)
     if isinstance(cfg, DnsConfig):
         return DnsCheck(cfg)
     if isinstance(cfg, DownloadConfig):
-        return DownloadCheck(cfg)
+        return DownloadCheck(cfg, env)
     if isinstance(cfg, VerdictConfig):
         from depgate.waiter.status_watch import VerdictCheck
 

@@ -70,6 +70,9 @@ class HttpConfig:
     ca_file: str | None
     headers: tuple[tuple[str, str], ...]
     insecure: bool
+    username_env: str | None = None  # basic auth: the username and password are read from these env vars
+    password_env: str | None = None
+    header_envs: tuple[tuple[str, str], ...] = ()  # (header name, env var holding its value)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class DownloadConfig:
     ca_file: str | None
     insecure: bool
     max_bytes: int = DEFAULT_MAX_BYTES
+    username_env: str | None = None
+    password_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,25 @@ def _header(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _header_env(text: str) -> tuple[str, str]:
+    name, sep, var = text.partition("=")
+    if not sep or not name or not set(name) <= _TCHAR or not var.strip():
+        raise argparse.ArgumentTypeError("expected 'Name=VAR' with a token for Name")
+    return name, var.strip()
+
+
+def _basic_auth_flags(p: _Parser) -> None:
+    p.add_argument("--username-env", type=_nonempty, metavar="VAR", help="basic auth: the username in $VAR")
+    p.add_argument("--password-env", type=_nonempty, metavar="VAR", help="basic auth: the password in $VAR")
+
+
+def _basic_auth_envs(ns: argparse.Namespace) -> tuple[str | None, str | None]:
+    if (ns.username_env is None) != (ns.password_env is None):
+        flag = "--password-env" if ns.username_env else "--username-env"
+        raise ConfigError(f"{flag}: basic auth needs both --username-env and --password-env")
+    return ns.username_env, ns.password_env
+
+
 def check_url(flag: str, url: str) -> str:
     """An absolute http(s) URL with a host, else ConfigError naming `flag`."""
     from urllib.parse import urlsplit
@@ -247,6 +271,11 @@ def _http(p: _Parser) -> None:
     p.add_argument("--expect-status", type=_status, action="append", help="repeatable; default 200")
     p.add_argument("--ca-file", type=_nonempty, help="PEM CA bundle to verify the server with")
     p.add_argument("--header", type=_header, action="append", default=[], help="'Name: value', repeatable")
+    p.add_argument(
+        "--header-env", type=_header_env, action="append", default=[], metavar="NAME=VAR",
+        help="send header NAME with the value of $VAR (a Secret's key), repeatable",
+    )
+    _basic_auth_flags(p)
     p.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
 
 
@@ -264,6 +293,7 @@ def _download(p: _Parser) -> None:
     )
     p.add_argument("--ca-file", type=_nonempty, help="PEM CA bundle to verify the server with")
     p.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
+    _basic_auth_flags(p)
 
 
 def _verdict(p: _Parser) -> None:
@@ -344,7 +374,11 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Parsed:
         config = RedisConfig(ns.host, ns.port, ns.tls, ns.password_env, ns.username_env, ns.ca_file)
     elif kind == "http":
         statuses = tuple(dict.fromkeys(ns.expect_status or [200]))
-        config = HttpConfig(check_url("--url", ns.url), statuses, ns.ca_file, tuple(ns.header), ns.insecure)
+        username_env, password_env = _basic_auth_envs(ns)
+        config = HttpConfig(
+            check_url("--url", ns.url), statuses, ns.ca_file, tuple(ns.header), ns.insecure,
+            username_env, password_env, tuple(ns.header_env),
+        )
     elif kind == "dns":
         config = DnsConfig(ns.name.rstrip(".") or ns.name)
     elif kind == "download":
@@ -353,8 +387,10 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Parsed:
             raise ConfigError("--sha256: expected 64 hex digits")
         if ns.dest.endswith("/"):
             raise ConfigError("--dest: expected a file path, got a directory")
+        username_env, password_env = _basic_auth_envs(ns)
         config = DownloadConfig(
-            check_url("--url", ns.url), digest, ns.dest, ns.ca_file, ns.insecure, ns.max_bytes
+            check_url("--url", ns.url), digest, ns.dest, ns.ca_file, ns.insecure, ns.max_bytes,
+            username_env, password_env,
         )
     else:
         server = ns.server or default_server(env)

@@ -159,6 +159,112 @@ REFUSED = {
 }
 
 
+# Issue 14: what would let a policy make depgate escalate, refused by the CRD itself (no webhook needed),
+# naming the field; depgate.spec refuses the same (tests/unit/test_spec_refusals.py).
+DNS = {"dns": {"name": "x"}}
+DOWNLOAD = {"download": {"url": "https://files/m", "sha256": SHA, "path": "m"}}
+SC = "spec.defaults.securityContext"
+MOUNT = "spec.sharedVolume.mountPath"
+SECRET_REF = {"secretKeyRef": {"name": "s", "key": "k"}}
+
+
+def sc(**fields: Any) -> dict[str, Any]:
+    return pre(DNS, defaults={"securityContext": fields})
+
+
+def mount(path: str) -> dict[str, Any]:
+    return pre(DOWNLOAD, sharedVolume={"mountPath": path})
+
+
+def http(**fields: Any) -> dict[str, Any]:
+    return pre({"http": {"url": "https://api/healthz", **fields}})
+
+
+def only(*exprs: dict[str, Any]) -> dict[str, Any]:
+    return {"selector": {"matchExpressions": list(exprs)}, "preconditions": [{"name": "p", **DNS}]}
+
+
+ESCALATIONS = {
+    "privileged waiter": (sc(privileged=True), [f"{SC}.privileged: Forbidden", "must not be true"]),
+    "privilege escalation": (sc(allowPrivilegeEscalation=True),
+                             [f"{SC}.allowPrivilegeEscalation: Forbidden", "must not be true"]),
+    "root waiter": (sc(runAsUser=0), [f"{SC}.runAsUser: Forbidden", "must not be 0"]),
+    "runAsNonRoot false": (sc(runAsNonRoot=False), [f"{SC}.runAsNonRoot: Forbidden", "must not be false"]),
+    "added capability": (sc(capabilities={"add": ["SYS_ADMIN"]}), [f"{SC}.capabilities.add: Forbidden",
+                                                                    "must be empty"]),
+    "unmasked proc": (sc(procMount="Unmasked"), [f"{SC}.procMount: Forbidden"]),
+    "host process": (sc(windowsOptions={"hostProcess": True}), [f"{SC}.windowsOptions.hostProcess: Forbidden"]),
+    "seccomp unconfined": (sc(seccompProfile={"type": "Unconfined"}), [f"{SC}.seccompProfile.type: Forbidden"]),
+    "apparmor unconfined": (sc(appArmorProfile={"type": "Unconfined"}), [f"{SC}.appArmorProfile.type: Forbidden"]),
+    "mount over the SA token": (mount("/var/run/secrets/kubernetes.io/serviceaccount"),
+                                [MOUNT, "ServiceAccount token"]),
+    "mount above the SA token": (mount("/var/run"), [MOUNT, "system directory"]),
+    "mount over the CA bundle": (mount("/etc/ssl/certs"), [MOUNT, "system directory"]),
+    "mount at /": (mount("/"), [MOUNT, "system directory"]),
+    "mount at /run/secrets": (mount("/run/secrets"), [MOUNT, "system directory"]),
+    "mount at /proc": (mount("/proc"), [MOUNT, "system directory"]),
+    "mount at /sys": (mount("/sys"), [MOUNT, "system directory"]),
+    "mount at /dev/shm": (mount("/dev/shm"), [MOUNT, "system directory"]),
+    "mount at /bin": (mount("/bin"), [MOUNT, "system directory"]),
+    "mount at /sbin": (mount("/sbin"), [MOUNT, "system directory"]),
+    "mount at /lib64": (mount("/lib64"), [MOUNT, "system directory"]),
+    "mount at /usr/lib": (mount("/usr/lib"), [MOUNT, "system directory"]),
+    "mount at /boot": (mount("/boot"), [MOUNT, "system directory"]),
+    "mount with a trailing slash": (mount("/etc/"), [MOUNT, "normalised absolute path"]),
+    "mount with //": (mount("//etc"), [MOUNT, "normalised absolute path"]),
+    "mount with a . segment": (mount("/./etc"), [MOUNT, "normalised absolute path"]),
+    "http URL with credentials": (http(url="https://user:pw@api/healthz"),
+                                  ["spec.preconditions[0].http.url", "must not contain credentials"]),
+    "download URL with credentials": (
+        pre({"download": {"url": "https://u:p@files/m", "sha256": SHA, "path": "m"}}),
+        ["spec.preconditions[0].download.url", "must not contain credentials"]),
+    "inline Authorization header": (http(headers=[{"name": "Authorization", "value": "Bearer t"}]),
+                                    ["spec.preconditions[0].http.headers[0].value: Forbidden",
+                                     "valueFrom.secretKeyRef"]),
+    "inline Cookie header": (http(headers=[{"name": "COOKIE", "value": "s=1"}]),
+                             ["spec.preconditions[0].http.headers[0].value: Forbidden"]),
+    "header with value and valueFrom": (http(headers=[{"name": "X", "value": "1", "valueFrom": SECRET_REF}]),
+                                        ["spec.preconditions[0].http.headers[0]", "exactly one of value or valueFrom"]),
+    "header with neither": (http(headers=[{"name": "X"}]),
+                            ["spec.preconditions[0].http.headers[0]", "exactly one of value or valueFrom"]),
+    "basic auth and an Authorization header": (
+        http(basicAuthSecretRef={"name": "creds"}, headers=[{"name": "Authorization", "valueFrom": SECRET_REF}]),
+        ["spec.preconditions[0].http.headers", "cannot both be set"]),
+    "selector with only DoesNotExist": (only({"key": "no-such-label", "operator": "DoesNotExist"}),
+                                        ["spec.selector: Forbidden", "In or Exists requirement"]),
+    "selector with only NotIn": (only({"key": "team", "operator": "NotIn", "values": ["a"]}),
+                                 ["spec.selector: Forbidden", "In or Exists requirement"]),
+}
+REFUSED.update(ESCALATIONS)
+
+STILL_ACCEPTED = {
+    "restricted securityContext": sc(runAsNonRoot=True, runAsUser=65532, allowPrivilegeEscalation=False,
+                                     privileged=False, capabilities={"drop": ["ALL"], "add": []},
+                                     seccompProfile={"type": "RuntimeDefault"}, procMount="Default"),
+    "mount at /library": mount("/library"),
+    "mount at /var/lib/app": mount("/var/lib/app"),
+    "Secret-backed basic auth and headers": http(
+        basicAuthSecretRef={"name": "creds"},
+        headers=[{"name": "X-Probe", "value": "1"}, {"name": "X-Key", "valueFrom": SECRET_REF}]),
+    "Secret-backed Authorization header": http(headers=[{"name": "authorization", "valueFrom": SECRET_REF}]),
+    "download with basic auth": pre({"download": {**DOWNLOAD["download"], "basicAuthSecretRef": {
+        "name": "files", "usernameKey": "u", "passwordKey": "p"}}}),
+    "@ in a URL's path": http(url="https://api/users/@me"),
+    "selector with Exists and DoesNotExist": only({"key": "tier", "operator": "Exists"},
+                                                  {"key": "canary", "operator": "DoesNotExist"}),
+    "selector with matchLabels and NotIn": {
+        "selector": {"matchLabels": {"app": "web"},
+                     "matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}]},
+        "preconditions": [{"name": "p", **DNS}]},
+}
+
+
+@pytest.mark.parametrize("case", list(STILL_ACCEPTED), ids=list(STILL_ACCEPTED))
+def test_what_the_escalation_rules_still_accept(plane, crds, namespace, case):
+    proc = create(plane, namespace, doc(STILL_ACCEPTED[case]), "--dry-run=server")
+    assert proc.returncode == 0, f"{case}: {proc.stderr}"
+
+
 @pytest.mark.parametrize("case", list(REFUSED), ids=list(REFUSED))
 def test_the_api_server_refuses_with_the_field_path(plane, crds, namespace, case):
     spec, fragments = REFUSED[case]

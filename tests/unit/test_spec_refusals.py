@@ -194,3 +194,13 @@ def test_secret_backed_basic_auth_and_headers_parse() -> None:
     assert h.headers == (HTTPHeader("X-Probe", "depgate"),
                          HTTPHeader("X-Api-Key", value_from=KeyRef("api-key", "key")))
     assert dl.basic_auth_secret_ref == BasicAuthRef("files", "u", "p")
+
+
+def test_a_policy_stored_before_the_crd_refused_it_is_explained_in_status() -> None:
+    """The operator parses every policy: one the API server admitted under an older CRD is Stalled,
+    reason InvalidSpec, naming the field, and nothing is applied."""
+    from depgate import plan
+
+    applied, stalled = plan.invalid_spec(refused(sc(privileged=True)))
+    assert (applied.ok, stalled.reason) == (False, "InvalidSpec")
+    assert stalled.message.startswith("spec.defaults.securityContext.privileged: must not be true")

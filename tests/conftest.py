@@ -207,16 +207,23 @@ class Operator:
         return self.log.read_text(errors="replace")
 
 
-def start_operator(kubeconfig: str, tmp: Path, *extra: str) -> Operator:
+def start_operator(kubeconfig: str, tmp: Path, *extra: str, admin: Plane | None = None) -> Operator:
+    """A `depgate run` as the identity of `kubeconfig`, ready once its metrics answer and (unless
+    --authority=off) its admission webhook serves: with `admin` (the plane, as its admin), once a
+    server-side dry run of a policy comes back with the author it recorded."""
     import sys
     import urllib.error
 
     port = free_port()
     log = tmp / f"operator-{port}.log"
     fh = log.open("wb")
+    enforce = "--authority=off" not in extra
+    webhook = [] if any(a.startswith("--webhook-port") for a in extra) else [f"--webhook-port={free_port()}"]
+    if enforce and admin is not None and webhook:
+        register_webhooks(admin, int(webhook[0].split("=")[1]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "depgate", "run", f"--kubeconfig={kubeconfig}", f"--metrics-port={port}",
-         "--waiter-image=depgate/depgate:test", *extra],
+         "--waiter-image=depgate/depgate:test", *webhook, *extra],
         stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     op = Operator(proc, port, log, kubeconfig)
@@ -231,7 +238,49 @@ def start_operator(kubeconfig: str, tmp: Path, *extra: str) -> Operator:
             return False
 
     wait_for(up, 60, what="the operator's metrics endpoint")
+    if enforce:
+        wait_for(lambda: up() and op.counter("depgate_webhook_ready") == 1, 60,
+                 what="the operator's admission webhook (depgate_webhook_ready)")
+        if admin is not None:
+            wait_webhook_serves(admin)
     return op
+
+
+def register_webhooks(admin: Plane, port: int) -> None:
+    """The install's two webhook configurations, pointing at https://127.0.0.1:<port> (the operator
+    fills in caBundle), as `make run` has them: what an admin applies, since the operator may not create them."""
+    import json
+
+    from depgate import webhook
+
+    def client(path: str) -> dict:
+        return {"url": f"https://127.0.0.1:{port}/{path}"}
+
+    for body in webhook.configurations(client, webhook.service_account_user(OPERATOR_NS)):
+        admin.run_kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=depgate-tests",
+                          "-f", "-", input=json.dumps(body))
+
+
+PROBE_POLICY = {
+    "apiVersion": "depgate.io/v1alpha1", "kind": "DependencyPolicy",
+    "metadata": {"name": "webhook-probe", "namespace": "default"},
+    "spec": {"workloadRef": {"name": "webhook-probe"},
+             "preconditions": [{"name": "probe", "tcp": {"host": "localhost", "port": 1}}]},
+}
+
+
+def wait_webhook_serves(admin: Plane) -> None:
+    """The API server calls the webhook now: a dry-run create comes back with the recorded author."""
+    import json
+
+    def served() -> bool:
+        out = admin.run_kubectl("create", "--dry-run=server", "-o", "json", "-f", "-",
+                                input=json.dumps(PROBE_POLICY), check=False)
+        if out.returncode != 0:
+            return False
+        return "depgate.io/author" in (json.loads(out.stdout)["metadata"].get("annotations") or {})
+
+    wait_for(served, 60, interval=0.2, what="the API server calling depgate's admission webhook")
 
 
 def stop_operator(op: Operator) -> None:
@@ -247,7 +296,11 @@ def stop_operator(op: Operator) -> None:
 
 
 OPERATOR_NS = "depgate-system"
-RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+# What the session's operator needs from manifests/ before it starts. Not the webhook configurations:
+# start_operator creates them (as the plane's admin, pointing at the operator it starts), so that they
+# exist only while an operator serves them (their failurePolicy is Fail).
+RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+              "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 def wait_aggregated(plane: Plane) -> None:
@@ -304,7 +357,7 @@ def operator_kubeconfig(plane: Plane, crds: list[str], tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def operator(plane: Plane, crds: list[str], operator_kubeconfig: str, tmp_path_factory) -> Iterator[Operator]:
     extra = os.environ.get("DEPGATE_TEST_OPERATOR_ARGS", "").split()  # e.g. -v for the operator's debug log
-    op = start_operator(operator_kubeconfig, tmp_path_factory.mktemp("operator"), *extra)
+    op = start_operator(operator_kubeconfig, tmp_path_factory.mktemp("operator"), *extra, admin=plane)
     yield op
     stop_operator(op)
     text = op.log_text()

@@ -49,3 +49,12 @@ API = "api"  # judged by the operator from API objects; the pod's `depgate wait 
 def container_name(precondition: str) -> str:
     """The init container of the precondition named `precondition`."""
     return CONTAINER_PREFIX + precondition
+
+
+# Authority (depgate.authority): who wrote a policy, signed by depgate's admission webhook
+AUTHOR_ANNOTATION = f"{GROUP}/author"  # the user (or ServiceAccount) whose rights the policy runs with
+AUTHOR_SIGNATURE_ANNOTATION = f"{GROUP}/author-signature"  # HMAC over namespace, name, generation, author
+WEBHOOK_CONFIGURATION = GROUP  # the Validating- and MutatingWebhookConfiguration depgate serves
+WEBHOOK_SECRET = "depgate-webhook"  # in the operator's namespace: the signing key and the webhook's certificate
+DEFAULT_OPERATOR_NAMESPACE = "depgate-system"
+OPERATOR_NAMESPACE_ENV = "DEPGATE_OPERATOR_NAMESPACE"

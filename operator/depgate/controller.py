@@ -33,6 +33,9 @@ ClaimCustom = Callable[[tuple[str, str], Sequence[CustomKey]], Mapping[tuple[str
 DEPLOYMENT = (registry.DEPLOYMENT.api_version, registry.DEPLOYMENT.kind)  # what every target is
 
 
+UNAUTHORIZED = "Unauthorized"  # Applied/Stalled reason: the author lacks a right (depgate.authority)
+
+
 @dataclass
 class Outcome:
     """What one reconcile learned, for the event wiring (which objects should wake this policy)."""
@@ -56,8 +59,10 @@ class Reconciler:
     def __init__(self, kube: Kube, config: render.RenderConfig,
                  policy_exists: Callable[[str, str], bool] | None = None,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 claim_custom: ClaimCustom | None = None) -> None:
+                 claim_custom: ClaimCustom | None = None,
+                 authorize: Callable[[Mapping[str, Any], spec.Policy], str | None] | None = None) -> None:
         self.kube = kube
+        self.authorize = authorize
         self.claim_custom = claim_custom
         self.config = config
         self.policy_exists = policy_exists or self._policy_exists_live
@@ -76,6 +81,16 @@ class Reconciler:
         except spec.SpecError as e:
             out.result = "invalid"
             self._write_status(obj, out, [], {}, [], list(prior.get("targets") or []), *plan.invalid_spec(e))
+            return out
+        refused = self.authorize(obj, policy) if self.authorize is not None else None
+        if refused is not None:
+            # Not trusted (no verified author) or no longer allowed: depgate changes nothing for it,
+            # neither applying nor releasing, until someone with the rights it needs changes it.
+            out.result = "unauthorized"
+            self._write_status(obj, out, [], {}, [], list(prior.get("targets") or []),
+                               status.AppliedState(False, UNAUTHORIZED, "the policy's author may not do what it "
+                                                   "asks; nothing was applied"),
+                               status.Stalled(UNAUTHORIZED, refused))
             return out
         writes = plan.plan(policy, self._read(policy, ns, prior), self.config)
         done = plan.Progress(problems=list(writes.problems))

@@ -12,22 +12,27 @@ One worker (a Kopf daemon) per DependencyPolicy waits for its dirty flag and rec
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import kopf
 
-from depgate import metrics, registry
-from depgate.constants import FINALIZER, GROUP
+from depgate import metrics, registry, tls, webhook
+from depgate.constants import AUTHOR_SIGNATURE_ANNOTATION, FINALIZER, GROUP, WEBHOOK_SECRET
 from depgate.controller import Outcome, Reconciler, ReleaseFailed
 from depgate.echo import Echoes
 from depgate.kube import CONNECT_TIMEOUT, WATCH_SERVER_TIMEOUT, Kube, NamespaceTerminating
 from depgate.plan import CustomKey
 from depgate.render import RenderConfig
 from depgate.settings import Settings
+from depgate.webhook import Gate
 from depgate.wiring import (
     WATCHED_KINDS,
     Change,
@@ -66,6 +71,15 @@ class Operator:
         self._reconciler: Reconciler | None = None
         self._cycles_task: asyncio.Task[None] | None = None  # keeps the recompute under way alive
         self._watch_tasks: dict[StreamKey, asyncio.Task[None]] = {}
+        self.authors: dict[Key, str | None] = {}  # each policy's author signature, as last seen
+        self.gate: Gate | None = None  # the author's rights; set up at startup (start_admission)
+        self.gate_problem = "depgate's admission webhook has not started yet"
+
+    def authorize(self, obj: Mapping[str, Any], policy: Any) -> str | None:
+        """The reconcile's question: may this policy act now? (depgate.webhook.Gate)"""
+        if self.gate is None:
+            return f"depgate cannot check the author's rights: {self.gate_problem}"
+        return self.gate.authorize(obj, policy)
 
     def reconciler(self) -> Reconciler:
         if self._reconciler is None:
@@ -76,7 +90,8 @@ class Operator:
                         or kube.get(POLICIES.api_version, POLICIES.kind, ns, name) is not None)
 
             self._reconciler = Reconciler(kube, RenderConfig(waiter_image=self.settings.waiter_image),
-                                          policy_exists=exists, claim_custom=self.claim_custom)
+                                          policy_exists=exists, claim_custom=self.claim_custom,
+                                          authorize=self.authorize if self.settings.authority == "enforce" else None)
         return self._reconciler
 
     # ------------------------------------------------------------------ waking workers
@@ -241,6 +256,98 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
     )
 
 
+# ---------------------------------------------------------------------- the admission webhook (depgate.webhook)
+
+
+class _WebhookServer(kopf.WebhookServer):
+    """Kopf's HTTPS server for the admission handlers below; once it listens, the webhook
+    configurations are pointed at it (their clientConfig)."""
+
+    def __init__(self, *, on_listening: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.on_listening = on_listening
+
+    async def __call__(self, fn: Any) -> Any:  # an async generator of client configs, as Kopf's
+        async for client_config in super().__call__(fn):
+            await self.on_listening()
+            yield client_config
+
+
+async def _no_webhook_server(fn: Any) -> Any:
+    """--webhook-port=0 or --authority=off: no server here (another replica may serve)."""
+    await asyncio.Event().wait()
+    yield {}  # never reached
+
+
+@kopf.on.startup()
+async def start_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """The signing key and certificate (from the webhook Secret), the gate, and the HTTPS server."""
+    op, s = current(), current().settings
+    settings.admission.managed = None  # the install ships the configurations; we only point them here
+    settings.admission.server = _no_webhook_server
+    if s.authority == "off":
+        log.warning("--authority=off: every policy is trusted, whoever wrote it (docs/operations.md, Threat model)")
+        return
+    kube = op.reconciler().kube
+    ns = s.resolved_operator_namespace()
+    in_cluster = s.kubeconfig is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    try:
+        keys = await asyncio.to_thread(webhook.load_keys, kube, ns, tls.hostnames(s.webhook_service, ns))
+        me = await asyncio.to_thread(kube.whoami)
+    except Exception as e:  # said in every policy's status until a restart gets it
+        op.gate_problem = f"could not read or make the Secret {ns}/{WEBHOOK_SECRET}: {e}"
+        log.error("%s; no policy is trusted meanwhile", op.gate_problem)
+        return
+    op.gate = Gate(kube, keys.signing, me)
+    if not s.webhook_port:
+        return
+    cert, key = webhook.write_cert_files(keys, Path(tempfile.mkdtemp(prefix="depgate-webhook-")))
+    bundle = base64.b64encode(keys.cert).decode()
+    base = s.webhook_url.rstrip("/") or (None if in_cluster else f"https://127.0.0.1:{s.webhook_port}")
+
+    def client(path: str) -> dict[str, Any]:
+        if base is None:
+            return {"service": {"name": s.webhook_service, "namespace": ns, "path": f"/{path}", "port": 443},
+                    "caBundle": bundle}
+        return {"url": f"{base}/{path}", "caBundle": bundle}
+
+    async def listening() -> None:
+        problems = await asyncio.to_thread(webhook.register, kube, client, webhook.service_account_user(ns))
+        for problem in problems:
+            log.error("%s", problem)
+        metrics.webhook_ready.set(0 if problems else 1)
+
+    settings.admission.server = _WebhookServer(
+        addr="0.0.0.0" if in_cluster or s.webhook_url else "127.0.0.1", port=s.webhook_port,
+        certfile=str(cert), pkeyfile=str(key), on_listening=listening)
+
+
+@kopf.on.mutate(POLICIES.group, POLICIES.version, POLICIES.plural, id=webhook.MUTATE_PATH,
+                operations=["CREATE", "UPDATE"])
+def record_author(operation: str, old: Any, new: Any, userinfo: Mapping[str, Any], patch: kopf.Patch,
+                  **_: Any) -> None:
+    gate = current().gate
+    if gate is None:
+        raise kopf.AdmissionError(f"depgate cannot record the author: {current().gate_problem}", code=503)
+    for k, v in gate.mutate(operation, plain(old) if old is not None else None, plain(new), userinfo).items():
+        patch.metadata.annotations[k] = v
+
+
+@kopf.on.validate(POLICIES.group, POLICIES.version, POLICIES.plural, id=webhook.VALIDATE_PATH,
+                  operations=["CREATE", "UPDATE"])
+def check_authority(operation: str, old: Any, new: Any, userinfo: Mapping[str, Any], warnings: list[str],
+                    **_: Any) -> None:
+    gate = current().gate
+    if gate is None:
+        raise kopf.AdmissionError(f"depgate cannot check the author's rights: {current().gate_problem}", code=503)
+    started = time.monotonic()
+    refused = gate.admit(operation, plain(old) if old is not None else None, plain(new), userinfo, warnings)
+    metrics.admission_seconds.observe(time.monotonic() - started)
+    if refused is not None:
+        metrics.admission_refusals.inc()
+        raise kopf.AdmissionError(refused, code=403)
+
+
 class _NoDiffBase(kopf.DiffBaseStorage):
     """No diff base at all. Kopf keeps the last handled spec (for on.create/on.update handlers'
     diffs) in an annotation; depgate has no such handler (its on.delete handler needs no diff,
@@ -328,6 +435,7 @@ async def stop_custom_watches(**_: Any) -> None:
 async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name: str, **_: Any) -> None:
     op, key = current(), (namespace, name)
     if event.get("type") == "DELETED":
+        op.authors.pop(key, None)
         op.claimed(op.wiring.policy_deleted(key))
         op.graph_changed()
         metrics.forget(key)
@@ -336,6 +444,12 @@ async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name
     obj = plain(body)
     op.echo.heard(key, obj)
     op.apply(op.wiring.policy_seen(key, obj))
+    # A new recorded author (an unverified policy touched by someone with the rights) changes no
+    # spec, but changes whether the policy may act: reconcile it.
+    author = ((obj.get("metadata") or {}).get("annotations") or {}).get(AUTHOR_SIGNATURE_ANNOTATION)
+    if op.authors.get(key) != author:
+        op.authors[key] = author
+        op.wiring.mark([key])
 
 
 @kopf.daemon(POLICIES.group, POLICIES.version, POLICIES.plural, cancellation_timeout=10)

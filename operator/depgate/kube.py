@@ -264,6 +264,32 @@ class Kube:
             raise
         return dict(out) if out is not None else None
 
+    # ------------------------------------------------------------------ authority (depgate.authority)
+
+    def review_access(self, review: Mapping[str, Any]) -> tuple[bool, str]:
+        """Send one SubjectAccessReview: (allowed, the authorizer's reason)."""
+        out = self._call("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body=dict(review))
+        st = (out or {}).get("status") or {}
+        return bool(st.get("allowed")) and not st.get("denied"), str(st.get("reason") or "")
+
+    def whoami(self) -> str:
+        """The user name this client authenticates as (a SelfSubjectReview)."""
+        out = self._call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                         body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        return str((((out or {}).get("status") or {}).get("userInfo") or {}).get("username") or "")
+
+    def create(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create an object; None when it exists already (409 AlreadyExists)."""
+        md = body["metadata"]
+        try:
+            out = self._call("POST", self.path(body["apiVersion"], body["kind"], md.get("namespace")),
+                             body=dict(body))
+        except ApiException as e:
+            if e.status == 409:
+                return None
+            raise
+        return dict(out) if out is not None else None
+
     # ------------------------------------------------------------------ watches of arbitrary kinds
     #
     # Custom resources (`resource` preconditions) are watched one (apiVersion, kind, namespace) at a

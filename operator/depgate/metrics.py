@@ -36,6 +36,13 @@ watch_stale = Gauge(
     "depgate_watch_stale",
     "1 while the policies watch has not delivered depgate's own status writes back within the bound "
     "(the watch is open and may get bookmarks, but hears no change).")
+webhook_ready = Gauge("depgate_webhook_ready", "1 once this process serves the admission webhook and the "
+                      "webhook configurations point at it.")
+admission_seconds = Histogram("depgate_admission_seconds", "Time to answer one admission review of a policy "
+                              "(the author's SubjectAccessReviews included).",
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+admission_refusals = Counter("depgate_admission_refusals_total", "Policy writes refused at admission "
+                             "(the author lacks a right the policy needs, or the policy is too big).")
 status_writes = Counter("depgate_status_writes_total", "Status writes on DependencyPolicies.")
 preconditions = Gauge("depgate_preconditions", "Preconditions of a policy, by state.",
                       ["namespace", "policy", "state"])

@@ -15,7 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from depgate.constants import REQUEST_TIMEOUT_SECONDS, WAITER_IMAGE_ENV
+from depgate.constants import (
+    DEFAULT_OPERATOR_NAMESPACE,
+    OPERATOR_NAMESPACE_ENV,
+    REQUEST_TIMEOUT_SECONDS,
+    WAITER_IMAGE_ENV,
+)
 from depgate.render import DEFAULT_WAITER_IMAGE
 
 
@@ -44,6 +49,11 @@ def _count(value: int) -> None:
 def _port(value: int) -> None:
     if not 0 <= value <= 65535:
         raise SettingsError(f"must be a TCP port (1-65535) or 0 (off), not {value}")
+
+
+def _authority_mode(value: str) -> None:
+    if value not in ("enforce", "off"):
+        raise SettingsError(f"must be enforce or off, not {value!r}")
 
 
 def _text(value: str) -> None:
@@ -122,12 +132,41 @@ class Settings:
         8, "--max-custom-kinds-per-policy", parse=int, check=_count, metavar="N",
         help="watch at most this many kinds of custom resource for one policy; its other `resource` "
              "preconditions say TooManyWatches (default %(default)g)")
+    authority: str = _flag(
+        "enforce", "--authority", check=_authority_mode, metavar="MODE",
+        help="enforce: a policy takes effect only as far as its author could have done it directly "
+             "(checked at admission by depgate's webhook and again at each reconcile; docs/operations.md, "
+             "Threat model); off: trust every policy (default %(default)s)")
+    operator_namespace: str = _flag(
+        "", "--operator-namespace", metavar="NAMESPACE", env=OPERATOR_NAMESPACE_ENV,
+        help="the namespace depgate runs in, where its webhook Secret lives (default: the in-cluster "
+             f"ServiceAccount's namespace, else {DEFAULT_OPERATOR_NAMESPACE}) [env {OPERATOR_NAMESPACE_ENV}]")
+    webhook_port: int = _flag(
+        9443, "--webhook-port", parse=int, check=_port, metavar="PORT",
+        help="serve the admission webhook (HTTPS) on this port (0: off) (default %(default)s)")
+    webhook_url: str = _flag(
+        "", "--webhook-url", metavar="URL",
+        help="where the API server reaches this process's webhook, e.g. https://10.0.0.5:9443 (default: "
+             "in a cluster, the Service --webhook-service; outside, https://127.0.0.1:PORT, for a local plane)")
+    webhook_service: str = _flag(
+        "depgate-webhook", "--webhook-service", check=_text, metavar="NAME",
+        help="in a cluster, the Service in front of the webhook, in --operator-namespace (default %(default)s)")
     protected_namespaces: tuple[str, ...] = _flag(
         (), "--protected-namespaces", metavar="NS,NS",
         parse=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
         help="namespaces where a policy changes nothing and says so in status, comma-separated (default: the "
              "operator's namespace, --operator-namespace, and kube-system; a list given replaces both)")
     verbose: bool = _flag(False, "-v", "--verbose", help="debug logging")
+
+    def resolved_operator_namespace(self, token_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount") -> str:
+        """--operator-namespace, else the in-cluster ServiceAccount's namespace, else the default."""
+        if self.operator_namespace:
+            return self.operator_namespace
+        try:
+            with open(os.path.join(token_dir, "namespace")) as fh:
+                return fh.read().strip() or DEFAULT_OPERATOR_NAMESPACE
+        except OSError:
+            return DEFAULT_OPERATOR_NAMESPACE
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

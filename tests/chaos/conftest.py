@@ -190,6 +190,7 @@ def _running_operators() -> list[int]:
 class Operators:
     kubeconfig: str
     tmp: Path
+    plane: Plane | None = None
     started: list[Operator] = field(default_factory=list)
 
     @property
@@ -197,7 +198,10 @@ class Operators:
         return self.started[-1]
 
     def start(self, *extra: str) -> Operator:
-        op = start_operator(self.kubeconfig, self.tmp, *extra)
+        # The fault suite is about crashes, outages and hostile objects, not about who wrote a policy
+        # (tests/integration/test_authority.py): its operators trust every policy and serve no webhook,
+        # so that policies can be written while they are dead.
+        op = start_operator(self.kubeconfig, self.tmp, "--authority=off", "--webhook-port=0", *extra)
         self.started.append(op)
         return op
 
@@ -232,7 +236,9 @@ def operators(plane: Plane, crds: list[str], operator_kubeconfig: str, namespace
         pytest.fail(f"a depgate operator (pid {others}) started by this session still runs: the fault tests "
                     "kill and restart their own; run tests/chaos before tests/integration (the default order) "
                     "or alone", pytrace=False)
-    ops = Operators(operator_kubeconfig, tmp_path)
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        plane.run_kubectl("delete", kind, "depgate.io", "--ignore-not-found")
+    ops = Operators(operator_kubeconfig, tmp_path, plane)
     yield ops
     # Leave no policy behind: their finalizer needs a running operator, or the namespace never goes.
     try:

@@ -33,6 +33,11 @@ GIVEN: dict[str, tuple[list[str], Any]] = {
     "max_custom_watches": (["--max-custom-watches=2"], 2),
     "max_custom_kinds_per_policy": (["--max-custom-kinds-per-policy=1"], 1),
     "protected_namespaces": (["--protected-namespaces=kube-system, ops"], ("kube-system", "ops")),
+    "authority": (["--authority=off"], "off"),
+    "operator_namespace": (["--operator-namespace=ops"], "ops"),
+    "webhook_port": (["--webhook-port=0"], 0),
+    "webhook_url": (["--webhook-url=https://10.0.0.5:9443"], "https://10.0.0.5:9443"),
+    "webhook_service": (["--webhook-service=hooks"], "hooks"),
     "verbose": (["-v"], True),
 }
 

@@ -241,3 +241,24 @@ def test_a_policy_too_big_is_refused_naming_its_largest_field(plane, operator, p
     assert out.returncode != 0
     assert "spec.template.spec.template.spec.containers[0].env: the policy is" in out.stderr, out.stderr
     assert "over depgate's limit" in out.stderr, out.stderr
+
+
+def test_the_operators_token_may_repoint_its_webhooks_but_not_widen_them(plane, operator, operator_kubeconfig):
+    """A stolen operator token could otherwise make depgate's webhook intercept every pod."""
+    as_operator = Plane(operator_kubeconfig, plane.kubectl, plane.server, pods=plane.pods)
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        live = json.loads(plane.run_kubectl("get", kind, "depgate.io", "-o", "json").stdout)
+        widen = [{"op": "add", "path": "/webhooks/0/rules/-",
+                  "value": {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}}]
+        out = as_operator.run_kubectl("patch", kind, "depgate.io", "--type=json", "-p", json.dumps(widen), check=False)
+        assert out.returncode != 0, out.stdout
+        assert "may change only the clientConfig" in out.stderr, out.stderr
+        loosen = [{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]
+        out = as_operator.run_kubectl("patch", kind, "depgate.io", "--type=json", "-p", json.dumps(loosen), check=False)
+        assert out.returncode != 0 and "may change only the clientConfig" in out.stderr, out.stderr
+        # what the operator does at start: its clientConfig, and nothing else, may change
+        same = [{"op": "replace", "path": "/webhooks/0/clientConfig", "value": live["webhooks"][0]["clientConfig"]},
+                {"op": "add", "path": "/metadata/labels/touched", "value": "yes"}]
+        as_operator.run_kubectl("patch", kind, "depgate.io", "--type=json", "-p", json.dumps(same))
+        after = json.loads(plane.run_kubectl("get", kind, "depgate.io", "-o", "json").stdout)
+        assert after["webhooks"] == live["webhooks"]

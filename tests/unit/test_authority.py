@@ -181,3 +181,58 @@ def test_the_installs_webhook_configurations_are_the_operators():
 
     for want in webhook.configurations(client, webhook.service_account_user("depgate-system")):
         assert json.loads(json.dumps(shipped[want["kind"]])) == want, want["kind"]
+
+
+class FakeKube:
+    """depgate.kube.Kube's two calls the Gate makes, answered from a set of allowed rights."""
+
+    def __init__(self, allowed: set[tuple[str, str, str, str]]) -> None:
+        self.allowed = allowed
+        self.reviews = 0
+
+    def review_access(self, review: dict) -> tuple[bool, str]:
+        self.reviews += 1
+        a = review["spec"]["resourceAttributes"]
+        ok = (review["spec"]["user"], a["verb"], a["resource"], a.get("name", "")) in self.allowed
+        return ok, "" if ok else "no RBAC policy matched"
+
+    def plural(self, api_version: str, kind: str) -> str:
+        raise LookupError(kind)
+
+
+def test_the_reconcile_check_uses_the_recorded_author_and_a_lost_right_stops_the_policy_after_the_cache():
+    now = [0.0]
+    kube = FakeKube({("alice", "patch", "deployments", "payments")})
+    gate = webhook.Gate(kube, KEY, OPERATOR, clock=lambda: now[0])  # type: ignore[arg-type]
+    policy_obj = signed(SPEC, ALICE)
+    policy = spec.parse_policy(policy_obj)
+    assert gate.authorize(policy_obj, policy) is None
+    assert gate.authorize(policy_obj, policy) is None and kube.reviews == 1  # answered from the cache
+    kube.allowed.clear()  # alice's RoleBinding is deleted
+    now[0] += webhook.REVIEW_TTL_SECONDS - 1
+    assert gate.authorize(policy_obj, policy) is None
+    now[0] += 2
+    refused = gate.authorize(policy_obj, policy)
+    assert refused is not None
+    assert refused.startswith("spec.workloadRef: alice may not patch deployments.apps 'payments'")
+    assert "no author recorded" in (gate.authorize(obj(SPEC), policy) or "")
+
+
+def test_admission_refuses_the_requester_lacking_a_right_and_checks_fresh():
+    kube = FakeKube({("alice", "patch", "deployments", "payments")})
+    gate = webhook.Gate(kube, KEY, OPERATOR)  # type: ignore[arg-type]
+    new = obj(SPEC, generation=1)
+    for user, ok in (({"username": "alice"}, True), ({"username": "mallory"}, False)):
+        annotations = gate.mutate("CREATE", None, new, user)
+        admitted = copy.deepcopy(new)
+        admitted["metadata"]["annotations"] = dict(annotations)
+        warnings: list[str] = []
+        refused = gate.admit("CREATE", None, admitted, user, warnings)
+        assert (refused is None) == ok, refused
+    # a request whose recorded author is someone else (the mutating webhook skipped) is refused
+    alice_signed = signed(SPEC, ALICE)
+    assert "is not the one making this request" in gate.admit("CREATE", None, alice_signed, {"username": "mallory"}, [])
+    # unchanged spec and author: nothing to check
+    reviews = kube.reviews
+    assert gate.admit("UPDATE", alice_signed, copy.deepcopy(alice_signed), {"username": "mallory"}, []) is None
+    assert kube.reviews == reviews

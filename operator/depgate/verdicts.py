@@ -260,11 +260,11 @@ def forbidden(kind: str, name: str, namespace: str, message: str,
     (no cluster-wide read of every Secret); the message gives the one command a namespace admin runs.
     Anything else (a custom resource): a ClusterRole labelled depgate.io/aggregate-to-operator."""
     if kind == registry.SECRET.kind:
+        # the command first: status messages are clipped (256 characters), and it is what to do
         return Verdict(BLOCKING, "Forbidden",
-                       f"depgate may not read secret {name} ({_clip(message)}): `secret` preconditions are enabled "
-                       f"per namespace; a namespace admin runs: kubectl create rolebinding {SECRET_READER} "
-                       f"-n {namespace} --clusterrole={SECRET_READER} "
-                       f"--serviceaccount={operator_namespace}:depgate")
+                       f"run `kubectl create rolebinding {SECRET_READER} -n {namespace} --clusterrole={SECRET_READER} "
+                       f"--serviceaccount={operator_namespace}:depgate` (a namespace admin) to enable `secret` "
+                       f"preconditions here: depgate may not read secret {name} ({message})")
     return Verdict(BLOCKING, "Forbidden",
                    f"depgate may not read what this precondition names ({message}); grant it with a ClusterRole "
                    'labelled depgate.io/aggregate-to-operator: "true"')

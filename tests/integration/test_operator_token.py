@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.conftest import Plane, wait_for
+from tests.conftest import REPO, Plane, wait_for
 
 SA = "system:serviceaccount:depgate-system:depgate"
 
@@ -46,12 +47,24 @@ class Stolen:
         return proc.stderr
 
 
+ADMISSION_KINDS = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+
+
 @pytest.fixture(scope="module")
 def stolen(plane: Plane, operator_kubeconfig: str) -> Stolen:
     s = Stolen(plane, operator_kubeconfig)
     # the token works (this is not a test of a broken token): it lists policies cluster-wide
     wait_for(lambda: s.run("get", "dependencypolicies", "-A").returncode == 0, 30, interval=0.3,
              what="the operator's token accepted")
+    # the install's admission backstops too (the operator_kubeconfig fixture applies its RBAC only)
+    docs = [d for d in yaml.safe_load_all(plane.run_kubectl("kustomize", str(REPO / "manifests")).stdout)
+            if d and d.get("kind") in ADMISSION_KINDS and d["metadata"]["name"].startswith("depgate-operator-")]
+    assert len(docs) == 4
+    plane.run_kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(docs))
+    probe = _binding("probe", "default", "depgate-operator-core", "default", "default")  # held: only admission refuses
+    wait_for(lambda: "ValidatingAdmissionPolicy" in s.run("create", "--dry-run=server", "-f", "-",
+                                                          input=probe).stderr,
+             30, interval=0.3, what="the ValidatingAdmissionPolicies enforced")
     return s
 
 
@@ -146,6 +159,45 @@ def test_step_4_grant_system_authenticated_list_on_kube_system_secrets(plane: Pl
     assert can.stdout.strip() == "no"
 
 
+def test_step_3b_change_an_existing_deployment_in_kube_system_or_its_own_namespace(plane: Plane,
+                                                                                  stolen: Stolen) -> None:
+    """`patch` on Deployments is what gating needs, and RBAC grants it cluster-wide; the install's
+    ValidatingAdmissionPolicy refuses it in the protected namespaces (kube-system, depgate-system)."""
+    name = f"sys-{uuid.uuid4().hex[:6]}"
+    for ns in ("kube-system", "depgate-system"):
+        plane.run_kubectl("create", "deployment", name, "-n", ns, "--image=registry.k8s.io/pause:3.10")
+        try:
+            before = json.loads(plane.run_kubectl("get", "deployment", name, "-n", ns, "-o", "json").stdout)
+            err = stolen.refused("patch", "deployment", name, "-n", ns, "--type=json", "-p",
+                                 '[{"op": "add", "path": "/spec/template/spec/hostNetwork", "value": true}]')
+            assert "depgate-operator-protected-namespaces" in err, err
+            err = stolen.refused("scale", "deployment", name, "-n", ns, "--replicas=0")
+            after = json.loads(plane.run_kubectl("get", "deployment", name, "-n", ns, "-o", "json").stdout)
+            assert after["metadata"]["generation"] == before["metadata"]["generation"]
+        finally:
+            plane.run_kubectl("delete", "deployment", name, "-n", ns, check=False)
+
+
+def test_step_4b_bind_its_own_rights_to_everyone(plane: Plane, stolen: Stolen, namespace: str) -> None:
+    """Escalation prevention would let it grant what it holds (patch every Deployment, say) to
+    anyone; the install's ValidatingAdmissionPolicy lets it bind only depgate-verdict-reader, to
+    ServiceAccounts of the binding's namespace."""
+    for clusterrole, kind, subject in (("depgate-operator", "Group", "system:authenticated"),
+                                       ("depgate-operator-core", "ServiceAccount", "default"),
+                                       ("depgate-verdict-reader", "Group", "system:authenticated")):
+        body = json.loads(_binding("everyone", namespace, clusterrole, namespace, subject))
+        body["subjects"][0]["kind"] = kind
+        if kind == "Group":
+            body["subjects"][0] = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": subject}
+        err = stolen.refused("create", "-f", "-", input=json.dumps(body))
+        assert "depgate-operator-rolebindings" in err, err
+    # nor the verdict reader for another namespace's ServiceAccount
+    err = stolen.refused("create", "-f", "-",
+                         input=_binding("elsewhere", namespace, "depgate-verdict-reader", "kube-system", "default"))
+    assert "depgate-operator-rolebindings" in err
+    assert plane.run_kubectl("get", "rolebindings", "-n", namespace, "-o", "name").stdout.strip() == ""
+
+
 def test_step_5_empty_a_role(plane: Plane, stolen: Stolen, victims: dict[str, str]) -> None:
     ns = victims["ns"]
     err = stolen.refused("patch", "role", "app-reader", "-n", ns, "--type=json",
@@ -204,3 +256,19 @@ def test_secrets_and_deployment_creation_only_where_a_namespace_admin_enabled_th
     stolen.refused("get", "secrets", "-n", "kube-system")
     stolen.refused("get", "secrets", "--all-namespaces")
     stolen.refused("create", "--dry-run=server", "-f", "-", input=PRIVILEGED.replace("NAME", "x").replace("SA", "x"))
+
+
+def test_without_create_a_guarded_apply_to_a_deployment_deleted_meanwhile_is_not_forbidden(
+        stolen: Stolen, namespace: str) -> None:
+    """What depgate's release and every target apply send (server-side apply of its own fields only,
+    with the resourceVersion it read): for a Deployment deleted meanwhile the API server validates the
+    would-be new object before it authorises a create, so dropping `create` changes no answer depgate
+    handles: it stays what it was (Invalid: a Deployment of depgate's fields alone lacks a selector),
+    never Forbidden. Only template mode's whole Deployment reaches the create check."""
+    body = {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "gone", "namespace": namespace, "resourceVersion": "12345",
+                         "annotations": {"depgate.io/policy": "p"}}}
+    proc = stolen.run("apply", "--server-side", "--force-conflicts", "--field-manager=depgate", "-f", "-",
+                      input=json.dumps(body))
+    assert proc.returncode != 0
+    assert "forbidden" not in proc.stderr.lower() and "is invalid" in proc.stderr, proc.stderr

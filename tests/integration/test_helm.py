@@ -274,7 +274,7 @@ def test_helm_install_then_upgrade_and_the_operator_gates_under_the_charts_servi
         apply(plane, ns, "apiVersion: v1\nkind: Service\nmetadata: {name: db}\n"
                          "spec: {selector: {app: db}, ports: [{port: 5432}]}\n")
     token = str(operator_token_kubeconfig(plane, tmp_path))  # of depgate-system/depgate, made by the chart
-    op = start_operator(token, tmp_path)
+    op = start_operator(token, tmp_path, admin=plane)
     try:
         _gated(plane, "elsewhere", "web")  # cluster-wide: any namespace
     finally:
@@ -294,7 +294,7 @@ def test_helm_install_then_upgrade_and_the_operator_gates_under_the_charts_servi
     denied = plane.run_kubectl("auth", "can-i", "patch", "deployments", "-n", "elsewhere",
                                f"--as=system:serviceaccount:{SYSTEM_NS}:depgate", check=False)
     assert denied.stdout.strip() == "no"
-    op = start_operator(token, tmp_path, "--namespace=apps", "--resync-seconds=120")
+    op = start_operator(token, tmp_path, "--namespace=apps", "--resync-seconds=120", admin=plane)
     try:
         _gated(plane, "apps", "app")
     finally:

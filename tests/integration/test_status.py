@@ -84,8 +84,17 @@ def test_secret_and_configmap_keys_flip_both_ways(plane, operator, namespace):
     apply(plane, namespace, deployment("app"))
     apply(plane, namespace, policy("app", "app", "      - name: creds\n        secret: {name: db, keys: [password]}\n"
                                                   "      - name: conf\n        configMap: {name: cfg, keys: [a, b]}"))
-    pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "conf").get("reason") == "NotFound")
+    # Secrets are not readable by the operator until a namespace admin enables `secret` preconditions here
+    pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "conf").get("reason") == "NotFound"
+                      and entry(p, "creds").get("reason") == "Forbidden")
     assert pol["status"]["blocking"] == ["creds", "conf"]
+    enable = (f"kubectl create rolebinding depgate-secret-reader -n {namespace} "
+              "--clusterrole=depgate-secret-reader --serviceaccount=depgate-system:depgate")
+    assert enable in entry(pol, "creds")["message"], entry(pol, "creds")
+    plane.run_kubectl(*enable.split()[1:])
+    # the per-namespace Secret watch, refused until now, is retried (at most 10 s apart) and wakes the policy
+    pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "creds").get("reason") == "NotFound",
+                      timeout=30, what="creds judged once enabled")
     graph = subprocess.run([sys.executable, "-m", "depgate", "graph", "-n", namespace], check=True, timeout=60,
                            env={**os.environ, "KUBECONFIG": plane.kubeconfig}, capture_output=True, text=True).stdout
     blocked = [line for line in graph.splitlines() if "[blocked]" in line]
@@ -268,3 +277,19 @@ def test_examples_are_admitted_under_restricted_pod_security(plane, operator, na
     # and a pod that is not restricted is refused there: the label is enforced
     bad = plane.run_kubectl("run", "rooty", "-n", namespace, "--image=busybox", "--restart=Never", check=False)
     assert bad.returncode != 0 and "violates PodSecurity" in bad.stderr
+
+
+def test_pods_that_cannot_be_scheduled_say_the_schedulers_reason(plane, operator, namespace, needs_pods):
+    """kube-scheduler runs on the plane: requests no node can meet leave the pods Pending with
+    PodScheduled=False, reason Unschedulable; the status says that, with the scheduler's message,
+    instead of NotReached."""
+    big = deployment("app").replace("          - name: server\n",
+                                    "          - name: server\n            resources: {requests: {cpu: '1000'}}\n", 1)
+    assert "cpu: '1000'" in big
+    apply(plane, namespace, big)
+    apply(plane, namespace, policy("app", "app", "- name: redis-port\n  tcp: {host: data-tier, port: 6379}"))
+    pol = wait_policy(plane, namespace, "app", lambda p: entry(p, "redis-port").get("reason") == "Unschedulable",
+                      timeout=60, what="redis-port Unschedulable")
+    e = entry(pol, "redis-port")
+    assert e["state"] == "Pending" and "cannot be scheduled" in e["message"], e
+    assert "Insufficient cpu" in e["message"], e  # the scheduler's own words

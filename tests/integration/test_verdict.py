@@ -1,7 +1,8 @@
 """`depgate wait verdict` against the real API server, as a workload pod's ServiceAccount.
 
 The operator judges API-object preconditions and writes the verdict into the policy's status; the
-init container reads it with a watch, holding only the Role depgate rendered for it."""
+init container reads it with a watch, holding only what the RoleBinding depgate-verdict-<policy> grants
+it: the ClusterRole depgate-verdict-reader (get and watch DependencyPolicies of its namespace)."""
 
 from __future__ import annotations
 
@@ -38,16 +39,22 @@ def test_verdict_waiter_returns_when_the_operator_says_satisfied(plane, api_clie
     apply(plane, namespace, policy("app", "app", SETTINGS))
     wait_policy(plane, namespace, "app", lambda p: entry(p, "settings").get("state") == "Blocking",
                 what="settings Blocking")
-    binding = wait_for(lambda: get(plane, namespace, "rolebinding", "depgate-wait-app"), 20,
+    binding = wait_for(lambda: get(plane, namespace, "rolebinding", "depgate-verdict-app"), 20,
                        what="the waiter's RoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "app-sa", "namespace": namespace}]
-    # the workload's ServiceAccount may read this policy and nothing else
-    can = plane.run_kubectl("auth", "can-i", "get", "dependencypolicies/app", "-n", namespace,
-                            f"--as=system:serviceaccount:{namespace}:app-sa", check=False)
-    assert can.stdout.strip() == "yes"
-    cannot = plane.run_kubectl("auth", "can-i", "get", "secrets", "-n", namespace,
-                               f"--as=system:serviceaccount:{namespace}:app-sa", check=False)
-    assert cannot.stdout.strip() == "no"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "depgate-verdict-reader"}
+    assert get(plane, namespace, "role", "depgate-wait-app") is None  # depgate writes no Role any more
+
+    def may(verb: str, resource: str, ns: str = namespace) -> bool:
+        out = plane.run_kubectl("auth", "can-i", verb, resource, "-n", ns,
+                                f"--as=system:serviceaccount:{namespace}:app-sa", check=False)
+        return out.stdout.strip() == "yes"
+
+    # the workload's ServiceAccount may get and watch policies of its namespace, and nothing else
+    assert may("get", "dependencypolicies/app") and may("watch", "dependencypolicies")
+    assert not may("list", "dependencypolicies") and not may("get", "secrets")
+    assert not may("get", "dependencypolicies", "default")
 
     token = _token(plane, namespace, "app-sa", tmp_path)
     proc, log = _waiter(api_client, namespace, token, tmp_path, "--timeout=120")

@@ -60,8 +60,15 @@ class Reconciler:
                  policy_exists: Callable[[str, str], bool] | None = None,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
                  claim_custom: ClaimCustom | None = None,
-                 authorize: Callable[[Mapping[str, Any], spec.Policy], str | None] | None = None) -> None:
+                 authorize: Callable[[Mapping[str, Any], spec.Policy], str | None] | None = None,
+                 protected: frozenset[str] = frozenset(),
+                 namespace_policies: Callable[[str], Sequence[spec.Policy]] | None = None,
+                 operator_namespace: str = verdicts.DEFAULT_OPERATOR_NAMESPACE) -> None:
         self.kube = kube
+        self.protected = protected  # namespaces where a policy changes nothing (plan.Live.protected)
+        # the other (trusted, valid) policies of a namespace, for plan.rivals; default: listed live
+        self.namespace_policies = namespace_policies or self._policies_live
+        self.operator_namespace = operator_namespace
         self.authorize = authorize
         self.claim_custom = claim_custom
         self.config = config
@@ -70,6 +77,15 @@ class Reconciler:
 
     def _policy_exists_live(self, namespace: str, name: str) -> bool:
         return self.kube.get(spec.API_VERSION, spec.KIND, namespace, name) is not None
+
+    def _policies_live(self, namespace: str) -> list[spec.Policy]:
+        out = []
+        for obj in self.kube.items(spec.API_VERSION, spec.KIND, namespace):
+            try:
+                out.append(spec.parse_policy(obj))
+            except spec.SpecError:
+                continue  # an invalid policy targets nothing
+        return out
 
     # ------------------------------------------------------------------ the reconcile
 
@@ -124,7 +140,10 @@ class Reconciler:
             dep = self.kube.get(*DEPLOYMENT, ns, name)
             found = [dep] if dep is not None else []
         exists = {c: self.policy_exists(ns, c) for c in sorted(plan.claimants(policy, found))}
-        return plan.Live(found, tuple(prior.get("targets") or ()), exists)
+        if ns in self.protected:  # nothing is written there: who else targets what does not matter
+            return plan.Live(found, tuple(prior.get("targets") or ()), exists, protected=self.protected)
+        rivals = plan.rivals(policy, found, self.namespace_policies(ns)) if found else {}
+        return plan.Live(found, tuple(prior.get("targets") or ()), exists, rivals=rivals, protected=self.protected)
 
     def _apply_target(self, policy: spec.Policy, target: plan.TargetWrite, done: plan.Progress, out: Outcome) -> None:
         """Gate one Deployment; when it changed meanwhile, read it and plan it again (the Deployment
@@ -174,6 +193,10 @@ class Reconciler:
             except Rejected as e:
                 done.problems.append(plan.invalid_template(str(e)))
                 return
+            except Forbidden as e:  # template mode is not enabled in this namespace (depgate-template-creator)
+                done.problems.append(plan.template_forbidden(template.apply["metadata"]["namespace"], template.name,
+                                                             str(e), self.operator_namespace))
+                return
         if live is not None:
             done.targets.append(template.name)
             done.gated.append(live)
@@ -217,10 +240,8 @@ class Reconciler:
             try:
                 v = self._judge(p, ns, (prior_entries.get(p.name) or {}).get("satisfiedUID"), refused)
             except Forbidden as e:
-                v = verdicts.Verdict(
-                    verdicts.BLOCKING, "Forbidden",
-                    f"depgate may not read what this precondition names ({e}); grant it with a ClusterRole "
-                    'labelled depgate.io/aggregate-to-operator: "true"')
+                _, kind, name = p.body.named_object() if hasattr(p.body, "named_object") else ("", "", "")
+                v = verdicts.forbidden(kind, name, ns, str(e), self.operator_namespace)
             if v is not None:
                 result[p.name] = v
         return result
@@ -244,7 +265,12 @@ class Reconciler:
         if isinstance(b, spec.JobCheck):
             return verdicts.judge_job(name, obj, remembered_uid)
         if isinstance(b, spec.SecretCheck | spec.ConfigMapCheck):
-            return verdicts.judge_keys(kind, name, obj, b.keys)
+            v = verdicts.judge_keys(kind, name, obj, b.keys)
+            why = refused.get((api_version, kind, ns)) if isinstance(b, spec.SecretCheck) else None
+            if why:  # Secrets ride the shared per-namespace watches (plan.custom_resources): the same caps
+                return verdicts.Verdict(verdicts.BLOCKING, "TooManyWatches",
+                                        f"{why}. As read now: {v.state}: {v.message}")
+            return v
         if isinstance(b, spec.WorkloadCheck):
             return verdicts.judge_workload(kind, name, obj, b.min_available)
         if isinstance(b, spec.ResourceCheck):

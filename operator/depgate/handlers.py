@@ -47,6 +47,7 @@ from depgate.wiring import (
     deleting,
     kopf_watch_restart,
     plain,
+    protected,
     to_release,
 )
 
@@ -81,6 +82,17 @@ class Operator:
             return f"depgate cannot check the author's rights: {self.gate_problem}"
         return self.gate.authorize(obj, policy)
 
+    def namespace_policies(self, namespace: str) -> list[Any]:
+        """From a reconcile's thread: the valid policies of a namespace whose author verifies (plan.rivals:
+        an untrusted workloadRef must not make a selector policy leave a Deployment ungated)."""
+        pols = self.wiring.policies_in(namespace)
+        if self.settings.authority != "enforce":
+            return pols
+        gate = self.gate
+        if gate is None:
+            return []
+        return [p for p in pols if gate.trusted(self.wiring.policies.get((namespace, p.name)) or {})]
+
     def reconciler(self) -> Reconciler:
         if self._reconciler is None:
             kube = Kube.from_environment(self.settings.kubeconfig, self.settings.request_timeout_seconds)
@@ -91,7 +103,11 @@ class Operator:
 
             self._reconciler = Reconciler(kube, RenderConfig(waiter_image=self.settings.waiter_image),
                                           policy_exists=exists, claim_custom=self.claim_custom,
-                                          authorize=self.authorize if self.settings.authority == "enforce" else None)
+                                          authorize=self.authorize if self.settings.authority == "enforce" else None,
+                                          protected=protected(self.settings.protected_namespaces,
+                                                              self.settings.resolved_operator_namespace()),
+                                          namespace_policies=self.namespace_policies,
+                                          operator_namespace=self.settings.resolved_operator_namespace())
         return self._reconciler
 
     # ------------------------------------------------------------------ waking workers

@@ -395,7 +395,8 @@ def template_forbidden(namespace: str, dname: str, message: str,
     return Problem(FORBIDDEN, f"deployment {dname}: depgate may not create Deployments in namespace {namespace} "
                               f"({message}); template mode is enabled per namespace: kubectl create rolebinding "
                               f"{TEMPLATE_CREATOR} -n {namespace} --clusterrole={TEMPLATE_CREATOR} "
-                              f"--serviceaccount={operator_namespace}:depgate", stalls=FORBIDDEN)
+                              f"--serviceaccount={operator_namespace}:depgate", stalls=FORBIDDEN,
+                   retry_after=APPLY_ERROR_RETRY_SECONDS)  # a RoleBinding is not watched: picked up by the retry
 
 
 def invalid_template(message: str) -> Problem:

@@ -419,6 +419,6 @@ def test_rivals_are_the_other_policies_targeting_each_deployment() -> None:
 
 def test_a_template_create_refused_by_rbac_names_the_rolebinding_to_create() -> None:
     problem = plan.template_forbidden(NS, "app", "deployments.apps is forbidden")
-    assert problem.stalls == plan.FORBIDDEN
+    assert problem.stalls == plan.FORBIDDEN and problem.retry_after == plan.APPLY_ERROR_RETRY_SECONDS
     assert (f"kubectl create rolebinding depgate-template-creator -n {NS} --clusterrole=depgate-template-creator "
             "--serviceaccount=depgate-system:depgate") in problem.message

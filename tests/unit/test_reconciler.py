@@ -404,3 +404,47 @@ def test_an_operator_judged_precondition_gets_the_pods_a_rolebinding_to_read_the
     writes = list(kube.writes)
     reconcile(kube)
     assert kube.writes == writes
+
+
+# --------------------------------------------------------------------------- issue 14: precedence, protection, rights
+
+
+def test_a_workloadref_takes_over_from_a_selector_and_the_selector_says_it_left_it() -> None:
+    broad = policy("broad", target={"selector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]}})
+    kube = world(deployment("app"), deployment("other"), broad)
+    reconcile(kube, "broad")
+    assert dep(kube, "app")["metadata"]["annotations"][POLICY_ANNOTATION] == "broad"
+    kube.put(policy("mine"))
+    reconcile(kube, "mine")  # the default: the namespace's policies, listed live
+    assert dep(kube, "app")["metadata"]["annotations"][POLICY_ANNOTATION] == "mine"
+    assert "selector of DependencyPolicy broad" in condition(kube, "Applied", "mine")[2]
+    out = reconcile(kube, "broad")
+    assert out.targets == ["other"] and out.result == "ok"
+    assert dep(kube, "app")["metadata"]["annotations"][POLICY_ANNOTATION] == "mine"
+    assert "left to DependencyPolicy mine" in condition(kube, "Applied", "broad")[2]
+
+
+def test_a_policy_in_a_protected_namespace_writes_only_its_status() -> None:
+    kube = world(deployment(), policy(preconditions=[SECRET]))
+    obj = kube.stored(spec.API_VERSION, spec.KIND, NS, "p")
+    Reconciler(kube, CONFIG, protected=frozenset({NS})).reconcile(obj)  # type: ignore[arg-type]
+    assert [w[0] for w in kube.writes] == ["status"]
+    assert condition(kube, "Stalled")[:2] == ("True", plan.PROTECTED)
+
+
+def test_a_template_where_depgate_may_not_create_says_which_rolebinding_enables_it() -> None:
+    kube = world(policy(target=TEMPLATE))
+    kube.fail("apply", Forbidden('deployments.apps is forbidden: User cannot create resource "deployments"'))
+    out = reconcile(kube)
+    assert condition(kube, "Stalled")[:2] == ("True", plan.FORBIDDEN)
+    assert "--clusterrole=depgate-template-creator" in condition(kube, "Stalled")[2]
+    assert out.requeue_after == plan.APPLY_ERROR_RETRY_SECONDS
+
+
+def test_a_secret_depgate_may_not_read_says_which_rolebinding_enables_it() -> None:
+    kube = world(deployment(), policy(preconditions=[SECRET]))
+    kube.fail("get", Forbidden('secrets "creds" is forbidden'), times=99, when=lambda av, kind, *a: kind == "Secret")
+    reconcile(kube)
+    st = kube.stored(spec.API_VERSION, spec.KIND, NS, "p")["status"]
+    creds = next(e for e in st["preconditions"] if e["name"] == "creds")
+    assert creds["reason"] == "Forbidden" and "--clusterrole=depgate-secret-reader" in creds["message"]

@@ -31,6 +31,7 @@ def main(argv: list[str]) -> int:
         # Kopf logs every handled event at INFO; depgate logs what it decides.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("kopf.activities").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission review
     import kopf
 
     from depgate import handlers

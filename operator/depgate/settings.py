@@ -133,10 +133,10 @@ class Settings:
         help="watch at most this many kinds of custom resource for one policy; its other `resource` "
              "preconditions say TooManyWatches (default %(default)g)")
     authority: str = _flag(
-        "enforce", "--authority", check=_authority_mode, metavar="MODE",
+        "enforce", "--authority", check=_authority_mode, metavar="MODE", env="DEPGATE_AUTHORITY",
         help="enforce: a policy takes effect only as far as its author could have done it directly "
              "(checked at admission by depgate's webhook and again at each reconcile; docs/operations.md, "
-             "Threat model); off: trust every policy (default %(default)s)")
+             "Threat model); off: trust every policy [env DEPGATE_AUTHORITY, default %(default)s]")
     operator_namespace: str = _flag(
         "", "--operator-namespace", metavar="NAMESPACE", env=OPERATOR_NAMESPACE_ENV,
         help="the namespace depgate runs in, where its webhook Secret lives (default: the in-cluster "
@@ -145,9 +145,10 @@ class Settings:
         9443, "--webhook-port", parse=int, check=_port, metavar="PORT",
         help="serve the admission webhook (HTTPS) on this port (0: off) (default %(default)s)")
     webhook_url: str = _flag(
-        "", "--webhook-url", metavar="URL",
+        "", "--webhook-url", metavar="URL", env="DEPGATE_WEBHOOK_URL",
         help="where the API server reaches this process's webhook, e.g. https://10.0.0.5:9443 (default: "
-             "in a cluster, the Service --webhook-service; outside, https://127.0.0.1:PORT, for a local plane)")
+             "in a cluster, the Service --webhook-service; outside, https://127.0.0.1:PORT, for a local plane) "
+             "[env DEPGATE_WEBHOOK_URL]")
     webhook_service: str = _flag(
         "depgate-webhook", "--webhook-service", check=_text, metavar="NAME",
         help="in a cluster, the Service in front of the webhook, in --operator-namespace (default %(default)s)")

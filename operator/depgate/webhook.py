@@ -107,8 +107,11 @@ def load_keys(kube: Kube, namespace: str, names: list[str]) -> Keys:
             body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": WEBHOOK_SECRET, "namespace": namespace, "labels": labels},
                     "data": {"signing.key": _b64(tls.signing_key()), "tls.crt": _b64(cert), "tls.key": _b64(key)}}
-            if kube.create(body) is None:
-                continue  # made by another replica meanwhile: read theirs
+            if kube.create(body) is None:  # made by another replica meanwhile (or no such namespace)
+                if kube.get("v1", "Namespace", None, namespace) is None:
+                    raise RuntimeError(f"the namespace {namespace} does not exist (create it, or point "
+                                       "--operator-namespace at the namespace depgate runs in)")
+                continue
             log.info("made the webhook Secret %s/%s (signing key and certificate)", namespace, WEBHOOK_SECRET)
             continue
         data = secret.get("data") or {}
@@ -127,7 +130,7 @@ def load_keys(kube: Kube, namespace: str, names: list[str]) -> Keys:
                 continue
             log.info("renewed the webhook certificate in %s/%s", namespace, WEBHOOK_SECRET)
         return Keys(signing, cert, key)
-    raise RuntimeError(f"could not read or make the Secret {namespace}/{WEBHOOK_SECRET}")
+    raise RuntimeError("it kept changing while being read (five attempts)")
 
 
 def write_cert_files(keys: Keys, directory: Path) -> tuple[Path, Path]:

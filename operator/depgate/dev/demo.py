@@ -33,6 +33,23 @@ def _table(kubectl: str, stop: threading.Event) -> None:
             last = out
 
 
+PROBE = ('{"apiVersion": "depgate.io/v1alpha1", "kind": "DependencyPolicy", "metadata": {"name": "webhook-probe", '
+         '"namespace": "default"}, "spec": {"workloadRef": {"name": "webhook-probe"}, "preconditions": '
+         '[{"name": "probe", "tcp": {"host": "localhost", "port": 1}}]}}')
+
+
+def _wait_webhook(kubectl: str, stop: threading.Event, timeout: float) -> bool:
+    """Until a server-side dry run of a policy comes back with the author depgate's webhook recorded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        out = subprocess.run([kubectl, "create", "--dry-run=server", "-o", "jsonpath={.metadata.annotations}",
+                              "-f", "-"], input=PROBE, capture_output=True, text=True, check=False)
+        if out.returncode == 0 and "depgate.io/author" in out.stdout:
+            return True
+        stop.wait(0.5)
+    return False
+
+
 def main() -> int:
     if os.environ.get("USE_EXISTING_CLUSTER", "").lower() != "true":
         state = plane.up()
@@ -40,11 +57,17 @@ def main() -> int:
         print(f"export KUBECONFIG={state.kubeconfig}   # in another shell, to look around", file=sys.stderr)
     kubectl = _kubectl()
     subprocess.run([kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], check=True)
+    # the operator keeps its webhook's signing key and certificate in a Secret of its own namespace
+    subprocess.run([kubectl, "create", "namespace", "depgate-system"], capture_output=True, check=False)
     plane.wait_crd_served(kubectl, os.environ.get("KUBECONFIG"), "crd/dependencypolicies.depgate.io")
     stop = threading.Event()
 
     def apply_examples() -> None:
-        time.sleep(2)  # let the operator's watches start first, so every step shows in the table
+        # Policies go through depgate's admission webhook: wait until the API server calls it (the
+        # operator registers it once it listens), so that each policy's author is recorded.
+        if not _wait_webhook(kubectl, stop, 90):
+            print("depgate's admission webhook is not answering; applying the examples anyway (their policies will "
+                  "say Unauthorized until re-applied)", file=sys.stderr, flush=True)
         ex = REPO / "examples" / "microservices"
 
         def kubectl_apply(name: str) -> None:

@@ -61,12 +61,13 @@ def test_create_renders_init_containers_in_order_before_existing(plane, operator
                       what="Applied=True")
     assert pol["status"]["targets"] == ["app"]
     assert pol["status"]["observedGeneration"] == pol["metadata"]["generation"]
-    # the verdict waiter's read access to this one policy
-    role = get(plane, namespace, "role", "depgate-wait-app")
-    assert role["rules"] == [{"apiGroups": ["depgate.io"], "resources": ["dependencypolicies"],
-                              "resourceNames": ["app"], "verbs": ["get", "list", "watch"]}]
-    binding = get(plane, namespace, "rolebinding", "depgate-wait-app")
+    # the verdict waiter's read access to the policies of its namespace: a RoleBinding of the shipped
+    # ClusterRole, no Role of its own
+    binding = get(plane, namespace, "rolebinding", "depgate-verdict-app")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "depgate-verdict-reader"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}]
+    assert get(plane, namespace, "role", "depgate-wait-app") is None
 
 
 def test_after_existing_placement(plane, operator, namespace):
@@ -101,13 +102,12 @@ def test_delete_removes_everything_depgate_added(plane, operator, namespace):
     apply(plane, namespace, deployment("app", init="[{name: own-init, image: busybox}]"))
     apply(plane, namespace, policy("app", "workloadRef: {name: app}"))
     wait_deployment(plane, namespace, "app", lambda d: init_names(d) == [*OURS, "own-init"])
-    wait_for(lambda: get(plane, namespace, "role", "depgate-wait-app"), 20, what="the waiter's Role")
+    wait_for(lambda: get(plane, namespace, "rolebinding", "depgate-verdict-app"), 20, what="the waiter's RoleBinding")
     plane.run_kubectl("delete", "-n", namespace, "dependencypolicy", "app", "--timeout=60s")
     dep = wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["own-init"],
                           what="our init containers removed")
-    # the waiter's Role and RoleBinding are owned by the policy: garbage-collected with it
-    wait_for(lambda: get(plane, namespace, "role", "depgate-wait-app") is None
-             and get(plane, namespace, "rolebinding", "depgate-wait-app") is None, 60, what="Role and binding GC")
+    # the waiter's RoleBinding is owned by the policy: garbage-collected with it
+    wait_for(lambda: get(plane, namespace, "rolebinding", "depgate-verdict-app") is None, 60, what="binding GC")
     assert "depgate.io/policy" not in (dep["metadata"].get("annotations") or {})
     assert get(plane, namespace, "dependencypolicy", "app") is None
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "node:20"
@@ -248,7 +248,47 @@ spec:
     assert init_names(get(plane, namespace, "deployment", "a")) == OURS
 
 
+TEMPLATE = """
+apiVersion: depgate.io/v1alpha1
+kind: DependencyPolicy
+metadata: {name: web}
+spec:
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      replicas: 1
+      selector: {matchLabels: {app: web}}
+      template:
+        metadata: {labels: {app: web}}
+        spec:
+          containers: [{name: server, image: nginx}]
+  preconditions:
+  - name: api
+    http: {url: "http://api:8080/healthz", expectStatus: [200, 204]}
+"""
+
+
+def _enable_templates(plane, namespace: str) -> None:
+    """What a namespace admin runs to let depgate create template-mode Deployments there."""
+    plane.run_kubectl("create", "rolebinding", "depgate-template-creator", "-n", namespace,
+                      "--clusterrole=depgate-template-creator", "--serviceaccount=depgate-system:depgate")
+
+
+def test_template_mode_where_it_is_not_enabled_says_which_rolebinding_enables_it(plane, operator, namespace):
+    apply(plane, namespace, TEMPLATE)
+    pol = wait_policy(plane, namespace, "web", lambda p: condition(p, "Stalled").get("reason") == "Forbidden",
+                      what="Stalled Forbidden")
+    msg = condition(pol, "Stalled")["message"]
+    assert (f"kubectl create rolebinding depgate-template-creator -n {namespace} "
+            "--clusterrole=depgate-template-creator --serviceaccount=depgate-system:depgate") in msg, msg
+    assert get(plane, namespace, "deployment", "web") is None
+    _enable_templates(plane, namespace)
+    wait_deployment(plane, namespace, "web", lambda d: init_names(d) == ["depgate-api"], timeout=90,
+                    what="created once enabled (the next retry)")
+
+
 def test_template_mode_creates_owns_and_garbage_collects(plane, operator, namespace, needs_pods):
+    _enable_templates(plane, namespace)
     apply(plane, namespace, """
     apiVersion: depgate.io/v1alpha1
     kind: DependencyPolicy
@@ -339,3 +379,68 @@ def test_other_field_managers_keep_their_fields_and_ours(plane, operator, namesp
     gen = dep["metadata"]["generation"]
     wait_policy(plane, namespace, "cs", lambda p: condition(p, "Applied").get("status") == "True")
     assert get(plane, namespace, "deployment", "cs")["metadata"]["generation"] == gen
+
+
+def test_a_workloadref_wins_over_a_broad_selector_that_claimed_first_and_both_statuses_say_so(
+        plane, operator, namespace):
+    apply(plane, namespace, deployment("app"))
+    apply(plane, namespace, deployment("other"))
+    # a selector that matches every Deployment here claims both first
+    apply(plane, namespace, policy("broad", "selector: {matchExpressions: [{key: app, operator: Exists}]}"))
+    wait_policy(plane, namespace, "broad", lambda p: sorted(p["status"].get("targets") or []) == ["app", "other"],
+                what="broad gates both")
+    apply(plane, namespace, policy("mine", "workloadRef: {name: app}"))
+    mine = wait_policy(plane, namespace, "mine", lambda p: condition(p, "Applied").get("status") == "True",
+                       what="mine takes app over")
+    assert "the selector of DependencyPolicy broad also matches deployment app" in condition(mine, "Applied")["message"]
+    assert condition(mine, "Stalled").get("status") != "True"
+    dep = get(plane, namespace, "deployment", "app")
+    assert dep["metadata"]["annotations"]["depgate.io/policy"] == "mine" and init_names(dep) == OURS
+    broad = wait_policy(plane, namespace, "broad", lambda p: (p["status"].get("targets") or []) == ["other"],
+                        what="broad leaves app")
+    assert condition(broad, "Applied")["status"] == "True"
+    assert "deployment app is left to DependencyPolicy mine" in condition(broad, "Applied")["message"]
+    assert condition(broad, "Stalled").get("status") != "True"
+    assert get(plane, namespace, "deployment", "other")["metadata"]["annotations"]["depgate.io/policy"] == "broad"
+    # and it stays that way: app keeps mine's init containers on the next reconciles of both
+    plane.run_kubectl("annotate", "-n", namespace, "dependencypolicy", "broad", "poke=1")
+    wait_policy(plane, namespace, "broad", lambda p: "left to DependencyPolicy mine" in
+                condition(p, "Applied").get("message", ""))
+    assert get(plane, namespace, "deployment", "app")["metadata"]["annotations"]["depgate.io/policy"] == "mine"
+
+
+def test_among_equals_the_first_claim_wins(plane, operator, namespace):
+    apply(plane, namespace, deployment("app"))
+    apply(plane, namespace, policy("first", "workloadRef: {name: app}"))
+    wait_policy(plane, namespace, "first", lambda p: condition(p, "Applied").get("status") == "True")
+    apply(plane, namespace, policy("second", "workloadRef: {name: app}"))
+    second = wait_policy(plane, namespace, "second", lambda p: condition(p, "Stalled").get("reason") == "Conflict")
+    assert "already gated by DependencyPolicy first" in condition(second, "Stalled")["message"]
+    assert get(plane, namespace, "deployment", "app")["metadata"]["annotations"]["depgate.io/policy"] == "first"
+
+
+def test_policies_in_protected_namespaces_change_nothing_and_say_why(plane, operator):
+    """The operator's own namespace (depgate-system: it could gate its own Deployment on a verdict only
+    it writes) and kube-system, by default."""
+    import uuid
+
+    name = f"gate-{uuid.uuid4().hex[:6]}"
+    try:
+        for ns in ("depgate-system", "kube-system"):
+            apply(plane, ns, deployment(name))
+            before = get(plane, ns, "deployment", name)
+            apply(plane, ns, policy(name, f"workloadRef: {{name: {name}}}"))
+            pol = wait_policy(plane, ns, name, lambda p: condition(p, "Stalled").get("reason") == "ProtectedNamespace",
+                              what="Stalled ProtectedNamespace")
+            msg = condition(pol, "Stalled")["message"]
+            assert f"namespace {ns} is protected" in msg and "depgate-system, kube-system" in msg, msg
+            assert condition(pol, "Applied")["status"] == "False"
+            after = get(plane, ns, "deployment", name)
+            assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+            assert init_names(after) == [] and "depgate.io/policy" not in (after["metadata"].get("annotations") or {})
+            assert get(plane, ns, "rolebinding", f"depgate-verdict-{name}") is None
+    finally:
+        for ns in ("depgate-system", "kube-system"):
+            plane.run_kubectl("delete", "-n", ns, "dependencypolicy", name, "--ignore-not-found", "--timeout=60s",
+                              check=False)
+            plane.run_kubectl("delete", "-n", ns, "deployment", name, "--ignore-not-found", check=False)

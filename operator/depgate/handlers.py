@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import kopf
 
 from depgate import metrics, registry, tls, webhook
@@ -56,6 +57,7 @@ log = logging.getLogger("depgate")
 POLICIES = registry.DEPENDENCY_POLICY
 
 WATCH_CLIENT_MARGIN_SECONDS = 30  # Kopf's client gives up on a watch request this long after the server should end it
+MAX_REVIEW_BYTES = 8 * 1024 * 1024  # an AdmissionReview: the old and the new object of a request of up to 3 MB
 MAX_WORKERS = 8  # Kopf's threads for the synchronous handlers (login, cleanup, probe)
 
 
@@ -276,17 +278,34 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 
 
 class _WebhookServer(kopf.WebhookServer):
-    """Kopf's HTTPS server for the admission handlers below; once it listens, the webhook
-    configurations are pointed at it (their clientConfig)."""
+    """Kopf's HTTPS webhook server, serving the admission handlers below, with two differences: a
+    review may be as big as the API server lets a request be (aiohttp's default of 1 MiB would answer
+    413 to a big policy, and the API server would say only "failed calling webhook"), and once it
+    listens, the webhook configurations are pointed at it (their clientConfig)."""
 
     def __init__(self, *, on_listening: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.on_listening = on_listening
 
     async def __call__(self, fn: Any) -> Any:  # an async generator of client configs, as Kopf's
-        async for client_config in super().__call__(fn):
+        _, context = self._build_ssl()
+
+        async def serve(request: aiohttp.web.Request) -> aiohttp.web.Response:
+            return await self._serve(fn, request)
+
+        app = aiohttp.web.Application(client_max_size=MAX_REVIEW_BYTES)
+        app.add_routes([aiohttp.web.post("/{id:.*}", serve)])
+        runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            site = aiohttp.web.TCPSite(runner, self.addr, self.port, ssl_context=context, reuse_address=True)
+            await site.start()
+            log.info("serving the admission webhook on https://%s:%s", self.addr, self.port)
             await self.on_listening()
-            yield client_config
+            yield {}  # Kopf's configuration manager is off (settings.admission.managed is None)
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
 
 
 async def _no_webhook_server(fn: Any) -> Any:

@@ -296,17 +296,28 @@ def _merge_env(copied: Sequence[Any], overrides: Sequence[Mapping[str, Any]]) ->
     return out
 
 
-def _given_or_copied(given: Mapping[str, Any] | None, source: Any, default: Obj) -> Any:
-    """The command's own value, else the source container's (a copy either way), else `default`."""
+def _own_or_copied(
+    given: Mapping[str, Any] | None, source: Mapping[str, Any] | None, key: str, default: Obj
+) -> Obj | None:
+    """A command's resources or securityContext: its own value, else (fromContainer) the source
+    container's, or none when the source has none; `default` (depgate's restricted ones) only for a
+    command with its own image. The API server shows an absent `resources` as `{}`: both are none,
+    so a Deployment read back from the server renders as its file does."""
     if given is not None:
         return copy.deepcopy(dict(given))
-    return copy.deepcopy(source) if source is not None else default
+    if source is None:
+        return default
+    copied = source.get(key)
+    return copy.deepcopy(dict(copied)) if isinstance(copied, Mapping) and copied else None
 
 
 def _command(policy: Policy, pre: Precondition, body: CommandTask, pod: Mapping[str, Any]) -> Obj:
+    """The user's own container: `image`, or a copy of app container `fromContainer` (its image, env,
+    envFrom, volumeMounts, workingDir, resources and securityContext) with the command's fields on top."""
     source: Mapping[str, Any] = {}
     if body.from_container is not None:
         source = next((c for c in _app_containers(pod) if c.get("name") == body.from_container), {})
+    copied_from = source if body.from_container is not None else None
     container: Obj = {"name": pre.container_name, "image": body.image or source.get("image")}
     if body.command:
         container["command"] = list(body.command)
@@ -320,10 +331,12 @@ def _command(policy: Policy, pre: Precondition, body: CommandTask, pod: Mapping[
         container["env"] = env
     if _list(source, "envFrom"):
         container["envFrom"] = copy.deepcopy(_list(source, "envFrom"))
-    container["resources"] = _given_or_copied(body.resources, source.get("resources"), _resources(policy))
-    container["securityContext"] = _given_or_copied(
-        body.security_context, source.get("securityContext"), _security_context(policy)
-    )
+    resources = _own_or_copied(body.resources, copied_from, "resources", _resources(policy))
+    if resources is not None:
+        container["resources"] = resources
+    security_context = _own_or_copied(body.security_context, copied_from, "securityContext", _security_context(policy))
+    if security_context is not None:
+        container["securityContext"] = security_context
     mounts = _mounts_without_ours(source)
     if policy.uses_shared_volume:
         mounts.append(_shared_mount(policy))

@@ -266,6 +266,75 @@ def test_command_from_container_copies_and_overrides() -> None:
     assert seed["securityContext"] == {"runAsNonRoot": True, "readOnlyRootFilesystem": False}
 
 
+def test_the_lesson_init_container_renders_as_the_lesson_wrote_it() -> None:
+    """The course's app tier, unmodified, and `command` fromContainer server: the same container as
+    the lesson's hand-written await-redis (no runAsNonRoot, no 64Mi limit: the server has neither)."""
+    policy, dep = golden_policy("lesson-await-redis"), golden_deployment("lesson-await-redis")
+    lesson = yaml.safe_load((GOLDEN / "lesson-await-redis" / "lesson-init-container.yaml").read_text())
+    verdict, await_redis = init_containers(policy, dep, CONFIG)
+    assert await_redis == {**lesson, "name": "depgate-await-redis"}
+    assert "resources" not in await_redis and "securityContext" not in await_redis
+    # depgate's own waiter keeps the restricted defaults
+    assert verdict["securityContext"]["runAsNonRoot"] is True
+    assert verdict["resources"]["limits"] == {"memory": "64Mi"}
+
+
+def from_container_policy(source_resources: Any = None, defaults: bool = False, **command: Any) -> Any:
+    spec: dict[str, Any] = {
+        "workloadRef": {"name": "app"},
+        "preconditions": [
+            {"name": "copied", "command": {"fromContainer": "app", "command": ["check"], **command}},
+            {"name": "own-image", "command": {"image": "busybox", "command": ["true"]}},
+        ],
+    }
+    if defaults:
+        spec["defaults"] = {
+            "resources": {"limits": {"memory": "16Mi"}},
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
+        }
+    return parse_policy({"apiVersion": "depgate.io/v1alpha1", "kind": "DependencyPolicy",
+                         "metadata": {"name": "p", "namespace": "ns"}, "spec": spec})
+
+
+def app_deployment(**container: Any) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", "namespace": "ns"},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "node:20", **container}]}}}}
+
+
+@pytest.mark.parametrize("defaults", [False, True])
+@pytest.mark.parametrize(
+    "source",
+    [{}, {"resources": {}}, {"securityContext": {}}, {"resources": {}, "securityContext": {}}],
+    ids=["absent", "empty-resources", "empty-security-context", "both-empty"],
+)
+def test_from_container_without_resources_or_security_context_gets_none(
+    source: dict[str, Any], defaults: bool
+) -> None:
+    """Neither depgate's restricted defaults nor spec.defaults: those are for its own containers. An
+    empty `resources: {}` (what the API server shows for none) is none too, so the Deployment as the
+    operator reads it back renders as its file does."""
+    copied, own = init_containers(from_container_policy(defaults=defaults), app_deployment(**source), CONFIG)
+    assert "resources" not in copied and "securityContext" not in copied
+    assert copied == init_containers(from_container_policy(defaults=defaults), app_deployment(), CONFIG)[0]
+    # a command with its own image keeps the defaults (spec.defaults when given)
+    if defaults:
+        assert own["resources"] == {"limits": {"memory": "16Mi"}}
+        assert own["securityContext"] == {"runAsNonRoot": True, "runAsUser": 65532}
+    else:
+        assert own["resources"] == {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}
+        assert own["securityContext"]["runAsNonRoot"] is True
+
+
+def test_from_container_copies_the_source_and_the_precondition_wins() -> None:
+    source = {"resources": {"requests": {"memory": "256Mi"}}, "securityContext": {"runAsUser": 0}}
+    copied, _ = init_containers(from_container_policy(defaults=True), app_deployment(**source), CONFIG)
+    assert copied["resources"] == source["resources"] and copied["securityContext"] == source["securityContext"]
+    given = from_container_policy(resources={"limits": {"memory": "1Gi"}}, securityContext={"runAsUser": 1000})
+    copied, _ = init_containers(given, app_deployment(**source), CONFIG)
+    assert copied["resources"] == {"limits": {"memory": "1Gi"}}
+    assert copied["securityContext"] == {"runAsUser": 1000}
+
+
 def test_download_mounts_the_shared_volume_everywhere_it_should() -> None:
     policy, dep = golden_policy("download-shared-volume"), golden_deployment("download-shared-volume")
     out = rendered(policy, dep, CONFIG)

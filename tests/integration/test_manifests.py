@@ -146,8 +146,18 @@ def _operator_pods_admitted(plane: Plane) -> None:
              .get("readyReplicas") == 1, 60, interval=0.3, what="the operator Deployment ready (kwok)")
 
 
-def _install(plane: Plane, path: Path) -> str:
-    out = plane.run_kubectl("apply", "-k", str(path), "--server-side").stdout
+WEBHOOK_KINDS = {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
+
+
+def _install(plane: Plane, path: Path, *, webhooks: bool = True) -> str:
+    """`kubectl apply -k` of an install. webhooks=False: without its webhook configurations, for the
+    session's plane, whose operator runs outside the cluster with the configurations pointing at it
+    (start_operator registers them): the install's would point the API server at a Service no pod serves."""
+    if webhooks:
+        out = plane.run_kubectl("apply", "-k", str(path), "--server-side").stdout
+    else:
+        docs = [o for o in _objects(plane, path) if o["kind"] not in WEBHOOK_KINDS]
+        out = plane.run_kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(docs)).stdout
     wait_crd_served(plane.kubectl, plane.kubeconfig, "crd/dependencypolicies.depgate.io")
     return out
 
@@ -160,13 +170,13 @@ def _install(plane: Plane, path: Path) -> str:
 def installed(plane: Plane) -> str:
     if not plane.pods:
         pytest.skip("needs kube-controller-manager (role aggregation, ReplicaSets) and kwok")
-    out = _install(plane, MANIFESTS)
+    out = _install(plane, MANIFESTS, webhooks=False)
     wait_aggregated(plane)
     return out
 
 
 def test_apply_k_server_side_and_a_server_dry_run(plane, installed):
-    objects = _objects(plane, MANIFESTS)
+    objects = [o for o in _objects(plane, MANIFESTS) if o["kind"] not in WEBHOOK_KINDS]
     assert installed.count("serverside-applied") == len(objects)
     for o in objects:
         assert f"/{o['metadata']['name']} serverside-applied" in installed
@@ -174,7 +184,7 @@ def test_apply_k_server_side_and_a_server_dry_run(plane, installed):
     # admission and validation; on a cluster without depgate-system it would report the namespace
     # NotFound, since a dry run creates nothing for the objects after it
     out = plane.run_kubectl("apply", "-k", str(MANIFESTS), "--server-side", "--dry-run=server").stdout
-    assert out.count("(server dry run)") == len(objects)
+    assert out.count("(server dry run)") == len(_objects(plane, MANIFESTS))  # the webhook configurations too
 
 
 def test_operator_pods_are_admitted_in_the_restricted_namespace(plane, installed):
@@ -206,9 +216,35 @@ def test_the_waiter_image_follows_the_operator_image(plane, tmp_path):
 
 
 def test_operator_rights_are_exactly_the_snapshot(plane, installed, namespace):
-    # The same rights in every namespace (a ClusterRoleBinding), the operator's own included.
+    # The same rights in every namespace (a ClusterRoleBinding): no Secret, no Role, no Deployment
+    # creation; in its own namespace also what the webhook needs (its serving Secret).
     _expect_rights(plane, namespace, "cluster-wide install: any namespace")
-    _expect_rights(plane, SYSTEM_NS, "cluster-wide install: any namespace")
+    _expect_rights(plane, "kube-system", "cluster-wide install: any namespace")
+    _expect_rights(plane, SYSTEM_NS, "cluster-wide install: the operator's namespace (depgate-system)")
+
+
+def test_the_opt_in_roles_add_exactly_their_rights_where_a_namespace_binds_them(plane, installed, namespace):
+    """`secret` preconditions and template mode, enabled in one namespace by its admin; and what the
+    verdict waiters' RoleBinding grants a workload's ServiceAccount."""
+    base = set(_granted(plane, namespace))
+    for role in ("depgate-secret-reader", "depgate-template-creator"):
+        plane.run_kubectl("create", "rolebinding", role, "-n", namespace, f"--clusterrole={role}",
+                          f"--serviceaccount={SYSTEM_NS}:depgate")
+    want = {"secrets urls=[] names=[] verbs=[get list watch]",
+            "deployments.apps urls=[] names=[] verbs=[create get list patch watch]"}
+    expected = {r for r in base if not r.startswith("deployments.apps ")} | want
+    wait_for(lambda: set(_granted(plane, namespace)) == expected, 15, interval=0.5,
+             what="exactly the two RoleBindings' rights added")
+    assert "secrets urls=[] names=[] verbs=[get list watch]" not in _granted(plane, "kube-system")
+    plane.run_kubectl("create", "serviceaccount", "app", "-n", namespace)
+    plane.run_kubectl("create", "rolebinding", "depgate-verdict-app", "-n", namespace,
+                      "--clusterrole=depgate-verdict-reader", f"--serviceaccount={namespace}:app")
+    app = f"system:serviceaccount:{namespace}:app"
+    wait_for(lambda: _may(plane, app, "get", "dependencypolicies.depgate.io", namespace), 15, interval=0.3,
+             what="the verdict reader in effect")
+    assert _may(plane, app, "watch", "dependencypolicies.depgate.io", namespace)
+    assert not _may(plane, app, "list", "dependencypolicies.depgate.io", namespace)
+    assert not _may(plane, app, "get", "secrets", namespace)
 
 
 def test_no_wildcards_and_no_escalation_verbs_anywhere(plane):
@@ -317,18 +353,24 @@ spec:
 
 
 def test_namespaced_operator_runs_under_its_serviceaccount_and_stays_in_its_namespace(namespaced, tmp_path):
-    for ns in ("apps", "elsewhere"):
-        apply(namespaced, ns, deployment("app"))
-        apply(namespaced, ns, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n")
-        apply(namespaced, ns, "apiVersion: v1\nkind: Service\nmetadata: {name: db}\n"
-                              "spec: {selector: {app: db}, ports: [{port: 5432}]}\n")
-        apply(namespaced, ns, POLICY)
-    op = start_operator(str(operator_token_kubeconfig(namespaced, tmp_path)), tmp_path, "--namespace=apps")
+    # first the operator: the install's admission webhook must be served before a policy can be
+    # created. Its configurations point at the in-cluster Service (no real pod serves it here): this
+    # operator runs outside the cluster, so start_operator registers them anew, pointing at it.
+    namespaced.run_kubectl("delete", "validatingwebhookconfiguration,mutatingwebhookconfiguration", "depgate.io",
+                           "--ignore-not-found")
+    op = start_operator(str(operator_token_kubeconfig(namespaced, tmp_path)), tmp_path, "--namespace=apps",
+                        admin=namespaced)
     try:
+        for ns in ("apps", "elsewhere"):
+            apply(namespaced, ns, deployment("app"))
+            apply(namespaced, ns, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n")
+            apply(namespaced, ns, "apiVersion: v1\nkind: Service\nmetadata: {name: db}\n"
+                                  "spec: {selector: {app: db}, ports: [{port: 5432}]}\n")
+            apply(namespaced, ns, POLICY)
         pol = wait_policy(namespaced, "apps", "app", lambda p: condition(p, "Ready").get("status") == "True",
                           timeout=60, what="Ready under the ServiceAccount's token")
         assert pol["status"]["targets"] == ["app"]
-        wait_for(lambda: get(namespaced, "apps", "rolebinding", "depgate-wait-app"), 20,
+        wait_for(lambda: get(namespaced, "apps", "rolebinding", "depgate-verdict-app"), 20,
                  what="the verdict waiter's RoleBinding, created by the operator")
         time.sleep(2)  # give it the chance to touch what it must not
     finally:

@@ -11,6 +11,7 @@ other kinds are ignored.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -21,10 +22,13 @@ from typing import Any, TextIO
 import yaml
 
 from depgate import registry
+from depgate.constants import APPLIED_HASH_ANNOTATION
 from depgate.constants import WAITER_IMAGE_ENV as WAITER_IMAGE_ENV
+from depgate.plan import body_hash
 from depgate.render import (
     DEFAULT_WAITER_IMAGE,
     RenderConfig,
+    apply_body,
     base_from_template,
     owner_reference,
     render_errors,
@@ -94,6 +98,15 @@ def _name(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
 
 
+def _with_applied_hash(deployment: dict[str, Any], applied: Mapping[str, Any]) -> dict[str, Any]:
+    """The annotation the operator's apply carries: the hash of its apply body (depgate.plan), by
+    which it knows the Deployment up to date. Printed too, so that applying render's output (or
+    `kubectl diff --server-side --field-manager=depgate` of it) changes nothing the operator did."""
+    annotations = deployment["metadata"].setdefault("annotations", {})
+    annotations[APPLIED_HASH_ANNOTATION] = body_hash(applied)
+    return deployment
+
+
 def render_documents(docs: Iterable[Document], config: RenderConfig) -> tuple[list[dict[str, Any]], list[str]]:
     """Every target Deployment as the operator would apply it, and warnings. Raises RenderFailure."""
     docs = list(docs)
@@ -133,7 +146,10 @@ def render_documents(docs: Iterable[Document], config: RenderConfig) -> tuple[li
             errors = render_errors(policy, base_from_template(policy), config)
             if errors:
                 raise RenderFailure(f"{errors[0]} {where}")
-            out.append(rendered_template(policy, config, owner_reference(policy)))
+            owner = owner_reference(policy)
+            created = rendered_template(policy, config, owner)
+            # the operator's hash covers the ownerReference: known only for a policy read back with its uid
+            out.append(_with_applied_hash(created, copy.deepcopy(created)) if owner is not None else created)
             continue
         for target in targets:
             key = (
@@ -149,7 +165,7 @@ def render_documents(docs: Iterable[Document], config: RenderConfig) -> tuple[li
             errors = render_errors(policy, target, config)
             if errors:
                 raise RenderFailure(f"{errors[0]} {where}")
-            out.append(rendered(policy, target, config))
+            out.append(_with_applied_hash(rendered(policy, target, config), apply_body(policy, target, config)))
     return out, warnings
 
 

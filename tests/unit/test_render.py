@@ -116,6 +116,22 @@ def test_rendering_the_rendered_output_changes_nothing(case: str, tmp_path: Path
         assert render_files([str(GOLDEN / case / "policy.yaml"), str(again)]) == expected
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_the_operator_takes_the_rendered_output_for_up_to_date(case: str) -> None:
+    """render prints the operator's applied-hash annotation too: a Deployment applied as render printed
+    it (GitOps, or a `kubectl diff --server-side` of it) is one the operator writes nothing to."""
+    from depgate import plan
+    from depgate.constants import APPLIED_HASH_ANNOTATION
+
+    policy = golden_policy(case)
+    for dep in load_all(GOLDEN / case / "expected.yaml"):
+        if policy.target_field == "template":
+            want = rendered_template(policy, CONFIG, owner_reference(policy))
+            assert dep["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] == plan.body_hash(want)
+        else:
+            assert plan.target_writes(policy, dep, CONFIG).applies == (), dep["metadata"]["name"]
+
+
 # --- what is rendered, in detail ----------------------------------------------------------------------
 
 

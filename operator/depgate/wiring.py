@@ -268,6 +268,11 @@ class Wiring:
     deps: dict[Key, set[ObjectKey]] = field(default_factory=dict)
     by_dep: dict[ObjectKey, set[Key]] = field(default_factory=lambda: defaultdict(set))
     targets: dict[Key, set[str]] = field(default_factory=dict)
+    # Pod events per namespace, and their count when each running reconcile began: a pod event of a
+    # Deployment that no policy targets yet wakes nobody, so a reconcile that learns that target
+    # while pods changed meanwhile runs again (else its pod counts stay stale until the resync).
+    pod_events: dict[str, int] = field(default_factory=dict)
+    started: dict[Key, int] = field(default_factory=dict)
     by_target: dict[tuple[str, str], set[Key]] = field(default_factory=lambda: defaultdict(set))
     selectors: dict[Key, spec.Selector] = field(default_factory=dict)
     services: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # -> spec.selector
@@ -319,6 +324,7 @@ class Wiring:
         self.policies.pop(key, None)
         self.parsed.pop(key, None)
         self.dirty.pop(key, None)
+        self.started.pop(key, None)
         return self.custom.claim(key, ())
 
     def for_deployment(self, ns: str, name: str, labels: Mapping[str, str] | None) -> set[Key]:
@@ -430,6 +436,7 @@ class Wiring:
         return Change(frozenset(self._naming(registry.SERVICE.kind, ns, name)), changed)
 
     def pod_seen(self, ns: str, body: Mapping[str, Any]) -> frozenset[Key]:
+        self.pod_events[ns] = self.pod_events.get(ns, 0) + 1
         dname = deployment_of_pod(body)
         return frozenset(self.by_target.get((ns, dname), set())) if dname is not None else frozenset()
 
@@ -445,6 +452,7 @@ class Wiring:
 
     def to_reconcile(self, key: Key, body: Mapping[str, Any]) -> Mapping[str, Any]:
         """The copy of the policy a worker reconciles: the newest known, else Kopf's `body`."""
+        self.started[key] = self.pod_events.get(key[0], 0)
         return self.policies.get(key) or plain(body)
 
     def reconciled(self, key: Key, reconciled: Mapping[str, Any], outcome: Outcome) -> Reconciled:
@@ -463,6 +471,9 @@ class Wiring:
             again = respecified(written, reconciled)
             graph_changed = written.get("spec") != kept.get("spec")
             self._learn(key, slim(written))
+        learnt = set(outcome.targets) - self.targets.get(key, set())
+        if learnt and self.pod_events.get(key[0], 0) != self.started.get(key, 0):
+            again = True  # pods of a target it did not have changed while it ran: count them again
         self.set_targets(key, {*outcome.targets, *outcome.wanted})
         return Reconciled(again, graph_changed, self.custom.claim(key, outcome.custom))
 

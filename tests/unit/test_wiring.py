@@ -103,6 +103,28 @@ def test_a_deployment_wakes_the_policies_that_target_it_by_name_or_selector_want
     assert woken(w) == {"wants"}
 
 
+def test_pods_that_changed_during_the_reconcile_that_learnt_their_deployment_make_it_run_again() -> None:
+    """Issue 16, item 5: a pod event of a Deployment nobody targets yet wakes nobody; the reconcile that
+    learns the target must not keep the pod counts it read before that event."""
+    w = wiring()
+    seen(w, policy("a"), policy("b"))
+    running(w, "a", "b")
+    key = (NS, "a")
+    w.to_reconcile(key, w.policies[key])
+    pod = {"metadata": {"labels": {"pod-template-hash": "5d8f"},
+                        "ownerReferences": [{"kind": "ReplicaSet", "name": "web-5d8f"}]}}
+    assert w.pod_seen(NS, pod) == frozenset()  # nobody targets web yet
+    assert w.reconciled(key, w.policies[key], Outcome(targets=["web"])).again
+    # the next reconcile, with no pod event meanwhile, is the last
+    w.to_reconcile(key, w.policies[key])
+    assert not w.reconciled(key, w.policies[key], Outcome(targets=["web"])).again
+    # and a reconcile that learns nothing new is not repeated for pods (their events wake it anyway)
+    other = (NS, "b")
+    w.to_reconcile(other, w.policies[other])
+    w.pod_seen(NS, pod)
+    assert not w.reconciled(other, w.policies[other], Outcome(targets=[])).again
+
+
 def test_a_pod_wakes_the_policies_targeting_its_deployment() -> None:
     w = wiring()
     seen(w, policy("a"))

@@ -99,20 +99,16 @@ Plurals = Callable[[str, str], str | None]
 """(apiVersion, kind) -> the resource's plural, or None when the API server does not serve the kind."""
 
 
-class UnknownKind(ValueError):
-    """A `resource` precondition names a kind the API server does not serve."""
-
-    def __init__(self, field: str, api_version: str, kind: str) -> None:
-        super().__init__(f"{field}: the API server serves no kind {kind} in {api_version}")
-        self.field = field
-
-
 def _group(api_version: str) -> str:
     return api_version.split("/", 1)[0] if "/" in api_version else ""
 
 
-def required(policy: spec.Policy, namespace: str, plurals: Plurals) -> list[Access]:
-    """Every right the policy's author must hold for the policy to take effect, in document order."""
+def required(policy: spec.Policy, namespace: str, plurals: Plurals, unserved: list[str] | None = None) -> list[Access]:
+    """Every right the policy's author must hold for the policy to take effect, in document order.
+
+    A `resource` precondition of a kind the API server does not serve (yet: its CRD may come later)
+    needs no right now, since depgate can read nothing of it; its field goes to `unserved`, and the
+    right is required as soon as the kind is served."""
     deployments = registry.DEPLOYMENT
     out: list[Access] = []
     if isinstance(policy.target, spec.WorkloadRef):
@@ -142,7 +138,9 @@ def required(policy: spec.Policy, namespace: str, plurals: Plurals) -> list[Acce
         elif isinstance(body, spec.ResourceCheck):
             plural = plurals(body.api_version, body.kind)
             if plural is None:
-                raise UnknownKind(at, body.api_version, body.kind)
+                if unserved is not None:
+                    unserved.append(f"{at}: the API server serves no kind {body.kind} in {body.api_version} (yet)")
+                continue
             out.append(Access(at, "get", _group(body.api_version), plural, namespace, body.name))
     return _unique(out)
 

@@ -227,10 +227,9 @@ class Gate:
         except spec.SpecError as e:
             warnings.append(f"depgate will not act on this policy: {e}")
             return None
-        try:
-            denied = self.denied(verified.author, policy, str(new["metadata"]["namespace"]), fresh=True)
-        except authority.UnknownKind as e:
-            return str(e)
+        unserved: list[str] = []
+        denied = self.denied(verified.author, policy, str(new["metadata"]["namespace"]), fresh=True, unserved=unserved)
+        warnings += [f"{u}; its author's right to read it is checked once it is" for u in unserved]
         return authority.refusal(verified.author, denied) if denied else None
 
     # --- the reconcile
@@ -241,10 +240,7 @@ class Gate:
         if verified.author is None:
             return (f"{verified.problem}; depgate does not act on it until someone with the rights it needs "
                     "changes it (any change, e.g. `kubectl annotate`, is checked)")
-        try:
-            denied = self.denied(verified.author, policy, str(obj["metadata"]["namespace"]), fresh=False)
-        except authority.UnknownKind as e:
-            return str(e)
+        denied = self.denied(verified.author, policy, str(obj["metadata"]["namespace"]), fresh=False)
         return authority.refusal(verified.author, denied) if denied else None
 
     def trusted(self, obj: Mapping[str, Any]) -> bool:
@@ -252,9 +248,9 @@ class Gate:
         return authority.verify(self.key, obj).author is not None
 
     def denied(self, author: authority.Author, policy: spec.Policy, namespace: str, *,
-               fresh: bool) -> list[authority.Denied]:
+               fresh: bool, unserved: list[str] | None = None) -> list[authority.Denied]:
         out = []
-        for access in authority.required(policy, namespace, self._plural):
+        for access in authority.required(policy, namespace, self._plural, unserved):
             allowed, reason = self._review(author, access, fresh)
             if not allowed:
                 out.append(authority.Denied(access, reason))

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from depgate import render
+from depgate import plan
 from depgate.dev import crdgen
 from tests.conftest import REPO, wait_for
 from tests.integration.kubehelp import SETTINGS, apply, deployment, get, policy
@@ -291,23 +291,24 @@ def test_examples_and_golden_policies_are_still_accepted(plane, crds, namespace)
         assert proc.returncode == 0, f"{path}: {proc.stderr}"
 
 
-def test_two_long_policy_names_sharing_a_prefix_each_keep_their_own_role(plane, operator, namespace):
-    """Names of 240+ characters used to be cut to the same Role name, and the two policies
-    overwrote each other's Role on every resync."""
+def test_two_long_policy_names_sharing_a_prefix_each_keep_their_own_rolebinding(plane, operator, namespace):
+    """Names of 240+ characters used to be cut to the same name, and the two policies overwrote each
+    other's RBAC for the verdict waiter on every resync."""
     names = ["p" * 245 + "-one", "p" * 245 + "-two"]
-    roles = [render.wait_role_name(n) for n in names]
-    assert roles[0] != roles[1] and all(len(r) <= 253 for r in roles)
+    bindings = [plan.verdict_binding_name(n) for n in names]
+    assert bindings[0] != bindings[1] and all(len(b) <= 253 for b in bindings)
     for i, name in enumerate(names):
         apply(plane, namespace, deployment(f"app{i}"))
         apply(plane, namespace, policy(name, f"app{i}", SETTINGS))
-    for name, role in zip(names, roles, strict=True):
-        got = wait_for(lambda role=role: get(plane, namespace, "role", role), 30, what=f"Role {role}")
-        assert got["rules"][0]["resourceNames"] == [name]
-        binding = wait_for(lambda role=role: get(plane, namespace, "rolebinding", role), 30, what="RoleBinding")
-        assert binding["roleRef"]["name"] == role
+    for i, binding_name in enumerate(bindings):
+        got = wait_for(lambda b=binding_name: get(plane, namespace, "rolebinding", b), 30, what="RoleBinding")
+        assert got["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "depgate-verdict-reader"}
+        assert [s["name"] for s in got["subjects"]] == ["default"]
+        assert got["metadata"]["ownerReferences"][0]["name"] == names[i]
     # Nothing rewrites them afterwards (they used to flip between the two policies on every reconcile).
-    versions = [get(plane, namespace, "role", r)["metadata"]["resourceVersion"] for r in roles]
-    for i, name in enumerate(names):  # wake both policies: a spec change, reconciled
+    versions = [get(plane, namespace, "rolebinding", b)["metadata"]["resourceVersion"] for b in bindings]
+    for i, name in enumerate(names):  # wake both policies
         plane.run_kubectl("annotate", "-n", namespace, "dependencypolicy", name, f"poke=now{i}")
     plane.run_kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-config"},
@@ -316,5 +317,4 @@ def test_two_long_policy_names_sharing_a_prefix_each_keep_their_own_role(plane, 
         wait_for(lambda name=name: any(e.get("state") == "Satisfied" for e in (
             (get(plane, namespace, "dependencypolicy", name) or {}).get("status") or {}).get("preconditions") or []),
             30, what=f"{name[-3:]} satisfied")
-    assert [get(plane, namespace, "role", r)["metadata"]["resourceVersion"] for r in roles] == versions
-    assert [get(plane, namespace, "role", r)["rules"][0]["resourceNames"] for r in roles] == [[n] for n in names]
+    assert [get(plane, namespace, "rolebinding", b)["metadata"]["resourceVersion"] for b in bindings] == versions

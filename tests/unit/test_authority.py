@@ -144,14 +144,16 @@ def test_a_selector_needs_patch_on_every_deployment_and_a_template_create():
         ("spec.template", "patch", "apps", "deployments", "web")]
 
 
-def test_an_unknown_kind_is_named():
+def test_a_kind_not_served_yet_needs_no_right_until_it_is():
     pre = [{"name": "w", "resource": {"apiVersion": "nope.io/v1", "kind": "Nope", "name": "x"}}]
-    try:
-        rights({"workloadRef": {"name": "a"}, "preconditions": pre})
-    except authority.UnknownKind as e:
-        assert e.field == "spec.preconditions[0].resource" and "Nope" in str(e)
-    else:
-        raise AssertionError("an unknown kind was not refused")
+    unserved: list[str] = []
+    got = authority.required(parse({"workloadRef": {"name": "a"}, "preconditions": pre}), "team-b",
+                             lambda v, k: None, unserved)
+    assert [(a.field, a.verb) for a in got] == [("spec.workloadRef", "patch")]
+    assert unserved == ["spec.preconditions[0].resource: the API server serves no kind Nope in nope.io/v1 (yet)"]
+    served = authority.required(parse({"workloadRef": {"name": "a"}, "preconditions": pre}), "team-b",
+                                lambda v, k: "nopes")
+    assert [(a.field, a.resource) for a in served][-1] == ("spec.preconditions[0].resource", "nopes")
 
 
 def test_the_review_and_the_refusal_say_who_what_and_where():

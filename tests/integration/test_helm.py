@@ -183,8 +183,9 @@ def test_values_image_ports_args_and_a_second_release_name(helm):
     assert c["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
     service = next(o for o in objs if o["kind"] == "Service")
     assert service["spec"]["ports"][0]["port"] == 9090
-    bindings = sorted((o["kind"], o["metadata"].get("namespace")) for o in objs if o["kind"].endswith("Binding")
-                      and o["roleRef"]["name"] == "depgate-operator")
+    rbac_bindings = [o for o in objs if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    bindings = sorted((o["kind"], o["metadata"].get("namespace")) for o in rbac_bindings
+                      if o["roleRef"]["name"] == "depgate-operator")
     assert bindings == [("RoleBinding", "apps"), ("RoleBinding", "web")]
     # replicas is 0 or 1: the schema refuses a second operator pod
     refused = helm.run("template", RELEASE, str(CHART), "--set", "replicas=2", check=False)
@@ -234,13 +235,21 @@ def _gated(plane: Plane, ns: str, name: str) -> None:
     assert pol["status"]["targets"] == [name]
     wait_deployment(plane, ns, name, lambda d: init_names(d) == ["depgate-settings", "depgate-db"],
                     what="gated: depgate's init containers")
-    wait_for(lambda: get(plane, ns, "rolebinding", f"depgate-wait-{name}"), 20,
+    wait_for(lambda: get(plane, ns, "rolebinding", f"depgate-verdict-{name}"), 20,
              what="the verdict waiter's RoleBinding, created by the operator")
 
 
 def _no_refusals(log: str) -> None:
     for refused in ("(403)", "Forbidden", "Traceback"):
         assert refused not in log, log[-4000:]
+
+
+def _local_webhook(plane: Plane) -> None:
+    """The chart's webhook configurations point at the in-cluster Service, which no real pod serves
+    here: the operator under test runs outside the cluster, and start_operator registers them anew,
+    pointing at it."""
+    plane.run_kubectl("delete", "validatingwebhookconfiguration,mutatingwebhookconfiguration", "depgate.io",
+                      "--ignore-not-found")
 
 
 def _release(helm: Helm, plane: Plane) -> dict[str, Any]:
@@ -274,6 +283,7 @@ def test_helm_install_then_upgrade_and_the_operator_gates_under_the_charts_servi
         apply(plane, ns, "apiVersion: v1\nkind: Service\nmetadata: {name: db}\n"
                          "spec: {selector: {app: db}, ports: [{port: 5432}]}\n")
     token = str(operator_token_kubeconfig(plane, tmp_path))  # of depgate-system/depgate, made by the chart
+    _local_webhook(plane)
     op = start_operator(token, tmp_path, admin=plane)
     try:
         _gated(plane, "elsewhere", "web")  # cluster-wide: any namespace
@@ -281,6 +291,7 @@ def test_helm_install_then_upgrade_and_the_operator_gates_under_the_charts_servi
         stop_operator(op)
     _no_refusals(op.log_text())
 
+    _local_webhook(plane)  # the test's registration, not the chart's: helm recreates the chart's on upgrade
     # upgrade: serve only `apps` (RoleBinding there instead of the ClusterRoleBinding) with one more argument
     notes = helm.run("upgrade", RELEASE, str(CHART), "-n", SYSTEM_NS, "--wait", "--timeout", "120s",
                      "--set", "namespaces={apps}", "--set", "extraArgs={--resync-seconds=120}", *kc).stdout
@@ -294,6 +305,7 @@ def test_helm_install_then_upgrade_and_the_operator_gates_under_the_charts_servi
     denied = plane.run_kubectl("auth", "can-i", "patch", "deployments", "-n", "elsewhere",
                                f"--as=system:serviceaccount:{SYSTEM_NS}:depgate", check=False)
     assert denied.stdout.strip() == "no"
+    _local_webhook(plane)
     op = start_operator(token, tmp_path, "--namespace=apps", "--resync-seconds=120", admin=plane)
     try:
         _gated(plane, "apps", "app")
@@ -302,9 +314,20 @@ def test_helm_install_then_upgrade_and_the_operator_gates_under_the_charts_servi
     _no_refusals(op.log_text())
 
     # uninstall removes everything but the CRD (Helm never deletes what crds/ installed) and the policies
-    helm.run("uninstall", RELEASE, "-n", SYSTEM_NS, "--wait", *kc)
+    # Not --wait: kube-controller-manager's aggregation controller may server-side-apply the rules of the
+    # aggregated ClusterRole depgate-operator just after helm deleted it together with the roles it
+    # aggregates, which re-creates it (no labels, no rules); helm --wait would wait on that name forever.
+    helm.run("uninstall", RELEASE, "-n", SYSTEM_NS, *kc)
     for kind, name in (("clusterrole", "depgate-operator-core"), ("clusterrole", "depgate-edit"),
+                       ("clusterrole", "depgate-verdict-reader"), ("clusterrole", "depgate-secret-reader"),
+                       ("clusterrole", "depgate-template-creator"),
+                       ("validatingadmissionpolicy", "depgate-operator-rolebindings"),
                        ("serviceaccount", "depgate"), ("deployment", "depgate")):
-        gone = plane.run_kubectl("get", kind, name, "-n", SYSTEM_NS, check=False)
-        assert gone.returncode != 0 and "NotFound" in gone.stderr, (kind, name)
+        wait_for(lambda kind=kind, name=name: "NotFound" in plane.run_kubectl("get", kind, name, "-n", SYSTEM_NS,
+                                                                              check=False).stderr,
+                 60, interval=0.5, what=f"{kind}/{name} uninstalled")
+    left = plane.run_kubectl("get", "clusterrole", "depgate-operator", "-o", "json", check=False)
+    if left.returncode == 0:  # only that leftover, holding nothing
+        role = json.loads(left.stdout)
+        assert not role.get("rules") and not role["metadata"].get("labels"), role
     assert plane.run_kubectl("get", "crd", "dependencypolicies.depgate.io", check=False).returncode == 0

@@ -262,7 +262,9 @@ def target_writes(policy: spec.Policy, dep: Mapping[str, Any], config: render.Re
     name = _name(dep)
     errors = render.render_errors(policy, dep, config)
     if errors:
-        return TargetWrite(name, dep, problem=Problem(errors[0].reason, "; ".join(str(e) for e in errors)))
+        # a fromContainer the Deployment lacks, a mount over an app's: only a person can fix it (Stalled)
+        return TargetWrite(name, dep, problem=Problem(errors[0].reason, "; ".join(str(e) for e in errors),
+                                                      stalls=errors[0].reason))
     desired = render.rendered(policy, dep, config)
     body = render.apply_body(policy, dep, config)
     h = body_hash(body)

@@ -132,6 +132,7 @@ def test_a_render_error_is_a_problem_and_no_write() -> None:
     (target,) = plan.plan(pol, plan.Live([deployment()]), CONFIG).targets
     assert target.applies == () and target.problem is not None
     assert target.problem.reason == "ContainerNotFound" and "nope" in target.problem.message
+    assert target.problem.stalls == "ContainerNotFound"  # a typo only a person can fix (issue 16, item 2)
 
 
 # --------------------------------------------------------------------------- targets, conflicts, releases

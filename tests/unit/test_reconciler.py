@@ -196,6 +196,7 @@ def test_a_render_error_is_reported_and_nothing_applied() -> None:
     reconcile(kube)
     status, reason, message = condition(kube, "Applied")
     assert (status, reason) == ("False", "ContainerNotFound") and "nope" in message
+    assert condition(kube, "Stalled")[:2] == ("True", "ContainerNotFound")  # kstatus: Failed, not InProgress
     assert inits(dep(kube)) == []
 
 

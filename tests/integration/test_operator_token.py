@@ -165,7 +165,8 @@ def test_step_3b_change_an_existing_deployment_in_kube_system_or_its_own_namespa
     ValidatingAdmissionPolicy refuses it in the protected namespaces (kube-system, depgate-system)."""
     name = f"sys-{uuid.uuid4().hex[:6]}"
     for ns in ("kube-system", "depgate-system"):
-        plane.run_kubectl("create", "deployment", name, "-n", ns, "--image=registry.k8s.io/pause:3.10")
+        # no pods (depgate-system enforces `restricted`): the Deployment object is what is at stake
+        plane.run_kubectl("create", "deployment", name, "-n", ns, "--image=registry.k8s.io/pause:3.10", "--replicas=0")
         try:
             before = json.loads(plane.run_kubectl("get", "deployment", name, "-n", ns, "-o", "json").stdout)
             err = stolen.refused("patch", "deployment", name, "-n", ns, "--type=json", "-p",

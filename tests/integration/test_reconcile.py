@@ -427,7 +427,7 @@ def test_policies_in_protected_namespaces_change_nothing_and_say_why(plane, oper
     name = f"gate-{uuid.uuid4().hex[:6]}"
     try:
         for ns in ("depgate-system", "kube-system"):
-            apply(plane, ns, deployment(name))
+            apply(plane, ns, deployment(name, replicas=0))  # no pods: depgate-system enforces `restricted`
             before = get(plane, ns, "deployment", name)
             apply(plane, ns, policy(name, f"workloadRef: {{name: {name}}}"))
             pol = wait_policy(plane, ns, name, lambda p: condition(p, "Stalled").get("reason") == "ProtectedNamespace",

@@ -289,24 +289,7 @@ def test_template_mode_where_it_is_not_enabled_says_which_rolebinding_enables_it
 
 def test_template_mode_creates_owns_and_garbage_collects(plane, operator, namespace, needs_pods):
     _enable_templates(plane, namespace)
-    apply(plane, namespace, """
-    apiVersion: depgate.io/v1alpha1
-    kind: DependencyPolicy
-    metadata: {name: web}
-    spec:
-      template:
-        metadata: {labels: {app: web}}
-        spec:
-          replicas: 1
-          selector: {matchLabels: {app: web}}
-          template:
-            metadata: {labels: {app: web}}
-            spec:
-              containers: [{name: server, image: nginx}]
-      preconditions:
-      - name: api
-        http: {url: "http://api:8080/healthz", expectStatus: [200, 204]}
-    """)
+    apply(plane, namespace, TEMPLATE)
     dep = wait_deployment(plane, namespace, "web", lambda d: init_names(d) == ["depgate-api"])
     owners = dep["metadata"]["ownerReferences"]
     pol = get(plane, namespace, "dependencypolicy", "web")

@@ -7,6 +7,7 @@ import uuid
 from tests.conftest import wait_for
 from tests.integration.kubehelp import (
     apply,
+    condition,
     deployment,
     entry,
     get,
@@ -68,11 +69,13 @@ def test_a_policy_leaves_other_namespaces_alone(plane, operator, namespace):
         apply(plane, namespace, POLICY.replace("metadata: {name: app}", "metadata: {name: tier}").replace(
             "workloadRef: {name: app}", "selector: {matchLabels: {tier: app}}"))
         wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["depgate-settings"])
-        # the second policy (a selector) reports the conflict in its own namespace only
-        wait_policy(plane, namespace, "tier", lambda p: (p.get("status") or {}).get("targets") == ["app"])
+        # the second policy (a selector) leaves it to the workloadRef, and says so, in its own namespace only
+        wait_policy(plane, namespace, "tier", lambda p: "left to DependencyPolicy app" in condition(
+            p, "Applied").get("message", ""), what="the selector says it leaves app to the workloadRef")
         dep = get(plane, other, "deployment", "app")
         assert init_names(dep) == []
         assert "depgate.io/policy" not in (dep["metadata"].get("annotations") or {})
-        assert get(plane, other, "role", "depgate-wait-app") is None
+        assert get(plane, other, "rolebinding", "depgate-verdict-app") is None
+        assert get(plane, other, "rolebinding", "depgate-verdict-tier") is None
     finally:
         plane.run_kubectl("delete", "namespace", other, "--wait=false")

@@ -29,7 +29,7 @@ from depgate import metrics, registry, tls, webhook
 from depgate.constants import AUTHOR_SIGNATURE_ANNOTATION, FINALIZER, GROUP, WEBHOOK_SECRET
 from depgate.controller import Outcome, Reconciler, ReleaseFailed
 from depgate.echo import Echoes
-from depgate.kube import CONNECT_TIMEOUT, WATCH_SERVER_TIMEOUT, Kube, NamespaceTerminating
+from depgate.kube import CONNECT_TIMEOUT, WATCH_SERVER_TIMEOUT, Kube, NamespaceTerminating, Rejected
 from depgate.plan import CustomKey
 from depgate.render import RenderConfig
 from depgate.settings import Settings
@@ -549,6 +549,13 @@ def policy_cleanup(body: Any, namespace: str, name: str, **_: Any) -> None:
         except ReleaseFailed as e:
             # keep the finalizer: Kopf calls this handler again shortly
             raise kopf.TemporaryError(str(e), delay=1) from e
+        except Rejected as e:
+            # The API server refuses the Deployment without depgate's fields: another manager owns part
+            # of them (a user who applied `depgate render`'s output owns those init containers too).
+            # Asking again cannot help, and the deletion must not hang: leave that Deployment as it is.
+            metrics.reconciles.labels(result="release-refused").inc()
+            log.warning("could not release deployment %s/%s from policy %s (%s); left as it is: its "
+                        "remaining depgate-* entries belong to another field manager too", namespace, dname, name, e)
 
 
 # ---------------------------------------------------------------------- what policies depend on

@@ -174,5 +174,16 @@ def test_render_equals_what_the_operator_applies(plane: Plane, operator, certifi
         name = dep["metadata"]["name"]
         assert _names(_ours(live[name])) == _names(_ours(dep)), f"{case}: Deployment {name}: other depgate-* entries"
 
-    diff = plane.run_kubectl("diff", "--server-side", "--field-manager=depgate", "-f", str(out), check=False)
-    assert diff.returncode == 0, f"{case}: kubectl diff of render's output shows a change:\n{diff.stdout}{diff.stderr}"
+    # kubectl diff reads the live object, then dry-runs the apply: a rollout still moving the
+    # Deployment's status in between shows as a change of status and resourceVersion alone, so poll
+    # until the status is still (a change render's output makes would show every time).
+    def no_change() -> bool:
+        diff = plane.run_kubectl("diff", "--server-side", "--field-manager=depgate", "-f", str(out), check=False)
+        last["diff"] = diff.stdout + diff.stderr
+        return diff.returncode == 0
+
+    last: dict[str, str] = {}
+    try:
+        wait_for(no_change, 60, interval=0.5, what=f"{case}: kubectl diff of render's output to show no change")
+    except AssertionError:
+        raise AssertionError(f"{case}: kubectl diff of render's output shows a change:\n{last['diff']}") from None

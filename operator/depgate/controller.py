@@ -20,7 +20,7 @@ from typing import Any
 
 from depgate import graph, plan, registry, render, spec, status, verdicts
 from depgate.kube import ApiError, Changed, Forbidden, Gone, Kube, NamespaceTerminating, Rejected, describe
-from depgate.plan import CustomKey, deployment_of_pod
+from depgate.plan import CustomKey, TargetKey
 
 __all__ = ["ClaimCustom", "CustomKey", "Dep", "Outcome", "Reconciler", "ReleaseFailed"]
 
@@ -30,7 +30,12 @@ Dep = graph.ObjectKey  # (kind, namespace, name) of an object a policy waits on 
 # Claims a policy's custom-resource watches; answers {(apiVersion, kind, namespace): why not} for
 # those over a cap (handlers.CustomWatches.claim).
 ClaimCustom = Callable[[tuple[str, str], Sequence[CustomKey]], Mapping[tuple[str, str, str], str]]
-DEPLOYMENT = (registry.DEPLOYMENT.api_version, registry.DEPLOYMENT.kind)  # what every target is
+DEPLOYMENT = (registry.DEPLOYMENT.api_version, registry.DEPLOYMENT.kind)  # template mode's kind
+
+
+def _api(kind: str) -> tuple[str, str]:
+    """(apiVersion, kind) of a workload kind a policy can target."""
+    return registry.WORKLOAD_KINDS[kind].api.api_version, kind
 
 
 UNAUTHORIZED = "Unauthorized"  # Applied/Stalled reason: the author lacks a right (depgate.authority)
@@ -40,8 +45,8 @@ UNAUTHORIZED = "Unauthorized"  # Applied/Stalled reason: the author lacks a righ
 class Outcome:
     """What one reconcile learned, for the event wiring (which objects should wake this policy)."""
 
-    targets: list[str] = field(default_factory=list)
-    wanted: set[str] = field(default_factory=set)  # Deployment names whose appearance matters
+    targets: list[TargetKey] = field(default_factory=list)
+    wanted: set[TargetKey] = field(default_factory=set)  # workloads whose appearance matters
     custom: list[CustomKey] = field(default_factory=list)  # what `resource` preconditions name, in declared order
     requeue_after: float | None = None
     writes: int = 0
@@ -96,14 +101,14 @@ class Reconciler:
             policy = spec.parse_policy(obj)
         except spec.SpecError as e:
             out.result = "invalid"
-            self._write_status(obj, out, [], {}, [], list(prior.get("targets") or []), *plan.invalid_spec(e))
+            self._write_status(obj, out, [], {}, {}, plan.prior_targets(prior), *plan.invalid_spec(e))
             return out
         refused = self.authorize(obj, policy) if self.authorize is not None else None
         if refused is not None:
             # Not trusted (no verified author) or no longer allowed: depgate changes nothing for it,
             # neither applying nor releasing, until someone with the rights it needs changes it.
             out.result = "unauthorized"
-            self._write_status(obj, out, [], {}, [], list(prior.get("targets") or []),
+            self._write_status(obj, out, [], {}, {}, plan.prior_targets(prior),
                                status.AppliedState(False, UNAUTHORIZED, "the policy's author may not do what it "
                                                    "asks; nothing was applied"),
                                status.Stalled(UNAUTHORIZED, refused))
@@ -116,8 +121,8 @@ class Reconciler:
             self._apply_target(policy, target, done, out)
         # A release that fails raises (ReleaseFailed): the status is not written, so the next attempt
         # still finds the Deployment among the prior targets.
-        for dname in writes.releases:
-            out.writes += self.release(ns, policy.name, dname)
+        for key in writes.releases:
+            out.writes += self.release(ns, policy.name, key)
         for want in plan.wait_rbac(policy, done.gated):
             self._ensure(want, out)
         verdict_map = self._verdicts(policy, ns, prior, out)
@@ -125,50 +130,61 @@ class Reconciler:
         out.targets, out.wanted, out.result = done.targets, set(writes.wanted), done.result
         out.requeue_after = done.requeue_after
         infos = [status.PreconditionInfo(p.name, p.type) for p in policy.preconditions]
-        self._write_status(obj, out, infos, verdict_map, pods, done.targets, done.applied(), done.stalled(cycle))
+        self._write_status(obj, out, infos, verdict_map, pods, done.targets, done.applied(), done.stalled(cycle),
+                           done.notes)
         return out
 
     # ------------------------------------------------------------------ read and write
 
     def _read(self, policy: spec.Policy, ns: str, prior: Mapping[str, Any]) -> plan.Live:
-        """The Deployments the target names (a selector's: the namespace's), and whether each other
-        policy that claims one of them exists."""
-        name = plan.target_name(policy)
-        if name is None:
-            found = self.kube.items(*DEPLOYMENT, ns)
+        """The workloads the target names (a selector's: the namespace's of its kinds), and whether
+        each other policy that claims one of them exists."""
+        ref = plan.target_ref(policy)
+        found: list[dict[str, Any]] = []
+        if ref is None:
+            for kind in plan.target_kinds(policy):
+                found += self.kube.items(*_api(kind), ns)
         else:
-            dep = self.kube.get(*DEPLOYMENT, ns, name)
-            found = [dep] if dep is not None else []
+            dep = self.kube.get(*_api(ref[0]), ns, ref[1])
+            if dep is not None:
+                dep.setdefault("kind", ref[0])
+                found.append(dep)
+        prior_targets = tuple(plan.prior_targets(prior))
         exists = {c: self.policy_exists(ns, c) for c in sorted(plan.claimants(policy, found))}
         if ns in self.protected:  # nothing is written there: who else targets what does not matter
-            return plan.Live(found, tuple(prior.get("targets") or ()), exists, protected=self.protected)
+            return plan.Live(found, prior_targets, exists, protected=self.protected)
         rivals = plan.rivals(policy, found, self.namespace_policies(ns)) if found else {}
-        return plan.Live(found, tuple(prior.get("targets") or ()), exists, rivals=rivals, protected=self.protected)
+        return plan.Live(found, prior_targets, exists, rivals=rivals, protected=self.protected)
 
     def _apply_target(self, policy: spec.Policy, target: plan.TargetWrite, done: plan.Progress, out: Outcome) -> None:
-        """Gate one Deployment; when it changed meanwhile, read it and plan it again (the Deployment
-        controller writes its status often)."""
-        done.targets.append(target.name)
+        """Gate one workload; when it changed meanwhile, read it and plan it again (its controller
+        writes its status often)."""
+        key = target.key
+        done.targets.append(key)
         for _ in range(plan.APPLY_ATTEMPTS):
             if target.problem is not None:
                 done.problems.append(target.problem)
                 return
+            if target.note:
+                done.notes[key] = target.note
             try:
                 done.gated.append(self._send(policy, target, out))
                 return
             except (Gone, Changed) as e:
                 log.info("%s/%s: %s; reading it again", policy.namespace, policy.name, e)
-                fresh = self.kube.get(*DEPLOYMENT, policy.namespace, target.name)
+                fresh = self.kube.get(*_api(key[0]), policy.namespace, key[1])
                 if fresh is None:
                     break
+                fresh.setdefault("kind", key[0])
+                done.notes.pop(key, None)
                 target = plan.target_writes(policy, fresh, self.config)
-            except Rejected as e:  # the rendered Deployment itself is refused: a person must change the spec
-                done.problems.append(plan.refused(target.name, str(e)))
+            except Rejected as e:  # the rendered workload itself is refused: a person must change the spec
+                done.problems.append(plan.refused(key, str(e)))
                 return
             except ApiError as e:  # any other class (500 included): said in status, tried again later
-                done.problems.append(plan.apply_failed(target.name, *describe(e)))
+                done.problems.append(plan.apply_failed(key, *describe(e)))
                 return
-        done.problems.append(plan.kept_changing(target.name))
+        done.problems.append(plan.kept_changing(key))
 
     def _send(self, policy: spec.Policy, target: plan.TargetWrite, out: Outcome) -> dict[str, Any]:
         """The target's applies, each guarded by the resourceVersion the previous write answered, then
@@ -180,7 +196,7 @@ class Reconciler:
             version = live["metadata"]["resourceVersion"]
         patch = plan.reorder(policy, live) if target.applies else None
         if patch:
-            live = self.kube.json_patch(*DEPLOYMENT, policy.namespace, target.name, patch) or live
+            live = self.kube.json_patch(*_api(target.key[0]), policy.namespace, target.name, patch) or live
             out.writes += 1
         return live
 
@@ -198,26 +214,38 @@ class Reconciler:
                                                              str(e), self.operator_namespace))
                 return
         if live is not None:
-            done.targets.append(template.name)
+            done.targets.append((registry.DEPLOYMENT.kind, template.name))
             done.gated.append(live)
 
-    def release(self, ns: str, policy_name: str, dname: str) -> bool:
-        """Remove everything depgate applied to one Deployment (only if this policy claims it).
+    def release(self, ns: str, policy_name: str, target: str | TargetKey) -> bool:
+        """Remove everything depgate applied to one workload (only if this policy claims it).
 
+        The apply that names nothing gives up depgate's fields; entries another field manager co-owns
+        stay after it (a user's apply of `depgate render` output; an admission-time render, owned by
+        whoever created the object), so they are then removed by a JSON patch (plan.leftovers_patch).
         True when something was released, False when there was nothing to release; raises
-        ReleaseFailed when the Deployment kept changing under every attempt (the caller retries later)."""
+        ReleaseFailed when the workload kept changing under every attempt (the caller retries later)."""
+        kind, name = (registry.DEPLOYMENT.kind, target) if isinstance(target, str) else target
+        api = _api(kind) if kind in registry.WORKLOAD_KINDS else DEPLOYMENT
         for _ in range(plan.RELEASE_ATTEMPTS):
-            body = plan.release_body(policy_name, self.kube.get(*DEPLOYMENT, ns, dname))
+            live = self.kube.get(*api, ns, name)
+            if live is not None:
+                live.setdefault("kind", kind)
+            body = plan.release_body(policy_name, live)
             if body is None:
                 return False
             try:
-                self.kube.apply(body)
+                after = self.kube.apply(body)
+                after.setdefault("kind", kind)
+                patch = plan.leftovers_patch(after)
+                if patch:
+                    self.kube.json_patch(*api, ns, name, patch)
             except (Gone, Changed):
-                continue  # written meanwhile: read it again
+                continue  # written meanwhile: read it again (our claim is gone: then nothing to release)
             except NamespaceTerminating:  # going away with its namespace
                 return False
             return True
-        raise ReleaseFailed(f"deployment {ns}/{dname} changed under each of {plan.RELEASE_ATTEMPTS} attempts "
+        raise ReleaseFailed(f"{kind.lower()} {ns}/{name} changed under each of {plan.RELEASE_ATTEMPTS} attempts "
                             "to release it")
 
     def _ensure(self, want: Mapping[str, Any], out: Outcome) -> None:
@@ -282,27 +310,43 @@ class Reconciler:
             return v
         return None  # a type without a judge here stays Unknown (tests/unit/test_reconciler.py fails first)
 
-    def _pods(self, ns: str, deployments: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        pods: list[dict[str, Any]] = []
-        for dep in deployments:
-            sel = ((dep.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-            if not sel:
-                continue
-            label_selector = ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
-            owned = {dep["metadata"]["name"]}
-            for pod in self.kube.items("v1", "Pod", ns, label_selector=label_selector):
-                if deployment_of_pod(pod) in owned:
-                    pods.append(pod)
-        return pods
+    def _pods(self, ns: str, workloads: Sequence[Mapping[str, Any]]) -> dict[TargetKey, list[dict[str, Any]]]:
+        """The pods of each gated workload, by target: those its selector lists whose controller is it
+        (a CronJob's: the pods of the Jobs it owns)."""
+        out: dict[TargetKey, list[dict[str, Any]]] = {}
+        jobs: list[dict[str, Any]] | None = None
+        for w in workloads:
+            key = plan.key_of(w)
+            if key[0] == registry.CRON_JOB.kind:
+                if jobs is None:
+                    jobs = self.kube.items(registry.JOB.api_version, registry.JOB.kind, ns)
+                uid = (w.get("metadata") or {}).get("uid")
+                owned = [j for j in jobs if any(o.get("uid") == uid for o in
+                                                (j.get("metadata") or {}).get("ownerReferences") or [])]
+                out[key] = [p for j in owned for p in self._owned_pods(ns, j)]
+            else:
+                out[key] = self._owned_pods(ns, w)
+        return out
+
+    def _owned_pods(self, ns: str, workload: Mapping[str, Any]) -> list[dict[str, Any]]:
+        sel = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        if not sel:
+            return []
+        label_selector = ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
+        key = plan.key_of({**workload, "kind": workload.get("kind") or registry.DEPLOYMENT.kind})
+        return [pod for pod in self.kube.items("v1", "Pod", ns, label_selector=label_selector)
+                if plan.workload_of_pod(pod) == key]
 
     # ------------------------------------------------------------------ status
 
     def _write_status(self, obj: Mapping[str, Any], out: Outcome, infos: list[status.PreconditionInfo],
-                      verdict_map: Mapping[str, verdicts.Verdict], pods: list[dict[str, Any]], targets: list[str],
-                      applied: status.AppliedState, stalled: status.Stalled | None) -> None:
+                      verdict_map: Mapping[str, verdicts.Verdict], pods: Mapping[TargetKey, list[dict[str, Any]]],
+                      targets: list[TargetKey], applied: status.AppliedState, stalled: status.Stalled | None,
+                      notes: Mapping[TargetKey, str] | None = None) -> None:
         md, prior = obj["metadata"], obj.get("status") or {}
         new = status.compute_status(generation=int(md.get("generation") or 0), prior=prior, preconditions=infos,
-                                    verdicts=verdict_map, pods=pods, targets=targets, applied=applied,
+                                    verdicts=verdict_map, pods=[p for ps in pods.values() for p in ps],
+                                    targets=targets, target_pods=pods, target_notes=notes or {}, applied=applied,
                                     stalled=stalled, reconciling=out.requeue_after is not None, now=self.now())
         out.status = new
         if new == prior:

@@ -81,11 +81,12 @@ def kind_name(api_version: str, kind: str, *, qualified: bool) -> str:
 
 @dataclass(frozen=True)
 class PolicyNode:
-    """A policy reduced to what the graph needs: its target Deployments and what it waits on."""
+    """A policy reduced to what the graph needs: its target workloads ((kind, name), or a plain name:
+    a Deployment) and what it waits on."""
 
     namespace: str
     name: str
-    targets: Sequence[str]
+    targets: Sequence[tuple[str, str] | str]
     deps: Sequence[Dep]
 
 
@@ -130,7 +131,8 @@ def build_graph(policies: Iterable[PolicyNode],
     labels: dict[tuple[Node, Node], set[EdgeLabel]] = defaultdict(set)
     for policy in policies:
         for target in policy.targets:
-            src = Node(policy.namespace, registry.DEPLOYMENT.kind, target)
+            kind, tname = (registry.DEPLOYMENT.kind, target) if isinstance(target, str) else target
+            src = Node(policy.namespace, kind, tname)
             nodes.add(src)
             for dep in policy.deps:
                 dst = Node(dep.namespace or policy.namespace, dep.kind, dep.name)
@@ -511,22 +513,25 @@ def dependencies(policy: spec.Policy, namespace: str | None = None,
     return deps
 
 
-def targets_of(policy: spec.Policy, deployment_labels: Mapping[tuple[str, str], Mapping[str, str]]) -> list[str]:
-    """The names of the Deployments `policy` gates: workloadRef.name; the Deployments of its namespace
-    whose labels its selector matches (deployment_labels: (namespace, name) -> metadata.labels), sorted;
-    or the Deployment its template creates (spec.template_name)."""
+WorkloadLabels = Mapping[tuple[str, str, str], Mapping[str, str]]  # (namespace, kind, name) -> metadata.labels
+
+
+def targets_of(policy: spec.Policy, deployment_labels: WorkloadLabels) -> list[tuple[str, str]]:
+    """(kind, name) of the workloads `policy` gates: its workloadRef; the workloads of its namespace
+    and of its selector's kinds whose labels the selector matches (deployment_labels: (namespace, kind,
+    name) -> metadata.labels), sorted; or the Deployment its template creates (spec.template_name)."""
     target = policy.target
     if isinstance(target, spec.WorkloadRef):
-        return [target.name]
+        return [(target.kind, target.name)]
     if isinstance(target, spec.Selector):
         ns = policy.namespace or DEFAULT_NAMESPACE
-        return sorted(name for (dns, name), labels in deployment_labels.items()
-                      if dns == ns and target.matches(labels))
-    return [spec.template_name(policy)]
+        return sorted((kind, name) for (dns, kind, name), labels in deployment_labels.items()
+                      if dns == ns and kind in target.kinds and target.matches(labels))
+    return [(registry.DEPLOYMENT.kind, spec.template_name(policy))]
 
 
 def policy_node(policy: spec.Policy,
-                deployment_labels: Mapping[tuple[str, str], Mapping[str, str]],
+                deployment_labels: WorkloadLabels,
                 services: Collection[tuple[str, str]]) -> PolicyNode:
     """A policy -> PolicyNode: its targets (targets_of) and its dependencies (dependencies)."""
     ns = policy.namespace or DEFAULT_NAMESPACE
@@ -534,7 +539,7 @@ def policy_node(policy: spec.Policy,
 
 
 def policy_nodes(policies: Iterable[spec.Policy],
-                 deployment_labels: Mapping[tuple[str, str], Mapping[str, str]],
+                 deployment_labels: WorkloadLabels,
                  services: Collection[tuple[str, str]]) -> list[PolicyNode]:
     return [policy_node(p, deployment_labels, services) for p in policies]
 

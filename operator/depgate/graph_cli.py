@@ -89,7 +89,7 @@ def live_graph(live: Live) -> LiveGraph:
         selector = (svc.get("spec") or {}).get("selector")
         selectors[_meta(svc)] = dict(selector) if isinstance(selector, dict) else None
     pod_labels: dict[tuple[str, str, str], dict[str, str]] = {}
-    deployment_labels: dict[tuple[str, str], dict[str, str]] = {}
+    deployment_labels: dict[tuple[str, str, str], dict[str, str]] = {}
     for w in live.workloads:
         ns, name = _meta(w)
         kind = str(w.get("kind") or registry.DEPLOYMENT.kind)
@@ -97,7 +97,7 @@ def live_graph(live: Live) -> LiveGraph:
         template = _at(w, workload.pod_template if workload else ("spec", "template"))
         pod_labels[(ns, kind, name)] = dict(_at(template, ("metadata", "labels")))
         if kind in registry.TARGET_KINDS:
-            deployment_labels[(ns, name)] = dict((w.get("metadata") or {}).get("labels") or {})
+            deployment_labels[(ns, kind, name)] = dict((w.get("metadata") or {}).get("labels") or {})
     policies, skipped = spec.parse_policies(live.policies)
     graph = g.build_graph(g.policy_nodes(policies, deployment_labels, selectors.keys()), selectors, pod_labels)
     blocked = g.blocked_edges(graph, [b for p in live.policies for b in g.blocked_from_status(p)])

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp.web
 import kopf
 
-from depgate import metrics, registry, tls, webhook
+from depgate import metrics, plan, registry, spec, tls, webhook
 from depgate.constants import AUTHOR_SIGNATURE_ANNOTATION, FINALIZER, GROUP, WEBHOOK_SECRET
 from depgate.controller import Outcome, Reconciler, ReleaseFailed
 from depgate.echo import Echoes
@@ -538,14 +538,20 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
 
 @kopf.on.delete(POLICIES.group, POLICIES.version, POLICIES.plural)
 def policy_cleanup(body: Any, namespace: str, name: str, **_: Any) -> None:
-    """Take every init container this policy added back out of the Deployments it gated."""
+    """Take every init container this policy added back out of the workloads it gated."""
     r = reconciler()
-    deployments = r.kube.items(registry.DEPLOYMENT.api_version, registry.DEPLOYMENT.kind, namespace)
-    for dname in to_release(name, body.get("status"), deployments):
+    try:
+        kinds = plan.target_kinds(spec.parse_policy(plain(body)))
+    except spec.SpecError:  # a policy whose spec no longer parses may have gated any kind before
+        kinds = registry.TARGET_KINDS
+    workloads = [w for kind in kinds if registry.WORKLOAD_KINDS[kind].template_mutable
+                 for w in r.kube.items(registry.WORKLOAD_KINDS[kind].api.api_version, kind, namespace)]
+    for key in to_release(name, body.get("status"), workloads):
+        dname = f"{key[0].lower()} {namespace}/{key[1]}"
         try:
-            if r.release(namespace, name, dname):
+            if r.release(namespace, name, key):
                 metrics.writes.inc()
-                log.info("released deployment %s/%s from policy %s", namespace, dname, name)
+                log.info("released %s from policy %s", dname, name)
         except ReleaseFailed as e:
             # keep the finalizer: Kopf calls this handler again shortly
             raise kopf.TemporaryError(str(e), delay=1) from e
@@ -554,8 +560,8 @@ def policy_cleanup(body: Any, namespace: str, name: str, **_: Any) -> None:
             # of them (a user who applied `depgate render`'s output owns those init containers too).
             # Asking again cannot help, and the deletion must not hang: leave that Deployment as it is.
             metrics.reconciles.labels(result="release-refused").inc()
-            log.warning("could not release deployment %s/%s from policy %s (%s); left as it is: its "
-                        "remaining depgate-* entries belong to another field manager too", namespace, dname, name, e)
+            log.warning("could not release %s from policy %s (%s); left as it is: its remaining depgate-* "
+                        "entries belong to another field manager too", dname, name, e)
 
 
 # ---------------------------------------------------------------------- what policies depend on

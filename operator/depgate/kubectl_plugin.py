@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from depgate.constants import BLOCKING_STATES, CONTAINER_PREFIX, GROUP, PLURAL, POLICY_ANNOTATION, VERSION
+from depgate.registry import short_name
 from depgate.status import pod_gate
 
 Obj = Mapping[str, Any]
@@ -45,6 +46,22 @@ def _get(obj: Any, *path: str) -> Any:
 
 def _items(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+def _targets(policy: Any) -> list[str]:
+    """status.targets as "deploy/web" (kubectl's short names); a plain name (the format before other
+    kinds could be targeted) is a Deployment's."""
+    out = []
+    for t in _items(_get(policy, "status", "targets")):
+        if isinstance(t, Mapping) and t.get("name"):
+            out.append(f"{short_name(str(t.get('kind') or 'Deployment'))}/{t['name']}")
+        elif isinstance(t, str) and t:
+            out.append(f"deploy/{t}")
+    return out
+
+
+def _targets_deployment(policy: Any, name: str) -> bool:
+    return f"deploy/{name}" in _targets(policy)
 
 
 def parse_time(text: Any) -> datetime | None:
@@ -174,7 +191,7 @@ def explain(why: Why, now: datetime, tail: int = DEFAULT_TAIL) -> str:
         lines.append("  policy:        none found (no DependencyPolicy claims "
                      + (f"Deployment {why.deployment})" if why.deployment else "the pod's Deployment)"))
     else:
-        targets = ", ".join(str(t) for t in _items(_get(why.policy, "status", "targets"))) or "-"
+        targets = ", ".join(_targets(why.policy)) or "-"
         lines.append(f"  policy:        {ns}/{policy_name} (gates {targets})")
     entry = status_entry(why.policy, precondition)
     kind = entry.get("type")
@@ -249,7 +266,7 @@ def status_rows(policies: Sequence[Obj], now: datetime, *, preconditions: bool =
         pods = _get(p, "status", "pods") or {}
         pods_text = (f"{pods.get('ready', 0)}/{pods.get('total', 0)} ready, {pods.get('initializing', 0)} in init"
                      if pods else "-")
-        rows.append([ns, name, ",".join(str(t) for t in _items(_get(p, "status", "targets"))) or "-",
+        rows.append([ns, name, ",".join(_targets(p)) or "-",
                      str(ready.get("status") or "-"),
                      ",".join(str(e.get("name")) for e in blocking) or "-",
                      age(oldest, now) if oldest else "-", pods_text,
@@ -366,7 +383,7 @@ class Cluster:
             found = self.policy(ns, named)
             if found is not None:
                 return found
-        return next((p for p in self.policies(ns) if deployment in _items(_get(p, "status", "targets"))), None)
+        return next((p for p in self.policies(ns) if _targets_deployment(p, deployment)), None)
 
     def pods_of(self, dep: Obj) -> list[dict[str, Any]]:
         ns = str(_get(dep, "metadata", "namespace"))

@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -52,6 +53,7 @@ from depgate.graph import DEPENDENCY_CYCLE
 
 Obj = dict[str, Any]
 CustomKey = tuple[str, str, str, str]  # (apiVersion, kind, namespace, name) of a custom resource
+TargetKey = tuple[str, str]  # (kind, name) of a workload a policy targets, in the policy's namespace
 
 APPLY_ATTEMPTS: Final = 3  # applies to one target that may meet a Deployment changed meanwhile (then read again)
 RELEASE_ATTEMPTS: Final = 5
@@ -90,14 +92,15 @@ VERDICT_BINDING_PREFIX: Final = "depgate-verdict-"
 class Live:
     """What the reconcile read before writing anything."""
 
-    # workloadRef and template: the Deployment the target names, if it exists; selector: every
-    # Deployment of the namespace (the claims on the unselected ones matter too).
+    # workloadRef and template: the workload the target names, if it exists; selector: every workload
+    # of the kinds it names in the namespace (the claims on the unselected ones matter too). Each
+    # object carries its `kind` (kube.items sets it).
     deployments: Sequence[Mapping[str, Any]]
-    prior_targets: Sequence[str] = ()  # status.targets as last written
+    prior_targets: Sequence[TargetKey] = ()  # status.targets as last written (prior_targets())
     claimants: Mapping[str, bool] = field(default_factory=dict)  # see claimants(): does that policy exist?
-    # Deployment name -> {other policy of the namespace: WORKLOAD_REF | SELECTOR} for every other live,
+    # (kind, name) -> {other policy of the namespace: WORKLOAD_REF | SELECTOR} for every other live,
     # valid policy whose workloadRef names it or whose selector matches it (see rivals()).
-    rivals: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    rivals: Mapping[TargetKey, Mapping[str, str]] = field(default_factory=dict)
     # The namespaces depgate never gates (settings.protected_namespaces, resolved: wiring.protected).
     protected: frozenset[str] = frozenset()
 
@@ -116,17 +119,24 @@ class Problem:
 
 @dataclass(frozen=True)
 class TargetWrite:
-    """One Deployment a workloadRef or selector targets: the problem that keeps it unwritten, or the
-    applies (in order, unguarded: see `guarded`) that gate it; neither when it is up to date."""
+    """One workload a workloadRef or selector targets: the problem that keeps it unwritten, or the
+    applies (in order, unguarded: see `guarded`) that gate it; neither when it is up to date.
+    `note`: what the status says about it although nothing is wrong with the policy (a Job created
+    before its policy ran ungated; a StatefulSet's OnDelete strategy keeps its old pods)."""
 
     name: str
-    read: Mapping[str, Any]  # the Deployment as read
+    read: Mapping[str, Any]  # the workload as read
     applies: tuple[Obj, ...] = ()
     problem: Problem | None = None
+    note: str | None = None
 
     @property
     def resource_version(self) -> str:
         return str(self.read["metadata"]["resourceVersion"])
+
+    @property
+    def key(self) -> TargetKey:
+        return key_of(self.read)
 
 
 @dataclass(frozen=True)
@@ -140,11 +150,11 @@ class TemplateWrite:
 
 @dataclass(frozen=True)
 class Plan:
-    wanted: tuple[str, ...]  # Deployment names whose appearance matters (a workloadRef's, found or not)
+    wanted: tuple[TargetKey, ...]  # workloads whose appearance matters (a workloadRef's, found or not)
     problems: tuple[Problem, ...]  # known before any write: they come first in the status
     targets: tuple[TargetWrite, ...]
     template: TemplateWrite | None
-    releases: tuple[str, ...]  # Deployments to give back, in this order (see Reconciler.release)
+    releases: tuple[TargetKey, ...]  # workloads to give back, in this order (see Reconciler.release)
 
     @property
     def applies(self) -> list[Obj]:
@@ -158,8 +168,9 @@ class Progress:
     """What the writes achieved, in the order they met it."""
 
     problems: list[Problem]
-    targets: list[str] = field(default_factory=list)  # every Deployment the target names (status.targets)
+    targets: list[TargetKey] = field(default_factory=list)  # every workload the target names (status.targets)
     gated: list[Mapping[str, Any]] = field(default_factory=list)  # as the last write (or read) returned them
+    notes: dict[TargetKey, str] = field(default_factory=dict)  # TargetWrite.note, by target
 
     @property
     def result(self) -> str:
@@ -176,9 +187,8 @@ class Progress:
         notes = "".join(f"; {p.message}" for p in self.problems if p.note)
         if real:
             return status.AppliedState(False, real[0].reason, real[0].message + notes)
-        n = len(self.gated)
-        return status.AppliedState(True, APPLIED, f"init containers in place on {n} Deployment"
-                                   + ("s" if n != 1 else "") + notes)
+        return status.AppliedState(True, APPLIED, f"init containers in place on {_count_kinds(self.gated)}"
+                                   + notes)
 
     def stalled(self, cycle: str | None) -> status.Stalled | None:
         """The first problem a person must act on; else the dependency cycle the policy is in, if any."""
@@ -196,13 +206,122 @@ def invalid_spec(error: spec.SpecError) -> tuple[status.AppliedState, status.Sta
 # --------------------------------------------------------------------------- the plan
 
 
-def target_name(policy: spec.Policy) -> str | None:
-    """The one Deployment a workloadRef or template names (None for a selector: it lists them)."""
+def _count_kinds(objs: Sequence[Mapping[str, Any]]) -> str:
+    """"1 Deployment", "2 Deployments and 1 StatefulSet" (0 Deployments when none)."""
+    counts: dict[str, int] = {}
+    for o in objs:
+        counts[str(o.get("kind") or registry.DEPLOYMENT.kind)] = counts.get(str(o.get("kind") or
+                                                                                registry.DEPLOYMENT.kind), 0) + 1
+    if not counts:
+        return "0 Deployments"
+    parts = [f"{n} {k}" + ("s" if n != 1 else "") for k, n in counts.items()]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def key_of(obj: Mapping[str, Any]) -> TargetKey:
+    """(kind, name) of a workload object (a Deployment's when it names no kind)."""
+    return str(obj.get("kind") or registry.DEPLOYMENT.kind), _name(obj)
+
+
+def label(key: TargetKey) -> str:
+    """"deployment web": how messages name a target."""
+    return f"{key[0].lower()} {key[1]}"
+
+
+def prior_targets(prior_status: Mapping[str, Any] | None) -> list[TargetKey]:
+    """status.targets as a previous reconcile wrote it: {kind, name} entries, or plain names (the format
+    before other kinds than Deployment could be targeted: Deployments)."""
+    out: list[TargetKey] = []
+    for entry in (prior_status or {}).get("targets") or []:
+        if isinstance(entry, str) and entry:
+            out.append((registry.DEPLOYMENT.kind, entry))
+        elif isinstance(entry, Mapping) and isinstance(entry.get("name"), str) and entry.get("name"):
+            kind = entry.get("kind")
+            out.append((str(kind) if isinstance(kind, str) and kind else registry.DEPLOYMENT.kind, entry["name"]))
+    return list(dict.fromkeys(out))
+
+
+def target_kinds(policy: spec.Policy) -> tuple[str, ...]:
+    """The kinds of workload the policy's target can name: a workloadRef's kind, a selector's kinds,
+    template mode's Deployment."""
     if isinstance(policy.target, spec.WorkloadRef):
-        return policy.target.name
+        return (policy.target.kind,)
+    if isinstance(policy.target, spec.Selector):
+        return tuple(policy.target.kinds)
+    return (registry.DEPLOYMENT.kind,)
+
+
+def target_ref(policy: spec.Policy) -> TargetKey | None:
+    """The one workload a workloadRef or template names (None for a selector: it lists them)."""
+    if isinstance(policy.target, spec.WorkloadRef):
+        return policy.target.kind, policy.target.name
     if isinstance(policy.target, spec.Template):
-        return spec.template_name(policy)
+        return registry.DEPLOYMENT.kind, spec.template_name(policy)
     return None
+
+
+def target_name(policy: spec.Policy) -> str | None:
+    """The name of the one workload a workloadRef or template names (None for a selector)."""
+    ref = target_ref(policy)
+    return ref[1] if ref else None
+
+
+def selects(policy: spec.Policy, workload: Mapping[str, Any]) -> bool:
+    """Does the policy's target name this workload (same namespace; its kind and name, or its labels)?
+    A template-mode policy selects only the Deployment it owns."""
+    md = _meta(workload)
+    if policy.namespace is not None and md.get("namespace") not in (None, policy.namespace):
+        return False
+    kind, name = key_of(workload)
+    if isinstance(policy.target, spec.WorkloadRef):
+        return (policy.target.kind, policy.target.name) == (kind, name)
+    if isinstance(policy.target, spec.Selector):
+        return kind in policy.target.kinds and policy.target.matches(md.get("labels"))
+    return (kind, name) == (registry.DEPLOYMENT.kind, spec.template_name(policy)) and (
+        policy.uid is None or any(o.get("uid") == policy.uid for o in md.get("ownerReferences") or []))
+
+
+def gating_policy(policies: Iterable[spec.Policy], workload: Mapping[str, Any]) -> spec.Policy | None:
+    """Which of a namespace's valid policies gates this workload, by the reconcile's precedence: a
+    template-mode policy its own Deployment; a workloadRef over a selector; among equals the one whose
+    claim (depgate.io/policy) the workload carries, else the first by name (what the first reconcile's
+    apply would claim). Used at admission, where no reconcile has run yet."""
+    matching = [p for p in policies if selects(p, workload)]
+    if not matching:
+        return None
+    claim = claim_of(workload)
+
+    def rank(p: spec.Policy) -> tuple[int, int, str]:
+        how = 0 if isinstance(p.target, spec.Template) else 1 if isinstance(p.target, spec.WorkloadRef) else 2
+        return how, 0 if p.name == claim else 1, p.name
+
+    return min(matching, key=rank)
+
+
+CRON_JOB_SUFFIX = re.compile(r"-[0-9]+\Z")  # the CronJob controller names its Jobs <cronjob>-<minutes>
+
+
+def workload_of_pod(pod: Mapping[str, Any]) -> TargetKey | None:
+    """The gated kind of workload a pod belongs to, from its controller's ownerReference: a
+    ReplicaSet's (<deployment>-<pod-template-hash>) Deployment, a StatefulSet, a DaemonSet, a Job. A
+    Job a CronJob made is ("Job", its name): see cron_job_of."""
+    md = _meta(pod)
+    for o in md.get("ownerReferences") or []:
+        if not isinstance(o, Mapping) or not o.get("controller", True):
+            continue
+        kind, name = str(o.get("kind") or ""), str(o.get("name") or "")
+        if kind == "ReplicaSet":
+            dname = deployment_of_pod(pod)
+            return (registry.DEPLOYMENT.kind, dname) if dname else None
+        if kind in (registry.STATEFUL_SET.kind, registry.DAEMON_SET.kind, registry.JOB.kind) and name:
+            return kind, name
+    return None
+
+
+def cron_job_of(job_name: str) -> str | None:
+    """The CronJob whose controller would have named a Job so (<cronjob>-<scheduled minutes>), if any."""
+    m = CRON_JOB_SUFFIX.search(job_name)
+    return job_name[: m.start()] if m and m.start() > 0 else None
 
 
 def claimants(policy: spec.Policy, deployments: Sequence[Mapping[str, Any]]) -> set[str]:
@@ -221,45 +340,49 @@ def plan(policy: spec.Policy, live: Live, config: render.RenderConfig) -> Plan:
         return _plan_template(policy, live, config)
     targeted = _targeted(policy, live.deployments)
     problems: list[Problem] = []
-    left: set[str] = set()
+    left: set[TargetKey] = set()
     if isinstance(policy.target, spec.Selector):
-        # a Deployment a workloadRef names is that policy's, whoever claimed it first: not targeted,
+        # a workload a workloadRef names is that policy's, whoever claimed it first: not targeted,
         # not released (the workloadRef's apply takes it over in one write), said in a note
         for d in targeted:
-            refs = sorted(p for p, how in (live.rivals.get(_name(d)) or {}).items() if how == WORKLOAD_REF)
+            refs = sorted(p for p, how in (live.rivals.get(key_of(d)) or {}).items() if how == WORKLOAD_REF)
             if refs:
-                left.add(_name(d))
-                problems.append(Problem(PREEMPTED, f"deployment {_name(d)} is left to DependencyPolicy {refs[0]}, "
+                left.add(key_of(d))
+                problems.append(Problem(PREEMPTED, f"{label(key_of(d))} is left to DependencyPolicy {refs[0]}, "
                                                    "whose workloadRef takes precedence over this selector",
                                         note=True))
-        targeted = [d for d in targeted if _name(d) not in left]
+        targeted = [d for d in targeted if key_of(d) not in left]
     elif isinstance(policy.target, spec.WorkloadRef) and targeted:
-        sels = sorted(p for p, how in (live.rivals.get(policy.target.name) or {}).items() if how == SELECTOR)
+        ref = (policy.target.kind, policy.target.name)
+        sels = sorted(p for p, how in (live.rivals.get(ref) or {}).items() if how == SELECTOR)
         if sels:
             problems.append(Problem(PRECEDENCE, f"the selector of DependencyPolicy {', '.join(sels)} also matches "
-                                                f"deployment {policy.target.name}; this workloadRef takes "
-                                                "precedence", note=True))
+                                                f"{label(ref)}; this workloadRef takes precedence", note=True))
     if not targeted and left:
         pass  # every match is left to a workloadRef: said in the notes
     elif not targeted and isinstance(policy.target, spec.WorkloadRef):
-        problems.append(Problem(TARGET_NOT_FOUND, f"deployment {policy.target.name} not found; depgate applies as "
-                                                  "soon as it appears"))
+        problems.append(Problem(TARGET_NOT_FOUND, f"{label((policy.target.kind, policy.target.name))} not found; "
+                                                  "depgate applies as soon as it appears"))
     elif not targeted:
-        problems.append(Problem(TARGET_NOT_FOUND, "no Deployment in the namespace matches spec.selector"))
+        kinds = target_kinds(policy)
+        what = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
+        problems.append(Problem(TARGET_NOT_FOUND, f"no {what} in the namespace matches spec.selector"))
     writes = tuple(_target_write(policy, d, config, live) for d in targeted)
-    # The namespace's list is at hand: a Deployment gated by a reconcile whose status write never
+    # The namespace's list is at hand: a workload gated by a reconcile whose status write never
     # happened (the operator killed in between) is released too, not only those status.targets names.
-    claimed = {_name(d) for d in live.deployments if claim_of(d) == policy.name} \
+    claimed = {key_of(d) for d in live.deployments if claim_of(d) == policy.name} \
         if isinstance(policy.target, spec.Selector) else set()
-    return Plan(wanted=(policy.target.name,) if isinstance(policy.target, spec.WorkloadRef) else (),
+    return Plan(wanted=((policy.target.kind, policy.target.name),) if isinstance(policy.target, spec.WorkloadRef)
+                else (),
                 problems=tuple(problems), targets=writes, template=None,
-                releases=_releases(live.prior_targets, claimed, [w.name for w in writes], keep=left))
+                releases=_releases(live.prior_targets, claimed, [w.key for w in writes], keep=left))
 
 
 def target_writes(policy: spec.Policy, dep: Mapping[str, Any], config: render.RenderConfig) -> TargetWrite:
     """What gates one Deployment: nothing when up to date; else our apply, preceded by an ordering
     apply when the user's own init containers would otherwise end up where placement does not want them."""
     name = _name(dep)
+    kind = registry.WORKLOAD_KINDS.get(key_of(dep)[0])
     errors = render.render_errors(policy, dep, config)
     if errors:
         # a fromContainer the Deployment lacks, a mount over an app's: only a person can fix it (Stalled)
@@ -269,7 +392,13 @@ def target_writes(policy: spec.Policy, dep: Mapping[str, Any], config: render.Re
     body = render.apply_body(policy, dep, config)
     h = body_hash(body)
     if up_to_date(dep, desired, h):
-        return TargetWrite(name, dep)
+        return TargetWrite(name, dep, note=strategy_note(dep))
+    if kind is not None and not kind.template_mutable:
+        # A Job's pod template cannot change once it exists: it is gated at admission or not at all.
+        return TargetWrite(name, dep, note=f"{label(key_of(dep))} was created without depgate's init containers "
+                                           "(before this policy, or while depgate's admission webhook did not "
+                                           "answer) and a Job's pod template cannot change: its pods run "
+                                           "ungated; delete and recreate it to gate it")
     body["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = h
     live_names = _names(_pod(dep).get("initContainers"))
     theirs = [n for n in live_names if not render.is_ours(n)]
@@ -302,7 +431,7 @@ def _plan_template(policy: spec.Policy, live: Live, config: render.RenderConfig)
     dname = spec.template_name(policy)
     found = live.deployments[0] if live.deployments else None
     # its own Deployment is not released (release_body would find it owned by the policy, or absent)
-    releases = _releases(live.prior_targets, set(), [dname])
+    releases = _releases(live.prior_targets, set(), [(registry.DEPLOYMENT.kind, dname)])
     try:
         want = render.rendered_template(policy, config, render.owner_reference(policy))
     except render.RenderProblem as e:
@@ -323,7 +452,7 @@ def _target_write(policy: spec.Policy, dep: Mapping[str, Any], config: render.Re
                   live: Live) -> TargetWrite:
     claim = claim_of(dep)
     if claim and claim != policy.name and live.claimants.get(claim) and not _takes_over(policy, dep, claim, live):
-        msg = f"deployment {_name(dep)} is already gated by DependencyPolicy {claim}; this policy leaves it alone"
+        msg = f"{label(key_of(dep))} is already gated by DependencyPolicy {claim}; this policy leaves it alone"
         return TargetWrite(_name(dep), dep, problem=Problem(CONFLICT, msg, stalls=CONFLICT))
     return target_writes(policy, dep, config)
 
@@ -335,52 +464,67 @@ def _takes_over(policy: spec.Policy, dep: Mapping[str, Any], claim: str, live: L
         return False
     if any(o.get("kind") == KIND for o in _meta(dep).get("ownerReferences") or []):
         return False
-    return (live.rivals.get(_name(dep)) or {}).get(claim) == SELECTOR
+    return (live.rivals.get(key_of(dep)) or {}).get(claim) == SELECTOR
 
 
 def rivals(policy: spec.Policy, deployments: Sequence[Mapping[str, Any]],
-           others: Iterable[spec.Policy]) -> dict[str, dict[str, str]]:
-    """Live.rivals: for each of `deployments`, the other policies (of the same namespace, valid) that
-    target it, and how (WORKLOAD_REF or SELECTOR). Template-mode policies target only their own."""
-    out: dict[str, dict[str, str]] = {}
+           others: Iterable[spec.Policy]) -> dict[TargetKey, dict[str, str]]:
+    """Live.rivals: for each of `deployments` (workloads), the other policies (of the same namespace,
+    valid) that target it, and how (WORKLOAD_REF or SELECTOR). Template-mode policies target only
+    their own."""
+    out: dict[TargetKey, dict[str, str]] = {}
     for other in others:
         if other.name == policy.name or other.namespace != policy.namespace:
             continue
         for d in deployments:
-            if isinstance(other.target, spec.WorkloadRef) and other.target.name == _name(d):
-                out.setdefault(_name(d), {})[other.name] = WORKLOAD_REF
-            elif isinstance(other.target, spec.Selector) and other.target.matches(_meta(d).get("labels")):
-                out.setdefault(_name(d), {})[other.name] = SELECTOR
+            if isinstance(other.target, spec.Template) or not selects(other, d):
+                continue
+            how = WORKLOAD_REF if isinstance(other.target, spec.WorkloadRef) else SELECTOR
+            out.setdefault(key_of(d), {})[other.name] = how
     return out
 
 
 def _targeted(policy: spec.Policy, deployments: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    if isinstance(policy.target, spec.Selector):
-        return [d for d in deployments if policy.target.matches(_meta(d).get("labels"))]
+    if isinstance(policy.target, spec.Selector | spec.WorkloadRef):
+        return [d for d in deployments if selects(policy, d)]
     return list(deployments)
 
 
-def _releases(prior: Iterable[str], claimed: set[str], current: Sequence[str],
-              keep: Iterable[str] = ()) -> tuple[str, ...]:
+def strategy_note(workload: Mapping[str, Any]) -> str | None:
+    """What a gated workload's update strategy means for pods that predate depgate's init containers."""
+    kind = key_of(workload)[0]
+    strategy = ((workload.get("spec") or {}).get("updateStrategy") or {}).get("type")
+    if kind in (registry.STATEFUL_SET.kind, registry.DAEMON_SET.kind) and strategy == "OnDelete":
+        return (f"{label(key_of(workload))} has updateStrategy OnDelete: its pods created before depgate's init "
+                "containers keep running ungated until they are deleted")
+    return None
+
+
+def _releases(prior: Iterable[TargetKey], claimed: set[TargetKey], current: Sequence[TargetKey],
+              keep: Iterable[TargetKey] = ()) -> tuple[TargetKey, ...]:
     return tuple(sorted((set(prior) | claimed) - set(current) - set(keep)))
 
 
 # --------------------------------------------------------------------------- problems met while writing
 
 
-def refused(dname: str, message: str) -> Problem:
-    msg = f"deployment {dname}: the API server refused the rendered init containers: {message}"
+def refused(dname: str | TargetKey, message: str) -> Problem:
+    msg = f"{_label(dname)}: the API server refused the rendered init containers: {message}"
     return Problem(REFUSED, msg, stalls=REFUSED)  # a person must change the spec
 
 
-def apply_failed(dname: str, reason: str, message: str) -> Problem:
+def apply_failed(dname: str | TargetKey, reason: str, message: str) -> Problem:
     """Any other error class (500 included): said in status, tried again later."""
-    return Problem(reason, f"deployment {dname}: applying the init containers failed: {message}",
+    return Problem(reason, f"{_label(dname)}: applying the init containers failed: {message}",
                    retry_after=APPLY_ERROR_RETRY_SECONDS)
 
 
-def kept_changing(dname: str) -> Problem:
-    return Problem(RETRYING, f"deployment {dname} kept changing while depgate applied; retrying",
+def _label(target: str | TargetKey) -> str:
+    return label((registry.DEPLOYMENT.kind, target) if isinstance(target, str) else target)
+
+
+def kept_changing(dname: str | TargetKey) -> Problem:
+    return Problem(RETRYING, f"{_label(dname)} kept changing while depgate applied; retrying",
                    retry_after=KEPT_CHANGING_RETRY_SECONDS)
 
 
@@ -421,8 +565,40 @@ def release_body(policy_name: str, dep: Mapping[str, Any] | None) -> Obj | None:
     md = _meta(dep)
     if any(o.get("kind") == KIND for o in md.get("ownerReferences") or []):
         return None
-    return {"apiVersion": registry.DEPLOYMENT.api_version, "kind": registry.DEPLOYMENT.kind,
+    kind = registry.WORKLOAD_KINDS.get(key_of(dep)[0])
+    if kind is not None and not kind.template_mutable:
+        return None  # a Job's pod template cannot change: its pods keep what they were created with
+    api_version = kind.api.api_version if kind is not None else registry.DEPLOYMENT.api_version
+    return {"apiVersion": api_version, "kind": key_of(dep)[0],
             "metadata": {"name": md["name"], "namespace": md["namespace"], "resourceVersion": md["resourceVersion"]}}
+
+
+def leftovers_patch(dep: Mapping[str, Any] | None) -> list[Obj] | None:
+    """After a release: a JSON patch removing depgate's entries (init containers, volumes, mounts) that
+    are still in the workload because another field manager co-owns them (a user applied depgate's
+    render output; an admission webhook's mutation is owned by whoever created the object). None when
+    none are left. Guarded by the resourceVersion read."""
+    if dep is None:
+        return None
+    kind = registry.WORKLOAD_KINDS.get(key_of(dep)[0])
+    if kind is not None and not kind.template_mutable:
+        return None
+    clean = render.without_ours(dep)
+    path = render.template_path(dep)
+    pod, want = _pod(dep), _pod(clean)
+    ops: list[Obj] = []
+    base = "/" + "/".join((*path, "spec"))
+    for key in ("initContainers", "volumes"):
+        if pod.get(key) != want.get(key):
+            ops.append({"op": "replace", "path": f"{base}/{key}", "value": want[key]} if key in want
+                       else {"op": "remove", "path": f"{base}/{key}"})
+    for i, (c, w) in enumerate(zip(pod.get("containers") or [], want.get("containers") or [], strict=False)):
+        if isinstance(c, Mapping) and isinstance(w, Mapping) and c.get("volumeMounts") != w.get("volumeMounts"):
+            ops.append({"op": "replace", "path": f"{base}/containers/{i}/volumeMounts", "value": w["volumeMounts"]}
+                       if "volumeMounts" in w else {"op": "remove", "path": f"{base}/containers/{i}/volumeMounts"})
+    if not ops:
+        return None
+    return [{"op": "test", "path": "/metadata/resourceVersion", "value": _meta(dep)["resourceVersion"]}, *ops]
 
 
 def verdict_binding_name(policy_name: str) -> str:
@@ -513,10 +689,10 @@ def _ordered_body(body: Obj, desired: Mapping[str, Any]) -> Obj:
     """The apply body with the user's init containers named (key only) where placement wants them:
     structured-merge-diff then orders the whole list by it in the same write."""
     ordered = copy.deepcopy(body)
-    ours = {c["name"]: c for c in ordered["spec"]["template"]["spec"]["initContainers"]}
-    ordered["spec"]["template"]["spec"]["initContainers"] = [
-        ours.get(n) or {"name": n} for n in _names(_pod(desired).get("initContainers"))
-    ]
+    pod = _pod(ordered)
+    assert isinstance(pod, dict)
+    ours = {c["name"]: c for c in pod["initContainers"]}
+    pod["initContainers"] = [ours.get(n) or {"name": n} for n in _names(_pod(desired).get("initContainers"))]
     return ordered
 
 
@@ -583,7 +759,9 @@ def _name(obj: Mapping[str, Any]) -> str:
 
 
 def _pod(dep: Mapping[str, Any]) -> Mapping[str, Any]:
-    return ((dep.get("spec") or {}).get("template") or {}).get("spec") or {}
+    """The pod spec of a workload's template (by its kind: a CronJob's is in its jobTemplate)."""
+    pod = registry.pod_template({**dep, "kind": dep.get("kind") or registry.DEPLOYMENT.kind}).get("spec")
+    return pod if isinstance(pod, Mapping) else {}
 
 
 def _names(items: Sequence[Any] | None) -> list[str]:

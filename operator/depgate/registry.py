@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from depgate.constants import API, API_VERSION, KIND, NETWORK, PLURAL, TASK
 
@@ -52,6 +52,7 @@ DAEMON_SET: Final = ApiKind("apps/v1", "DaemonSet", "daemonsets")
 SERVICE: Final = ApiKind("v1", "Service", "services")
 ENDPOINT_SLICE: Final = ApiKind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices")
 JOB: Final = ApiKind("batch/v1", "Job", "jobs")
+CRON_JOB: Final = ApiKind("batch/v1", "CronJob", "cronjobs")
 SECRET: Final = ApiKind("v1", "Secret", "secrets")
 CONFIG_MAP: Final = ApiKind("v1", "ConfigMap", "configmaps")
 POD: Final = ApiKind("v1", "Pod", "pods")
@@ -71,6 +72,7 @@ API_KINDS: Final[Mapping[str, ApiKind]] = {
         CONFIG_MAP,
         POD,
         JOB,
+        CRON_JOB,
         ENDPOINT_SLICE,
         DEPENDENCY_POLICY,
     )
@@ -85,12 +87,17 @@ SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"  # an EndpointSlice's S
 
 @dataclass(frozen=True)
 class WorkloadKind:
-    """A kind with a pod template: a `workload` precondition can wait on it; `gated`: a policy can
-    target it (depgate renders its init containers into the pod template)."""
+    """A kind with a pod template: `awaitable`: a `workload` precondition can wait on it; `gated`: a
+    policy can target it (depgate renders its init containers into the pod template);
+    `template_mutable`: the reconcile may change its pod template (a Job's cannot change after it is
+    created: it is gated at admission only); `short`: kubectl's short name (status, printer columns)."""
 
     api: ApiKind
     gated: bool = False
     pod_template: tuple[str, ...] = ("spec", "template")  # where the pod template lives in the object
+    template_mutable: bool = True
+    awaitable: bool = True
+    short: str = ""
 
     @property
     def kind(self) -> str:
@@ -100,15 +107,36 @@ class WorkloadKind:
 WORKLOAD_KINDS: Final[Mapping[str, WorkloadKind]] = {
     w.kind: w
     for w in (
-        WorkloadKind(DEPLOYMENT, gated=True),
-        WorkloadKind(STATEFUL_SET),
-        WorkloadKind(DAEMON_SET),
+        WorkloadKind(DEPLOYMENT, gated=True, short="deploy"),
+        WorkloadKind(STATEFUL_SET, gated=True, short="sts"),
+        WorkloadKind(DAEMON_SET, gated=True, short="ds"),
+        WorkloadKind(CRON_JOB, gated=True, pod_template=("spec", "jobTemplate", "spec", "template"),
+                     awaitable=False, short="cj"),
+        WorkloadKind(JOB, gated=True, template_mutable=False, awaitable=False, short="job"),
     )
 }
-"""By kind, in the CRD's order (`workload.kind`'s enum)."""
+"""By kind, in the CRD's order (`workloadRef.kind`'s enum)."""
 
 TARGET_KINDS: Final = tuple(w.kind for w in WORKLOAD_KINDS.values() if w.gated)
-"""The kinds a policy can target (`workloadRef.kind`): ("Deployment",)."""
+"""The kinds a policy can target (`workloadRef.kind`, `selector.kinds`)."""
+
+AWAITABLE_KINDS: Final = tuple(w.kind for w in WORKLOAD_KINDS.values() if w.awaitable)
+"""The kinds a `workload` precondition can wait on (`workload.kind`: those with availability)."""
+
+
+def pod_template(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pod template of a workload object, by its kind ({} when absent or not a workload)."""
+    wk = WORKLOAD_KINDS.get(str(obj.get("kind")))
+    node: Any = obj
+    for key in wk.pod_template if wk else ("spec", "template"):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node if isinstance(node, Mapping) else {}
+
+
+def short_name(kind: str) -> str:
+    """kubectl's short name of a workload kind ("deploy"), else the kind in lower case."""
+    wk = WORKLOAD_KINDS.get(kind)
+    return wk.short if wk and wk.short else kind.lower()
 
 
 # --------------------------------------------------------------------------- precondition types
@@ -171,7 +199,7 @@ PRECONDITION_TYPES: Final[Mapping[str, PreconditionType]] = {
         _by_operator("job", (JOB,)),
         _by_operator("secret", shared_watch=True),  # no cluster-wide watch of Secrets
         _by_operator("configMap", (CONFIG_MAP,)),
-        _by_operator("workload", tuple(w.api for w in WORKLOAD_KINDS.values())),
+        _by_operator("workload", tuple(w.api for w in WORKLOAD_KINDS.values() if w.awaitable)),
         _by_operator("resource", custom_kind=True),
         _in_pod("download", TASK, "download", shared_volume=True),
         _in_pod("command", TASK, None),

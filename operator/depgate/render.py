@@ -98,11 +98,37 @@ def is_ours(name: object) -> bool:
     return isinstance(name, str) and name.startswith(PREFIX)
 
 
+def template_path(workload: Mapping[str, Any]) -> tuple[str, ...]:
+    """Where the workload's pod template lives (registry.WorkloadKind.pod_template; a Deployment's
+    when the object names no kind, as `depgate render` files may not)."""
+    wk = registry.WORKLOAD_KINDS.get(str(workload.get("kind") or registry.DEPLOYMENT.kind))
+    return wk.pod_template if wk is not None else ("spec", "template")
+
+
 def _pod_spec(deployment: Mapping[str, Any]) -> Mapping[str, Any]:
-    spec = deployment.get("spec") or {}
-    template = spec.get("template") or {} if isinstance(spec, Mapping) else {}
-    pod = template.get("spec") or {} if isinstance(template, Mapping) else {}
+    pod = registry.pod_template(
+        {**deployment, "kind": deployment.get("kind") or registry.DEPLOYMENT.kind}).get("spec") or {}
     return pod if isinstance(pod, Mapping) else {}
+
+
+def _template_of(obj: Obj, path: tuple[str, ...]) -> Obj:
+    """The pod template at `path` in `obj`, made (as empty objects) where missing."""
+    node = obj
+    for key in path:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    return node
+
+
+def _nest(path: tuple[str, ...], leaf: Obj) -> Obj:
+    """{path[0]: {path[1]: ... leaf}}: the apply body's skeleton down to the pod template."""
+    out = leaf
+    for key in reversed(path):
+        out = {key: out}
+    return out
 
 
 def _list(obj: Mapping[str, Any], key: str) -> list[Any]:
@@ -121,7 +147,8 @@ def _app_containers(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def _describe(deployment: Mapping[str, Any]) -> str:
     meta = deployment.get("metadata") or {}
     name = meta.get("name", "?")
-    return f"Deployment {meta['namespace']}/{name}" if meta.get("namespace") else f"Deployment {name}"
+    kind = deployment.get("kind") or registry.DEPLOYMENT.kind
+    return f"{kind} {meta['namespace']}/{name}" if meta.get("namespace") else f"{kind} {name}"
 
 
 # --- what depgate adds ------------------------------------------------------------------------------
@@ -417,14 +444,14 @@ def render_errors(policy: Policy, deployment: Mapping[str, Any], config: RenderC
         errors.append(RenderError("waiterImage", "InvalidConfig", "the operator has no waiter image configured"))
     what = _describe(deployment)
     if deployment.get("kind", registry.DEPLOYMENT.kind) not in registry.TARGET_KINDS:
-        errors.append(RenderError(f"spec.{policy.target_field}", "InvalidTarget", f"{what} is not a Deployment"))
+        errors.append(RenderError(f"spec.{policy.target_field}", "InvalidTarget",
+                                  f"{what} is not one of {', '.join(registry.TARGET_KINDS)}"))
         return errors
     pod = _pod_spec(deployment)
     containers = _app_containers(pod)
     if not containers:
-        errors.append(
-            RenderError(f"spec.{policy.target_field}", "InvalidTarget", f"{what} has no spec.template.spec.containers")
-        )
+        at = ".".join((*template_path(deployment), "spec", "containers"))
+        errors.append(RenderError(f"spec.{policy.target_field}", "InvalidTarget", f"{what} has no {at}"))
         return errors
     names = [str(c.get("name")) for c in containers]
     for i, pre in enumerate(policy.preconditions):
@@ -495,11 +522,13 @@ def apply_body(policy: Policy, deployment: Mapping[str, Any], config: RenderConf
             {"name": c.get("name"), "volumeMounts": [_shared_mount(policy)]}
             for c in _app_containers(_pod_spec(deployment))
         ]
+    kind = str(deployment.get("kind") or registry.DEPLOYMENT.kind)
+    wk = registry.WORKLOAD_KINDS.get(kind)
     return {
-        "apiVersion": registry.DEPLOYMENT.api_version,
-        "kind": registry.DEPLOYMENT.kind,
+        "apiVersion": wk.api.api_version if wk else registry.DEPLOYMENT.api_version,
+        "kind": kind,
         "metadata": metadata,
-        "spec": {"template": {"spec": pod_spec}},
+        **_nest(template_path(deployment), {"spec": pod_spec}),
     }
 
 
@@ -546,7 +575,7 @@ def rendered(policy: Policy, deployment: Mapping[str, Any], config: RenderConfig
     annotations = dict(meta.get("annotations") or {})
     annotations[ANNOTATION] = policy.name
     meta["annotations"] = annotations
-    template = out.setdefault("spec", {}).setdefault("template", {})
+    template = _template_of(out, template_path(out))
     pod = template.setdefault("spec", {})
     ours = init_containers(policy, out, config)
     theirs = _list(pod, "initContainers")
@@ -700,5 +729,6 @@ def placement_patch(policy: Policy, live: Mapping[str, Any]) -> list[Obj] | None
     version = (live.get("metadata") or {}).get("resourceVersion")
     if version:
         patch.append({"op": "test", "path": "/metadata/resourceVersion", "value": version})
-    patch.append({"op": "replace", "path": "/spec/template/spec/initContainers", "value": copy.deepcopy(desired)})
+    at = "/" + "/".join((*template_path(live), "spec", "initContainers"))
+    patch.append({"op": "replace", "path": at, "value": copy.deepcopy(desired)})
     return patch

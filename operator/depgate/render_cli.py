@@ -1,11 +1,14 @@
-"""`depgate render`: print Deployments as the operator would apply them, offline.
+"""`depgate render`: print workloads as the operator would apply them (or, for a Job, as depgate's
+admission webhook renders it when it is created), offline.
 
     depgate render -f policy.yaml -f deployment.yaml [--waiter-image IMG] [-o yaml|json]
 
 Every -f is a file of one or more YAML/JSON documents (`-` is standard input, a directory its
 .yaml/.yml/.json files; a `kind: List` is opened). DependencyPolicies are rendered against the
-Deployments given, through the same functions the operator uses (depgate.spec, depgate.render);
-other kinds are ignored.
+workloads given (Deployments, StatefulSets, DaemonSets, CronJobs, Jobs), through the same functions
+the operator uses (depgate.spec, depgate.plan, depgate.render); other kinds are ignored. A policy
+whose target is not in the files, or cannot be rendered, is reported (exit 1) and the others are
+still printed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import yaml
 from depgate import registry
 from depgate.constants import APPLIED_HASH_ANNOTATION
 from depgate.constants import WAITER_IMAGE_ENV as WAITER_IMAGE_ENV
-from depgate.plan import body_hash
+from depgate.plan import body_hash, selects
 from depgate.render import (
     DEFAULT_WAITER_IMAGE,
     RenderConfig,
@@ -85,8 +88,9 @@ def load_documents(paths: Sequence[str], stdin: TextIO | None = None) -> list[Do
 
 
 def _is_deployment(obj: Mapping[str, Any]) -> bool:
-    kind = registry.DEPLOYMENT
-    return obj.get("kind") == kind.kind and str(obj.get("apiVersion", kind.api_version)) == kind.api_version
+    """A workload of a kind a policy can target (the name is what it meant when only Deployments could)."""
+    kind = registry.WORKLOAD_KINDS.get(str(obj.get("kind")))
+    return kind is not None and kind.gated and str(obj.get("apiVersion", kind.api.api_version)) == kind.api.api_version
 
 
 def _same_namespace(policy: Policy, deployment: Mapping[str, Any]) -> bool:
@@ -107,8 +111,26 @@ def _with_applied_hash(deployment: dict[str, Any], applied: Mapping[str, Any]) -
     return deployment
 
 
+@dataclass
+class Rendered:
+    objs: list[dict[str, Any]]
+    warnings: list[str]
+    errors: list[str]  # per policy: its target is missing, or it cannot be rendered (the others still are)
+
+
 def render_documents(docs: Iterable[Document], config: RenderConfig) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every target Deployment as the operator would apply it, and warnings. Raises RenderFailure."""
+    """Every target workload as the operator would apply it, and warnings. Raises RenderFailure on
+    the first policy that cannot be rendered (render_all goes on with the others)."""
+    got = render_all(docs, config)
+    if got.errors:
+        raise RenderFailure(got.errors[0])
+    return got.objs, got.warnings
+
+
+def render_all(docs: Iterable[Document], config: RenderConfig) -> Rendered:
+    """Every target workload of every policy in `docs`; a policy that fails is said in `errors` and
+    the others are rendered. Raises RenderFailure when nothing can be: a policy that does not parse,
+    or no policy at all."""
     docs = list(docs)
     deployments = [d for d in docs if _is_deployment(d.obj)]
     policies: list[tuple[Policy, Document]] = []
@@ -122,51 +144,54 @@ def render_documents(docs: Iterable[Document], config: RenderConfig) -> tuple[li
     if not policies:
         raise RenderFailure(f"no {KIND} in the given files")
 
-    out: list[dict[str, Any]] = []
-    warnings: list[str] = []
-    claimed: dict[tuple[str, str], str] = {}
+    got = Rendered([], [], [])
+    claimed: dict[tuple[str, str, str], str] = {}
     for policy, doc in policies:
         where = f"({KIND} {policy.name}, {doc.source})"
         if isinstance(policy.target, WorkloadRef):
             ref = policy.target
-            targets = [d.obj for d in deployments if _name(d.obj) == ref.name and _same_namespace(policy, d.obj)]
+            targets = [d.obj for d in deployments if _same_namespace(policy, d.obj) and _matches(policy, d.obj)]
             if not targets:
-                raise RenderFailure(f"spec.workloadRef.name: Deployment {ref.name!r} is not in the given files {where}")
+                got.errors.append(f"spec.workloadRef.name: {ref.kind} {ref.name!r} is not in the given files {where}")
+                continue
             targets = targets[:1]
         elif isinstance(policy.target, Selector):
-            selector = policy.target
-            targets = [
-                d.obj
-                for d in deployments
-                if _same_namespace(policy, d.obj) and selector.matches((d.obj.get("metadata") or {}).get("labels"))
-            ]
+            targets = [d.obj for d in deployments if _same_namespace(policy, d.obj) and _matches(policy, d.obj)]
             if not targets:
-                warnings.append(f"{KIND} {policy.name}: spec.selector matches none of the given Deployments")
+                kinds = " or ".join(f"{k}s" for k in policy.target.kinds)
+                got.warnings.append(f"{KIND} {policy.name}: spec.selector matches none of the given {kinds}")
         else:
             errors = render_errors(policy, base_from_template(policy), config)
             if errors:
-                raise RenderFailure(f"{errors[0]} {where}")
+                got.errors.append(f"{errors[0]} {where}")
+                continue
             owner = owner_reference(policy)
             created = rendered_template(policy, config, owner)
             # the operator's hash covers the ownerReference: known only for a policy read back with its uid
-            out.append(_with_applied_hash(created, copy.deepcopy(created)) if owner is not None else created)
+            got.objs.append(_with_applied_hash(created, copy.deepcopy(created)) if owner is not None else created)
             continue
         for target in targets:
-            key = (
-                str((target.get("metadata") or {}).get("namespace") or policy.namespace or ""),
-                _name(target),
-            )
+            kind = str(target.get("kind") or registry.DEPLOYMENT.kind)
+            key = (str((target.get("metadata") or {}).get("namespace") or policy.namespace or ""), kind, _name(target))
             if key in claimed:
-                raise RenderFailure(
-                    f"Deployment {key[1]!r} is targeted by both {KIND} {claimed[key]} and {policy.name} "
-                    "(the operator applies the first and reports Conflict on the other)"
-                )
+                got.errors.append(f"{kind} {key[2]!r} is targeted by both {KIND} {claimed[key]} and {policy.name} "
+                                  "(the operator applies the first and reports Conflict on the other)")
+                continue
             claimed[key] = policy.name
             errors = render_errors(policy, target, config)
             if errors:
-                raise RenderFailure(f"{errors[0]} {where}")
-            out.append(_with_applied_hash(rendered(policy, target, config), apply_body(policy, target, config)))
-    return out, warnings
+                got.errors.append(f"{errors[0]} {where}")
+                continue
+            got.objs.append(_with_applied_hash(rendered(policy, target, config), apply_body(policy, target, config)))
+    return got
+
+
+def _matches(policy: Policy, workload: Mapping[str, Any]) -> bool:
+    """plan.selects, for a file's object that may name no namespace (it then takes the policy's)."""
+    md = dict(workload.get("metadata") or {})
+    if policy.namespace and not md.get("namespace"):
+        md["namespace"] = policy.namespace
+    return selects(policy, {**workload, "kind": workload.get("kind") or registry.DEPLOYMENT.kind, "metadata": md})
 
 
 class _Dumper(yaml.SafeDumper):
@@ -195,7 +220,7 @@ def dump(objs: Sequence[Mapping[str, Any]], output: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="depgate render",
-        description="Print every target Deployment as the operator would apply it (offline).",
+        description="Print every target workload as the operator would apply it (offline).",
     )
     p.add_argument(
         "-f",
@@ -203,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="FILE",
-        help="policies and Deployments: a YAML or JSON file (several documents allowed), a directory, "
+        help="policies and workloads: a YAML or JSON file (several documents allowed), a directory, "
         "or '-' for stdin; repeatable",
     )
     p.add_argument(
@@ -222,11 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     config = RenderConfig(waiter_image=args.waiter_image)
     try:
-        objs, warnings = render_documents(load_documents(args.filename), config)
+        got = render_all(load_documents(args.filename), config)
     except RenderFailure as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for warning in warnings:
+    for warning in got.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    sys.stdout.write(dump(objs, args.output))
-    return 0
+    if got.objs:
+        sys.stdout.write(dump(got.objs, args.output))
+    for error in got.errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if got.errors else 0

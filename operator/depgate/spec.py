@@ -37,7 +37,9 @@ MAX_KEY_LENGTH: Final = 317
 MAX_SPEC_BYTES: Final = 128 * 1024
 
 PLACEMENTS: Final = ("BeforeExisting", "AfterExisting")
-WORKLOAD_KINDS: Final = tuple(registry.WORKLOAD_KINDS)
+WORKLOAD_KINDS: Final = registry.AWAITABLE_KINDS  # what a `workload` precondition can wait on
+TARGET_KINDS: Final = registry.TARGET_KINDS  # what workloadRef.kind and selector.kinds name
+DEFAULT_SELECTOR_KINDS: Final = (registry.DEPLOYMENT.kind,)
 CONDITION_STATUSES: Final = ("True", "False", "Unknown")
 SELECTOR_OPERATORS: Final = ("In", "NotIn", "Exists", "DoesNotExist")
 FORBIDDEN_COMMAND_FIELDS: Final = ("readinessProbe", "livenessProbe", "startupProbe", "lifecycle")
@@ -158,7 +160,7 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class WorkloadRef:
-    """`spec.workloadRef`: one Deployment of the policy's namespace, by name."""
+    """`spec.workloadRef`: one workload of the policy's namespace, by kind and name."""
 
     name: str
     kind: str = registry.DEPLOYMENT.kind
@@ -184,12 +186,14 @@ class LabelSelectorRequirement:
 
 @dataclass(frozen=True)
 class Selector:
-    """`spec.selector`: every Deployment of the policy's namespace whose labels match.
+    """`spec.selector`: every workload of `kinds` (default: Deployments) in the policy's namespace whose
+    labels match.
 
     The one label-selector matcher of depgate (a Service's selector is `Selector(match_labels=...)`)."""
 
     match_labels: Mapping[str, str] = field(default_factory=dict)
     match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+    kinds: tuple[str, ...] = DEFAULT_SELECTOR_KINDS
 
     def matches(self, labels: Mapping[str, str] | None) -> bool:
         labels = labels or {}
@@ -682,12 +686,13 @@ class _Obj:
         pattern: re.Pattern[str] | None = None,
         pattern_message: str = "",
         unique: bool = False,
+        choices: tuple[str, ...] = (),
     ) -> tuple[str, ...]:
         items = self.array(key, max_items=max_items) or []
         out: list[str] = []
         for i, item in enumerate(items):
             path = f"{self.at(key)}[{i}]"
-            text = _check_str(item, path, pattern, pattern_message, max_length, ())
+            text = _check_str(item, path, pattern, pattern_message, max_length, choices)
             if unique and text in out:
                 raise SpecError(path, f"duplicate value {text!r}")
             out.append(text)
@@ -1183,6 +1188,11 @@ _MOUNT_PATH_SYSTEM_MSG = (
 
 
 def _parse_selector(o: _Obj) -> Selector:
+    kinds = o.str_list("kinds", max_items=len(TARGET_KINDS), max_length=32, choices=TARGET_KINDS,
+                       unique=True) if o.has("kinds") else None
+    if kinds is not None and not kinds:
+        raise SpecError(o.at("kinds"), f"must name at least one of {', '.join(TARGET_KINDS)} (or be left out: "
+                                       "Deployment)")
     labels = o.str_map("matchLabels", max_properties=64)
     for k, v in labels.items():
         _check_label(o.at("matchLabels"), k, v)
@@ -1207,17 +1217,18 @@ def _parse_selector(o: _Obj) -> Selector:
         raise SpecError(
             o.path,
             "must have at least one matchLabels entry or matchExpressions requirement "
-            "(an empty selector would gate every Deployment of the namespace)",
+            "(an empty selector would gate every workload of the namespace)",
         )
     if not labels and not any(r.operator in POSITIVE_OPERATORS for r in reqs):
         raise SpecError(o.path, _NO_POSITIVE_SELECTOR_MSG)
-    return Selector(match_labels=labels, match_expressions=tuple(reqs))
+    return Selector(match_labels=labels, match_expressions=tuple(reqs),
+                    kinds=tuple(kinds) if kinds else DEFAULT_SELECTOR_KINDS)
 
 
 POSITIVE_OPERATORS: Final = ("In", "Exists")
 _NO_POSITIVE_SELECTOR_MSG = (
     "must have a matchLabels entry or an In or Exists requirement: with only NotIn and DoesNotExist "
-    "it matches every Deployment that lacks a label, which is nearly every Deployment of the namespace"
+    "it matches every workload that lacks a label, which is nearly every workload of the namespace"
 )
 
 
@@ -1288,7 +1299,7 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
             name=_name(ref),
         )
     elif found[0] == "selector":
-        target = _parse_selector(spec.req_obj("selector", ("matchLabels", "matchExpressions")))
+        target = _parse_selector(spec.req_obj("selector", ("matchLabels", "matchExpressions", "kinds")))
     else:
         target = _parse_template(spec.req_obj("template", ("metadata", "spec")))
 

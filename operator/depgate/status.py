@@ -25,8 +25,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from depgate.constants import BLOCKING, BLOCKING_STATES, FAILED, PENDING, SATISFIED, UNKNOWN, container_name
-from depgate.registry import judged_by_operator
+from depgate.constants import (
+    BLOCKING,
+    BLOCKING_STATES,
+    CONTAINER_PREFIX,
+    FAILED,
+    PENDING,
+    SATISFIED,
+    UNKNOWN,
+    container_name,
+)
+from depgate.registry import WORKLOAD_KINDS, judged_by_operator, short_name
 from depgate.verdicts import Verdict
 
 CONDITION_TYPES: Final = ("Applied", "PreconditionsMet", "Ready", "Reconciling", "Stalled")
@@ -338,16 +347,56 @@ def _preconditions_met(entries: Sequence[Mapping[str, Any]], blocking: Sequence[
 _NOT_EVALUATED: Final = Verdict(UNKNOWN, "NotEvaluated", "the operator has not judged this precondition yet")
 
 
+TargetKey = tuple[str, str]  # (kind, name)
+_KIND_ORDER: Final = tuple(WORKLOAD_KINDS)
+SUMMARY_TARGETS: Final = 3  # targetSummary names this many, then says how many more
+
+
+def _target_key(t: str | Sequence[str]) -> TargetKey:
+    return ("Deployment", t) if isinstance(t, str) else (str(t[0]), str(t[1]))
+
+
+def _kind_rank(key: TargetKey) -> tuple[int, str, str]:
+    return (_KIND_ORDER.index(key[0]) if key[0] in _KIND_ORDER else len(_KIND_ORDER), key[0], key[1])
+
+
+def target_summary(keys: Sequence[TargetKey]) -> str:
+    """"deploy/web,sts/db" (kubectl's short names), the first SUMMARY_TARGETS, then "+N"; "-" when none."""
+    names = [f"{short_name(k)}/{n}" for k, n in keys]
+    if not names:
+        return "-"
+    more = len(names) - SUMMARY_TARGETS
+    return ",".join(names[:SUMMARY_TARGETS]) + (f",+{more}" if more > 0 else "")
+
+
+def _target_entry(key: TargetKey, pods: Sequence[Mapping[str, Any]] | None, note: str | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"kind": key[0], "name": key[1]}
+    if pods is not None:
+        gates = [pod_gate(p) for p in live_pods(pods)]
+        entry["pods"] = {"total": len(gates), "initializing": sum(g.initializing for g in gates),
+                         "ready": sum(g.ready for g in gates)}
+        on = sorted({g.blocker for g in gates if g.blocker})
+        if on:
+            entry["blockedOn"] = [c[len(CONTAINER_PREFIX):] if c.startswith(CONTAINER_PREFIX) else c for c in on]
+    if note:
+        entry["note"] = _clip(note)
+    return entry
+
+
 def compute_status(*, generation: int, prior: Mapping[str, Any], preconditions: Sequence[PreconditionInfo],
-                   verdicts: Mapping[str, Verdict], pods: Sequence[Mapping[str, Any]], targets: Sequence[str],
-                   applied: AppliedState, stalled: Stalled | None, reconciling: bool,
-                   now: datetime) -> dict[str, Any]:
+                   verdicts: Mapping[str, Verdict], pods: Sequence[Mapping[str, Any]],
+                   targets: Sequence[TargetKey | str], applied: AppliedState, stalled: Stalled | None,
+                   reconciling: bool, now: datetime,
+                   target_pods: Mapping[TargetKey, Sequence[Mapping[str, Any]]] | None = None,
+                   target_notes: Mapping[TargetKey, str] | None = None) -> dict[str, Any]:
     """The whole `.status` of a policy (docs/design.md, "Status").
 
     generation: the policy's metadata.generation (becomes observedGeneration everywhere).
     prior: the current .status ({} for a new policy); only times, states and satisfiedUID are read.
     verdicts: by precondition name, for the api types (absent -> Unknown NotEvaluated).
-    pods: the pods of the target Deployments as the API returns them.
+    pods: the pods of the targets as the API returns them; target_pods: the same, by target (each
+    target's entry in status.targets counts its own); target_notes: what to say about a target.
+    targets: (kind, name) of each workload the policy targets (a plain name: a Deployment).
     """
     stamp = rfc3339(now)
     prior = prior if isinstance(prior, Mapping) else {}
@@ -381,6 +430,8 @@ def compute_status(*, generation: int, prior: Mapping[str, Any], preconditions: 
         ready = (met_status, met_reason, met_message)
     else:
         ready = ("True", "Ready", f"applied to {_plural(len(set(targets)), 'target')}; {met_message}")
+    keys = sorted({_target_key(t) for t in targets}, key=_kind_rank)
+    tpods, tnotes = target_pods or {}, target_notes or {}
     if reconciling:
         rec = ("True", "Progressing", f"reconciling generation {generation}")
     else:
@@ -394,11 +445,15 @@ def compute_status(*, generation: int, prior: Mapping[str, Any], preconditions: 
                   for ctype in CONDITION_TYPES]
     return {
         "observedGeneration": generation,
-        "targets": sorted(set(targets)),
+        "targets": [_target_entry(k, tpods.get(k), tnotes.get(k)) for k in keys],
+        "targetSummary": target_summary(keys),
         "blocking": blocking,
         "blockingSummary": ",".join(blocking) or "-",
         "pods": {"total": len(gates), "initializing": sum(g.initializing for g in gates),
                  "ready": sum(g.ready for g in gates)},
+        "podSummary": f"{sum(g.ready for g in gates)}/{len(gates)} ready"
+                      + (f", {sum(g.initializing for g in gates)} initializing"
+                         if any(g.initializing for g in gates) else ""),
         "preconditions": entries,
         "conditions": conditions,
     }

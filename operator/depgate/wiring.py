@@ -29,7 +29,16 @@ from typing import Any, NamedTuple, Protocol
 from depgate import graph, registry, spec
 from depgate.constants import GROUP
 from depgate.graph import ObjectKey
-from depgate.plan import CustomKey, claim_of, deployment_of_pod, fresher
+from depgate.plan import (
+    CustomKey,
+    TargetKey,
+    claim_of,
+    cron_job_of,
+    fresher,
+    key_of,
+    prior_targets,
+    workload_of_pod,
+)
 
 Key = tuple[str, str]  # (namespace, policy name)
 StreamKey = tuple[str, str, str]  # (apiVersion, kind, namespace): one shared custom-resource watch
@@ -39,9 +48,9 @@ class Outcome(Protocol):
     """What the wiring reads of a reconcile's outcome (controller.Outcome)."""
 
     @property
-    def targets(self) -> Sequence[str]: ...  # the Deployments it gates
+    def targets(self) -> Sequence[TargetKey]: ...  # the workloads it gates
     @property
-    def wanted(self) -> Iterable[str]: ...  # the Deployment names whose appearance matters
+    def wanted(self) -> Iterable[TargetKey]: ...  # the workloads whose appearance matters
     @property
     def custom(self) -> Sequence[CustomKey]: ...  # what its `resource` preconditions name, in declared order
     @property
@@ -51,7 +60,8 @@ KOPF_DIFFBASE = f"{GROUP}/last-handled-configuration"  # written by depgate befo
 
 # The kinds whose events wake policies: every kind a precondition type watches, and the pods of the
 # targets (their readiness is in the status). Adding a kind to depgate.registry watches it.
-WATCHED_KINDS: tuple[registry.ApiKind, ...] = (*registry.watched_kinds(), registry.POD)
+WATCHED_KINDS: tuple[registry.ApiKind, ...] = tuple(dict.fromkeys((
+    *registry.watched_kinds(), *(w.api for w in registry.WORKLOAD_KINDS.values() if w.gated), registry.POD)))
 
 # One reconcile that finished less than this long ago makes the next one wait coalesce_seconds
 # (a burst of events becomes one reconcile); an idle policy reconciles at once.
@@ -88,8 +98,10 @@ def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return (obj or {}).get("metadata") or {}
 
 
-def _template_labels(body: Mapping[str, Any]) -> dict[str, str]:
-    return dict(((body.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {})
+def _template_labels(body: Mapping[str, Any], kind: str = registry.DEPLOYMENT.kind) -> dict[str, str]:
+    """The labels of a workload's pod template (a CronJob's is in its jobTemplate)."""
+    md = registry.pod_template({**body, "kind": kind}).get("metadata")
+    return dict((md.get("labels") if isinstance(md, Mapping) else None) or {})
 
 
 def deleting(obj: Mapping[str, Any]) -> bool:
@@ -120,7 +132,7 @@ def watched_objects(policy: spec.Policy, namespace: str) -> set[ObjectKey]:
 
 
 def cycles_of(policies: Sequence[spec.Policy],
-              deployment_labels: Mapping[tuple[str, str], Mapping[str, str]],
+              deployment_labels: Mapping[tuple[str, str, str], Mapping[str, str]],
               services: Mapping[tuple[str, str], Mapping[str, str]],
               workload_labels: Mapping[tuple[str, str, str], Mapping[str, str]]) -> dict[Key, str]:
     """The DependencyCycle message of every policy on a cycle of the graph of all policies."""
@@ -128,12 +140,13 @@ def cycles_of(policies: Sequence[spec.Policy],
     return graph.cycles_by_policy(g, graph.find_cycles(g))
 
 
-def to_release(policy: str, status: Mapping[str, Any] | None, deployments: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The Deployments a deleted policy must release: those its status names, and every one of
-    `deployments` carrying its claim, in case the status write never came."""
-    names = set((status or {}).get("targets") or [])
-    names.update(str(_meta(d).get("name")) for d in deployments if claim_of(d) == policy)
-    return sorted(names)
+def to_release(policy: str, status: Mapping[str, Any] | None,
+               deployments: Iterable[Mapping[str, Any]]) -> list[TargetKey]:
+    """The workloads a deleted policy must release: those its status names, and every one of
+    `deployments` (workloads, each with its kind) carrying its claim, in case the status write never came."""
+    keys = set(prior_targets(status))
+    keys.update(key_of(d) for d in deployments if claim_of(d) == policy)
+    return sorted(keys)
 
 
 # Kopf restarts a silent watch and a watch whose resourceVersion expired, and says so only in these
@@ -267,17 +280,18 @@ class Wiring:
     parsed: dict[Key, spec.Policy] = field(default_factory=dict)  # of that copy, when its spec is valid
     deps: dict[Key, set[ObjectKey]] = field(default_factory=dict)
     by_dep: dict[ObjectKey, set[Key]] = field(default_factory=lambda: defaultdict(set))
-    targets: dict[Key, set[str]] = field(default_factory=dict)
+    targets: dict[Key, set[TargetKey]] = field(default_factory=dict)
     # Pod events per namespace, and their count when each running reconcile began: a pod event of a
     # Deployment that no policy targets yet wakes nobody, so a reconcile that learns that target
     # while pods changed meanwhile runs again (else its pod counts stay stale until the resync).
     pod_events: dict[str, int] = field(default_factory=dict)
     started: dict[Key, int] = field(default_factory=dict)
-    by_target: dict[tuple[str, str], set[Key]] = field(default_factory=lambda: defaultdict(set))
+    by_target: dict[tuple[str, str, str], set[Key]] = field(default_factory=lambda: defaultdict(set))
     selectors: dict[Key, spec.Selector] = field(default_factory=dict)
     services: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # -> spec.selector
     workload_labels: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)  # -> template labels
-    deployment_labels: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    # (namespace, kind, name) -> metadata.labels of each workload of a kind a policy can target
+    deployment_labels: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ the workers' flags
 
@@ -307,13 +321,13 @@ class Wiring:
             self.by_dep[d].add(key)
         self.deps[key] = deps
 
-    def set_targets(self, key: Key, targets: Iterable[str]) -> None:
+    def set_targets(self, key: Key, targets: Iterable[TargetKey | str]) -> None:
         ns = key[0]
-        new = set(targets)
-        for t in self.targets.get(key, set()) - new:
-            self.by_target[(ns, t)].discard(key)
-        for t in new:
-            self.by_target[(ns, t)].add(key)
+        new = {(registry.DEPLOYMENT.kind, t) if isinstance(t, str) else (str(t[0]), str(t[1])) for t in targets}
+        for kind, name in self.targets.get(key, set()) - new:
+            self.by_target[(ns, kind, name)].discard(key)
+        for kind, name in new:
+            self.by_target[(ns, kind, name)].add(key)
         self.targets[key] = new
 
     def forget(self, key: Key) -> Claim:
@@ -328,11 +342,14 @@ class Wiring:
         return self.custom.claim(key, ())
 
     def for_deployment(self, ns: str, name: str, labels: Mapping[str, str] | None) -> set[Key]:
-        """The policies a Deployment's event wakes: those targeting it by name or by selector, and
+        return self.for_workload(registry.DEPLOYMENT.kind, ns, name, labels)
+
+    def for_workload(self, kind: str, ns: str, name: str, labels: Mapping[str, str] | None) -> set[Key]:
+        """The policies a workload's event wakes: those targeting it by name or by selector, and
         those with a precondition on it."""
-        keys = set(self.by_target.get((ns, name), set())) | self._naming(registry.DEPLOYMENT.kind, ns, name)
+        keys = set(self.by_target.get((ns, kind, name), set())) | self._naming(kind, ns, name)
         for k, sel in self.selectors.items():
-            if k[0] == ns and sel.matches(labels or {}):
+            if k[0] == ns and kind in sel.kinds and sel.matches(labels or {}):
                 keys.add(k)
         return keys
 
@@ -340,7 +357,7 @@ class Wiring:
         """The policies with a precondition on this object."""
         return set(self.by_dep.get(ObjectKey(kind, ns, name), set()))
 
-    def graph_inputs(self) -> tuple[list[spec.Policy], dict[tuple[str, str], dict[str, str]],
+    def graph_inputs(self) -> tuple[list[spec.Policy], dict[tuple[str, str, str], dict[str, str]],
                                     dict[tuple[str, str], dict[str, str]],
                                     dict[tuple[str, str, str], dict[str, str]]]:
         """A copy of what cycles_of() reads, for a thread to compute from (a policy whose spec does
@@ -388,8 +405,6 @@ class Wiring:
 
     def event(self, kind: str, ns: str, name: str, body: Mapping[str, Any], deleted: bool) -> Change:
         """An event of a WATCHED_KINDS object (a policy's: policy_seen)."""
-        if kind == registry.DEPLOYMENT.kind:
-            return self.deployment_seen(ns, name, body, deleted)
         if kind in registry.WORKLOAD_KINDS:
             return self.workload_seen(kind, ns, name, body, deleted)
         if kind == registry.SERVICE.kind:
@@ -401,29 +416,27 @@ class Wiring:
         return Change(self.object_seen(kind, ns, name))
 
     def deployment_seen(self, ns: str, name: str, body: Mapping[str, Any], deleted: bool) -> Change:
-        labels = dict(_meta(body).get("labels") or {})
-        tmpl = _template_labels(body)
-        changed = deleted
-        if deleted:
-            self.workload_labels.pop((ns, "Deployment", name), None)
-            self.deployment_labels.pop((ns, name), None)
-        elif self.workload_labels.get((ns, "Deployment", name)) != tmpl or \
-                self.deployment_labels.get((ns, name)) != labels:
-            self.workload_labels[(ns, "Deployment", name)] = tmpl
-            self.deployment_labels[(ns, name)] = labels
-            changed = True
-        return Change(frozenset(self.for_deployment(ns, name, labels)), changed)
+        return self.workload_seen(registry.DEPLOYMENT.kind, ns, name, body, deleted)
 
     def workload_seen(self, kind: str, ns: str, name: str, body: Mapping[str, Any], deleted: bool) -> Change:
-        """A StatefulSet or DaemonSet (a Deployment: deployment_seen)."""
-        tmpl = _template_labels(body)
+        """A Deployment, StatefulSet, DaemonSet, CronJob or Job: the policies targeting it or naming it
+        in a precondition; the graph changed when its labels or its pod template's did."""
+        labels = dict(_meta(body).get("labels") or {})
+        if not registry.WORKLOAD_KINDS[kind].template_mutable:
+            # Jobs come and go by the thousand (CronJobs): they wake whom they concern, and are not
+            # kept for the cycle graph (a Job is run once; nothing waits on a Job's pods by Service)
+            return Change(frozenset(self.for_workload(kind, ns, name, labels)))
+        tmpl = _template_labels(body, kind)
         changed = deleted
         if deleted:
             self.workload_labels.pop((ns, kind, name), None)
-        elif self.workload_labels.get((ns, kind, name)) != tmpl:
+            self.deployment_labels.pop((ns, kind, name), None)
+        elif self.workload_labels.get((ns, kind, name)) != tmpl or \
+                self.deployment_labels.get((ns, kind, name)) != labels:
             self.workload_labels[(ns, kind, name)] = tmpl
+            self.deployment_labels[(ns, kind, name)] = labels
             changed = True
-        return Change(frozenset(self._naming(kind, ns, name)), changed)
+        return Change(frozenset(self.for_workload(kind, ns, name, labels)), changed)
 
     def service_seen(self, ns: str, name: str, body: Mapping[str, Any], deleted: bool) -> Change:
         selector = dict((body.get("spec") or {}).get("selector") or {})
@@ -437,8 +450,14 @@ class Wiring:
 
     def pod_seen(self, ns: str, body: Mapping[str, Any]) -> frozenset[Key]:
         self.pod_events[ns] = self.pod_events.get(ns, 0) + 1
-        dname = deployment_of_pod(body)
-        return frozenset(self.by_target.get((ns, dname), set())) if dname is not None else frozenset()
+        owner = workload_of_pod(body)
+        if owner is None:
+            return frozenset()
+        keys = set(self.by_target.get((ns, *owner), set()))
+        cron = cron_job_of(owner[1]) if owner[0] == registry.JOB.kind else None
+        if cron is not None:  # a Job a CronJob made: its pods count for the CronJob's policies
+            keys |= self.by_target.get((ns, registry.CRON_JOB.kind, cron), set())
+        return frozenset(keys)
 
     def endpointslice_seen(self, ns: str, body: Mapping[str, Any]) -> frozenset[Key]:
         svc = (_meta(body).get("labels") or {}).get(registry.SERVICE_NAME_LABEL)

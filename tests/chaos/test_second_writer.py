@@ -160,7 +160,8 @@ def test_a_second_writer_does_not_keep_a_released_deployment_gated(how, api, nam
         return [name for name, d in api.by_name(deploys).items() if "depgate-db" not in support.init_names(d)]
 
     def targets() -> list[str]:
-        return list(((api.get(f"{policies}/tier") or {}).get("status") or {}).get("targets") or [])
+        return [t["name"] if isinstance(t, dict) else t
+                for t in ((api.get(f"{policies}/tier") or {}).get("status") or {}).get("targets") or []]
 
     everyone = sorted(f"app-{i}" for i in range(n))
     left: list[str] = []

@@ -232,7 +232,7 @@ def _gated(plane: Plane, ns: str, name: str) -> None:
     apply(plane, ns, POLICY % {"name": name})
     pol = wait_policy(plane, ns, name, lambda p: condition(p, "Ready").get("status") == "True",
                       timeout=60, what="Ready under the chart's ServiceAccount")
-    assert pol["status"]["targets"] == [name]
+    assert [(t["kind"], t["name"]) for t in pol["status"]["targets"]] == [("Deployment", name)]
     wait_deployment(plane, ns, name, lambda d: init_names(d) == ["depgate-settings", "depgate-db"],
                     what="gated: depgate's init containers")
     wait_for(lambda: get(plane, ns, "rolebinding", f"depgate-verdict-{name}"), 20,

@@ -64,7 +64,7 @@ def test_why_pod_and_deploy_name_the_init_container_policy_precondition_and_say_
     assert why.returncode == 0, why.stderr
     lines = why.stdout.splitlines()
     assert lines[0] == f"pod {namespace}/{held} is Init:0/2, on init container depgate-redis-port (1 of 2)"
-    assert f"  policy:        {namespace}/app (gates app)" in lines
+    assert f"  policy:        {namespace}/app (gates deploy/app)" in lines
     assert "  precondition:  redis-port (tcp)" in lines
     state = next(line for line in lines if line.startswith("  state:"))
     assert state.startswith("  state:         Blocking since 20") and " ago)" in state
@@ -94,7 +94,7 @@ def test_status_is_a_table_across_namespaces(plane, plugin, held, namespace):
     header, *rows = out.stdout.splitlines()
     assert header.split() == ["NAMESPACE", "POLICY", "TARGETS", "READY", "BLOCKING", "BLOCKED-FOR", "PODS", "REASON"]
     mine = next(r.split() for r in rows if r.startswith(namespace + " "))
-    assert mine[:5] == [namespace, "app", "app", "False", "redis-port"]
+    assert mine[:5] == [namespace, "app", "deploy/app", "False", "redis-port"]
     assert mine[6:] == ["0/1", "ready,", "1", "in", "init", "PreconditionsBlocking"], mine
     per = kubectl(plane, "depgate", "status", "-n", namespace, "--preconditions")
     assert per.returncode == 0, per.stderr

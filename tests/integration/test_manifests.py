@@ -377,7 +377,7 @@ def test_namespaced_operator_runs_under_its_serviceaccount_and_stays_in_its_name
             apply(namespaced, ns, POLICY)
         pol = wait_policy(namespaced, "apps", "app", lambda p: condition(p, "Ready").get("status") == "True",
                           timeout=60, what="Ready under the ServiceAccount's token")
-        assert pol["status"]["targets"] == ["app"]
+        assert [(t["kind"], t["name"]) for t in pol["status"]["targets"]] == [("Deployment", "app")]
         wait_for(lambda: get(namespaced, "apps", "rolebinding", "depgate-verdict-app"), 20,
                  what="the verdict waiter's RoleBinding, created by the operator")
         time.sleep(2)  # give it the chance to touch what it must not

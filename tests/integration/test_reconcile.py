@@ -59,7 +59,8 @@ def test_create_renders_init_containers_in_order_before_existing(plane, operator
     assert "ownerReferences" not in dep["metadata"], "never an ownerReference on a user's Deployment"
     pol = wait_policy(plane, namespace, "app", lambda p: condition(p, "Applied").get("status") == "True",
                       what="Applied=True")
-    assert pol["status"]["targets"] == ["app"]
+    assert [(t["kind"], t["name"]) for t in pol["status"]["targets"]] == [("Deployment", "app")]
+    assert pol["status"]["targetSummary"] == "deploy/app"
     assert pol["status"]["observedGeneration"] == pol["metadata"]["generation"]
     # the verdict waiter's read access to the policies of its namespace: a RoleBinding of the shipped
     # ClusterRole, no Role of its own

@@ -1,6 +1,7 @@
-"""`depgate render` prints what the operator applies: every golden case with a Deployment target,
+"""`depgate render` prints what the operator applies: every golden case (a target of every kind),
 applied to the real plane and gated by the session's operator, against render's output for the same
-files.
+files. A Job is gated only when it is created (its pod template cannot change afterwards): its case
+applies the policy first, and the Job is rendered by depgate's admission webhook.
 
 Two checks per case, both by the API server itself (no normalising of its defaults by hand):
 - a server-side dry-run apply of render's output as field manager `depgate` yields the same
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from depgate import registry
 from depgate.constants import APPLIED_HASH_ANNOTATION
 from tests.conftest import REPO, Plane, wait_for
 from tests.integration.kubehelp import condition, get
@@ -90,8 +92,8 @@ def _render(files: list[Path]) -> list[dict[str, Any]]:
 
 
 def _ours(dep: dict[str, Any]) -> dict[str, Any]:
-    """The depgate-owned parts of a Deployment."""
-    pod = dep["spec"]["template"]["spec"]
+    """The depgate-owned parts of a workload."""
+    pod = registry.pod_template(dep)["spec"]
 
     def mine(items: Any) -> list[Any]:
         return [i for i in items or [] if str(i.get("name", "")).startswith("depgate-")]
@@ -120,17 +122,18 @@ def _applied(dep: dict[str, Any] | None) -> str | None:
     return ((dep or {}).get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH_ANNOTATION)
 
 
-def _settled(plane: Plane, ns: str, policy: str, want: dict[str, str | None]) -> dict[str, dict[str, Any]]:
+def _settled(plane: Plane, ns: str, policy: str,
+             want: dict[tuple[str, str], str | None]) -> dict[tuple[str, str], dict[str, Any]]:
     """The policy applied, and every target carrying the operator's apply of the body render hashed."""
     seen: dict[str, Any] = {}
 
-    def check() -> dict[str, dict[str, Any]] | None:
+    def check() -> dict[tuple[str, str], dict[str, Any]] | None:
         pol = get(plane, ns, "dependencypolicy", policy)
         seen["Applied"] = condition(pol, "Applied")
         if seen["Applied"].get("status") != "True":
             return None
-        live = {name: get(plane, ns, "deployment", name) for name in want}
-        seen["applied"] = {name: _applied(d) for name, d in live.items()}
+        live = {(kind, name): get(plane, ns, kind.lower(), name) for kind, name in want}
+        seen["applied"] = {key: _applied(d) for key, d in live.items()}
         return live if seen["applied"] == want else None  # type: ignore[return-value]
 
     try:
@@ -156,9 +159,12 @@ def test_render_equals_what_the_operator_applies(plane: Plane, operator, certifi
     rendered = _render(files)
     assert rendered, f"{case}: render printed nothing"
 
-    plane.run_kubectl("apply", "-n", namespace, "-f", str(files[1]))
-    plane.run_kubectl("apply", "-n", namespace, "-f", str(files[0]))
-    want = {d["metadata"]["name"]: _applied(d) for d in rendered}
+    kinds = {d["kind"] for d in rendered}
+    # GitOps' usual order (the workload first, its policy a moment later), except for a Job
+    order = (files[0], files[1]) if registry.JOB.kind in kinds else (files[1], files[0])
+    for f in order:
+        plane.run_kubectl("apply", "-n", namespace, "-f", str(f))
+    want = {(d["kind"], d["metadata"]["name"]): _applied(d) for d in rendered}
     live = _settled(plane, namespace, policy_doc["metadata"]["name"], want)
 
     out = tmp_path / "rendered.json"
@@ -168,11 +174,11 @@ def test_render_equals_what_the_operator_applies(plane: Plane, operator, certifi
     dried = json.loads(dry.stdout)
     dried_items = dried["items"] if dried.get("kind") == "List" else [dried]
     for dep in dried_items:
-        name = dep["metadata"]["name"]
-        assert _ours(dep) == _ours(live[name]), f"{case}: Deployment {name}: render differs from the live apply"
+        key = (dep["kind"], dep["metadata"]["name"])
+        assert _ours(dep) == _ours(live[key]), f"{case}: {key}: render differs from the live apply"
     for dep in rendered:  # and by name, against render's output itself (the server keeps what others own)
-        name = dep["metadata"]["name"]
-        assert _names(_ours(live[name])) == _names(_ours(dep)), f"{case}: Deployment {name}: other depgate-* entries"
+        key = (dep["kind"], dep["metadata"]["name"])
+        assert _names(_ours(live[key])) == _names(_ours(dep)), f"{case}: {key}: other depgate-* entries"
 
     # kubectl diff reads the live object, then dry-runs the apply: a rollout still moving the
     # Deployment's status in between shows as a change of status and resourceVersion alone, so poll

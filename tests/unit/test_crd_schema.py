@@ -81,8 +81,12 @@ def test_identity(crd: dict[str, Any], version: dict[str, Any]) -> None:
 
 def test_printer_columns(version: dict[str, Any]) -> None:
     cols = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(cols) == ["Targets", "Blocking", "Ready", "Reason", "Age"]
-    assert cols["Targets"]["jsonPath"] == ".status.targets"
+    assert list(cols) == ["Targets", "Blocking", "Ready", "Reason", "Pods", "Message", "Age"]
+    assert cols["Targets"]["jsonPath"] == ".status.targetSummary"
+    # -o wide only: a terminal-wide default table, and the detail one command away
+    assert [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")] == ["Pods", "Message"]
+    assert cols["Pods"]["jsonPath"] == ".status.podSummary"
+    assert cols["Message"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].message'
     assert cols["Blocking"]["jsonPath"] == ".status.blockingSummary"
     assert cols["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert cols["Reason"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].reason'
@@ -190,12 +194,17 @@ def test_status_schema(schema: dict[str, Any]) -> None:
     assert set(status) == {
         "observedGeneration",
         "targets",
+        "targetSummary",
         "blocking",
         "blockingSummary",
         "pods",
+        "podSummary",
         "preconditions",
         "conditions",
     }
+    target = status["targets"]["items"]
+    assert target["required"] == ["kind", "name"]
+    assert set(target["properties"]) == {"kind", "name", "pods", "blockedOn", "note"}
     conditions = status["conditions"]
     assert conditions["x-kubernetes-list-type"] == "map" and conditions["x-kubernetes-list-map-keys"] == ["type"]
     assert set(conditions["items"]["properties"]) == {

@@ -444,33 +444,39 @@ def test_dependencies_of_every_precondition_type() -> None:
 
 def test_policy_node_targets_and_blocked_from_status() -> None:
     deployments = {
-        ("default", "web"): {"tier": "app"},
-        ("default", "api"): {"tier": "app"},
-        ("default", "db"): {"tier": "data"},
-        ("other", "x"): {"tier": "app"},
+        ("default", "Deployment", "web"): {"tier": "app"},
+        ("default", "Deployment", "api"): {"tier": "app"},
+        ("default", "Deployment", "db"): {"tier": "data"},
+        ("default", "StatefulSet", "queue"): {"tier": "app"},  # not a kind the selector names
+        ("other", "Deployment", "x"): {"tier": "app"},
     }
     obj = {**policy("default", "p", {"selector": {"matchLabels": {"tier": "app"}}, "preconditions": TCP}),
            "status": {"blocking": ["db"]}}
     node = policy_node(parse_policy(obj), deployments, {("default", "db")})
-    assert (node.namespace, node.name, list(node.targets)) == ("default", "p", ["api", "web"])
+    assert (node.namespace, node.name, list(node.targets)) == ("default", "p", [("Deployment", "api"),
+                                                                               ("Deployment", "web")])
+    both = {**obj, "spec": {**obj["spec"], "selector": {"matchLabels": {"tier": "app"},
+                                                        "kinds": ["StatefulSet", "Deployment"]}}}
+    assert [t[1] for t in policy_node(parse_policy(both), deployments, set()).targets] == ["api", "web", "queue"]
     assert list(node.deps) == [Dep("Service", "db", "db", "default")]
     assert blocked_from_status(obj) == [("default", "p", "db")]
     ref = policy("n", "q", {"workloadRef": {"name": "app"}, "preconditions": TCP})
-    assert list(policy_node(parse_policy(ref), {}, set()).targets) == ["app"]
+    assert list(policy_node(parse_policy(ref), {}, set()).targets) == [("Deployment", "app")]
     assert blocked_from_status(ref) == []
     made = {"metadata": {"name": "made"}, "spec": {"template": {"spec": {"containers": []}}}}
     tmpl = policy("n", "t", {"template": made, "preconditions": TCP})
-    assert list(policy_node(parse_policy(tmpl), {}, set()).targets) == ["made"]
+    assert list(policy_node(parse_policy(tmpl), {}, set()).targets) == [("Deployment", "made")]
 
 
 def test_selector_edges_use_the_policy_selector_expressions() -> None:
-    deployments = {("ns", "a"): {"env": "prod", "tier": "app"}, ("ns", "b"): {"env": "dev", "tier": "app"},
-                   ("ns", "c"): {"env": "prod"}}
+    deployments = {("ns", "Deployment", "a"): {"env": "prod", "tier": "app"},
+                   ("ns", "Deployment", "b"): {"env": "dev", "tier": "app"},
+                   ("ns", "Deployment", "c"): {"env": "prod"}}
     selector = {"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]},
                                      {"key": "tier", "operator": "Exists"}]}
     node = policy_node(parse_policy(policy("ns", "p", {"selector": selector, "preconditions": TCP})),
                        deployments, set())
-    assert list(node.targets) == ["a"]
+    assert list(node.targets) == [("Deployment", "a")]
 
 
 # --------------------------------------------------------------------------- depgate graph (CLI)
@@ -666,10 +672,13 @@ def test_list_live_lists_policies_services_and_every_workload_kind(monkeypatch: 
         ("apps", "v1", "shop", "deployments"),
         ("apps", "v1", "shop", "statefulsets"),
         ("apps", "v1", "shop", "daemonsets"),
+        ("batch", "v1", "shop", "cronjobs"),
+        ("batch", "v1", "shop", "jobs"),
     ]
-    assert [w["kind"] for w in live.workloads] == ["Deployment", "StatefulSet", "DaemonSet"]
+    assert [w["kind"] for w in live.workloads] == ["Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job"]
     assert [p["metadata"]["name"] for p in live.policies] == ["dependencypolicies-1"]
     calls.clear()
     everywhere = graph_cli.list_live(None)
     assert calls[0] == ("depgate.io", "v1alpha1", "dependencypolicies") and calls[1] == ("services",)
-    assert [w["metadata"]["name"] for w in everywhere.workloads] == ["deployments-1", "statefulsets-1", "daemonsets-1"]
+    assert [w["metadata"]["name"] for w in everywhere.workloads] == [
+        "deployments-1", "statefulsets-1", "daemonsets-1", "cronjobs-1", "jobs-1"]

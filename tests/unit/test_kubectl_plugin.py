@@ -46,7 +46,7 @@ POLICY = {
 def test_why_names_the_container_policy_precondition_state_since_and_the_logs():
     text = explain(Why(pod(CRASHING, WAITING), "app", POLICY, "line 1\nline 2\nline 3\n", None), NOW, tail=2)
     assert text.splitlines()[0] == "pod apps/app-1 is Init:0/2, on init container depgate-redis-port (1 of 2)"
-    assert "  policy:        apps/app (gates app)" in text
+    assert "  policy:        apps/app (gates deploy/app)" in text
     assert "  precondition:  redis-port (tcp)" in text
     assert "  state:         Blocking since 2026-12-01T12:56:48Z (3m12s ago)" in text
     assert "  reason:        Timeout" in text
@@ -97,8 +97,8 @@ def test_status_table_across_namespaces():
     text = table(status_rows([POLICY, ready, fresh], NOW))
     lines = text.splitlines()
     assert lines[0].split() == ["NAMESPACE", "POLICY", "TARGETS", "READY", "BLOCKING", "BLOCKED-FOR", "PODS", "REASON"]
-    assert lines[1].split() == ["a", "web", "web", "True", "-", "-", "1/1", "ready,", "0", "in", "init", "-"]
-    assert lines[2].split() == ["apps", "app", "app", "False", "redis-port", "3m12s", "0/2", "ready,", "2", "in",
+    assert lines[1].split() == ["a", "web", "deploy/web", "True", "-", "-", "1/1", "ready,", "0", "in", "init", "-"]
+    assert lines[2].split() == ["apps", "app", "deploy/app", "False", "redis-port", "3m12s", "0/2", "ready,", "2", "in",
                                 "init", "PreconditionsBlocking"]
     assert lines[3].split() == ["b", "new", "-", "-", "-", "-", "-", "-"]
     column = lines[0].index("POLICY")

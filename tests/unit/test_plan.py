@@ -140,7 +140,7 @@ def test_a_render_error_is_a_problem_and_no_write() -> None:
 
 def test_a_missing_workload_ref_target_is_a_problem_and_still_wanted() -> None:
     p = plan.plan(policy(), plan.Live([]), CONFIG)
-    assert [pr.reason for pr in p.problems] == [plan.TARGET_NOT_FOUND] and p.wanted == ("app",)
+    assert [pr.reason for pr in p.problems] == [plan.TARGET_NOT_FOUND] and p.wanted == (("Deployment", "app"),)
     assert p.targets == ()
 
 
@@ -167,9 +167,9 @@ def test_a_selector_targets_the_matching_deployments_and_releases_dropped_and_cl
         deployment("c", labels={"tier": "db"}),  # recorded, no longer selected
         deployment("d", labels={"tier": "db"}, claim="other"),  # someone else's
     ]
-    p = plan.plan(pol, plan.Live(listed, prior_targets=("a", "c")), CONFIG)
+    p = plan.plan(pol, plan.Live(listed, prior_targets=(("Deployment", "a"), ("Deployment", "c"))), CONFIG)
     assert [t.name for t in p.targets] == ["a"] and p.wanted == ()
-    assert p.releases == ("b", "c")
+    assert p.releases == (("Deployment", "b"), ("Deployment", "c"))
     assert plan.claimants(pol, listed) == set()  # "other" claims only an unselected Deployment
 
 
@@ -180,8 +180,8 @@ def test_a_selector_that_matches_nothing_is_a_problem() -> None:
 
 def test_a_workload_ref_releases_the_previous_target_when_it_moves() -> None:
     p = plan.plan(policy(target={"workloadRef": {"name": "new"}}),
-                  plan.Live([deployment("new")], prior_targets=("old", "new")), CONFIG)
-    assert p.releases == ("old",)
+                  plan.Live([deployment("new")], prior_targets=(("Deployment", "old"), ("Deployment", "new"))), CONFIG)
+    assert p.releases == (("Deployment", "old"),)
 
 
 def test_the_release_body_names_nothing_but_the_guard() -> None:
@@ -338,7 +338,7 @@ def test_secret_preconditions_are_watched_per_namespace_with_the_custom_resource
 
 def test_a_policy_in_a_protected_namespace_changes_nothing_and_says_why() -> None:
     pol = policy()
-    live = plan.Live([deployment()], prior_targets=("app",), protected=frozenset({NS, "kube-system"}))
+    live = plan.Live([deployment()], prior_targets=(("Deployment", "app"),), protected=frozenset({NS, "kube-system"}))
     p = plan.plan(pol, live, CONFIG)
     assert p.applies == [] and p.targets == () and p.releases == () and p.template is None
     (problem,) = p.problems
@@ -360,7 +360,8 @@ def test_a_selector_leaves_a_deployment_a_workloadref_names_even_when_it_claimed
     broad = policy("broad", target=SEL)
     mine = policy("mine")
     deps = [gated(broad, deployment("app", claim="broad")), deployment("other")]
-    live = plan.Live(deps, prior_targets=("app", "other"), rivals=plan.rivals(broad, deps, [mine, broad]))
+    live = plan.Live(deps, prior_targets=(("Deployment", "app"), ("Deployment", "other")),
+                     rivals=plan.rivals(broad, deps, [mine, broad]))
     p = plan.plan(broad, live, CONFIG)
     assert [t.name for t in p.targets] == ["other"]
     assert p.releases == ()  # not released: mine's apply takes it over in one write (one rollout)
@@ -405,7 +406,7 @@ def test_a_workloadref_never_takes_over_a_template_policys_own_deployment() -> N
     mine = policy("mine")
     dep = deployment("app", claim="tmpl")
     dep["metadata"]["ownerReferences"] = [{"kind": "DependencyPolicy", "name": "tmpl", "uid": "u"}]
-    live = plan.Live([dep], claimants={"tmpl": True}, rivals={"app": {"tmpl": plan.SELECTOR}})
+    live = plan.Live([dep], claimants={"tmpl": True}, rivals={("Deployment", "app"): {"tmpl": plan.SELECTOR}})
     (target,) = plan.plan(mine, live, CONFIG).targets
     assert target.problem is not None and target.problem.reason == plan.CONFLICT
 
@@ -415,7 +416,8 @@ def test_rivals_are_the_other_policies_targeting_each_deployment() -> None:
     others = [policy("ref", target={"workloadRef": {"name": "web"}}), policy("sel", target=SEL),
               policy("me", target=SEL)]
     assert plan.rivals(policy("me", target=SEL), deps, others) == {
-        "app": {"sel": plan.SELECTOR}, "web": {"ref": plan.WORKLOAD_REF, "sel": plan.SELECTOR}}
+        ("Deployment", "app"): {"sel": plan.SELECTOR},
+        ("Deployment", "web"): {"ref": plan.WORKLOAD_REF, "sel": plan.SELECTOR}}
 
 
 def test_a_template_create_refused_by_rbac_names_the_rolebinding_to_create() -> None:

@@ -110,8 +110,9 @@ def test_a_workload_ref_target_is_gated_and_the_status_says_applied() -> None:
     assert inits(dep(kube)) == ["depgate-db"]
     assert dep(kube)["metadata"]["annotations"][POLICY_ANNOTATION] == "p"
     assert condition(kube, "Applied") == ("True", "Applied", "init containers in place on 1 Deployment")
-    assert stored_status(kube)["targets"] == ["app"]
-    assert (out.targets, out.wanted, out.result, out.requeue_after) == (["app"], {"app"}, "ok", None)
+    assert [(t["kind"], t["name"]) for t in stored_status(kube)["targets"]] == [("Deployment", "app")]
+    assert (out.targets, out.wanted, out.result, out.requeue_after) == (
+        [("Deployment", "app")], {("Deployment", "app")}, "ok", None)
     assert kube.writes == [("apply", "Deployment", "app"), ("status", spec.KIND, "p")] and out.writes == 2
     assert ("Normal", "Applied") in [(t, r) for t, r, _ in kube.events]
 
@@ -170,7 +171,7 @@ def test_a_missing_target_is_reported_and_wanted() -> None:
     kube = world(policy())
     out = reconcile(kube)
     assert condition(kube, "Applied")[:2] == ("False", plan.TARGET_NOT_FOUND)
-    assert out.wanted == {"app"} and out.targets == []
+    assert out.wanted == {("Deployment", "app")} and out.targets == []
 
 
 # --------------------------------------------------------------------------- what keeps Applied False
@@ -264,7 +265,7 @@ def test_an_invalid_spec_is_stalled_and_keeps_the_targets_it_had() -> None:
     assert out.result == "invalid"
     assert condition(kube, "Applied")[:2] == ("False", plan.INVALID_SPEC)
     assert condition(kube, "Stalled")[:2] == ("True", plan.INVALID_SPEC)
-    assert stored_status(kube)["targets"] == ["app"]
+    assert [(t["kind"], t["name"]) for t in stored_status(kube)["targets"]] == [("Deployment", "app")]
 
 
 def test_a_dependency_cycle_stalls_the_policy() -> None:
@@ -327,7 +328,7 @@ def test_a_selector_releases_a_deployment_that_no_longer_matches() -> None:
     assert inits(dep(kube, "b")) == [] and POLICY_ANNOTATION not in (dep(kube, "b")["metadata"].get("annotations")
                                                                      or {})
     assert inits(dep(kube, "a")) == ["depgate-db"]
-    assert stored_status(kube)["targets"] == ["a"] and out.targets == ["a"]
+    assert [t["name"] for t in stored_status(kube)["targets"]] == ["a"] and out.targets == [("Deployment", "a")]
     assert out.writes == 2  # the release and the status (metrics count them)
 
 
@@ -370,7 +371,7 @@ def test_template_mode_creates_a_deployment_it_owns_then_leaves_it_alone() -> No
     out = reconcile(kube)
     web = dep(kube, "web")
     assert web["metadata"]["ownerReferences"][0]["uid"] == "uid-p" and inits(web) == ["depgate-db"]
-    assert out.targets == ["web"] and condition(kube, "Applied")[0] == "True"
+    assert out.targets == [("Deployment", "web")] and condition(kube, "Applied")[0] == "True"
     writes = list(kube.writes)
     assert reconcile(kube).writes == 0 and kube.writes == writes
 
@@ -420,7 +421,7 @@ def test_a_workloadref_takes_over_from_a_selector_and_the_selector_says_it_left_
     assert dep(kube, "app")["metadata"]["annotations"][POLICY_ANNOTATION] == "mine"
     assert "selector of DependencyPolicy broad" in condition(kube, "Applied", "mine")[2]
     out = reconcile(kube, "broad")
-    assert out.targets == ["other"] and out.result == "ok"
+    assert out.targets == [("Deployment", "other")] and out.result == "ok"
     assert dep(kube, "app")["metadata"]["annotations"][POLICY_ANNOTATION] == "mine"
     assert "left to DependencyPolicy mine" in condition(kube, "Applied", "broad")[2]
 

@@ -106,15 +106,22 @@ def test_status_takes_the_verdict_exactly_for_the_types_the_operator_judges() ->
 
 
 def test_workload_kinds() -> None:
-    assert spec.WORKLOAD_KINDS == tuple(registry.WORKLOAD_KINDS) == ("Deployment", "StatefulSet", "DaemonSet")
-    assert registry.TARGET_KINDS == ("Deployment",)
-    assert spec.WorkloadRef("web").kind == registry.TARGET_KINDS[0]
+    assert spec.WORKLOAD_KINDS == registry.AWAITABLE_KINDS == ("Deployment", "StatefulSet", "DaemonSet")
+    assert registry.TARGET_KINDS == tuple(registry.WORKLOAD_KINDS) == (
+        "Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job")
+    assert spec.WorkloadRef("web").kind == registry.TARGET_KINDS[0] == "Deployment"
     workload = registry.PRECONDITION_TYPES["workload"]
-    assert workload.watches == tuple(w.api for w in registry.WORKLOAD_KINDS.values())
-    for name in registry.WORKLOAD_KINDS:
+    assert workload.watches == tuple(registry.WORKLOAD_KINDS[k].api for k in registry.AWAITABLE_KINDS)
+    for name in registry.AWAITABLE_KINDS:
         assert spec.WorkloadCheck(name, "x").named_object() == ("apps/v1", name, "x")
+    # only a Job's template cannot change after it is created; a CronJob's lives in its jobTemplate
+    assert [k for k, w in registry.WORKLOAD_KINDS.items() if not w.template_mutable] == ["Job"]
+    cron = {"kind": "CronJob", "spec": {"jobTemplate": {"spec": {"template": {"spec": {"containers": []}}}}}}
+    assert registry.pod_template(cron) == {"spec": {"containers": []}}
+    assert registry.pod_template({"kind": "Job", "spec": {"template": {"spec": {"x": 1}}}}) == {"spec": {"x": 1}}
+    assert registry.pod_template({"kind": "Job"}) == {}
     with pytest.raises(spec.SpecError, match=r"spec\.workloadRef\.kind: must be one of Deployment"):
-        spec.parse_policy({"metadata": {"name": "p"}, "spec": {"workloadRef": {"kind": "StatefulSet", "name": "db"},
+        spec.parse_policy({"metadata": {"name": "p"}, "spec": {"workloadRef": {"kind": "ReplicaSet", "name": "db"},
                                                                "preconditions": [{"name": "a", "dns": {"name": "x"}}]}})
 
 

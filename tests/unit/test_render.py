@@ -19,7 +19,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from depgate import render_cli
+from depgate import registry, render_cli
 from depgate import spec as S
 from depgate.render import (
     ANNOTATION,
@@ -437,8 +437,9 @@ def test_apply_body_is_deterministic_and_matches_rendered(case: str) -> None:
     # the body's init containers are exactly ours in the rendered Deployment; applying the body to the
     # rendered Deployment again would change nothing
     full = rendered(policy, dep, CONFIG)
-    ours = [c for c in full["spec"]["template"]["spec"]["initContainers"] if is_ours(c["name"])]
-    assert a["spec"]["template"]["spec"]["initContainers"] == ours
+    ours = [c for c in registry.pod_template(full)["spec"]["initContainers"] if is_ours(c["name"])]
+    assert registry.pod_template(a)["spec"]["initContainers"] == ours
+    assert (a["apiVersion"], a["kind"]) == (dep["apiVersion"], dep["kind"])  # each kind applied as itself
     assert apply_body(policy, full, CONFIG) == a
 
 
@@ -697,8 +698,25 @@ def test_cli_errors(setup: str, message: str, capsys: pytest.CaptureFixture[str]
         files = [policy, str(tmp_path / "p2.yaml"), dep]
     assert files is not None
     code, out, err = run([a for f in files for a in ("-f", f)], capsys)
-    assert (code, out) == (1, "")
+    if setup == "double-claim":  # the first policy's Deployment is printed; the second is the error
+        assert code == 1 and out == (GOLDEN / "tcp-defaults" / "expected.yaml").read_text()
+    else:
+        assert (code, out) == (1, "")
     assert message in err
+
+
+def test_cli_renders_the_other_policies_when_one_target_is_missing(capsys: pytest.CaptureFixture[str],
+                                                                   tmp_path: Path) -> None:
+    """Issue 16, item 8: one policy whose target is not in the files no longer hides the others'."""
+    policy, dep = case_files("tcp-defaults")
+    lost = load_all(Path(policy))[0]
+    lost["metadata"]["name"] = "lost"
+    lost["spec"]["workloadRef"] = {"kind": "StatefulSet", "name": "gone"}
+    (tmp_path / "lost.yaml").write_text(yaml.safe_dump(lost))
+    code, out, err = run(["-f", policy, "-f", str(tmp_path / "lost.yaml"), "-f", dep], capsys)
+    assert code == 1 and out == (GOLDEN / "tcp-defaults" / "expected.yaml").read_text()
+    assert err == ("error: spec.workloadRef.name: StatefulSet 'gone' is not in the given files "
+                   f"(DependencyPolicy lost, {tmp_path / 'lost.yaml'} document 1)\n")
 
 
 def test_cli_selector_matching_nothing_warns(capsys: pytest.CaptureFixture[str]) -> None:

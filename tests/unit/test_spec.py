@@ -322,7 +322,7 @@ ERRORS: list[tuple[str, dict[str, Any], str, str]] = [
     ("two-targets", policy(selector={"matchLabels": {"a": "b"}}), "spec", "found workloadRef and selector"),
     (
         "workloadref-kind",
-        policy(workloadRef={"kind": "StatefulSet", "name": "x"}),
+        policy(workloadRef={"kind": "ReplicaSet", "name": "x"}),
         "spec.workloadRef.kind",
         "one of",
     ),

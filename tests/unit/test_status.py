@@ -20,6 +20,7 @@ from depgate.status import (
     parse_termination_message,
     pod_gate,
     rfc3339,
+    target_summary,
     transitions,
 )
 from depgate.verdicts import Verdict
@@ -115,7 +116,7 @@ def status(
     reconciling: bool = False,
     now: datetime = T0,
     generation: int = 3,
-    targets: list[str] | None = None,
+    targets: list[Any] | None = None,
 ) -> dict[str, Any]:
     return compute_status(
         generation=generation,
@@ -427,10 +428,12 @@ def test_full_shape() -> None:
     st_ = status(pre=[SVC], verdicts={"data-tier": v}, pods=pods, targets=["app-tier"])
     assert st_ == {
         "observedGeneration": 3,
-        "targets": ["app-tier"],
+        "targets": [{"kind": "Deployment", "name": "app-tier"}],
+        "targetSummary": "deploy/app-tier",
         "blocking": ["data-tier"],
         "blockingSummary": "data-tier",
         "pods": {"total": 2, "initializing": 2, "ready": 0},
+        "podSummary": "0/2 ready, 2 initializing",
         "preconditions": [
             {
                 "name": "data-tier",
@@ -522,7 +525,30 @@ def test_all_satisfied_ready() -> None:
 
 
 def test_targets_sorted_and_deduplicated() -> None:
-    assert status(targets=["b", "a", "b"])["targets"] == ["a", "b"]
+    assert status(targets=["b", "a", "b"])["targets"] == [{"kind": "Deployment", "name": "a"},
+                                                         {"kind": "Deployment", "name": "b"}]
+
+
+def test_targets_of_every_kind_count_their_own_pods_and_say_what_holds_them() -> None:
+    web, db, nightly = ("Deployment", "web"), ("StatefulSet", "db"), ("CronJob", "nightly")
+    held = pod("db-0", ("depgate-cache", running()))
+    up = pod("web-1", ("depgate-cache", terminated(0)), ready=True)
+    st_ = compute_status(generation=1, prior={}, preconditions=[PreconditionInfo("cache", "tcp")], verdicts={},
+                         pods=[held, up], targets=[nightly, db, web, web], applied=OK, stalled=None,
+                         reconciling=False, now=T0, target_pods={web: [up], db: [held], nightly: []},
+                         target_notes={nightly: "cronjob nightly: its Jobs created before keep running ungated"})
+    assert st_["targets"] == [
+        {"kind": "Deployment", "name": "web", "pods": {"total": 1, "initializing": 0, "ready": 1}},
+        {"kind": "StatefulSet", "name": "db", "pods": {"total": 1, "initializing": 1, "ready": 0},
+         "blockedOn": ["cache"]},
+        {"kind": "CronJob", "name": "nightly", "pods": {"total": 0, "initializing": 0, "ready": 0},
+         "note": "cronjob nightly: its Jobs created before keep running ungated"},
+    ]
+    assert st_["targetSummary"] == "deploy/web,sts/db,cj/nightly"
+    assert st_["podSummary"] == "1/2 ready, 1 initializing"
+    many = [("Deployment", f"d{i}") for i in range(5)]
+    assert status(targets=many)["targetSummary"] == "deploy/d0,deploy/d1,deploy/d2,+2"
+    assert target_summary([]) == "-" and status(pods=[])["podSummary"] == "0/0 ready"
 
 
 def test_condition_order_is_stable_and_complete() -> None:

@@ -173,7 +173,7 @@ def test_every_watched_kind_is_routed_to_what_its_events_mean() -> None:
                              {"name": "st", "workload": {"kind": "StatefulSet", "name": "x"}},
                              {"name": "ds", "workload": {"kind": "DaemonSet", "name": "x"}},
                              {"name": "d", "workload": {"kind": "Deployment", "name": "x"}}]))
-    w.set_targets((NS, "a"), ["web"])
+    w.set_targets((NS, "a"), ["web", ("CronJob", "x")])  # no precondition waits on a CronJob: a target
     bodies: dict[str, tuple[str, dict[str, Any]]] = {
         "Service": ("svc", {}),
         "EndpointSlice": ("svc-x1", {"metadata": {"labels": {registry.SERVICE_NAME_LABEL: "svc"}}}),
@@ -181,7 +181,7 @@ def test_every_watched_kind_is_routed_to_what_its_events_mean() -> None:
                                             "ownerReferences": [{"kind": "ReplicaSet", "name": "web-5d8f"}]}}),
     }
     kinds = {k.kind for k in WATCHED_KINDS}
-    assert kinds >= {"Deployment", "StatefulSet", "DaemonSet", "Service", "EndpointSlice", "Job",
+    assert kinds >= {"Deployment", "StatefulSet", "DaemonSet", "CronJob", "Service", "EndpointSlice", "Job",
                      "ConfigMap", "Pod"}
     for kind in sorted(kinds):
         name, body = bodies.get(kind, ("x", {}))
@@ -201,15 +201,34 @@ def test_a_workload_wakes_the_policies_with_a_precondition_on_that_kind_and_name
     assert w.workload_seen("DaemonSet", NS, "db", {}, deleted=False).wake == frozenset()
 
 
+def test_workloads_of_every_kind_and_their_pods_wake_the_policies_targeting_them() -> None:
+    w = wiring()
+    sel = {"matchLabels": {"tier": "app"}, "kinds": ["StatefulSet", "CronJob"]}
+    seen(w, policy("s", target={"selector": sel}))
+    labelled = {"metadata": {"labels": {"tier": "app"}}}
+    assert w.workload_seen("StatefulSet", NS, "db", labelled, deleted=False).wake == {(NS, "s")}
+    assert w.workload_seen("CronJob", NS, "nightly", labelled, deleted=False).wake == {(NS, "s")}
+    assert w.workload_seen("Deployment", NS, "web", labelled, deleted=False).wake == frozenset()  # not its kind
+    w.set_targets((NS, "s"), [("StatefulSet", "db"), ("CronJob", "nightly")])
+    owned = {"metadata": {"ownerReferences": [{"kind": "StatefulSet", "name": "db", "controller": True}]}}
+    assert w.pod_seen(NS, owned) == {(NS, "s")}
+    # a pod of a Job the CronJob made (<cronjob>-<minutes>) wakes the CronJob's policy
+    of_job = {"metadata": {"ownerReferences": [{"kind": "Job", "name": "nightly-29000000", "controller": True}]}}
+    assert w.pod_seen(NS, of_job) == {(NS, "s")}
+    other = {"metadata": {"ownerReferences": [{"kind": "DaemonSet", "name": "db", "controller": True}]}}
+    assert w.pod_seen(NS, other) == frozenset()
+
+
 def test_the_graph_changes_when_labels_selectors_or_templates_do_or_an_object_goes() -> None:
     w = wiring()
     assert w.deployment_seen(NS, "web", deployment("web", {"a": "1"}, {"t": "1"}), deleted=False).graph_changed
     assert not w.deployment_seen(NS, "web", deployment("web", {"a": "1"}, {"t": "1"}), deleted=False).graph_changed
     assert w.deployment_seen(NS, "web", deployment("web", {"a": "1"}, {"t": "2"}), deleted=False).graph_changed
-    assert w.deployment_labels[(NS, "web")] == {"a": "1"} and w.workload_labels[(NS, "Deployment", "web")] == {"t": "2"}
+    assert w.deployment_labels[(NS, "Deployment", "web")] == {"a": "1"}
+    assert w.workload_labels[(NS, "Deployment", "web")] == {"t": "2"}
     assert w.deployment_seen(NS, "web", deployment("web", {"a": "2"}, {"t": "2"}), deleted=False).graph_changed
     assert w.deployment_seen(NS, "web", {}, deleted=True).graph_changed
-    assert (NS, "web") not in w.deployment_labels and (NS, "Deployment", "web") not in w.workload_labels
+    assert (NS, "Deployment", "web") not in w.deployment_labels and (NS, "Deployment", "web") not in w.workload_labels
 
     sel = {"spec": {"selector": {"app": "db"}}}
     assert w.service_seen(NS, "db", sel, deleted=False).graph_changed
@@ -353,7 +372,7 @@ def test_a_reconcile_learns_its_targets_and_wanted_names_and_claims_its_custom_w
     running(w, "a")
     w.reconciled(key, w.policies[key], Outcome(targets=["web"], wanted={"api"},
                                                custom=[("ex.io/v1", "Widget", NS, "w1")]))
-    assert w.targets[key] == {"web", "api"}
+    assert w.targets[key] == {("Deployment", "web"), ("Deployment", "api")}
     assert w.custom.watched() == {("ex.io/v1", "Widget", NS)}
     assert w.custom.woken_by(("ex.io/v1", "Widget", NS), {"w1"}) == {key}
 
@@ -504,7 +523,12 @@ def test_slim_and_plain_drop_what_no_reconcile_reads() -> None:
 def test_a_deleted_policy_releases_what_its_status_names_and_every_deployment_it_claims() -> None:
     deployments = [{"metadata": {"name": n, "annotations": {POLICY_ANNOTATION: p}}}
                    for n, p in (("web", "a"), ("api", "a"), ("db", "other"))] + [{"metadata": {"name": "bare"}}]
-    assert to_release("a", {"targets": ["gone", "web"]}, deployments) == ["api", "gone", "web"]
+    d = "Deployment"
+    assert to_release("a", {"targets": ["gone", "web"]}, deployments) == [(d, "api"), (d, "gone"), (d, "web")]
+    # status.targets as {kind, name} (the format since every workload kind can be targeted)
+    sts = {"kind": "StatefulSet", "metadata": {"name": "db", "annotations": {POLICY_ANNOTATION: "a"}}}
+    assert to_release("a", {"targets": [{"kind": "CronJob", "name": "nightly"}]}, [sts]) == [
+        ("CronJob", "nightly"), ("StatefulSet", "db")]
     assert to_release("a", None, []) == []
 
 

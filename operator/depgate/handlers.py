@@ -413,6 +413,17 @@ class _TolerantProgress(kopf.AnnotationsProgressStorage):
         return record if isinstance(record, dict) else None
 
 
+def kopf_storage_initializing(message: str) -> str | None:
+    """`GET <url> (attempt #1/9)` when a line of Kopf's API client says only that the API server's watch
+    cache is not filled yet (429 `storage is (re)initializing`) and that it will retry: expected for a
+    moment after a CRD is created or the API server starts, not an error. None for any other line, the
+    last attempt's `escalating` included."""
+    head, sep, rest = message.partition(" failed; will retry: ")
+    if not (sep and head.startswith("Request attempt ") and "storage is (re)initializing" in rest and "429" in rest):
+        return None
+    return f"{rest.partition(' -> ')[0]} (attempt {head.removeprefix('Request attempt ')})"
+
+
 class _WatchHealth(logging.Filter):
     """Kopf restarts a silent watch (settings.watching.inactivity_timeout) and a watch whose
     resourceVersion expired (410), and says so only in a debug line of its watching module. This
@@ -426,6 +437,11 @@ class _WatchHealth(logging.Filter):
             wlog.addFilter(self)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        retrying = kopf_storage_initializing(record.getMessage()) if record.levelno >= logging.ERROR else None
+        if retrying is not None:
+            log.info("the API server's watch cache is still (re)initializing (HTTP 429, as for a while after a CRD "
+                     "is created or the API server starts): Kopf retries %s", retrying)
+            return False
         restart = kopf_watch_restart(record.getMessage())
         if restart is not None:
             reason, what = restart

@@ -25,17 +25,17 @@ $(STAMP): pyproject.toml requirements.lock
 
 deps: $(STAMP)
 
-## Debian packages the tests use: redis-server (waiter tests), openssl (plane and TLS tests),
-## lua5.1 (the Argo CD health check, run as Argo's gopher-lua would: Lua 5.1).
+## Debian packages the tests use: redis-server (waiter tests), openssl (plane and TLS tests); then the Go
+## builds into the cache: the plane, helm and the test tools (kstatus, Argo CD's Lua).
 system-deps:
-	@missing=""; for b in redis-server openssl lua5.1; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	@missing=""; for b in redis-server openssl; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl lua5.1 >/dev/null; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl >/dev/null; \
 	fi
 	@if [ "$${USE_EXISTING_CLUSTER:-}" != "true" ] && [ -z "$${KUBEBUILDER_ASSETS:-}" ]; then $(BIN)/depgate dev build; \
-	else $(BIN)/depgate dev build --only helm; fi
+	else $(BIN)/depgate dev build --only helm && $(BIN)/depgate dev build --only tools; fi
 
 checks: lint typecheck importlint
 

@@ -10,7 +10,6 @@
   ClusterRoleBinding-less RBAC cannot share a cluster with the cluster-wide install that other tests
   run the operator under); there the operator runs with the ServiceAccount's token, reconciles a
   policy in `apps`, leaves one in another namespace alone, and is never refused a request.
-- kstatus (Flux, kpt, cli-utils) and docs/argocd-health.lua (Argo CD) read policies the operator wrote.
 """
 
 from __future__ import annotations
@@ -19,9 +18,7 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
-import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -55,6 +52,10 @@ CORE_ROLE = "depgate-operator-core"
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
+
+
+def _kubectl_json(plane: Plane, *args: str, input: str | None = None) -> dict[str, Any]:
+    return dict(json.loads(plane.run_kubectl(*args, "-o", "json", input=input).stdout))
 
 
 def _objects(plane: Plane, path: Path) -> list[dict[str, Any]]:
@@ -391,138 +392,3 @@ def test_namespaced_operator_runs_under_its_serviceaccount_and_stays_in_its_name
     assert not other.get("status")
     assert "depgate.io/policy" not in ((get(namespaced, "elsewhere", "deployment", "app") or {})
                                        .get("metadata", {}).get("annotations") or {})
-
-
-# ---------------------------------------------------------------------------------------------------
-# GitOps health: kstatus (Flux, kpt, cli-utils) and Argo CD's Lua check, on objects the operator wrote
-
-
-def kstatus(obj: dict[str, Any]) -> str:
-    """kstatus's generic rules for a custom resource (kubernetes-sigs/cli-utils pkg/kstatus/status:
-    checkGenericProperties, then Compute's default): Terminating when deleting; InProgress when
-    status.observedGeneration is set and differs from metadata.generation; else the first of the
-    conditions, in list order, that is Reconciling=True (InProgress) or Stalled=True (Failed);
-    else Current (a custom type has no type-specific rules, and Ready is not consulted)."""
-    md, st = obj.get("metadata") or {}, obj.get("status") or {}
-    if md.get("deletionTimestamp"):
-        return "Terminating"
-    if "generation" in md and "observedGeneration" in st and st["observedGeneration"] != md["generation"]:
-        return "InProgress"
-    for c in st.get("conditions") or []:
-        if c.get("type") == "Reconciling" and c.get("status") == "True":
-            return "InProgress"
-        if c.get("type") == "Stalled" and c.get("status") == "True":
-            return "Failed"
-    return "Current"
-
-
-def _lua_literal(v: Any) -> str:
-    """A JSON value as a Lua table constructor (what Argo CD hands its health scripts as `obj`)."""
-    if v is None:
-        return "nil"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):  # every byte outside a safe set as a decimal escape (UTF-8 stays bytes)
-        safe = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:-_/()[]{}'=")
-        return '"' + "".join(chr(b) if b in safe else f"\\{b:03d}" for b in v.encode()) + '"'
-    if isinstance(v, list):
-        return "{" + ", ".join(_lua_literal(x) for x in v) + "}"
-    return "{" + ", ".join(f"[{_lua_literal(k)}] = {_lua_literal(x)}" for k, x in v.items() if x is not None) + "}"
-
-
-LUA = next((shutil.which(b) for b in ("lua5.1", "lua5.4", "lua5.3", "lua") if shutil.which(b)), None)
-
-
-def argocd_health(obj: dict[str, Any], tmp: Path) -> tuple[str, str]:
-    """docs/argocd-health.lua run as Argo CD runs it: a chunk with the global `obj`, returning `hs`."""
-    if LUA is None:
-        pytest.skip("no Lua interpreter (Debian package lua5.1: the dialect of Argo CD's gopher-lua)")
-    script = (REPO / "docs" / "argocd-health.lua").read_text()
-    harness = tmp / "health.lua"
-    harness.write_text(f"obj = {_lua_literal(obj)}\nlocal hs = (function()\n{script}\nend)()\n"
-                       'io.write(hs.status, "\\n", hs.message or "")\n')
-    out = subprocess.run([LUA, str(harness)], capture_output=True, text=True, timeout=10, check=False)
-    assert out.returncode == 0, out.stderr
-    status, _, message = out.stdout.partition("\n")
-    return status, message
-
-
-def _kubectl_json(plane: Plane, *args: str, input: str | None = None) -> dict[str, Any]:
-    return dict(json.loads(plane.run_kubectl(*args, "-o", "json", input=input).stdout))
-
-
-@pytest.fixture(scope="module")
-def real_policies(plane: Plane, operator) -> Iterator[dict[str, dict[str, Any]]]:
-    """DependencyPolicies in each state that matters to health checks, as the API server returns them
-    with the status the real operator wrote."""
-    ns = f"health-{uuid.uuid4().hex[:6]}"
-    plane.run_kubectl("create", "namespace", ns)
-    plane.run_kubectl("wait", "--for=create", "serviceaccount/default", "-n", ns, "--timeout=60s")
-    apply(plane, ns, deployment("app"))
-    apply(plane, ns, deployment("web"))
-    apply(plane, ns, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n")
-    policy = textwrap.dedent("""
-        apiVersion: depgate.io/v1alpha1
-        kind: DependencyPolicy
-        metadata: {{name: {name}, namespace: {ns}}}
-        spec:
-          workloadRef: {{name: {target}}}
-          preconditions:
-          - name: settings
-            configMap: {{name: {cm}}}
-        """)
-    got: dict[str, dict[str, Any]] = {}
-    # fresh from the API server (the create's answer): the operator cannot have written a status yet
-    got["fresh"] = _kubectl_json(plane, "create", "-f", "-",
-                                 input=policy.format(name="healthy", ns=ns, target="app", cm="settings"))
-    got["ready"] = wait_policy(plane, ns, "healthy", lambda p: condition(p, "Ready").get("status") == "True",
-                               what="Ready")
-    # a second policy on the same Deployment stalls (Conflict)
-    apply(plane, ns, policy.format(name="second", ns=ns, target="app", cm="settings"))
-    got["stalled"] = wait_policy(plane, ns, "second", lambda p: condition(p, "Stalled").get("status") == "True",
-                                 what="Stalled")
-    # blocking: a ConfigMap that does not exist yet
-    apply(plane, ns, policy.format(name="blocked", ns=ns, target="web", cm="later"))
-    got["blocking"] = wait_policy(plane, ns, "blocked",
-                                  lambda p: (p.get("status") or {}).get("blocking") == ["settings"],
-                                  what="blocking: [settings]")
-    # the patch's answer right after a spec change: the operator cannot have observed it yet
-    got["changed"] = _kubectl_json(plane, "patch", "dependencypolicy", "healthy", "-n", ns, "--type=merge",
-                                   "-p", '{"spec": {"defaults": {"periodSeconds": 2}}}')
-    generation = got["changed"]["metadata"]["generation"]
-    got["caught_up"] = wait_policy(plane, ns, "healthy", lambda p: p["status"]["observedGeneration"] == generation
-                                   and condition(p, "Ready").get("status") == "True"
-                                   and condition(p, "Reconciling").get("status") == "False",
-                                   what="the new generation observed, Ready")
-    yield got
-    plane.run_kubectl("delete", "namespace", ns, "--wait=false", check=False)
-
-
-def test_the_real_policies_are_in_the_states_the_health_checks_are_tested_on(real_policies):
-    p = real_policies
-    assert not (p["fresh"].get("status") or {}).get("conditions")
-    assert condition(p["stalled"], "Stalled")["reason"] == "Conflict"
-    assert condition(p["blocking"], "Ready")["status"] == "False"
-    assert condition(p["blocking"], "Stalled")["status"] == "False"
-    assert condition(p["blocking"], "Reconciling")["status"] == "False"
-    assert p["changed"]["metadata"]["generation"] == p["ready"]["metadata"]["generation"] + 1
-    assert p["changed"]["status"]["observedGeneration"] == p["ready"]["metadata"]["generation"]
-
-
-def test_kstatus_reads_the_real_policies(real_policies):
-    # Flux's and kpt's view; "fresh" and "blocking" read Current (docs/operations.md explains why)
-    assert {k: kstatus(v) for k, v in real_policies.items()} == {
-        "fresh": "Current", "ready": "Current", "stalled": "Failed", "blocking": "Current",
-        "changed": "InProgress", "caught_up": "Current"}
-
-
-def test_argocd_health_lua_reads_the_real_policies(real_policies, tmp_path):
-    health = {k: argocd_health(v, tmp_path) for k, v in real_policies.items()}
-    assert {k: v[0] for k, v in health.items()} == {
-        "fresh": "Progressing", "ready": "Healthy", "stalled": "Degraded", "blocking": "Progressing",
-        "changed": "Progressing", "caught_up": "Healthy"}
-    assert health["stalled"][1].startswith("Conflict: ")
-    assert "settings" in health["blocking"][1]
-    assert "has not observed generation" in health["changed"][1]

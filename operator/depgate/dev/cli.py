@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from depgate.dev import build, plane
+from depgate.dev import build, gotools, plane
 
 
 def main(argv: list[str]) -> int:
@@ -15,19 +15,22 @@ def main(argv: list[str]) -> int:
                         help="where the running plane keeps its state (default $DEPGATE_DEV_DIR or "
                              "~/.cache/depgate/dev)")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="compile the control plane and helm into the cache (no-op when cached); "
-                                     "prints the plane's bin dir, then helm's path")
-    b.add_argument("--only", choices=("plane", "helm"), default=None, help="compile only this")
+    b = sub.add_parser("build", help="compile the control plane, helm and the test tools (kstatus, argocdhealth) "
+                                     "into the cache (no-op when cached); prints the plane's bin dir, helm's path, "
+                                     "then the tools' bin dir")
+    b.add_argument("--only", choices=("plane", "helm", "tools"), default=None, help="compile only this")
     sub.add_parser("up", help="start (or reuse) the plane; prints `export KUBECONFIG=...` last")
     sub.add_parser("down", help="stop every process `up` started and remove its state")
     sub.add_parser("status", help="say whether a plane is running")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "build":
-            if args.only != "helm":
+            if args.only in (None, "plane"):
                 print(build.build())
-            if args.only != "plane":
+            if args.only in (None, "helm"):
                 print(build.build_helm())
+            if args.only in (None, "tools"):
+                print(gotools.build_tools())
             return 0
         if args.cmd == "up":
             state = plane.up(args.state_dir)

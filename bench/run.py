@@ -31,6 +31,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "burst": ("burst.py", [], ["--policies", "100"]),
     "churn_memory": ("churn_memory.py", [], ["--minutes", "6", "--warmup", "1", "--policies", "10"]),
     "waiter_bench": ("waiter_bench.py", [], ["--trials", "5", "--startup-runs", "5"]),
+    "webhook_latency": ("webhook_latency.py", [], ["--reviews", "100", "--creates", "60", "--rounds", "2"]),
 }
 
 
@@ -127,6 +128,11 @@ def notes(name: str, doc: dict[str, Any]) -> list[str]:
         out.append(f"  Changes: {json.dumps(ch)}; after the loop every policy converged in "
                    f"{doc.get('converged_after_loop_s')} s; {doc.get('reconciles')} reconciles in all; RSS start "
                    f"{rss.get('start')} MiB, peak {rss.get('peak')} MiB; "
+                   f"{(doc.get('operator_log') or {}).get('tracebacks')} tracebacks in the operator's log.")
+    if name == "webhook_latency":
+        by = doc.get("handler_count_by_outcome") or {}
+        out.append(f"  Jobs created suspended (no pods); the handler answered {json.dumps(by)} (by outcome); "
+                   f"the API server's own mean per call of the webhook: {doc.get('api_server_call_mean_ms')} ms; "
                    f"{(doc.get('operator_log') or {}).get('tracebacks')} tracebacks in the operator's log.")
     if name == "restart_writes":
         r = doc.get("restart") or {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import json
 import logging
 import os
 import tempfile
@@ -25,7 +26,7 @@ from typing import Any
 import aiohttp.web
 import kopf
 
-from depgate import metrics, plan, registry, spec, tls, webhook
+from depgate import admission, metrics, plan, registry, spec, tls, webhook
 from depgate.constants import AUTHOR_SIGNATURE_ANNOTATION, FINALIZER, GROUP, WEBHOOK_SECRET
 from depgate.controller import Outcome, Reconciler, ReleaseFailed
 from depgate.echo import Echoes
@@ -77,6 +78,7 @@ class Operator:
         self.authors: dict[Key, str | None] = {}  # each policy's author signature, as last seen
         self.gate: Gate | None = None  # the author's rights; set up at startup (start_admission)
         self.gate_problem = "depgate's admission webhook has not started yet"
+        self.admitted = admission.Pending()  # policies just admitted, until the watch delivers them
 
     def authorize(self, obj: Mapping[str, Any], policy: Any) -> str | None:
         """The reconcile's question: may this policy act now? (depgate.webhook.Gate)"""
@@ -371,7 +373,7 @@ def record_author(operation: str, old: Any, new: Any, userinfo: Mapping[str, Any
 @kopf.on.validate(POLICIES.group, POLICIES.version, POLICIES.plural, id=webhook.VALIDATE_PATH,
                   operations=["CREATE", "UPDATE"])
 def check_authority(operation: str, old: Any, new: Any, userinfo: Mapping[str, Any], warnings: list[str],
-                    **_: Any) -> None:
+                    dryrun: bool = False, **_: Any) -> None:
     gate = current().gate
     if gate is None:
         raise kopf.AdmissionError(f"depgate cannot check the author's rights: {current().gate_problem}", code=503)
@@ -381,6 +383,71 @@ def check_authority(operation: str, old: Any, new: Any, userinfo: Mapping[str, A
     if refused is not None:
         metrics.admission_refusals.inc()
         raise kopf.AdmissionError(refused, code=403)
+    if not dryrun:  # its workloads, admitted next, are gated by it before the watch delivers it
+        current().admitted.admitted(plain(new), time.monotonic())
+
+
+# ---------------------------------------------------------------------- workloads, at admission (depgate.admission)
+
+
+def admission_policies(op: Operator, namespace: str) -> list[Any]:
+    """The policies that may gate a workload being admitted in `namespace`, from memory: valid, their
+    author verified (an untrusted policy must not make depgate change a workload), none being deleted
+    (its release would be undone); and those the validating webhook admitted a moment ago that the
+    watch has not delivered yet (a policy and its workload in one `kubectl apply`)."""
+    def deleting_policy(name: str) -> bool:
+        return bool(((op.wiring.policies.get((namespace, name)) or {}).get("metadata") or {}).get("deletionTimestamp"))
+
+    known = [p for p in op.namespace_policies(namespace) if not deleting_policy(p.name)]
+    return op.admitted.policies(namespace, known, time.monotonic())
+
+
+def _replace_body(body: dict[str, Any], new: Mapping[str, Any]) -> None:
+    body.clear()
+    body.update(new)
+
+
+def _render_at_admission(kind: registry.WorkloadKind) -> None:
+    """The mutating handler of one workload kind (webhook workloads.depgate.io; Kopf routes by path, so
+    the kinds share the handler id and differ by resource). Never raises: a workload is never refused
+    because of depgate. Kopf watches nothing for an admission handler."""
+    api = kind.api
+
+    @kopf.on.mutate(api.group, api.version, api.plural, id=webhook.WORKLOADS_PATH, operations=["CREATE", "UPDATE"])
+    async def render_workload(operation: str, new: Any, patch: kopf.Patch, warnings: list[str],
+                              namespace: str | None = None, **_: Any) -> None:
+        started, outcome = time.monotonic(), "error"
+        try:
+            op = current()
+            ns = namespace or (new.get("metadata") or {}).get("namespace") or ""
+            policies = admission_policies(op, ns)
+            if not policies:  # most namespaces, most of the time: nothing to read or copy
+                outcome = admission.UNTARGETED
+                return
+            obj = json.loads(json.dumps(new, default=dict))
+            r = op.reconciler()  # its render config and protected namespaces: the reconcile's own
+            decision = admission.decide(obj, ns, operation, policies, r.config, r.protected)
+            outcome = decision.outcome
+            warnings.extend(decision.warnings)
+            if decision.result is not None and decision.patch:
+                patch.fns.append(functools.partial(_replace_body, new=decision.result))
+                log.info("rendered DependencyPolicy %s/%s's init containers into %s %s/%s at admission (%s)", ns,
+                         decision.policy, kind.kind, ns, (obj.get("metadata") or {}).get("name") or "(generated name)",
+                         operation)
+            elif decision.warnings:
+                log.warning("%s", "; ".join(decision.warnings))
+        except Exception as e:  # admitted unchanged: the reconcile gates it afterwards
+            log.exception("could not render depgate's init containers into a %s at admission", kind.kind)
+            warnings.append(f"depgate could not render its init containers into this {kind.kind} at admission "
+                            f"({type(e).__name__}: {e}); admitted unchanged")
+        finally:
+            metrics.workload_admission_seconds.labels(kind=kind.kind, outcome=outcome).observe(
+                time.monotonic() - started)
+
+
+for _wkind in registry.WORKLOAD_KINDS.values():
+    if _wkind.gated:
+        _render_at_admission(_wkind)
 
 
 class _NoDiffBase(kopf.DiffBaseStorage):
@@ -486,6 +553,7 @@ async def stop_custom_watches(**_: Any) -> None:
 async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name: str, **_: Any) -> None:
     op, key = current(), (namespace, name)
     if event.get("type") == "DELETED":
+        op.admitted.heard(key, None)
         op.authors.pop(key, None)
         op.claimed(op.wiring.policy_deleted(key))
         op.graph_changed()
@@ -493,6 +561,7 @@ async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name
         op.echo.forget(key)
         return
     obj = plain(body)
+    op.admitted.heard(key, obj)
     op.echo.heard(key, obj)
     op.apply(op.wiring.policy_seen(key, obj))
     # A new recorded author (an unverified policy touched by someone with the rights) changes no

@@ -41,6 +41,11 @@ webhook_ready = Gauge("depgate_webhook_ready", "1 once this process serves the a
 admission_seconds = Histogram("depgate_admission_seconds", "Time to answer one admission review of a policy "
                               "(the author's SubjectAccessReviews included).",
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+workload_admission_seconds = Histogram(
+    "depgate_workload_admission_seconds", "Time to answer one admission review of a workload (Deployment, "
+    "StatefulSet, DaemonSet, CronJob, Job), from memory, by kind and outcome (rendered, up-to-date, untargeted, "
+    "render-error, immutable, protected, not-gated, error).", ["kind", "outcome"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2))
 admission_refusals = Counter("depgate_admission_refusals_total", "Policy writes refused at admission "
                              "(the author lacks a right the policy needs, or the policy is too big).")
 status_writes = Counter("depgate_status_writes_total", "Status writes on DependencyPolicies.")

@@ -10,6 +10,9 @@
   `configurations()` when they are missing.
 - Gate answers the two admission requests and the reconcile's question "may this policy act?", with
   SubjectAccessReviews for the policy's author.
+- The MutatingWebhookConfiguration's second webhook, WORKLOADS_PATH, renders depgate's init
+  containers into the workloads a policy targets as they are created or updated (depgate.admission
+  decides; failurePolicy Ignore: a workload is never held up or refused because of depgate).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from depgate import authority, spec, tls
+from depgate import authority, registry, spec, tls
 from depgate.constants import (
+    DEFAULT_OPERATOR_NAMESPACE,
     GROUP,
     PLURAL,
     WEBHOOK_CONFIGURATION,
@@ -37,9 +41,14 @@ log = logging.getLogger("depgate.webhook")
 
 VALIDATE_PATH = "authority"  # Kopf serves each admission handler at /<its id>
 MUTATE_PATH = "author"
+WORKLOADS_PATH = "workloads"  # the workload kinds' mutating handlers (one per kind, all at this path)
 ADMISSION = "admissionregistration.k8s.io/v1"
 VALIDATING, MUTATING = "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"
 TIMEOUT_SECONDS = 10
+# The workloads' webhook answers from memory in about a millisecond: a slow or unreachable operator
+# must not slow every Deployment of the cluster by more than this (then admitted ungated: Ignore).
+WORKLOADS_TIMEOUT_SECONDS = 2
+SYSTEM_NAMESPACE = "kube-system"
 REVIEW_TTL_SECONDS = 60.0  # a reconcile trusts an answer of the authorizer this long
 MAX_POLICY_BYTES = 512 * 1024  # a policy is a few KiB; the API server's own limit (~1.5 MiB) names no field
 
@@ -48,9 +57,42 @@ def service_account_user(namespace: str, name: str = "depgate") -> str:
     return f"system:serviceaccount:{namespace}:{name}"
 
 
-def configurations(client: Callable[[str], Mapping[str, Any]], operator_user: str) -> tuple[dict[str, Any], ...]:
+def workloads_webhook(client: Callable[[str], Mapping[str, Any]], operator_user: str,
+                      operator_namespace: str) -> dict[str, Any]:
+    """The mutating webhook that renders depgate's init containers into targeted workloads at admission
+    (depgate.admission). Scoped so that it never holds up an object no policy names: failurePolicy
+    Ignore and a short timeout (an operator down or slow admits the workload as it is), never the
+    operator's own writes, never kube-system or the operator's namespace (depgate gates neither), no
+    subresource (a status write is not matched)."""
+    rules = [{"apiGroups": [api.group], "apiVersions": [api.version], "operations": ["CREATE", "UPDATE"],
+              "resources": [k.api.plural for k in registry.WORKLOAD_KINDS.values()
+                            if k.gated and k.api.api_version == api.api_version], "scope": "Namespaced"}
+             for api in {k.api.api_version: k.api for k in registry.WORKLOAD_KINDS.values() if k.gated}.values()]
+    return {"name": f"{WORKLOADS_PATH}.{GROUP}", "clientConfig": dict(client(WORKLOADS_PATH)),
+            "reinvocationPolicy": "IfNeeded",  # another mutator adding a container: rendered again after it
+            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Ignore",
+            "matchPolicy": "Equivalent", "timeoutSeconds": WORKLOADS_TIMEOUT_SECONDS,
+            "namespaceSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                 "values": sorted({SYSTEM_NAMESPACE, operator_namespace})}]},
+            "rules": rules,
+            "matchConditions": [
+                {"name": "not-depgate-itself",
+                 "expression": f"request.userInfo.username != {json.dumps(operator_user)}"},
+                {"name": "not-being-deleted", "expression": "!has(object.metadata.deletionTimestamp)"}]}
+
+
+def _namespace_of(user: str) -> str:
+    """The namespace of a ServiceAccount's user name (system:serviceaccount:<ns>:<name>)."""
+    parts = user.split(":")
+    return parts[2] if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"] else DEFAULT_OPERATOR_NAMESPACE
+
+
+def configurations(client: Callable[[str], Mapping[str, Any]], operator_user: str,
+                   operator_namespace: str | None = None) -> tuple[dict[str, Any], ...]:
     """Both webhook configurations, as the install ships them (manifests/base/webhook.yaml is tested
-    against this), with `client(path)` as each webhook's clientConfig."""
+    against this), with `client(path)` as each webhook's clientConfig. `operator_namespace` (default:
+    the ServiceAccount's, from `operator_user`) is left out of the workloads' webhook."""
     rule = {"apiGroups": [GROUP], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
             "resources": [PLURAL], "scope": "Namespaced"}
     conditions = [
@@ -68,9 +110,11 @@ def configurations(client: Callable[[str], Mapping[str, Any]], operator_user: st
     validating = {"apiVersion": ADMISSION, "kind": VALIDATING, "metadata": meta,
                   "webhooks": [{"name": f"{VALIDATE_PATH}.{GROUP}", "clientConfig": dict(client(VALIDATE_PATH)),
                                 **common}]}
-    mutating = {"apiVersion": ADMISSION, "kind": MUTATING, "metadata": meta,
-                "webhooks": [{"name": f"{MUTATE_PATH}.{GROUP}", "clientConfig": dict(client(MUTATE_PATH)),
-                              "reinvocationPolicy": "IfNeeded", **common}]}
+    mutating_hooks: list[dict[str, Any]] = [
+        {"name": f"{MUTATE_PATH}.{GROUP}", "clientConfig": dict(client(MUTATE_PATH)), "reinvocationPolicy": "IfNeeded",
+         **common},
+        workloads_webhook(client, operator_user, operator_namespace or _namespace_of(operator_user))]
+    mutating: dict[str, Any] = {"apiVersion": ADMISSION, "kind": MUTATING, "metadata": meta, "webhooks": mutating_hooks}
     return validating, mutating
 
 
@@ -147,6 +191,10 @@ def write_cert_files(keys: Keys, directory: Path) -> tuple[Path, Path]:
 # ------------------------------------------------------------------------ the configurations
 
 
+_MISSING = {f"{WORKLOADS_PATH}.{GROUP}": "workloads a policy targets are not rendered at admission, only by the "
+                                      "reconcile afterwards (a rollout; a Job created meanwhile runs ungated)"}
+
+
 def register(kube: Kube, client: Callable[[str], Mapping[str, Any]], operator_user: str) -> list[str]:
     """Point both webhook configurations at this process (their clientConfig only); create them when
     missing if depgate may. Returns what could not be done, to log (empty: all registered)."""
@@ -163,6 +211,11 @@ def register(kube: Kube, client: Callable[[str], Mapping[str, Any]], operator_us
                                 f"({e}); install it (kubectl apply -k manifests/, or the Helm chart)")
             continue
         wanted = {w["name"]: w["clientConfig"] for w in want["webhooks"]}
+        # An install older than this operator: depgate may change only clientConfig there (the VAP).
+        for missing in sorted(set(wanted) - {h.get("name") for h in live.get("webhooks") or []}):
+            log.warning("the %s %s has no webhook %s (installed by an older depgate): %s; re-apply the "
+                        "install (kubectl apply --server-side -k manifests/, or helm upgrade) to add it",
+                        kind, WEBHOOK_CONFIGURATION, missing, _MISSING.get(missing, "it is not served"))
         ops: list[dict[str, Any]] = []
         for i, hook in enumerate(live.get("webhooks") or []):
             config = wanted.get(hook.get("name"))

@@ -1,0 +1,254 @@
+"""Gated from the first pod: what depgate's mutating webhook does to a workload at admission (pure).
+
+A Deployment, StatefulSet, DaemonSet, CronJob or Job that a trusted, valid policy targets gets
+depgate's init containers (and volumes, mounts, the claim annotation depgate.io/policy and the applied
+hash depgate.io/applied) in the very request that creates or updates it, rendered exactly as the
+reconcile renders them (render.rendered, render.apply_body, plan.body_hash). So its first pods carry
+them, and the reconcile afterwards finds it up to date (plan.up_to_date): no write, no rollout. A Job,
+whose pod template cannot change once created, is rendered on CREATE only.
+
+    decide(obj, namespace, operation, policies, config, protected) -> Decision (patch, warnings)
+
+Never a refusal: a workload no policy names is admitted unchanged; one that a policy names but cannot
+be rendered into (render.render_errors: a fromContainer it lacks, a mount over an app's) is admitted
+unchanged with a warning naming the policy field (the policy's status says it too). The operator's
+webhook server (depgate.handlers) answers from the operator's memory, with no API request.
+
+Standard library, depgate.registry, render, plan, spec and constants only (no client, no Kopf).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from depgate import plan, registry, render, spec
+from depgate.constants import APPLIED_HASH_ANNOTATION
+
+Obj = dict[str, Any]
+Op = dict[str, Any]  # one RFC 6902 operation
+
+# Decision.outcome: what admission did (the label of depgate_workload_admission_seconds)
+NOT_GATED: Final = "not-gated"  # not a kind a policy can target, or being deleted
+UNTARGETED: Final = "untargeted"  # no trusted, valid policy of its namespace targets it
+PROTECTED: Final = "protected"  # in --protected-namespaces: depgate gates nothing there
+RENDERED: Final = "rendered"  # the patch renders depgate's init containers into it
+UP_TO_DATE: Final = "up-to-date"  # it already carries them exactly (nothing to change)
+RENDER_ERROR: Final = "render-error"  # a policy targets it but cannot be rendered into it: admitted unchanged
+IMMUTABLE: Final = "immutable"  # an UPDATE of a Job (its pod template cannot change): admitted unchanged
+OUTCOMES: Final = (NOT_GATED, UNTARGETED, PROTECTED, RENDERED, UP_TO_DATE, RENDER_ERROR, IMMUTABLE)
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: str
+    policy: str | None = None  # the policy that gates the object (None: none does)
+    patch: tuple[Op, ...] = ()  # RFC 6902, against the object as admitted; empty: admit unchanged
+    warnings: tuple[str, ...] = ()  # to the client (kubectl prints them)
+    result: Mapping[str, Any] | None = field(default=None, compare=False)  # the object once patched
+
+
+def decide(obj: Mapping[str, Any], namespace: str | None, operation: str, policies: Iterable[spec.Policy],
+           config: render.RenderConfig, protected: frozenset[str] = frozenset()) -> Decision:
+    """What admission does to `obj` (the AdmissionReview's request.object) in `namespace` (the
+    request's). `policies`: the namespace's valid policies whose author verifies, none being deleted."""
+    kind = registry.WORKLOAD_KINDS.get(str(obj.get("kind")))
+    md = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+    assert isinstance(md, Mapping)
+    if kind is None or not kind.gated or md.get("deletionTimestamp"):
+        return Decision(NOT_GATED)
+    ns = namespace or md.get("namespace")
+    if not ns:
+        return Decision(NOT_GATED)
+    # The object as the reconcile will read it: its namespace set (a CREATE's object may lack it).
+    workload: Obj = copy.deepcopy(dict(obj))
+    workload["metadata"] = {**dict(md), "namespace": ns}
+    policy = plan.gating_policy([p for p in policies if p.namespace in (None, ns)], workload)
+    if policy is None:
+        return Decision(UNTARGETED)
+    what = f"{workload['kind']} {ns}/{md.get('name') or md.get('generateName', '') + '*'}"
+    if ns in protected:
+        return Decision(PROTECTED, policy.name, warnings=(
+            f"depgate: DependencyPolicy {policy.name} targets {what}, but namespace {ns} is protected "
+            "(--protected-namespaces): depgate gates nothing there; admitted unchanged",))
+    if operation != "CREATE" and not kind.template_mutable:
+        return Decision(IMMUTABLE, policy.name)
+    errors = render.render_errors(policy, workload, config)
+    if errors:
+        return Decision(RENDER_ERROR, policy.name, warnings=tuple(
+            f"depgate: DependencyPolicy {policy.name} targets {what} but its init containers were not added: "
+            f"{e}; admitted unchanged (the policy's status says so too)" for e in errors))
+    desired = rendered(policy, workload, config)
+    desired["metadata"] = {k: v for k, v in desired["metadata"].items()
+                           if k != "namespace" or "namespace" in md}
+    ops = diff(obj, desired)
+    if not ops:
+        return Decision(UP_TO_DATE, policy.name, result=obj)
+    return Decision(RENDERED, policy.name, tuple(ops), result=desired)
+
+
+def rendered(policy: spec.Policy, workload: Mapping[str, Any], config: render.RenderConfig) -> Obj:
+    """The workload as the reconcile's apply leaves it: render.rendered, with the applied hash of the
+    apply body the reconcile would send (so plan.up_to_date holds for it)."""
+    out = render.rendered(policy, workload, config)
+    out["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = plan.body_hash(
+        render.apply_body(policy, workload, config))
+    return out
+
+
+# --------------------------------------------------------------------------- policies just admitted
+
+PENDING_SECONDS: Final = 30.0  # a policy admitted but never heard of by the watch (refused later, lost) is forgotten
+
+
+class Pending:
+    """Policies that depgate's own validating webhook has just admitted, until the policies watch
+    delivers them. A policy and its workload in one `kubectl apply` arrive a few milliseconds apart:
+    less than the watch event of the policy may take to reach the operator, so the workload's
+    admission would not know it yet. Every policy write passes the validating webhook (failurePolicy
+    Fail), which checked its author's rights at that moment: what it admitted is trusted. Thread-safe
+    (the validating handler runs in a worker thread, the workloads' on the event loop)."""
+
+    def __init__(self, ttl: float = PENDING_SECONDS) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._by_key: dict[tuple[str, str], tuple[float, spec.Policy, str]] = {}
+
+    def admitted(self, obj: Mapping[str, Any], now: float) -> None:
+        """The validating webhook allowed this policy (dry runs are not passed here)."""
+        try:
+            policy = spec.parse_policy(obj)
+        except spec.SpecError:
+            return  # an invalid policy targets nothing
+        if policy.namespace:
+            with self._lock:
+                self._by_key[(policy.namespace, policy.name)] = (now, policy, _spec_text(obj))
+
+    def heard(self, key: tuple[str, str], obj: Mapping[str, Any] | None) -> None:
+        """The watch delivered this policy (None: deleted): once it carries the admitted spec, the
+        watch's copy is the one to use."""
+        with self._lock:
+            entry = self._by_key.get(key)
+            if entry is not None and (obj is None or _spec_text(obj) == entry[2]):
+                del self._by_key[key]
+
+    def policies(self, namespace: str, known: Iterable[spec.Policy], now: float) -> list[spec.Policy]:
+        """The namespace's policies as the watch knows them (`known`), each replaced or joined by the
+        version just admitted when the watch has not delivered it yet."""
+        out = {p.name: p for p in known}
+        with self._lock:
+            for key, (when, policy, _) in list(self._by_key.items()):
+                if now - when > self.ttl:
+                    del self._by_key[key]
+                elif key[0] == namespace:
+                    out[key[1]] = policy
+        return list(out.values())
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+
+def _spec_text(obj: Mapping[str, Any]) -> str:
+    return json.dumps(obj.get("spec"), sort_keys=True, default=str)
+
+
+# --------------------------------------------------------------------------- RFC 6902
+
+
+def pointer(path: Sequence[str | int]) -> str:
+    """The JSON pointer (RFC 6901) of a path: '~' and '/' in keys escaped."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
+def diff(before: Any, after: Any, path: tuple[str | int, ...] = ()) -> list[Op]:
+    """A JSON patch turning `before` into `after`, minimal per key: a key added whole, a value replaced
+    where it differs, a key removed. Lists are replaced whole, except a list of the same length whose
+    entries keep their names (a pod's containers): there, each changed entry is patched in place."""
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        ops: list[Op] = []
+        for key in before:
+            if key not in after:
+                ops.append({"op": "remove", "path": pointer((*path, key))})
+        for key, value in after.items():
+            if key not in before:
+                ops.append({"op": "add", "path": pointer((*path, key)), "value": copy.deepcopy(value)})
+            else:
+                ops += diff(before[key], value, (*path, key))
+        return ops
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after) and all(
+            isinstance(b, Mapping) and isinstance(a, Mapping) and "name" in a and b.get("name") == a.get("name")
+            for b, a in zip(before, after, strict=True)):
+        return [op for i, (b, a) in enumerate(zip(before, after, strict=True)) for op in diff(b, a, (*path, i))]
+    if type(before) is not type(after) or before != after:
+        return [{"op": "replace", "path": pointer(path), "value": copy.deepcopy(after)}]
+    return []
+
+
+class PatchError(ValueError):
+    """An operation that does not apply to the document (its path names nothing)."""
+
+
+def _unescape(token: str) -> str:
+    return token.replace("~1", "/").replace("~0", "~")
+
+
+def apply_patch(doc: Mapping[str, Any], ops: Iterable[Mapping[str, Any]]) -> Obj:
+    """`doc` with the operations add, remove, replace and test applied (RFC 6902), as a new object."""
+    out: Any = copy.deepcopy(dict(doc))
+    for op in ops:
+        tokens = [_unescape(t) for t in str(op["path"]).split("/")[1:]]
+        if not tokens:
+            raise PatchError(f"{op['op']} {op['path']!r}: the whole document is not patched here")
+        parent: Any = out
+        for t in tokens[:-1]:
+            parent = _child(parent, t, op)
+        last = tokens[-1]
+        kind = op["op"]
+        if kind == "test":
+            if _child(parent, last, op) != op.get("value"):
+                raise PatchError(f"test {op['path']!r}: the value differs")
+        elif isinstance(parent, dict):
+            if kind in ("replace", "remove") and last not in parent:
+                raise PatchError(f"{kind} {op['path']!r}: no such key")
+            if kind == "remove":
+                del parent[last]
+            else:
+                parent[last] = copy.deepcopy(op["value"])
+        elif isinstance(parent, list):
+            at = len(parent) if last == "-" and kind == "add" else _index(last, op)
+            if kind == "add":
+                if at > len(parent):
+                    raise PatchError(f"add {op['path']!r}: past the end of the list")
+                parent.insert(at, copy.deepcopy(op["value"]))
+            elif at >= len(parent):
+                raise PatchError(f"{kind} {op['path']!r}: past the end of the list")
+            elif kind == "remove":
+                del parent[at]
+            else:
+                parent[at] = copy.deepcopy(op["value"])
+        else:
+            raise PatchError(f"{kind} {op['path']!r}: its parent is not an object or a list")
+    return dict(out)
+
+
+def _index(token: str, op: Mapping[str, Any]) -> int:
+    if not token.isdigit():
+        raise PatchError(f"{op['op']} {op['path']!r}: {token!r} is not a list index")
+    return int(token)
+
+
+def _child(node: Any, token: str, op: Mapping[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if token not in node:
+            raise PatchError(f"{op['op']} {op['path']!r}: no key {token!r}")
+        return node[token]
+    if isinstance(node, list):
+        at = _index(token, op)
+        if at >= len(node):
+            raise PatchError(f"{op['op']} {op['path']!r}: index {at} past the end of the list")
+        return node[at]
+    raise PatchError(f"{op['op']} {op['path']!r}: {token!r} inside a value that is neither object nor list")

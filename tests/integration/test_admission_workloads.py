@@ -1,0 +1,282 @@
+"""Gated from the first pod (issue 15): a workload that a policy targets gets depgate's init containers
+at admission, through the real kube-apiserver admission chain (the MutatingWebhookConfiguration's
+webhook workloads.depgate.io points at the operator on loopback). Pods come from kube-controller-
+manager and kwok. Every pod of the namespace is watched from before the apply: none may ever exist
+without depgate's init containers. With the operator down or hung, workloads are admitted as they are,
+within the webhook's timeout."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, watch
+
+from depgate import webhook
+from depgate.constants import APPLIED_HASH_ANNOTATION, POLICY_ANNOTATION
+from tests.conftest import Plane, start_operator, stop_operator, wait_for, wait_webhook_serves
+from tests.integration.kubehelp import condition, get, wait_policy
+
+TCP = "- name: db\n  tcp: {host: db, port: 5432}"
+DNS = "- name: resolve\n  dns: {name: db}"
+
+
+def policy(name: str, kind: str, target: str, preconditions: str = TCP) -> str:
+    body = textwrap.indent(preconditions, "    ")
+    return f"""apiVersion: depgate.io/v1alpha1
+kind: DependencyPolicy
+metadata: {{name: {name}}}
+spec:
+  workloadRef: {{kind: {kind}, name: {target}}}
+  preconditions:
+{body}
+"""
+
+
+POD = """    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      {restart}
+      containers:
+      - name: server
+        image: node:20
+"""
+
+
+def workload(kind: str, name: str, replicas: int = 1) -> str:
+    api = "batch/v1" if kind in ("Job", "CronJob") else "apps/v1"
+    head = f"apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\nspec:\n"
+    template = POD.format(name=name, restart="restartPolicy: Never" if kind == "Job" else "")
+    if kind == "Job":
+        return head + "  template:\n" + template
+    extra = f"  serviceName: {name}\n" if kind == "StatefulSet" else ""
+    selector = f"  selector: {{matchLabels: {{app: {name}}}}}\n"
+    return head + f"  replicas: {replicas}\n{extra}{selector}  template:\n" + template
+
+
+def apply_file(plane: Plane, ns: str, *docs: str) -> subprocess.CompletedProcess[str]:
+    """One `kubectl apply -f` of a multi-document file, in the order given."""
+    return plane.run_kubectl("apply", "-n", ns, "-f", "-", input="---\n".join(docs))
+
+
+def inits(template_spec: dict[str, Any] | None) -> list[str]:
+    return [c["name"] for c in (template_spec or {}).get("initContainers") or []]
+
+
+class PodWatch:
+    """Every version of every pod of a namespace, from a resourceVersion listed before anything is
+    created: what each pod carried the first time it existed, and every time after."""
+
+    def __init__(self, core: client.CoreV1Api, ns: str) -> None:
+        self.core, self.ns = core, ns
+        self.seen: list[tuple[str, str, list[str]]] = []  # (event type, pod name, its init containers)
+        self.rv = core.list_namespaced_pod(ns).metadata.resource_version
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                w = watch.Watch()
+                for ev in w.stream(self.core.list_namespaced_pod, self.ns, resource_version=self.rv,
+                                   timeout_seconds=2, allow_watch_bookmarks=True):
+                    pod = ev["object"]
+                    self.rv = pod.metadata.resource_version
+                    if ev["type"] == "BOOKMARK":
+                        continue
+                    names = [c.name for c in pod.spec.init_containers or []]
+                    self.seen.append((ev["type"], pod.metadata.name, names))
+                    if self._stop.is_set():
+                        w.stop()
+        except BaseException as e:  # said by stop(): a watch that failed proves nothing
+            self._error = e
+
+    def pods(self) -> set[str]:
+        return {name for _, name, _ in self.seen}
+
+    def stop(self) -> list[tuple[str, str, list[str]]]:
+        self._stop.set()
+        self._thread.join(10)
+        assert self._error is None, f"the pod watch failed: {self._error!r}"
+        return self.seen
+
+
+@pytest.fixture
+def core(api_client) -> client.CoreV1Api:
+    return client.CoreV1Api(api_client)
+
+
+@pytest.fixture
+def pod_watch(core, namespace) -> Iterator[PodWatch]:
+    w = PodWatch(core, namespace)
+    yield w
+    w.stop()
+
+
+def assert_every_pod_gated(w: PodWatch, want: list[str], at_least: int) -> None:
+    """Every version of every pod the watch saw carried depgate's init containers first, from its
+    ADDED event on; and the watch saw at least `at_least` pods."""
+    wait_for(lambda: len(w.pods()) >= at_least, 60, what=f"{at_least} pod(s) created by the controllers")
+    seen = list(w.seen)
+    ungated = [(t, n, i) for t, n, i in seen if i[: len(want)] != want]
+    assert not ungated, f"pods existed without depgate's init containers {want}: {ungated}"
+    assert any(t == "ADDED" for t, _, _ in seen)
+
+
+def applied(plane: Plane, ns: str, name: str) -> dict[str, Any]:
+    """The policy once a reconcile has applied it (or found it applied) to a target."""
+    return wait_policy(plane, ns, name, lambda p: condition(p, "Applied").get("status") == "True"
+                       and bool(p["status"].get("targets")), timeout=60, what="Applied, with its target")
+
+
+def managers(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(m.get("manager", ""), m.get("operation", "")) for m in obj["metadata"].get("managedFields") or []]
+
+
+# --------------------------------------------------------------------------- policy first, one apply
+
+
+def test_policy_and_deployment_in_one_apply_every_pod_is_gated_and_the_reconcile_writes_nothing(
+        plane, api_client, operator, namespace, needs_pods, pod_watch):
+    ns = namespace
+    apply_file(plane, ns, policy("app", "Deployment", "app", TCP + "\n" + DNS), workload("Deployment", "app", 2))
+    dep = get(plane, ns, "deployment", "app")
+    assert inits(dep["spec"]["template"]["spec"]) == ["depgate-db", "depgate-resolve"]  # as created
+    ann = dep["metadata"]["annotations"]
+    assert ann[POLICY_ANNOTATION] == "app" and ann[APPLIED_HASH_ANNOTATION]
+    assert_every_pod_gated(pod_watch, ["depgate-db", "depgate-resolve"], at_least=2)
+    # the first (and only) ReplicaSet has them
+    apps = client.AppsV1Api(api_client)
+    rss = apps.list_namespaced_replica_set(ns).items
+    assert len(rss) == 1, [r.metadata.name for r in rss]
+    assert [c.name for c in rss[0].spec.template.spec.init_containers] == ["depgate-db", "depgate-resolve"]
+    # the reconcile then finds it up to date: no write to the Deployment (no depgate manager, no second
+    # generation, no second ReplicaSet)
+    applied(plane, ns, "app")
+    dep = get(plane, ns, "deployment", "app")
+    assert dep["metadata"]["generation"] == 1
+    assert ("depgate", "Apply") not in managers(dep), managers(dep)
+    assert len(apps.list_namespaced_replica_set(ns).items) == 1
+    rendered = 'depgate_workload_admission_seconds_count{kind="Deployment",outcome="rendered"}'
+    assert operator.metrics().get(rendered, 0) >= 1
+
+
+def test_a_statefulset_created_after_its_policy_has_only_gated_pods_and_one_revision(
+        plane, operator, namespace, needs_pods, pod_watch):
+    ns = namespace
+    apply_file(plane, ns, policy("db", "StatefulSet", "db"), workload("StatefulSet", "db", 2))
+    assert_every_pod_gated(pod_watch, ["depgate-db"], at_least=2)
+    applied(plane, ns, "db")
+    sts = get(plane, ns, "statefulset", "db")
+    assert sts["metadata"]["generation"] == 1
+    assert ("depgate", "Apply") not in managers(sts), managers(sts)
+    revisions = json.loads(plane.run_kubectl("get", "controllerrevisions", "-n", ns, "-o", "json").stdout)["items"]
+    assert len(revisions) == 1, [r["metadata"]["name"] for r in revisions]
+
+
+def test_a_job_created_after_its_policy_runs_only_gated_pods(plane, operator, namespace, needs_pods, pod_watch):
+    ns = namespace
+    plane.run_kubectl("apply", "-n", ns, "-f", "-", input=policy("migrate", "Job", "migrate"))
+    wait_policy(plane, ns, "migrate", lambda p: bool(p["status"].get("conditions")), timeout=60,
+                what="reconciled once (the webhook's index has it)")
+    plane.run_kubectl("create", "-n", ns, "-f", "-", input=workload("Job", "migrate"))
+    job = get(plane, ns, "job", "migrate")
+    assert inits(job["spec"]["template"]["spec"]) == ["depgate-db"]
+    assert job["metadata"]["annotations"][POLICY_ANNOTATION] == "migrate"
+    assert_every_pod_gated(pod_watch, ["depgate-db"], at_least=1)
+
+
+def test_a_workload_no_policy_names_is_admitted_untouched_and_a_render_error_only_warns(plane, operator, namespace):
+    ns = namespace
+    apply_file(plane, ns, policy("other", "Deployment", "other"))
+    plane.run_kubectl("apply", "-n", ns, "-f", "-", input=workload("Deployment", "free"))
+    free = get(plane, ns, "deployment", "free")
+    assert inits(free["spec"]["template"]["spec"]) == []
+    assert POLICY_ANNOTATION not in (free["metadata"].get("annotations") or {})
+    typo = "- name: wait\n  command: {fromContainer: serverr, command: [npm, run, wait]}"
+    plane.run_kubectl("apply", "-n", ns, "-f", "-", input=policy("typo", "Deployment", "typo", typo))
+    wait_policy(plane, ns, "typo", lambda p: bool(p["status"].get("conditions")), timeout=60, what="reconciled once")
+    out = plane.run_kubectl("apply", "-n", ns, "-f", "-", input=workload("Deployment", "typo"))
+    assert "spec.preconditions[0].command.fromContainer" in out.stderr, out.stderr
+    assert "admitted unchanged" in out.stderr, out.stderr
+    assert inits(get(plane, ns, "deployment", "typo")["spec"]["template"]["spec"]) == []
+
+
+# --------------------------------------------------------------------------- the operator down or hung
+
+
+def _mutating(plane: Plane) -> dict[str, Any]:
+    return json.loads(plane.run_kubectl("get", "mutatingwebhookconfiguration", "depgate.io", "-o", "json").stdout)
+
+
+def _point_workloads_at(plane: Plane, url: str | None, config: dict[str, Any] | None = None) -> None:
+    """The workloads webhook's clientConfig (as an admin): at `url`, or back to `config`."""
+    live = _mutating(plane)
+    i = next(i for i, w in enumerate(live["webhooks"]) if w["name"] == f"{webhook.WORKLOADS_PATH}.depgate.io")
+    value = config if config is not None else {**live["webhooks"][i]["clientConfig"], "url": url}
+    patch = [{"op": "replace", "path": f"/webhooks/{i}/clientConfig", "value": value}]
+    plane.run_kubectl("patch", "mutatingwebhookconfiguration", "depgate.io", "--type=json", "-p", json.dumps(patch))
+
+
+def _timed_create(plane: Plane, ns: str, manifest: str) -> float:
+    started = time.monotonic()
+    plane.run_kubectl("create", "-n", ns, "-f", "-", input=manifest)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def restored_webhooks(plane: Plane, operator) -> Iterator[None]:
+    """Whatever a test does to the webhook configurations' clientConfig, the session's operator serves
+    them again after it."""
+    saved = {kind: json.loads(plane.run_kubectl("get", kind, "depgate.io", "-o", "json").stdout)["webhooks"]
+             for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration")}
+    yield
+    for kind, hooks in saved.items():
+        patch = [op for i, h in enumerate(hooks)
+                 for op in ({"op": "test", "path": f"/webhooks/{i}/name", "value": h["name"]},
+                            {"op": "replace", "path": f"/webhooks/{i}/clientConfig", "value": h["clientConfig"]})]
+        plane.run_kubectl("patch", kind, "depgate.io", "--type=json", "-p", json.dumps(patch))
+    wait_webhook_serves(plane)
+
+
+def test_with_the_operator_stopped_workloads_are_admitted_promptly_and_a_job_runs_ungated(
+        plane, operator, operator_kubeconfig, namespace, restored_webhooks, tmp_path: Path):
+    ns = namespace
+    plane.run_kubectl("apply", "-n", ns, "-f", "-", input=policy("migrate", "Job", "migrate"))
+    # An operator of this test's own points the webhooks at itself; then it stops: nothing answers.
+    mine = start_operator(operator_kubeconfig, tmp_path, admin=plane)
+    stop_operator(mine)
+    assert f"{webhook.WORKLOADS_PATH}.depgate.io" in [w["name"] for w in _mutating(plane)["webhooks"]]
+    elapsed = _timed_create(plane, ns, workload("Deployment", "free"))
+    assert elapsed < webhook.WORKLOADS_TIMEOUT_SECONDS, f"{elapsed:.2f}s for a refused connection"
+    _timed_create(plane, ns, workload("Job", "migrate"))
+    job = get(plane, ns, "job", "migrate")
+    # admitted ungated, and recognisably so: neither depgate's claim nor its applied hash
+    assert inits(job["spec"]["template"]["spec"]) == []
+    assert not {POLICY_ANNOTATION, APPLIED_HASH_ANNOTATION} & set(job["metadata"].get("annotations") or {})
+
+
+def test_with_the_operator_hung_a_workload_waits_at_most_the_webhooks_timeout(plane, operator, namespace,
+                                                                               restored_webhooks):
+    """A listener that accepts and never answers: the API server gives up after timeoutSeconds and
+    admits the workload (failurePolicy Ignore)."""
+    ns = namespace
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        _point_workloads_at(plane, f"https://127.0.0.1:{hung.getsockname()[1]}/{webhook.WORKLOADS_PATH}")
+        # the API server reads its webhook configurations from a watch: wait until it calls the hung one
+        wait_for(lambda: _timed_create(plane, ns, workload("Deployment", f"probe-{time.monotonic_ns()}"))
+                 > webhook.WORKLOADS_TIMEOUT_SECONDS * 0.9, 30, interval=0.1, what="the API server using the hung URL")
+        elapsed = _timed_create(plane, ns, workload("Deployment", "free"))
+    assert webhook.WORKLOADS_TIMEOUT_SECONDS * 0.9 < elapsed < webhook.WORKLOADS_TIMEOUT_SECONDS + 3, elapsed
+    assert inits(get(plane, ns, "deployment", "free")["spec"]["template"]["spec"]) == []

@@ -404,14 +404,14 @@ def target_writes(policy: spec.Policy, dep: Mapping[str, Any], config: render.Re
     theirs = [n for n in live_names if not render.is_ours(n)]
     predicted = render.ssa_merged_order(live_names, _names(_pod(body).get("initContainers")))
     if not theirs or predicted == _names(_pod(desired).get("initContainers")):
-        return TargetWrite(name, dep, applies=(body,))
+        return TargetWrite(name, dep, applies=(body,), note=strategy_note(dep))
     # Naming the user's entries (key only) where placement wants them orders the whole list in one
     # write; the second apply, with ours only, gives their entries back to them alone. Not the final
     # hash on the first: should we die between the two, the next reconcile must not take this state
     # (the user's entries co-owned) for done.
     ordering = _ordered_body(body, desired)
     ordering["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = ORDERING_HASH
-    return TargetWrite(name, dep, applies=(ordering, body))
+    return TargetWrite(name, dep, applies=(ordering, body), note=strategy_note(dep))
 
 
 def guarded(body: Mapping[str, Any], resource_version: str) -> Obj:

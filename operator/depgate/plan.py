@@ -394,6 +394,10 @@ def target_writes(policy: spec.Policy, dep: Mapping[str, Any], config: render.Re
     if up_to_date(dep, desired, h):
         return TargetWrite(name, dep, note=strategy_note(dep))
     if kind is not None and not kind.template_mutable:
+        # rendered at admission: claimed, depgate's entries as rendered now (not by the hash: a Job made
+        # with generateName had no name when the webhook hashed its apply body)
+        if up_to_date(dep, desired, str((_meta(dep).get("annotations") or {}).get(APPLIED_HASH_ANNOTATION))):
+            return TargetWrite(name, dep)
         # A Job's pod template cannot change once it exists: it is gated at admission or not at all.
         return TargetWrite(name, dep, note=f"{label(key_of(dep))} was created without depgate's init containers "
                                            "(before this policy, or while depgate's admission webhook did not "

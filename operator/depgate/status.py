@@ -151,6 +151,15 @@ class PodGate:
     detail: GateDetail | None  # what that container says
     initializing: bool
     ready: bool
+    timed_out: bool = False  # the blocker's last run exited 124 (its timeoutSeconds ran out; it is restarted)
+
+
+TIMEOUT_EXIT_CODE: Final = 124  # what depgate's waiters (and timeout(1)) exit with when their time runs out
+
+
+def _timed_out(cs: Mapping[str, Any]) -> bool:
+    return any(isinstance(t, Mapping) and t.get("exitCode") == TIMEOUT_EXIT_CODE
+               for t in (_get(cs, "state", "terminated"), _get(cs, "lastState", "terminated")))
 
 
 def _terminated_ok(state: Any) -> bool:
@@ -205,6 +214,7 @@ def pod_gate(pod: Mapping[str, Any]) -> PodGate:
     blocker: str | None = None
     detail: GateDetail | None = None
     initializing = False
+    timed_out = False
     for cname in order:
         cs = statuses.get(cname)
         if cs is None:
@@ -221,10 +231,10 @@ def pod_gate(pod: Mapping[str, Any]) -> PodGate:
             passed.add(cname)
             continue
         initializing = True
-        blocker, detail = cname, _blocker_detail(cs)
+        blocker, detail, timed_out = cname, _blocker_detail(cs), _timed_out(cs)
         break
     ready = _condition_true(pod, "Ready") is True
-    return PodGate(name, frozenset(passed), blocker, detail, initializing, ready)
+    return PodGate(name, frozenset(passed), blocker, detail, initializing, ready, timed_out)
 
 
 @dataclass(frozen=True)
@@ -233,6 +243,7 @@ class _PodSide:
     reason: str
     message: str
     blocked: int
+    timed_out: int = 0  # of the blocked pods, those whose init container timed out (exit 124) and restarts
 
 
 def _pod_side(info: PreconditionInfo, gates: Sequence[PodGate],
@@ -245,7 +256,7 @@ def _pod_side(info: PreconditionInfo, gates: Sequence[PodGate],
         best = min(blocked, key=lambda g: (not (g.detail and g.detail.informative), g.name))
         detail = best.detail or GateDetail("Waiting", "", False)
         message = detail.message or f"init container {cname} is running in {_plural(len(blocked), 'pod')}"
-        return _PodSide(BLOCKING, detail.reason, message, len(blocked))
+        return _PodSide(BLOCKING, detail.reason, message, len(blocked), sum(g.timed_out for g in blocked))
     if passed:
         message = f"init container {cname} passed in {_plural(len(passed), 'pod')}"
         return _PodSide(SATISFIED, "Passed", message, 0)
@@ -293,14 +304,14 @@ def _prior_conditions(prior: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 
 def _entry(info: PreconditionInfo, state: str, reason: str, message: str, blocked: int,
-           satisfied_uid: str | None, prior: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
+           satisfied_uid: str | None, prior: Mapping[str, Any] | None, now: str, timed_out: int = 0) -> dict[str, Any]:
     if prior is not None and prior.get("type") != info.type:
         prior = None  # the precondition was redefined: nothing carries over
     prior_state = prior.get("state") if prior else None
     prior_since = prior.get("since") if prior else None
     since = prior_since if prior_state == state and isinstance(prior_since, str) else now
     entry: dict[str, Any] = {"name": info.name, "type": info.type, "state": state, "reason": reason,
-                             "message": message, "blockedPods": blocked, "since": since}
+                             "message": message, "blockedPods": blocked, "timedOutPods": timed_out, "since": since}
     # lastSatisfiedTime: when it last became Satisfied (kept after it is lost, with `since` telling when)
     prior_lst = prior.get("lastSatisfiedTime") if prior else None
     if state == SATISFIED and not (prior_state == SATISFIED and isinstance(prior_lst, str)):
@@ -415,7 +426,7 @@ def compute_status(*, generation: int, prior: Mapping[str, Any], preconditions: 
         else:
             state, reason, message = side.state, side.reason, side.message
         entries.append(_entry(info, state, reason, _clip(message), side.blocked, uid,
-                              prior_entries.get(info.name), stamp))
+                              prior_entries.get(info.name), stamp, side.timed_out))
 
     blocking = [e["name"] for e in entries if e["state"] in BLOCKING_STATES]
     prior_conds = _prior_conditions(prior)

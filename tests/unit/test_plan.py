@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import jsonpatch  # Kopf's own JSON-patch library (a dependency of kopf)
+
 from depgate import plan, render, spec
 from depgate.constants import APPLIED_HASH_ANNOTATION, POLICY_ANNOTATION
 from depgate.graph import DEPENDENCY_CYCLE
@@ -425,3 +427,35 @@ def test_a_template_create_refused_by_rbac_names_the_rolebinding_to_create() -> 
     assert problem.stalls == plan.FORBIDDEN and problem.retry_after == plan.APPLY_ERROR_RETRY_SECONDS
     assert (f"kubectl create rolebinding depgate-template-creator -n {NS} --clusterrole=depgate-template-creator "
             "--serviceaccount=depgate-system:depgate") in problem.message
+
+
+def test_a_job_rendered_at_admission_is_gated_whatever_its_hash_and_one_created_ungated_is_a_note() -> None:
+    """A Job's template cannot change: the reconcile never writes to it. Rendered at admission (claimed,
+    depgate's init containers as rendered now), it is gated even when the hash differs (a Job created with
+    generateName had no name when the webhook hashed its apply body); created without them, a note says so."""
+    pol = policy("mig", target={"workloadRef": {"kind": "Job", "name": "mig-x7k2p"}})
+    job = {"apiVersion": "batch/v1", "kind": "Job",
+           "metadata": {"name": "mig-x7k2p", "namespace": NS, "resourceVersion": "5"},
+           "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "m", "image": "m"}]}}}}
+    ungated = plan.target_writes(pol, job, CONFIG)
+    assert ungated.applies == () and ungated.problem is None
+    assert ungated.note is not None and "job mig-x7k2p" in ungated.note and "ungated" in ungated.note
+    admitted = render.rendered(pol, {**job, "metadata": {**job["metadata"], "name": None}}, CONFIG)
+    admitted["metadata"]["name"] = "mig-x7k2p"
+    admitted["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = "hash-of-a-nameless-body"
+    gated = plan.target_writes(pol, admitted, CONFIG)
+    assert (gated.applies, gated.problem, gated.note) == ((), None, None)
+    assert plan.release_body("mig", admitted) is None and plan.leftovers_patch(admitted) is None  # never written
+
+
+def test_leftovers_after_a_release_are_removed_by_a_guarded_json_patch() -> None:
+    """Entries another field manager co-owns stay after the release apply; the patch takes out exactly
+    depgate's (init containers, volumes, mounts) and nothing of the user's."""
+    gone = render.rendered(policy("p"), deployment("app", init=("migrate",)), CONFIG)
+    gone["metadata"]["resourceVersion"] = "12"
+    patch = plan.leftovers_patch(gone)
+    assert patch is not None and patch[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "12"}
+    clean = jsonpatch.apply_patch(gone, patch)
+    assert [c["name"] for c in clean["spec"]["template"]["spec"]["initContainers"]] == ["migrate"]
+    assert plan.leftovers_patch(clean) is None
+    assert plan.leftovers_patch(None) is None

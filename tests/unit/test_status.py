@@ -238,6 +238,17 @@ def test_network_blocked_reason_from_last_termination_message() -> None:
         "Refused: connection refused after 30s",
         1,
     )
+    # exit 124 and restarted: counted apart, for what only a person can fix (issue 16 item 8)
+    assert e["timedOutPods"] == 1
+
+
+def test_timed_out_pods_count_only_exit_124_of_the_blocker() -> None:
+    pods = [pod("p1", ("depgate-db", waiting("CrashLoopBackOff"), terminated(124, "Timeout: x"))),
+            pod("p2", ("depgate-db", running())),
+            pod("p3", ("depgate-db", terminated(1, "Refused: connection refused")))]
+    e = entry(status(pods=pods), "db")
+    assert (e["blockedPods"], e["timedOutPods"]) == (3, 1)
+    assert entry(status(pods=[pod("p4", ("depgate-db", running()))]), "db")["timedOutPods"] == 0
 
 
 def test_network_blocked_current_termination_non_zero() -> None:
@@ -442,6 +453,7 @@ def test_full_shape() -> None:
                 "reason": "NoReadyEndpoints",
                 "message": "service data-tier has 0 ready endpoints, wants 1",
                 "blockedPods": 2,
+                "timedOutPods": 0,
                 "since": S0,
             }
         ],

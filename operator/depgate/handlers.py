@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import json
 import logging
@@ -26,11 +27,11 @@ from typing import Any
 import aiohttp.web
 import kopf
 
-from depgate import admission, metrics, plan, registry, spec, tls, webhook
+from depgate import admission, gates, metrics, plan, registry, spec, tls, webhook
 from depgate.constants import AUTHOR_SIGNATURE_ANNOTATION, FINALIZER, GROUP, WEBHOOK_SECRET
 from depgate.controller import Outcome, Reconciler, ReleaseFailed
 from depgate.echo import Echoes
-from depgate.kube import CONNECT_TIMEOUT, WATCH_SERVER_TIMEOUT, Kube, NamespaceTerminating, Rejected
+from depgate.kube import CONNECT_TIMEOUT, WATCH_SERVER_TIMEOUT, Changed, Kube, NamespaceTerminating, Rejected
 from depgate.plan import CustomKey
 from depgate.render import RenderConfig
 from depgate.settings import Settings
@@ -78,6 +79,7 @@ class Operator:
         self.authors: dict[Key, str | None] = {}  # each policy's author signature, as last seen
         self.gate: Gate | None = None  # the author's rights; set up at startup (start_admission)
         self.gate_problem = "depgate's admission webhook has not started yet"
+        self.pod_gates = PodGates(self)  # depgate.gates: the pods at depgate's scheduling gate
         self.admitted = admission.Pending()  # policies just admitted, until the watch delivers them
 
     def authorize(self, obj: Mapping[str, Any], policy: Any) -> str | None:
@@ -661,3 +663,224 @@ def _watch(kind: registry.ApiKind) -> None:
 
 for _kind in WATCHED_KINDS:
     _watch(_kind)
+
+
+# ---------------------------------------------------------------------- pod scheduling gates (depgate.gates)
+
+
+class PodGates:
+    """The I/O of depgate.gates: the pods still at depgate's scheduling gate (fed by the events of the
+    pods watch Kopf runs anyway, filtered by the label depgate.io/gated: no second watch; its first
+    list at startup brings every pod gated while no operator ran), and the loop that decides and lifts
+    them. The decisions read the policies from memory; a pod is let go for want of a policy only after
+    the API server's own list of the namespace's policies agrees (the watch may lag a policy applied a
+    moment ago, and at startup it may not have delivered every policy yet). Reads and patches run in
+    threads, one namespace per thread at a time, never on the event loop."""
+
+    IDLE_SECONDS = 30.0  # the loop looks at least this often (held pods wake on their namespace's policy events)
+
+    def __init__(self, op: Operator) -> None:
+        self.op = op
+        self.pods = gates.GatedPods()
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.protected = protected(op.settings.protected_namespaces, op.settings.resolved_operator_namespace())
+
+    # --- on the loop
+
+    def seen(self, body: Any, deleted: bool) -> None:
+        pod = plain(body)
+        if deleted:
+            self.pods.gone(str((pod.get("metadata") or {}).get("uid") or ""))
+        elif self.pods.seen(pod, time.monotonic()):
+            self.wake.set()
+
+    def policies_changed(self, namespace: str) -> None:
+        if self.pods.policies_changed(namespace, time.monotonic()):
+            self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            timeout = gates.sleep_for(self.pods.next_due(), time.monotonic(), self.IDLE_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            self.wake.clear()
+            batch = self.pods.due(time.monotonic())
+            by_ns: dict[str, list[tuple[str, gates.Entry]]] = {}
+            for uid, entry in batch:
+                by_ns.setdefault(entry.namespace, []).append((uid, entry))
+            results = await asyncio.gather(*(asyncio.to_thread(self.settle, entries) for entries in by_ns.values()),
+                                           return_exceptions=True)
+            for entries, result in zip(by_ns.values(), results, strict=True):
+                for (uid, entry), outcome in zip(entries, _outcomes(result, len(entries)), strict=True):
+                    self.done(uid, entry, outcome)
+
+    def done(self, uid: str, entry: gates.Entry, outcome: tuple[str, Any]) -> None:
+        what, value = outcome
+        pod = f"{entry.namespace}/{entry.name}"
+        if what == "lifted":
+            self.pods.lifted(uid, value)
+        elif what == "decided":
+            if isinstance(value, gates.Hold) and entry.held != value.reason:
+                log.info("pod %s stays at its scheduling gate %s: %s", pod, gates.GATE, value.reason)
+            self.pods.decided(uid, value)
+        else:
+            first = entry.failures == 0
+            delay = self.pods.failed(uid, time.monotonic())
+            (log.warning if first else log.debug)(
+                "could not decide or lift the scheduling gate of pod %s (%s: %s); trying again in %.0fs",
+                pod, type(value).__name__, value, delay)
+
+    # --- in a thread
+
+    def settle(self, entries: list[tuple[str, gates.Entry]]) -> list[tuple[str, Any]]:
+        """Decide (and lift) each of one namespace's due pods; at most one list of its policies."""
+        listed: list[spec.Policy] | None = None
+        out: list[tuple[str, Any]] = []
+        for _, entry in entries:
+            try:
+                pod, ns, now = entry.pod, entry.namespace, time.monotonic()
+                workload = plan.workload_of_pod(pod)
+                decision, policy, obj = self.decide(pod, workload, admission_policies(self.op, ns), now, entry.since)
+                if isinstance(decision, gates.Lift) and workload is not None and not gates.our_init_containers(pod):
+                    if listed is None:
+                        listed = self.listed(ns)
+                    decision, policy, obj = self.decide(pod, workload, listed, now, entry.since)
+                why = gates.replacement(pod, obj, policy.name) \
+                    if isinstance(decision, gates.Hold) and policy is not None and obj is not None \
+                    and obj.get("kind") == registry.STATEFUL_SET.kind else None
+                if isinstance(decision, gates.Lift):
+                    out.append(("lifted", self.lift(pod, decision)))
+                elif why is not None:
+                    self.replace(pod, why)
+                    out.append(("lifted", None))
+                else:
+                    out.append(("decided", decision))
+            except Exception as e:
+                out.append(("failed", e))
+        return out
+
+    @property
+    def kube(self) -> Kube:
+        return self.op.reconciler().kube
+
+    def decide(self, pod: Mapping[str, Any], workload: tuple[str, str] | None, policies: Sequence[spec.Policy],
+               now: float, since: float) -> tuple[gates.Decision, spec.Policy | None, dict[str, Any] | None]:
+        """The decision, the policy that gates the pod's workload and that workload as read (when it was)."""
+        policy, obj, mutable = None, None, True
+        if workload is not None:
+            kind = registry.WORKLOAD_KINDS.get(workload[0])
+            mutable = kind.template_mutable if kind is not None else True
+            if policies and kind is not None and not gates.our_init_containers(pod):
+                ns = str((pod.get("metadata") or {}).get("namespace"))
+                obj = self.kube.get(kind.api.api_version, kind.api.kind, ns, workload[1])
+                policy = self.gating(ns, kind, obj, policies) if obj is not None else None
+        return gates.decide(pod, policy, now, self.op.settings.gate_grace_seconds, since=since,
+                            workload=workload, template_mutable=mutable), policy, obj
+
+    def gating(self, ns: str, kind: registry.WorkloadKind, obj: Mapping[str, Any],
+               policies: Sequence[spec.Policy]) -> spec.Policy | None:
+        """The policy that gates the workload (as read now: a selector matches its labels), or its CronJob's."""
+        found = plan.gating_policy(policies, obj)
+        if found is None and kind.api.kind == registry.JOB.kind:
+            owner = next((o for o in (obj.get("metadata") or {}).get("ownerReferences") or []
+                          if o.get("controller") and o.get("kind") == registry.CRON_JOB.kind), None)
+            cron = self.kube.get(registry.CRON_JOB.api_version, registry.CRON_JOB.kind, ns, owner["name"]) \
+                if owner else None
+            found = plan.gating_policy(policies, cron) if cron is not None else None
+        return found
+
+    def listed(self, ns: str) -> list[spec.Policy]:
+        """The namespace's policies as the API server lists them now, as admission_policies keeps them:
+        valid, their author verified, none being deleted."""
+        out = []
+        for obj in self.kube.items(POLICIES.api_version, POLICIES.kind, ns):
+            if (obj.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            if self.op.settings.authority == "enforce" and (self.op.gate is None or not self.op.gate.trusted(obj)):
+                continue
+            try:
+                out.append(spec.parse_policy(obj))
+            except spec.SpecError:
+                continue
+        return out
+
+    def replace(self, pod: Mapping[str, Any], why: str) -> None:
+        """Delete a held pod that never ran, for its controller to make it again, rendered (gates.replacement)."""
+        md = pod.get("metadata") or {}
+        ns, name = str(md.get("namespace")), str(md.get("name"))
+        try:
+            if self.kube.delete(registry.POD.api_version, registry.POD.kind, ns, name, uid=str(md.get("uid"))):
+                log.info("deleted pod %s/%s at its scheduling gate %s: %s", ns, name, gates.GATE, why)
+        except Changed:  # another pod of that name now: this one is gone
+            pass
+
+    def lift(self, pod: Mapping[str, Any], decision: gates.Lift) -> dict[str, Any] | None:
+        """Remove depgate's gate (only it); the API server's answer, None when the pod is gone or ungated."""
+        md = pod.get("metadata") or {}
+        ns, name, uid = str(md.get("namespace")), str(md.get("name")), md.get("uid")
+        for _ in range(3):
+            ops = gates.lift_ops(pod)
+            if ops is None:
+                return None
+            try:
+                answer = self.kube.json_patch(registry.POD.api_version, registry.POD.kind, ns, name, ops)
+            except Changed:  # it changed since it was seen (or it is another pod of that name now)
+                fresh = self.kube.get(registry.POD.api_version, registry.POD.kind, ns, name)
+                if fresh is None or (fresh.get("metadata") or {}).get("uid") != uid:
+                    return None
+                pod = fresh
+                continue
+            if answer is not None:
+                log.info("lifted the scheduling gate %s of pod %s/%s: %s", gates.GATE, ns, name, decision.reason)
+            return answer
+        raise RuntimeError("the pod kept changing while its scheduling gate was lifted (three attempts)")
+
+
+def _outcomes(result: Any, n: int) -> list[tuple[str, Any]]:
+    """One namespace's outcomes, or its thread's exception as the outcome of each of its pods."""
+    return list(result) if isinstance(result, list) else [("failed", result)] * n
+
+
+@kopf.on.mutate(registry.POD.group, registry.POD.version, registry.POD.plural, id=webhook.PODS_PATH,
+                operations=["CREATE"])
+async def gate_pod(new: Any, patch: kopf.Patch, namespace: str | None = None, **_: Any) -> None:
+    """Webhook pods.depgate.io: depgate's scheduling gate on a workload's new pod in an opted-in namespace
+    (depgate.gates.gate_patch), from memory. Never raises: a pod is never refused because of depgate."""
+    try:
+        pod = json.loads(json.dumps(new, default=dict))
+        md = pod.get("metadata") or {}
+        ns = namespace or str(md.get("namespace") or "")
+        pg = current().pod_gates
+        change = gates.gate_patch(pod, ns, protected=pg.protected, served=current().settings.namespaces)
+        if change is not None:
+            patch.update(change)
+            log.debug("pod %s/%s created at depgate's scheduling gate", ns, md.get("name") or md.get("generateName"))
+    except Exception:
+        log.exception("could not put depgate's scheduling gate on a pod at admission; it is created ungated")
+
+
+@kopf.on.event(registry.POD.group, registry.POD.version, registry.POD.plural, id="pod_gates",
+               labels={gates.GATED_LABEL: "true"})
+async def pod_gate_event(event: Mapping[str, Any], body: Any, **_: Any) -> None:
+    current().pod_gates.seen(body, deleted=event.get("type") == "DELETED")
+
+
+@kopf.on.event(POLICIES.group, POLICIES.version, POLICIES.plural, id="policy_pod_gates")
+async def policy_gate_event(namespace: str, **_: Any) -> None:
+    """After policy_event updated the index: the namespace's held pods are decided again."""
+    current().pod_gates.policies_changed(namespace)
+
+
+@kopf.on.startup()
+async def start_pod_gates(**_: Any) -> None:
+    pg = current().pod_gates
+    pg.task = asyncio.get_running_loop().create_task(pg.run(), name="depgate pod gates")
+
+
+@kopf.on.cleanup()
+async def stop_pod_gates(**_: Any) -> None:
+    task = current().pod_gates.task
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

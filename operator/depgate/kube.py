@@ -290,6 +290,18 @@ class Kube:
             raise
         return dict(out) if out is not None else None
 
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str, *, uid: str) -> bool:
+        """Delete the object if it is still the one with that uid; False when it is gone already. Another
+        object of that name now (the uid precondition failed: 409) raises Changed."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}}
+        try:
+            out = self._call("DELETE", self.path(api_version, kind, namespace, name), body=body)
+        except ApiException as e:
+            if e.status == 409:
+                raise Changed(f"{kind} {name}: {e.reason}") from e
+            raise
+        return out is not None
+
     # ------------------------------------------------------------------ watches of arbitrary kinds
     #
     # Custom resources (`resource` preconditions) are watched one (apiVersion, kind, namespace) at a

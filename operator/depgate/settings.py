@@ -157,6 +157,11 @@ class Settings:
         parse=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
         help="namespaces where a policy changes nothing and says so in status, comma-separated (default: the "
              "operator's namespace, --operator-namespace, and kube-system; a list given replaces both)")
+    gate_grace_seconds: float = _flag(
+        5.0, "--gate-grace-seconds", parse=float, check=_seconds_or_zero, metavar="SECONDS",
+        help="in a namespace labelled depgate.io/gate=enabled, a pod held at depgate's scheduling gate whose "
+             "workload no policy gates is let go this long after depgate first sees it: the time a policy "
+             "applied after its workload has to arrive (docs/operations.md, Workload first) (default %(default)g)")
     verbose: bool = _flag(False, "-v", "--verbose", help="debug logging")
 
     def resolved_operator_namespace(self, token_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount") -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from depgate import authority, registry, spec, tls
+from depgate import authority, gates, registry, spec, tls
 from depgate.constants import (
     DEFAULT_OPERATOR_NAMESPACE,
     GROUP,
@@ -49,6 +49,8 @@ TIMEOUT_SECONDS = 10
 # must not slow every Deployment of the cluster by more than this (then admitted ungated: Ignore).
 WORKLOADS_TIMEOUT_SECONDS = 2
 SYSTEM_NAMESPACE = "kube-system"
+PODS_PATH = "pods"  # the pods' scheduling gate at admission (depgate.gates.gate_patch)
+PODS_TIMEOUT_SECONDS = 2  # answered from memory; a pod is never held up longer (then created ungated)
 REVIEW_TTL_SECONDS = 60.0  # a reconcile trusts an answer of the authorizer this long
 MAX_POLICY_BYTES = 512 * 1024  # a policy is a few KiB; the API server's own limit (~1.5 MiB) names no field
 
@@ -115,7 +117,34 @@ def configurations(client: Callable[[str], Mapping[str, Any]], operator_user: st
          **common},
         workloads_webhook(client, operator_user, operator_namespace or _namespace_of(operator_user))]
     mutating: dict[str, Any] = {"apiVersion": ADMISSION, "kind": MUTATING, "metadata": meta, "webhooks": mutating_hooks}
+    mutating["webhooks"].append(pods_webhook(client, operator_namespace or _namespace_of(operator_user)))
     return validating, mutating
+
+
+def pods_webhook(client: Callable[[str], Mapping[str, Any]], operator_namespace: str) -> dict[str, Any]:
+    """The mutating webhook that holds the pods of workloads at depgate's scheduling gate in namespaces
+    that opt in (depgate.gates; docs/operations.md, Workload first). Only pods a workload controller
+    creates, not bound to a node and not rendered already (those carry depgate's init containers) reach
+    the operator; failurePolicy Ignore and a short timeout: with the operator down or slow a pod is
+    created as it is, ungated (never refused, never held up longer)."""
+    owners = json.dumps(list(gates.OWNER_KINDS))
+    return {"name": f"{PODS_PATH}.{GROUP}", "clientConfig": dict(client(PODS_PATH)),
+            "reinvocationPolicy": "Never", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Ignore", "matchPolicy": "Equivalent", "timeoutSeconds": PODS_TIMEOUT_SECONDS,
+            "namespaceSelector": {"matchExpressions": [
+                {"key": gates.OPT_IN_LABEL, "operator": "In", "values": [gates.OPT_IN_VALUE]},
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                 "values": sorted({SYSTEM_NAMESPACE, operator_namespace})}]},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
+                       "scope": "Namespaced"}],
+            "matchConditions": [
+                {"name": "made-by-a-workload",
+                 "expression": "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists("
+                               f"o, has(o.controller) && o.controller && o.kind in {owners})"},
+                {"name": "not-bound", "expression": "!has(object.spec.nodeName)"},
+                {"name": "not-rendered", "expression": "!has(object.spec.initContainers) || "
+                                                       "!object.spec.initContainers.exists(c, c.name.startsWith("
+                                                       f"{json.dumps(gates.RENDERED_PREFIX)}))"}]}
 
 
 # ------------------------------------------------------------------------ the Secret

@@ -38,6 +38,7 @@ GIVEN: dict[str, tuple[list[str], Any]] = {
     "webhook_port": (["--webhook-port=0"], 0),
     "webhook_url": (["--webhook-url=https://10.0.0.5:9443"], "https://10.0.0.5:9443"),
     "webhook_service": (["--webhook-service=hooks"], "hooks"),
+    "gate_grace_seconds": (["--gate-grace-seconds=0.5"], 0.5),
     "verbose": (["-v"], True),
 }
 

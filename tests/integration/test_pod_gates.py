@@ -245,6 +245,64 @@ def test_a_statefulset_first_then_its_policy_its_held_first_pod_is_replaced_by_a
     assert_never_scheduled_without_init_containers(pod_watch)
 
 
+def daemonset(name: str) -> str:
+    return textwrap.dedent(f"""\
+        apiVersion: apps/v1
+        kind: DaemonSet
+        metadata: {{name: {name}, labels: {{app: {name}}}}}
+        spec:
+          selector: {{matchLabels: {{app: {name}}}}}
+          template:
+            metadata: {{labels: {{app: {name}}}}}
+            spec:
+              containers: [{{name: agent, image: busybox}}]
+        """)
+
+
+def cronjob(name: str) -> str:
+    return textwrap.dedent(f"""\
+        apiVersion: batch/v1
+        kind: CronJob
+        metadata: {{name: {name}}}
+        spec:
+          schedule: "0 0 1 1 *"
+          jobTemplate:
+            spec:
+              template:
+                spec:
+                  restartPolicy: Never
+                  containers: [{{name: report, image: busybox}}]
+        """)
+
+
+def test_a_daemonset_first_then_its_policy_its_held_pod_is_replaced_by_the_rollout(
+        plane, operator, opted_in, needs_pods, pod_watch):
+    ns = opted_in
+    plane.run_kubectl("apply", "-n", ns, "-f", "-", input=daemonset("agent"))
+    first = gated_pods(pod_watch, 1, "the DaemonSet's pod at depgate's scheduling gate")
+    plane.run_kubectl("apply", "-n", ns, "-f", "-", input=policy("agent", "DaemonSet", "agent"))
+    final = wait_for(lambda: [s for s in pod_watch.live().values() if s.ours and s.phase == "Running"
+                              and not s.gates] if len(pod_watch.live()) == 1 else None, 90,
+                     what="the DaemonSet's one pod Running with depgate's init containers")
+    assert final[0].uid not in first
+    assert_never_scheduled_without_init_containers(pod_watch)
+
+
+def test_a_cronjobs_job_made_before_its_policy_stays_held(plane, operator, opted_in, needs_pods, pod_watch):
+    """The Job a CronJob made (here by hand, as `kubectl create job --from=cronjob/...` does, with the
+    CronJob as its controller) before the policy gating the CronJob: its pod waits, held."""
+    ns = opted_in
+    plane.run_kubectl("apply", "-n", ns, "-f", "-", input=cronjob("report"))
+    plane.run_kubectl("create", "job", "report-manual", "-n", ns, "--from=cronjob/report")
+    held = gated_pods(pod_watch, 1, "the CronJob's Job's pod at depgate's gate")
+    plane.run_kubectl("apply", "-n", ns, "-f", "-", input=policy("report", "CronJob", "report"))
+    name = next(iter(held.values())).name
+    wait_for(lambda: f"pod {ns}/{name} stays at its scheduling gate" in operator.log_text(), 30,
+             what="the operator saying it holds the CronJob's Job's pod")
+    assert "job report-manual was created before DependencyPolicy report" in operator.log_text()
+    assert all(GATE in s.gates and not s.scheduled for s in pod_watch.versions(next(iter(held))))
+
+
 # --------------------------------------------------------------------------- no policy: the grace window
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from depgate import plan, registry, render, spec
-from depgate.constants import APPLIED_HASH_ANNOTATION
+from depgate.constants import APPLIED_HASH_ANNOTATION, FIELD_MANAGER
 
 Obj = dict[str, Any]
 Op = dict[str, Any]  # one RFC 6902 operation
@@ -53,9 +53,10 @@ class Decision:
 
 
 def decide(obj: Mapping[str, Any], namespace: str | None, operation: str, policies: Iterable[spec.Policy],
-           config: render.RenderConfig, protected: frozenset[str] = frozenset()) -> Decision:
+           config: render.RenderConfig, protected: frozenset[str] = frozenset(), now: str | None = None) -> Decision:
     """What admission does to `obj` (the AdmissionReview's request.object) in `namespace` (the
-    request's). `policies`: the namespace's valid policies whose author verifies, none being deleted."""
+    request's). `policies`: the namespace's valid policies whose author verifies, none being deleted;
+    `now`: the time of depgate's managedFields entry (RFC 3339; None: none is written)."""
     kind = registry.WORKLOAD_KINDS.get(str(obj.get("kind")))
     md = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
     assert isinstance(md, Mapping)
@@ -85,10 +86,12 @@ def decide(obj: Mapping[str, Any], namespace: str | None, operation: str, polici
     desired = rendered(policy, workload, config)
     desired["metadata"] = {k: v for k, v in desired["metadata"].items()
                            if k != "namespace" or "namespace" in md}
-    ops = diff(obj, desired)
-    if not ops:
+    if not diff(obj, desired):
         return Decision(UP_TO_DATE, policy.name, result=obj)
-    return Decision(RENDERED, policy.name, tuple(ops), result=desired)
+    if now is not None and isinstance(md.get("managedFields"), list):
+        desired["metadata"]["managedFields"] = owned(md["managedFields"], render.apply_body(policy, workload, config),
+                                                     desired["metadata"]["annotations"][APPLIED_HASH_ANNOTATION], now)
+    return Decision(RENDERED, policy.name, tuple(diff(obj, desired)), result=desired)
 
 
 def rendered(policy: spec.Policy, workload: Mapping[str, Any], config: render.RenderConfig) -> Obj:
@@ -98,6 +101,66 @@ def rendered(policy: spec.Policy, workload: Mapping[str, Any], config: render.Re
     out["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = plan.body_hash(
         render.apply_body(policy, workload, config))
     return out
+
+
+# --------------------------------------------------------------------------- field ownership
+
+# The API server records a request's managed fields before the mutating webhooks run, so what a
+# webhook adds is owned by nobody: a later release (the reconcile's apply of an empty body as
+# `depgate`) would not remove it. So the rendering at admission also writes the managedFields entry
+# that depgate's own server-side apply of the same body would have left: manager depgate, operation
+# Apply, the fields of apply_body. Keys of the list maps depgate's bodies contain (the Kubernetes
+# schema's x-kubernetes-list-map-keys); every other list is atomic, and so are these structs
+# (x-kubernetes-map-type: atomic).
+LIST_MAP_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
+    "containers": ("name",), "initContainers": ("name",), "ephemeralContainers": ("name",), "volumes": ("name",),
+    "env": ("name",), "volumeMounts": ("mountPath",), "volumeDevices": ("devicePath",),
+    "ports": ("containerPort", "protocol"), "imagePullSecrets": ("name",), "resourceClaims": ("name",),
+    "claims": ("name",), "schedulingGates": ("name",), "hostAliases": ("ip",),
+}
+ATOMIC_STRUCTS: Final = frozenset({"secretKeyRef", "configMapKeyRef", "fieldRef", "resourceFieldRef"})
+STRIPPED: Final = ("apiVersion", "kind")  # not recorded, nor metadata's name and namespace
+
+
+def fields_v1(body: Mapping[str, Any]) -> Obj:
+    """The FieldsV1 set of a server-side apply body, as the API server records it for its manager."""
+    top = {k: v for k, v in body.items() if k not in STRIPPED}
+    md = {k: v for k, v in (top.get("metadata") or {}).items() if k not in ("name", "namespace", "resourceVersion")}
+    if md:
+        top["metadata"] = md
+    else:
+        top.pop("metadata", None)
+    return _fields(top)
+
+
+def _fields(value: Mapping[str, Any]) -> Obj:
+    out: Obj = {}
+    for key, child in value.items():
+        if isinstance(child, Mapping) and child and key not in ATOMIC_STRUCTS:
+            out[f"f:{key}"] = _fields(child)
+        elif isinstance(child, list) and key in LIST_MAP_KEYS:
+            items: Obj = {}
+            for item in child:
+                if not isinstance(item, Mapping):
+                    continue
+                ident = {k: item.get(k) for k in LIST_MAP_KEYS[key] if k in item}
+                items["k:" + json.dumps(ident, separators=(",", ":"))] = {".": {}, **_fields(item)}
+            out[f"f:{key}"] = items
+        else:
+            out[f"f:{key}"] = {}
+    return out
+
+
+def owned(managed: Sequence[Any], body: Mapping[str, Any], applied_hash: str, now: str) -> list[Any]:
+    """The object's managedFields with depgate's Apply entry as its apply of `body` (with the applied
+    hash, as the reconcile sends it) would leave it; every other manager's entry as it is."""
+    sent = copy.deepcopy(dict(body))
+    sent.setdefault("metadata", {}).setdefault("annotations", {})[APPLIED_HASH_ANNOTATION] = applied_hash
+    others = [m for m in managed if not (isinstance(m, Mapping) and m.get("manager") == FIELD_MANAGER
+                                         and m.get("operation") == "Apply")]
+    return [*copy.deepcopy(others), {"apiVersion": body.get("apiVersion"), "fieldsType": "FieldsV1",
+                                     "fieldsV1": fields_v1(sent), "manager": FIELD_MANAGER, "operation": "Apply",
+                                     "time": now}]
 
 
 # --------------------------------------------------------------------------- policies just admitted

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import functools
 import json
 import logging
@@ -428,7 +429,8 @@ def _render_at_admission(kind: registry.WorkloadKind) -> None:
                 return
             obj = json.loads(json.dumps(new, default=dict))
             r = op.reconciler()  # its render config and protected namespaces: the reconcile's own
-            decision = admission.decide(obj, ns, operation, policies, r.config, r.protected)
+            now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # depgate's managedFields entry
+            decision = admission.decide(obj, ns, operation, policies, r.config, r.protected, now)
             outcome = decision.outcome
             warnings.extend(decision.warnings)
             if decision.result is not None and decision.patch:

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from depgate import webhook
+from depgate import plan, render, spec, webhook
 from depgate.constants import APPLIED_HASH_ANNOTATION, POLICY_ANNOTATION
 from tests.conftest import Plane, start_operator, stop_operator, wait_for, wait_webhook_serves
 from tests.integration.kubehelp import condition, get, wait_policy
 
 TCP = "- name: db\n  tcp: {host: db, port: 5432}"
+WAITER_IMAGE = "depgate/depgate:test"  # start_operator's --waiter-image
 DNS = "- name: resolve\n  dns: {name: db}"
 
 
@@ -138,8 +139,27 @@ def applied(plane: Plane, ns: str, name: str) -> dict[str, Any]:
                        and bool(p["status"].get("targets")), timeout=60, what="Applied, with its target")
 
 
-def managers(obj: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(m.get("manager", ""), m.get("operation", "")) for m in obj["metadata"].get("managedFields") or []]
+def with_fields(plane: Plane, ns: str, kind: str, name: str) -> dict[str, Any]:
+    """The object with its managedFields (kubectl hides them unless asked)."""
+    return json.loads(plane.run_kubectl("get", "-n", ns, kind, name, "-o", "json", "--show-managed-fields").stdout)
+
+
+def entry_of(obj: dict[str, Any], manager: str, operation: str = "Apply") -> dict[str, Any] | None:
+    return next((m for m in obj["metadata"].get("managedFields") or []
+                 if m.get("manager") == manager and m.get("operation") == operation), None)
+
+
+def the_api_servers_fields(plane: Plane, ns: str, pol: str, twin: str) -> dict[str, Any]:
+    """What the API server records for depgate's own server-side apply of the policy's apply body (a
+    dry run on `twin`, a copy of the workload that no policy names)."""
+    body = render.apply_body(spec.parse_policy(get(plane, ns, "dependencypolicy", pol)),
+                             get(plane, ns, "deployment", twin), render.RenderConfig(waiter_image=WAITER_IMAGE))
+    body["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = plan.body_hash(body)
+    out = plane.run_kubectl("apply", "-n", ns, "--server-side", "--field-manager=depgate", "--dry-run=server",
+                            "--show-managed-fields", "-o", "json", "-f", "-", input=json.dumps(body))
+    entry = entry_of(json.loads(out.stdout), "depgate")
+    assert entry is not None
+    return dict(entry["fieldsV1"])
 
 
 # --------------------------------------------------------------------------- policy first, one apply
@@ -159,13 +179,17 @@ def test_policy_and_deployment_in_one_apply_every_pod_is_gated_and_the_reconcile
     rss = apps.list_namespaced_replica_set(ns).items
     assert len(rss) == 1, [r.metadata.name for r in rss]
     assert [c.name for c in rss[0].spec.template.spec.init_containers] == ["depgate-db", "depgate-resolve"]
-    # the reconcile then finds it up to date: no write to the Deployment (no depgate manager, no second
-    # generation, no second ReplicaSet)
+    # depgate owns what it added, exactly as its own server-side apply would have left it
+    ours = entry_of(with_fields(plane, ns, "deployment", "app"), "depgate")
+    assert ours is not None
+    apply_file(plane, ns, workload("Deployment", "twin", 0))
+    assert ours["fieldsV1"] == the_api_servers_fields(plane, ns, "app", "twin")
+    # the reconcile then finds it up to date: no change to the pod template (generation 1, one ReplicaSet)
     applied(plane, ns, "app")
-    dep = get(plane, ns, "deployment", "app")
+    dep = with_fields(plane, ns, "deployment", "app")
     assert dep["metadata"]["generation"] == 1
-    assert ("depgate", "Apply") not in managers(dep), managers(dep)
-    assert len(apps.list_namespaced_replica_set(ns).items) == 1
+    assert entry_of(dep, "depgate") == ours
+    assert len(apps.list_namespaced_replica_set(ns, label_selector="app=app").items) == 1
     rendered = 'depgate_workload_admission_seconds_count{kind="Deployment",outcome="rendered"}'
     assert operator.metrics().get(rendered, 0) >= 1
 
@@ -176,9 +200,9 @@ def test_a_statefulset_created_after_its_policy_has_only_gated_pods_and_one_revi
     apply_file(plane, ns, policy("db", "StatefulSet", "db"), workload("StatefulSet", "db", 2))
     assert_every_pod_gated(pod_watch, ["depgate-db"], at_least=2)
     applied(plane, ns, "db")
-    sts = get(plane, ns, "statefulset", "db")
+    sts = with_fields(plane, ns, "statefulset", "db")
     assert sts["metadata"]["generation"] == 1
-    assert ("depgate", "Apply") not in managers(sts), managers(sts)
+    assert entry_of(sts, "depgate") is not None
     revisions = json.loads(plane.run_kubectl("get", "controllerrevisions", "-n", ns, "-o", "json").stdout)["items"]
     assert len(revisions) == 1, [r["metadata"]["name"] for r in revisions]
 
@@ -193,6 +217,26 @@ def test_a_job_created_after_its_policy_runs_only_gated_pods(plane, operator, na
     assert inits(job["spec"]["template"]["spec"]) == ["depgate-db"]
     assert job["metadata"]["annotations"][POLICY_ANNOTATION] == "migrate"
     assert_every_pod_gated(pod_watch, ["depgate-db"], at_least=1)
+
+
+def test_a_deployment_rendered_at_admission_is_released_whole_when_its_policy_goes(plane, operator, namespace):
+    """What the webhook added is depgate's (managedFields): the release takes all of it back out, the
+    annotations included, and leaves the user's fields."""
+    ns = namespace
+    apply_file(plane, ns, policy("app", "Deployment", "app"), workload("Deployment", "app", 0))
+    assert inits(get(plane, ns, "deployment", "app")["spec"]["template"]["spec"]) == ["depgate-db"]
+    applied(plane, ns, "app")
+    plane.run_kubectl("delete", "-n", ns, "dependencypolicy", "app", "--wait=false")
+
+    def released() -> dict[str, Any] | None:
+        dep = get(plane, ns, "deployment", "app")
+        ann = dep["metadata"].get("annotations") or {}
+        ours = {POLICY_ANNOTATION, APPLIED_HASH_ANNOTATION} & set(ann)
+        return dep if not inits(dep["spec"]["template"]["spec"]) and not ours else None
+
+    dep = wait_for(released, 60, what="the Deployment released: no depgate-* init container, no depgate.io annotation")
+    assert [c["name"] for c in dep["spec"]["template"]["spec"]["containers"]] == ["server"]
+    assert entry_of(with_fields(plane, ns, "deployment", "app"), "depgate") is None
 
 
 def test_a_workload_no_policy_names_is_admitted_untouched_and_a_render_error_only_warns(plane, operator, namespace):

@@ -186,6 +186,50 @@ def test_a_job_is_rendered_on_create_only_its_template_cannot_change_after() -> 
     assert d.outcome == admission.IMMUTABLE and d.patch == ()
 
 
+# --------------------------------------------------------------------------- who owns what was added
+
+
+NOW = "2026-12-01T18:00:00Z"
+
+
+def test_the_rendering_is_owned_by_depgate_as_if_it_had_applied_it_and_other_managers_keep_theirs() -> None:
+    pol = policy(preconditions=[TCP, SERVICE])
+    obj = workload()
+    d = admission.decide(obj, NS, "CREATE", [pol], CONFIG, now=NOW)
+    managed = d.result["metadata"]["managedFields"]
+    assert managed[0] == obj["metadata"]["managedFields"][0]  # kubectl's entry untouched
+    ours = managed[1]
+    assert {k: v for k, v in ours.items() if k != "fieldsV1"} == {
+        "apiVersion": "apps/v1", "fieldsType": "FieldsV1", "manager": "depgate", "operation": "Apply", "time": NOW}
+    fs = ours["fieldsV1"]
+    assert fs["f:metadata"] == {"f:annotations": {"f:depgate.io/policy": {}, "f:depgate.io/applied": {}}}
+    inits = fs["f:spec"]["f:template"]["f:spec"]["f:initContainers"]
+    assert list(inits) == ['k:{"name":"depgate-db"}', 'k:{"name":"depgate-api"}']
+    db = inits['k:{"name":"depgate-db"}']
+    assert db["."] == {} and db["f:args"] == {} and db["f:command"] == {}  # atomic lists
+    assert db["f:securityContext"]["f:capabilities"] == {"f:drop": {}}
+    assert db["f:resources"]["f:requests"] == {"f:cpu": {}, "f:memory": {}}
+    api = inits['k:{"name":"depgate-api"}']
+    assert api["f:env"]['k:{"name":"DEPGATE_NAMESPACE"}'] == {".": {}, "f:name": {}, "f:valueFrom": {"f:fieldRef": {}}}
+    # no field of the user's: not the app container, not the labels, not the name
+    assert set(fs) == {"f:metadata", "f:spec"} and set(fs["f:spec"]["f:template"]["f:spec"]) == {"f:initContainers"}
+
+
+def test_a_stale_entry_of_depgate_is_replaced_and_an_object_without_managed_fields_gets_none() -> None:
+    obj = workload()
+    obj["metadata"]["managedFields"].append({"manager": "depgate", "operation": "Apply", "apiVersion": "apps/v1",
+                                             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}})
+    d = admission.decide(obj, NS, "UPDATE", [policy()], CONFIG, now=NOW)
+    assert [m["manager"] for m in d.result["metadata"]["managedFields"]] == ["kubectl", "depgate"]
+    assert d.result["metadata"]["managedFields"][1]["fieldsV1"] != {"f:spec": {}}
+    del obj["metadata"]["managedFields"]
+    d = admission.decide(obj, NS, "CREATE", [policy()], CONFIG, now=NOW)
+    assert "managedFields" not in d.result["metadata"]
+    # an object already rendered is left as it is, whoever owns its fields
+    done = admitted(workload(), decide(workload(), policy()))
+    assert admission.decide(done, NS, "UPDATE", [policy()], CONFIG, now=NOW).patch == ()
+
+
 # --------------------------------------------------------------------------- which policy
 
 

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from depgate.dev import build, gotools
-from tests.conftest import REPO, Plane
+from tests.conftest import REPO, Plane, wait_for
 from tests.integration.kubehelp import (
     HELD_MESSAGE,
     apply,
@@ -35,6 +35,9 @@ from tests.integration.kubehelp import (
     deployment,
     entry,
     held_pods,
+    init_names,
+    policy,
+    wait_deployment,
     wait_policy,
 )
 
@@ -205,6 +208,46 @@ def timed_out(plane, api_client, operator, needs_pods, namespace) -> Iterator[di
                           what="redis-port blocking with the waiter's Timeout")
 
 
+VERDICT_TIMEOUT = "Timeout: NotSatisfied: service data-tier: ServiceNotFound after 30s"
+
+
+@pytest.fixture
+def verdict_timed_out(plane, api_client, operator, needs_pods, namespace) -> Iterator[dict[str, Any]]:
+    """Policy `app` with one precondition the operator judges (service data-tier, which does not exist): its
+    2 pods' verdict waiters exited 124 and wait in CrashLoopBackOff (the test plays the kubelet on a node no
+    kubelet nor kwok runs, as kubehelp.held_pods does)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    node = f"held-{namespace}"[:63]
+    core.create_node({"metadata": {"name": node, "labels": {"type": "held"}}})
+    try:
+        apply(plane, namespace, deployment("app", replicas=0).replace(
+            "containers:\n", f"nodeName: {node}\n          containers:\n", 1))
+        apply(plane, namespace, policy("app", "app", "- name: data-tier\n  service: {name: data-tier}"))
+        wait_deployment(plane, namespace, "app", lambda d: init_names(d) == ["depgate-data-tier"])
+        plane.run_kubectl("scale", "-n", namespace, "deployment/app", "--replicas=2")
+
+        def gated() -> list[Any] | None:
+            pods = [p for p in core.list_namespaced_pod(namespace, label_selector="app=app").items
+                    if p.spec.init_containers and p.spec.init_containers[0].name == "depgate-data-tier"]
+            return pods if len(pods) == 2 else None
+
+        for pod in wait_for(gated, 60, what="2 gated pods"):
+            core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
+                "phase": "Pending",
+                "conditions": [{"type": "Initialized", "status": "False"}, {"type": "Ready", "status": "False"}],
+                "initContainerStatuses": [
+                    {"name": "depgate-data-tier", "image": "depgate/depgate:test", "imageID": "", "ready": False,
+                     "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                     "lastState": {"terminated": {"exitCode": 124, "reason": "Error", "message": VERDICT_TIMEOUT}}}],
+            }})
+        yield wait_policy(plane, namespace, "app", lambda p: entry(p, "data-tier").get("timedOutPods") == 2,
+                          what="data-tier: timedOutPods 2")
+    finally:
+        core.delete_node(node)
+
+
 def test_the_real_policies_are_in_the_states_the_health_checks_are_tested_on(real_policies):
     p = real_policies
     assert not (p["fresh"].get("status") or {}).get("conditions")
@@ -248,6 +291,18 @@ def test_a_waiter_that_timed_out_and_restarts_is_degraded_in_argo_cd(tools, time
     # kstatus has no word for it: Ready is False, so InProgress
     assert kstatus(tools, {"app": timed_out})["app"][0] == "InProgress"
     _update_testdata({"live-timed-out": timed_out})
+
+
+def test_a_verdict_waiter_that_timed_out_and_restarts_is_degraded_in_argo_cd(tools, verdict_timed_out):
+    # the operator judges a service precondition itself, so its entry's reason is the verdict's; the pods'
+    # timeouts show in timedOutPods
+    e = entry(verdict_timed_out, "data-tier")
+    assert (e["state"], e["blockedPods"], e["timedOutPods"]) == ("Blocking", 2, 2)
+    status, message = argocd_health(tools, {"app": verdict_timed_out})["app"]
+    assert status == "Degraded"
+    assert message == ("precondition data-tier timed out (exit 124) in 2 pods, which restart its init container "
+                       f"depgate-data-tier (Init:CrashLoopBackOff): {e['reason']}: {e['message']}")
+    assert kstatus(tools, {"app": verdict_timed_out})["app"][0] == "InProgress"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -160,6 +160,9 @@ class Reconciler:
         """Gate one workload; when it changed meanwhile, read it and plan it again (its controller
         writes its status often)."""
         key = target.key
+        if target.problem is not None and target.problem.reason == plan.CONFLICT:
+            done.problems.append(target.problem)  # another policy's: not listed among this one's targets
+            return
         done.targets.append(key)
         for _ in range(plan.APPLY_ATTEMPTS):
             if target.problem is not None:

@@ -516,32 +516,47 @@ def dependencies(policy: spec.Policy, namespace: str | None = None,
 WorkloadLabels = Mapping[tuple[str, str, str], Mapping[str, str]]  # (namespace, kind, name) -> metadata.labels
 
 
-def targets_of(policy: spec.Policy, deployment_labels: WorkloadLabels) -> list[tuple[str, str]]:
+Claims = Mapping[tuple[str, str, str], str]  # (namespace, kind, name) -> the policy its depgate.io/policy names
+
+
+def targets_of(policy: spec.Policy, deployment_labels: WorkloadLabels,
+               claims: Claims | None = None) -> list[tuple[str, str]]:
     """(kind, name) of the workloads `policy` gates: its workloadRef; the workloads of its namespace
     and of its selector's kinds whose labels the selector matches (deployment_labels: (namespace, kind,
-    name) -> metadata.labels), sorted; or the Deployment its template creates (spec.template_name)."""
+    name) -> metadata.labels), sorted; or the Deployment its template creates (spec.template_name).
+    A workload another policy's claim holds (`claims`: this one lost a Conflict, or left it to a
+    workloadRef) is not its target: no edge is drawn from it for this policy."""
     target = policy.target
+    ns = policy.namespace or DEFAULT_NAMESPACE
     if isinstance(target, spec.WorkloadRef):
-        return [(target.kind, target.name)]
-    if isinstance(target, spec.Selector):
-        ns = policy.namespace or DEFAULT_NAMESPACE
-        return sorted((kind, name) for (dns, kind, name), labels in deployment_labels.items()
-                      if dns == ns and kind in target.kinds and target.matches(labels))
-    return [(registry.DEPLOYMENT.kind, spec.template_name(policy))]
+        found = [(target.kind, target.name)]
+    elif isinstance(target, spec.Selector):
+        found = sorted((kind, name) for (dns, kind, name), labels in deployment_labels.items()
+                       if dns == ns and kind in target.kinds and target.matches(labels))
+    else:
+        return [(registry.DEPLOYMENT.kind, spec.template_name(policy))]
+    held = claims or {}
+    return [k for k in found if held.get((ns, *k)) in (None, policy.name)]
 
 
 def policy_node(policy: spec.Policy,
                 deployment_labels: WorkloadLabels,
-                services: Collection[tuple[str, str]]) -> PolicyNode:
+                services: Collection[tuple[str, str]], claims: Claims | None = None) -> PolicyNode:
     """A policy -> PolicyNode: its targets (targets_of) and its dependencies (dependencies)."""
     ns = policy.namespace or DEFAULT_NAMESPACE
-    return PolicyNode(ns, policy.name, targets_of(policy, deployment_labels), dependencies(policy, ns, services))
+    return PolicyNode(ns, policy.name, targets_of(policy, deployment_labels, claims),
+                      dependencies(policy, ns, services))
 
 
 def policy_nodes(policies: Iterable[spec.Policy],
                  deployment_labels: WorkloadLabels,
-                 services: Collection[tuple[str, str]]) -> list[PolicyNode]:
-    return [policy_node(p, deployment_labels, services) for p in policies]
+                 services: Collection[tuple[str, str]], claims: Claims | None = None) -> list[PolicyNode]:
+    """Every policy's node; a claim counts only when the policy it names is among `policies` (a
+    deleted policy's claim is stale: the next policy takes the workload over)."""
+    policies = list(policies)
+    names = {(p.namespace or DEFAULT_NAMESPACE, p.name) for p in policies}
+    live = {k: c for k, c in (claims or {}).items() if (k[0], c) in names}
+    return [policy_node(p, deployment_labels, services, live) for p in policies]
 
 
 # --------------------------------------------------------------------------- status

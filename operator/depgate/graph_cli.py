@@ -14,7 +14,7 @@ from typing import Any
 
 from depgate import graph as g
 from depgate import registry, spec
-from depgate.constants import DEFAULT_NAMESPACE
+from depgate.constants import DEFAULT_NAMESPACE, POLICY_ANNOTATION
 from depgate.graph import namespace_and_name as _meta
 
 
@@ -90,6 +90,7 @@ def live_graph(live: Live) -> LiveGraph:
         selectors[_meta(svc)] = dict(selector) if isinstance(selector, dict) else None
     pod_labels: dict[tuple[str, str, str], dict[str, str]] = {}
     deployment_labels: dict[tuple[str, str, str], dict[str, str]] = {}
+    claims: dict[tuple[str, str, str], str] = {}
     for w in live.workloads:
         ns, name = _meta(w)
         kind = str(w.get("kind") or registry.DEPLOYMENT.kind)
@@ -98,8 +99,11 @@ def live_graph(live: Live) -> LiveGraph:
         pod_labels[(ns, kind, name)] = dict(_at(template, ("metadata", "labels")))
         if kind in registry.TARGET_KINDS:
             deployment_labels[(ns, kind, name)] = dict((w.get("metadata") or {}).get("labels") or {})
+            claim = ((w.get("metadata") or {}).get("annotations") or {}).get(POLICY_ANNOTATION)
+            if isinstance(claim, str) and claim:
+                claims[(ns, kind, name)] = claim
     policies, skipped = spec.parse_policies(live.policies)
-    graph = g.build_graph(g.policy_nodes(policies, deployment_labels, selectors.keys()), selectors, pod_labels)
+    graph = g.build_graph(g.policy_nodes(policies, deployment_labels, selectors.keys(), claims), selectors, pod_labels)
     blocked = g.blocked_edges(graph, [b for p in live.policies for b in g.blocked_from_status(p)])
     return LiveGraph(graph, blocked, skipped)
 

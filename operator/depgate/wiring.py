@@ -134,9 +134,12 @@ def watched_objects(policy: spec.Policy, namespace: str) -> set[ObjectKey]:
 def cycles_of(policies: Sequence[spec.Policy],
               deployment_labels: Mapping[tuple[str, str, str], Mapping[str, str]],
               services: Mapping[tuple[str, str], Mapping[str, str]],
-              workload_labels: Mapping[tuple[str, str, str], Mapping[str, str]]) -> dict[Key, str]:
-    """The DependencyCycle message of every policy on a cycle of the graph of all policies."""
-    g = graph.build_graph(graph.policy_nodes(policies, deployment_labels, set(services)), services, workload_labels)
+              workload_labels: Mapping[tuple[str, str, str], Mapping[str, str]],
+              claims: Mapping[tuple[str, str, str], str] | None = None) -> dict[Key, str]:
+    """The DependencyCycle message of every policy on a cycle of the graph of all policies (a policy
+    that lost a workload to another's claim has no edge from it)."""
+    g = graph.build_graph(graph.policy_nodes(policies, deployment_labels, set(services), claims), services,
+                          workload_labels)
     return graph.cycles_by_policy(g, graph.find_cycles(g))
 
 
@@ -292,6 +295,7 @@ class Wiring:
     workload_labels: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)  # -> template labels
     # (namespace, kind, name) -> metadata.labels of each workload of a kind a policy can target
     deployment_labels: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
+    claims: dict[tuple[str, str, str], str] = field(default_factory=dict)  # -> its depgate.io/policy claim
 
     # ------------------------------------------------------------------ the workers' flags
 
@@ -359,11 +363,12 @@ class Wiring:
 
     def graph_inputs(self) -> tuple[list[spec.Policy], dict[tuple[str, str, str], dict[str, str]],
                                     dict[tuple[str, str], dict[str, str]],
-                                    dict[tuple[str, str, str], dict[str, str]]]:
+                                    dict[tuple[str, str, str], dict[str, str]],
+                                    dict[tuple[str, str, str], str]]:
         """A copy of what cycles_of() reads, for a thread to compute from (a policy whose spec does
         not parse gates nothing and waits on nothing: it is on no cycle)."""
         return (list(self.parsed.values()), dict(self.deployment_labels), dict(self.services),
-                dict(self.workload_labels))
+                dict(self.workload_labels), dict(self.claims))
 
     def policies_in(self, namespace: str) -> list[spec.Policy]:
         """The valid policies of a namespace, for plan.rivals (who else targets a Deployment). Called
@@ -427,14 +432,20 @@ class Wiring:
             # kept for the cycle graph (a Job is run once; nothing waits on a Job's pods by Service)
             return Change(frozenset(self.for_workload(kind, ns, name, labels)))
         tmpl = _template_labels(body, kind)
+        claim = claim_of(body) if not deleted else None
         changed = deleted
         if deleted:
             self.workload_labels.pop((ns, kind, name), None)
             self.deployment_labels.pop((ns, kind, name), None)
+            self.claims.pop((ns, kind, name), None)
         elif self.workload_labels.get((ns, kind, name)) != tmpl or \
-                self.deployment_labels.get((ns, kind, name)) != labels:
+                self.deployment_labels.get((ns, kind, name)) != labels or self.claims.get((ns, kind, name)) != claim:
             self.workload_labels[(ns, kind, name)] = tmpl
             self.deployment_labels[(ns, kind, name)] = labels
+            if claim:
+                self.claims[(ns, kind, name)] = claim
+            else:
+                self.claims.pop((ns, kind, name), None)
             changed = True
         return Change(frozenset(self.for_workload(kind, ns, name, labels)), changed)
 

@@ -31,6 +31,7 @@ from depgate.graph import (
     find_cycles,
     format_cycle,
     policy_node,
+    policy_nodes,
     service_for_host,
     to_dot,
     to_text,
@@ -466,6 +467,19 @@ def test_policy_node_targets_and_blocked_from_status() -> None:
     made = {"metadata": {"name": "made"}, "spec": {"template": {"spec": {"containers": []}}}}
     tmpl = policy("n", "t", {"template": made, "preconditions": TCP})
     assert list(policy_node(parse_policy(tmpl), {}, set()).targets) == [("Deployment", "made")]
+
+
+def test_a_workload_another_live_policys_claim_holds_is_not_a_target_of_the_loser() -> None:
+    """Issue 16, item 8: the policy that lost a Conflict draws no edge from the workload; a deleted
+    policy's claim is stale and counts for nothing."""
+    labels = {("default", "Deployment", "web"): {"tier": "app"}}
+    winner = parse_policy(policy("default", "a", {"workloadRef": {"name": "web"}, "preconditions": TCP}))
+    loser = parse_policy(policy("default", "b", {"workloadRef": {"name": "web"}, "preconditions": TCP}))
+    claims = {("default", "Deployment", "web"): "a"}
+    nodes = {n.name: list(n.targets) for n in policy_nodes([winner, loser], labels, set(), claims)}
+    assert nodes == {"a": [("Deployment", "web")], "b": []}
+    stale = {("default", "Deployment", "web"): "gone"}
+    assert [list(n.targets) for n in policy_nodes([loser], labels, set(), stale)] == [[("Deployment", "web")]]
 
 
 def test_selector_edges_use_the_policy_selector_expressions() -> None:

@@ -183,6 +183,9 @@ def test_a_deployment_another_policy_gates_is_a_conflict_and_left_alone() -> Non
     assert out.result == "conflict"
     assert condition(kube, "Stalled")[:2] == ("True", plan.CONFLICT)
     assert inits(dep(kube)) == [] and ("apply", "Deployment", "app") not in kube.writes
+    # the loser lists no target (TARGETS "-"): the Deployment is the other policy's (issue 16, item 8)
+    assert out.targets == [] and stored_status(kube)["targets"] == []
+    assert stored_status(kube)["targetSummary"] == "-"
 
 
 def test_a_claim_of_a_deleted_policy_is_taken_over() -> None:

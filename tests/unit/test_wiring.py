@@ -585,3 +585,15 @@ def test_policies_in_a_namespace_are_the_valid_ones_for_the_precedence_rule() ->
     w = wiring()
     seen(w, policy("a"), policy("b", ns="other"), policy("bad", target={"selector": {}}))
     assert [p.name for p in w.policies_in(NS)] == ["a"]
+
+
+def test_a_workloads_claim_is_kept_for_the_cycle_graph_and_its_change_changes_the_graph() -> None:
+    w = wiring()
+    body = {"metadata": {"labels": {"a": "1"}, "annotations": {POLICY_ANNOTATION: "p"}}}
+    assert w.workload_seen("Deployment", NS, "web", body, deleted=False).graph_changed
+    assert w.graph_inputs()[4] == {(NS, "Deployment", "web"): "p"}
+    assert not w.workload_seen("Deployment", NS, "web", body, deleted=False).graph_changed
+    taken = {"metadata": {"labels": {"a": "1"}, "annotations": {POLICY_ANNOTATION: "q"}}}
+    assert w.workload_seen("Deployment", NS, "web", taken, deleted=False).graph_changed
+    assert w.workload_seen("Deployment", NS, "web", {}, deleted=True).graph_changed
+    assert w.graph_inputs()[4] == {}

@@ -83,24 +83,22 @@ def decide(obj: Mapping[str, Any], namespace: str | None, operation: str, polici
         return Decision(RENDER_ERROR, policy.name, warnings=tuple(
             f"depgate: DependencyPolicy {policy.name} targets {what} but its init containers were not added: "
             f"{e}; admitted unchanged (the policy's status says so too)" for e in errors))
-    desired = rendered(policy, workload, config)
+    # The workload as the reconcile's apply leaves it: render.rendered, with the applied hash of the
+    # apply body the reconcile would send (so plan.up_to_date holds for it).
+    body = render.apply_body(policy, workload, config)
+    applied_hash = plan.body_hash(body)
+    desired = render.rendered(policy, workload, config)
+    desired["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = applied_hash
     desired["metadata"] = {k: v for k, v in desired["metadata"].items()
                            if k != "namespace" or "namespace" in md}
-    if not diff(obj, desired):
+    ops = diff(obj, desired)
+    if not ops:
         return Decision(UP_TO_DATE, policy.name, result=obj)
     if now is not None and isinstance(md.get("managedFields"), list):
-        desired["metadata"]["managedFields"] = owned(md["managedFields"], render.apply_body(policy, workload, config),
-                                                     desired["metadata"]["annotations"][APPLIED_HASH_ANNOTATION], now)
-    return Decision(RENDERED, policy.name, tuple(diff(obj, desired)), result=desired)
-
-
-def rendered(policy: spec.Policy, workload: Mapping[str, Any], config: render.RenderConfig) -> Obj:
-    """The workload as the reconcile's apply leaves it: render.rendered, with the applied hash of the
-    apply body the reconcile would send (so plan.up_to_date holds for it)."""
-    out = render.rendered(policy, workload, config)
-    out["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = plan.body_hash(
-        render.apply_body(policy, workload, config))
-    return out
+        desired["metadata"]["managedFields"] = owned(md["managedFields"], body, applied_hash, now)
+        ops.append({"op": "replace", "path": "/metadata/managedFields",
+                    "value": copy.deepcopy(desired["metadata"]["managedFields"])})
+    return Decision(RENDERED, policy.name, tuple(ops), result=desired)
 
 
 # --------------------------------------------------------------------------- field ownership
@@ -154,8 +152,9 @@ def _fields(value: Mapping[str, Any]) -> Obj:
 def owned(managed: Sequence[Any], body: Mapping[str, Any], applied_hash: str, now: str) -> list[Any]:
     """The object's managedFields with depgate's Apply entry as its apply of `body` (with the applied
     hash, as the reconcile sends it) would leave it; every other manager's entry as it is."""
-    sent = copy.deepcopy(dict(body))
-    sent.setdefault("metadata", {}).setdefault("annotations", {})[APPLIED_HASH_ANNOTATION] = applied_hash
+    md = dict(body.get("metadata") or {})
+    sent = {**body, "metadata": {**md, "annotations": {**(md.get("annotations") or {}),
+                                                      APPLIED_HASH_ANNOTATION: applied_hash}}}
     others = [m for m in managed if not (isinstance(m, Mapping) and m.get("manager") == FIELD_MANAGER
                                          and m.get("operation") == "Apply")]
     return [*copy.deepcopy(others), {"apiVersion": body.get("apiVersion"), "fieldsType": "FieldsV1",

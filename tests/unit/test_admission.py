@@ -196,6 +196,7 @@ def test_the_rendering_is_owned_by_depgate_as_if_it_had_applied_it_and_other_man
     pol = policy(preconditions=[TCP, SERVICE])
     obj = workload()
     d = admission.decide(obj, NS, "CREATE", [pol], CONFIG, now=NOW)
+    assert admitted(obj, d) == d.result
     managed = d.result["metadata"]["managedFields"]
     assert managed[0] == obj["metadata"]["managedFields"][0]  # kubectl's entry untouched
     ours = managed[1]

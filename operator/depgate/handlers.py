@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp.web
 import kopf
 
-from depgate import admission, gates, metrics, plan, registry, spec, tls, webhook
+from depgate import admission, authority, gates, metrics, plan, registry, spec, tls, webhook
 from depgate.constants import AUTHOR_SIGNATURE_ANNOTATION, FINALIZER, GROUP, WEBHOOK_SECRET
 from depgate.controller import Outcome, Reconciler, ReleaseFailed
 from depgate.echo import Echoes
@@ -339,6 +339,7 @@ async def start_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
         log.error("%s; no policy is trusted meanwhile", op.gate_problem)
         return
     op.gate = Gate(kube, keys.signing, me)
+    await asyncio.to_thread(preload_policies, op, kube)
     if not s.webhook_port:
         return
     cert, key = webhook.write_cert_files(keys, Path(tempfile.mkdtemp(prefix="depgate-webhook-")))
@@ -386,11 +387,32 @@ def check_authority(operation: str, old: Any, new: Any, userinfo: Mapping[str, A
     if refused is not None:
         metrics.admission_refusals.inc()
         raise kopf.AdmissionError(refused, code=403)
-    if not dryrun:  # its workloads, admitted next, are gated by it before the watch delivers it
-        current().admitted.admitted(plain(new), time.monotonic())
+    new_obj = plain(new)
+    if not dryrun and authority.admitted_author(plain(old) if old is not None else None, new_obj) is not None:
+        # its author checked just now: its workloads, admitted next, are gated by it before the watch delivers it
+        current().admitted.admitted(new_obj, time.monotonic())
 
 
 # ---------------------------------------------------------------------- workloads, at admission (depgate.admission)
+
+
+def preload_policies(op: Operator, kube: Kube) -> None:
+    """At start, before the webhook serves: the policies that exist, listed once, trusted and not being
+    deleted, so that the workloads' webhook knows them before the policies watch has delivered them
+    (a Job created while the operator restarts is gated like any other). The watch's copies take over
+    as they arrive (admission.Pending)."""
+    now, gate = time.monotonic(), op.gate
+    try:
+        served: list[str | None] = list(op.settings.namespaces) or [None]  # None: every namespace
+        for ns in served:
+            for obj in kube.items(POLICIES.api_version, POLICIES.kind, ns):
+                if (obj.get("metadata") or {}).get("deletionTimestamp"):
+                    continue
+                if op.settings.authority != "enforce" or (gate is not None and gate.trusted(obj)):
+                    op.admitted.admitted(obj, now)
+    except Exception as e:  # the watch brings them a moment later
+        log.warning("could not list the policies at start (%s: %s); the workloads' webhook knows each once the "
+                    "policies watch delivers it", type(e).__name__, e)
 
 
 def admission_policies(op: Operator, namespace: str) -> list[Any]:
@@ -708,14 +730,23 @@ class PodGates:
                 await asyncio.wait_for(self.wake.wait(), timeout)
             self.wake.clear()
             batch = self.pods.due(time.monotonic())
-            by_ns: dict[str, list[tuple[str, gates.Entry]]] = {}
-            for uid, entry in batch:
-                by_ns.setdefault(entry.namespace, []).append((uid, entry))
-            results = await asyncio.gather(*(asyncio.to_thread(self.settle, entries) for entries in by_ns.values()),
-                                           return_exceptions=True)
-            for entries, result in zip(by_ns.values(), results, strict=True):
-                for (uid, entry), outcome in zip(entries, _outcomes(result, len(entries)), strict=True):
-                    self.done(uid, entry, outcome)
+            try:
+                await self.round(batch)
+            except Exception:  # never a dead loop: the pods it took are retried after a backoff
+                log.exception("deciding the pods at depgate's scheduling gate failed; trying them again")
+                for uid, _ in batch:
+                    self.pods.failed(uid, time.monotonic())
+
+    async def round(self, batch: list[tuple[str, gates.Entry]]) -> None:
+        """Decide the due pods: one thread per namespace."""
+        by_ns: dict[str, list[tuple[str, gates.Entry]]] = {}
+        for uid, entry in batch:
+            by_ns.setdefault(entry.namespace, []).append((uid, entry))
+        results = await asyncio.gather(*(asyncio.to_thread(self.settle, entries) for entries in by_ns.values()),
+                                       return_exceptions=True)
+        for entries, result in zip(by_ns.values(), results, strict=True):
+            for (uid, entry), outcome in zip(entries, _outcomes(result, len(entries)), strict=True):
+                self.done(uid, entry, outcome)
 
     def done(self, uid: str, entry: gates.Entry, outcome: tuple[str, Any]) -> None:
         what, value = outcome
@@ -736,18 +767,21 @@ class PodGates:
     # --- in a thread
 
     def settle(self, entries: list[tuple[str, gates.Entry]]) -> list[tuple[str, Any]]:
-        """Decide (and lift) each of one namespace's due pods; at most one list of its policies."""
+        """Decide (and lift) each of one namespace's due pods; at most one list of its policies and one read
+        of each workload (a DaemonSet's thousand held pods wake on each policy event of the namespace)."""
         listed: list[spec.Policy] | None = None
+        reads: dict[tuple[str, str], dict[str, Any] | None] = {}
         out: list[tuple[str, Any]] = []
         for _, entry in entries:
             try:
                 pod, ns, now = entry.pod, entry.namespace, time.monotonic()
                 workload = plan.workload_of_pod(pod)
-                decision, policy, obj = self.decide(pod, workload, admission_policies(self.op, ns), now, entry.since)
+                decision, policy, obj = self.decide(pod, workload, admission_policies(self.op, ns), now, entry.since,
+                                                    reads)
                 if isinstance(decision, gates.Lift) and workload is not None and not gates.our_init_containers(pod):
                     if listed is None:
                         listed = self.listed(ns)
-                    decision, policy, obj = self.decide(pod, workload, listed, now, entry.since)
+                    decision, policy, obj = self.decide(pod, workload, listed, now, entry.since, reads)
                 why = gates.replacement(pod, obj, policy.name) \
                     if isinstance(decision, gates.Hold) and policy is not None and obj is not None \
                     and obj.get("kind") == registry.STATEFUL_SET.kind else None
@@ -766,8 +800,15 @@ class PodGates:
     def kube(self) -> Kube:
         return self.op.reconciler().kube
 
+    def read(self, reads: dict[tuple[str, str], dict[str, Any] | None], api: registry.ApiKind, ns: str,
+             name: str) -> dict[str, Any] | None:
+        if (api.kind, name) not in reads:
+            reads[(api.kind, name)] = self.kube.get(api.api_version, api.kind, ns, name)
+        return reads[(api.kind, name)]
+
     def decide(self, pod: Mapping[str, Any], workload: tuple[str, str] | None, policies: Sequence[spec.Policy],
-               now: float, since: float) -> tuple[gates.Decision, spec.Policy | None, dict[str, Any] | None]:
+               now: float, since: float, reads: dict[tuple[str, str], dict[str, Any] | None],
+               ) -> tuple[gates.Decision, spec.Policy | None, dict[str, Any] | None]:
         """The decision, the policy that gates the pod's workload and that workload as read (when it was)."""
         policy, obj, mutable = None, None, True
         if workload is not None:
@@ -775,20 +816,19 @@ class PodGates:
             mutable = kind.template_mutable if kind is not None else True
             if policies and kind is not None and not gates.our_init_containers(pod):
                 ns = str((pod.get("metadata") or {}).get("namespace"))
-                obj = self.kube.get(kind.api.api_version, kind.api.kind, ns, workload[1])
-                policy = self.gating(ns, kind, obj, policies) if obj is not None else None
+                obj = self.read(reads, kind.api, ns, workload[1])
+                policy = self.gating(ns, kind, obj, policies, reads) if obj is not None else None
         return gates.decide(pod, policy, now, self.op.settings.gate_grace_seconds, since=since,
                             workload=workload, template_mutable=mutable), policy, obj
 
-    def gating(self, ns: str, kind: registry.WorkloadKind, obj: Mapping[str, Any],
-               policies: Sequence[spec.Policy]) -> spec.Policy | None:
+    def gating(self, ns: str, kind: registry.WorkloadKind, obj: Mapping[str, Any], policies: Sequence[spec.Policy],
+               reads: dict[tuple[str, str], dict[str, Any] | None]) -> spec.Policy | None:
         """The policy that gates the workload (as read now: a selector matches its labels), or its CronJob's."""
         found = plan.gating_policy(policies, obj)
         if found is None and kind.api.kind == registry.JOB.kind:
             owner = next((o for o in (obj.get("metadata") or {}).get("ownerReferences") or []
                           if o.get("controller") and o.get("kind") == registry.CRON_JOB.kind), None)
-            cron = self.kube.get(registry.CRON_JOB.api_version, registry.CRON_JOB.kind, ns, owner["name"]) \
-                if owner else None
+            cron = self.read(reads, registry.CRON_JOB, ns, str(owner["name"])) if owner else None
             found = plan.gating_policy(policies, cron) if cron is not None else None
         return found
 

@@ -178,24 +178,30 @@ class Pending:
     def __init__(self, ttl: float = PENDING_SECONDS) -> None:
         self.ttl = ttl
         self._lock = threading.Lock()
-        self._by_key: dict[tuple[str, str], tuple[float, spec.Policy, str]] = {}
+        self._by_key: dict[tuple[str, str], tuple[float, spec.Policy, str, int | None]] = {}
 
     def admitted(self, obj: Mapping[str, Any], now: float) -> None:
-        """The validating webhook allowed this policy (dry runs are not passed here)."""
+        """The validating webhook allowed this policy, its author checked (dry runs are not passed
+        here); or it was listed, trusted, at the operator's start."""
         try:
             policy = spec.parse_policy(obj)
         except spec.SpecError:
             return  # an invalid policy targets nothing
         if policy.namespace:
             with self._lock:
-                self._by_key[(policy.namespace, policy.name)] = (now, policy, _spec_text(obj))
+                self._by_key[(policy.namespace, policy.name)] = (now, policy, _spec_text(obj), _version(obj))
 
     def heard(self, key: tuple[str, str], obj: Mapping[str, Any] | None) -> None:
-        """The watch delivered this policy (None: deleted): once it carries the admitted spec, the
-        watch's copy is the one to use."""
+        """The watch delivered this policy (None: deleted): once it carries the admitted spec, or a
+        version newer than the one admitted or listed (an UPDATE's object carries the version it
+        replaces), the watch's copy is the one to use."""
         with self._lock:
             entry = self._by_key.get(key)
-            if entry is not None and (obj is None or _spec_text(obj) == entry[2]):
+            if entry is None:
+                return
+            seen = _version(obj) if obj is not None else None
+            if obj is None or _spec_text(obj) == entry[2] or (
+                    entry[3] is not None and seen is not None and seen > entry[3]):
                 del self._by_key[key]
 
     def policies(self, namespace: str, known: Iterable[spec.Policy], now: float) -> list[spec.Policy]:
@@ -203,7 +209,7 @@ class Pending:
         version just admitted when the watch has not delivered it yet."""
         out = {p.name: p for p in known}
         with self._lock:
-            for key, (when, policy, _) in list(self._by_key.items()):
+            for key, (when, policy, _, _) in list(self._by_key.items()):
                 if now - when > self.ttl:
                     del self._by_key[key]
                 elif key[0] == namespace:
@@ -216,6 +222,14 @@ class Pending:
 
 def _spec_text(obj: Mapping[str, Any]) -> str:
     return json.dumps(obj.get("spec"), sort_keys=True, default=str)
+
+
+def _version(obj: Mapping[str, Any]) -> int | None:
+    """metadata.resourceVersion as the integer every etcd-backed API server hands out (None: absent)."""
+    try:
+        return int(str((obj.get("metadata") or {}).get("resourceVersion")))
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------- RFC 6902

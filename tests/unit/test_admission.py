@@ -309,6 +309,19 @@ def test_a_policy_just_admitted_gates_a_workload_before_the_watch_delivers_it() 
     assert len(pending) == 0
 
 
+def test_a_pending_policy_gives_way_to_any_newer_version_the_watch_delivers() -> None:
+    pending = admission.Pending(ttl=30)
+    listed = raw_policy()
+    listed["metadata"]["resourceVersion"] = "100"  # listed at the operator's start (or an UPDATE of version 100)
+    pending.admitted(listed, now=0.0)
+    pending.heard((NS, "p"), {**raw_policy(host="old"), "metadata": {"name": "p", "namespace": NS,
+                                                                     "resourceVersion": "100"}})
+    assert len(pending) == 1  # the same version or an older one: still the one to use
+    pending.heard((NS, "p"), {**raw_policy(host="new"), "metadata": {"name": "p", "namespace": NS,
+                                                                     "resourceVersion": "101"}})
+    assert len(pending) == 0  # changed since it was listed: the watch's copy from now on
+
+
 def test_a_pending_policy_is_forgotten_after_its_ttl_or_its_deletion_and_an_invalid_one_is_never_kept() -> None:
     pending = admission.Pending(ttl=30)
     pending.admitted(raw_policy(), now=0.0)

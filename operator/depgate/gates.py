@@ -126,6 +126,7 @@ def gate_patch(pod: Mapping[str, Any], namespace: str, *, protected: Collection[
 @dataclass(frozen=True)
 class Lift:
     reason: str
+    cause: str = "rendered"  # rendered | unowned | grace (depgate_pod_gate_lifts_total{cause})
 
 
 @dataclass(frozen=True)
@@ -154,12 +155,12 @@ def decide(pod: Mapping[str, Any], policy: spec.Policy | None, now: float, grace
         # policy too: the policy's rollout replaces it, as any rollout replaces the pods before it.)
         return Lift(f"it carries depgate's init containers ({', '.join(ours)})")
     if workload is None:
-        return Lift("it belongs to no workload a policy can gate")
+        return Lift("it belongs to no workload a policy can gate", "unowned")
     kind, name = workload
     if policy is not None:
         return Hold(held_message(policy.name, kind, name, template_mutable))
     if now >= since + grace:
-        return Lift(f"no policy gates {kind.lower()} {name} after the grace window of {grace:g}s")
+        return Lift(f"no policy gates {kind.lower()} {name} after the grace window of {grace:g}s", "grace")
     return Wait(since + grace)
 
 
@@ -344,6 +345,11 @@ class GatedPods:
     def next_due(self) -> float | None:
         times = [e.due for e in self.entries.values() if e.due is not None]
         return min(times) if times else None
+
+    def counts(self) -> dict[str, int]:
+        """The gated pods by state (depgate_gated_pods{state}): held (a policy gates their workload), waiting."""
+        held = sum(1 for e in self.entries.values() if e.held is not None)
+        return {"held": held, "waiting": len(self.entries) - held}
 
     def held_in(self, namespace: str) -> list[Entry]:
         return [e for e in self.entries.values() if e.namespace == namespace and e.held is not None]

@@ -747,12 +747,15 @@ class PodGates:
         for entries, result in zip(by_ns.values(), results, strict=True):
             for (uid, entry), outcome in zip(entries, _outcomes(result, len(entries)), strict=True):
                 self.done(uid, entry, outcome)
+        for state, n in self.pods.counts().items():
+            metrics.gated_pods.labels(state=state).set(n)
 
     def done(self, uid: str, entry: gates.Entry, outcome: tuple[str, Any]) -> None:
         what, value = outcome
         pod = f"{entry.namespace}/{entry.name}"
-        if what == "lifted":
-            self.pods.lifted(uid, value)
+        if what in ("lifted", "replaced"):
+            self.pods.lifted(uid, value[1] if what == "lifted" else None)
+            metrics.pod_gate_lifts.labels(cause=value[0] if what == "lifted" else "replaced").inc()
         elif what == "decided":
             if isinstance(value, gates.Hold) and entry.held != value.reason:
                 log.info("pod %s stays at its scheduling gate %s: %s", pod, gates.GATE, value.reason)
@@ -786,10 +789,10 @@ class PodGates:
                     if isinstance(decision, gates.Hold) and policy is not None and obj is not None \
                     and obj.get("kind") == registry.STATEFUL_SET.kind else None
                 if isinstance(decision, gates.Lift):
-                    out.append(("lifted", self.lift(pod, decision)))
+                    out.append(("lifted", (decision.cause, self.lift(pod, decision))))
                 elif why is not None:
                     self.replace(pod, why)
-                    out.append(("lifted", None))
+                    out.append(("replaced", None))
                 else:
                     out.append(("decided", decision))
             except Exception as e:
@@ -889,17 +892,21 @@ def _outcomes(result: Any, n: int) -> list[tuple[str, Any]]:
 async def gate_pod(new: Any, patch: kopf.Patch, namespace: str | None = None, **_: Any) -> None:
     """Webhook pods.depgate.io: depgate's scheduling gate on a workload's new pod in an opted-in namespace
     (depgate.gates.gate_patch), from memory. Never raises: a pod is never refused because of depgate."""
+    started, outcome = time.monotonic(), "error"
     try:
         pod = json.loads(json.dumps(new, default=dict))
         md = pod.get("metadata") or {}
         ns = namespace or str(md.get("namespace") or "")
         pg = current().pod_gates
         change = gates.gate_patch(pod, ns, protected=pg.protected, served=current().settings.namespaces)
+        outcome = "not-gated" if change is None else "gated"
         if change is not None:
             patch.update(change)
             log.debug("pod %s/%s created at depgate's scheduling gate", ns, md.get("name") or md.get("generateName"))
     except Exception:
         log.exception("could not put depgate's scheduling gate on a pod at admission; it is created ungated")
+    finally:
+        metrics.pod_gate_admission_seconds.labels(outcome=outcome).observe(time.monotonic() - started)
 
 
 @kopf.on.event(registry.POD.group, registry.POD.version, registry.POD.plural, id="pod_gates",

@@ -49,6 +49,19 @@ workload_admission_seconds = Histogram(
 admission_refusals = Counter("depgate_admission_refusals_total", "Policy writes refused at admission "
                              "(the author lacks a right the policy needs, or the policy is too big).")
 status_writes = Counter("depgate_status_writes_total", "Status writes on DependencyPolicies.")
+pod_gate_admission_seconds = Histogram(
+    "depgate_pod_gate_admission_seconds", "Time to answer one admission review of a pod in a namespace that "
+    "opted in to depgate's scheduling gate (depgate.gates), from memory, by outcome (gated, not-gated, error).",
+    ["outcome"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2))
+gated_pods = Gauge("depgate_gated_pods", "Pods at depgate's scheduling gate, by state: held (a policy gates "
+                   "their workload and they lack its init containers) or waiting (their grace window).", ["state"])
+pod_gate_lifts = Counter("depgate_pod_gate_lifts_total", "Scheduling gates depgate lifted, by cause (rendered: "
+                         "the pod carries depgate's init containers; unowned: no workload a policy can name; grace: "
+                         "no policy after the grace window), and held pods it deleted (replaced).", ["cause"])
+for _cause in ("rendered", "unowned", "grace", "replaced"):  # every series from the start, at 0
+    pod_gate_lifts.labels(cause=_cause)
+for _state in ("held", "waiting"):
+    gated_pods.labels(state=_state).set(0)
 preconditions = Gauge("depgate_preconditions", "Preconditions of a policy, by state.",
                       ["namespace", "policy", "state"])
 blocked_seconds = Counter("depgate_precondition_blocked_seconds_total",

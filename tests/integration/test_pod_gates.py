@@ -310,6 +310,8 @@ def test_a_deployment_no_policy_names_is_let_go_after_the_grace_window(plane, op
                                                                        pod_watch):
     ns = opted_in
     replicas = 6
+    lifted = 'depgate_pod_gate_lifts_total{cause="grace"}'
+    before = operator.metrics()[lifted]
     plane.run_kubectl("apply", "-n", ns, "-f", "-", input=deployment("free", replicas=replicas))
 
     def all_running() -> dict[str, Seen] | None:
@@ -321,9 +323,9 @@ def test_a_deployment_no_policy_names_is_let_go_after_the_grace_window(plane, op
     for uid in live:
         versions = pod_watch.versions(uid)
         assert versions[0].type == "ADDED" and GATE in versions[0].gates, versions[0]  # gated at creation
-        lifted = next(s for s in versions if GATE not in s.gates)
+        ungated = next(s for s in versions if GATE not in s.gates)
         assert not any(s.scheduled for s in versions if GATE in s.gates)
-        delays.append(lifted.at - versions[0].at)
+        delays.append(ungated.at - versions[0].at)
     grace = 5.0  # --gate-grace-seconds' default (the session's operator runs with it)
     p50, worst = statistics.median(delays), max(delays)
     print(f"\ngate delay for pods no policy names: p50 {p50:.2f}s, max {worst:.2f}s over {len(delays)} pods "
@@ -331,6 +333,9 @@ def test_a_deployment_no_policy_names_is_let_go_after_the_grace_window(plane, op
     assert grace * 0.9 <= min(delays) and worst < grace + 3, delays
     pod = get(plane, ns, "pod", live[next(iter(live))].name)
     assert pod["metadata"]["labels"][gates.GATED_LABEL] == "true"  # the label stays: it went through the gate
+    metrics = operator.metrics()
+    assert metrics[lifted] - before >= replicas
+    assert metrics['depgate_pod_gate_admission_seconds_count{outcome="gated"}'] >= replicas
 
 
 def test_a_namespace_that_did_not_opt_in_gets_no_gates(plane, operator, namespace, needs_pods, pod_watch):

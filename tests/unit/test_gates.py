@@ -147,7 +147,7 @@ def test_a_pod_no_policy_gates_waits_out_the_grace_window_then_goes() -> None:
     p = pod(gated=(GATE,))
     assert gates.decide(p, None, 12.0, 5.0, since=10.0, workload=("Deployment", "app")) == Wait(15.0)
     d = gates.decide(p, None, 15.0, 5.0, since=10.0, workload=("Deployment", "app"))
-    assert isinstance(d, Lift) and "grace window of 5s" in d.reason
+    assert isinstance(d, Lift) and "grace window of 5s" in d.reason and d.cause == "grace"
     assert isinstance(gates.decide(p, None, 10.0, 0.0, since=10.0, workload=("Deployment", "app")), Lift)
 
 
@@ -213,6 +213,7 @@ def test_a_held_pod_is_decided_again_on_its_namespaces_policy_change_or_its_own(
     pods.due(0.0)
     pods.decided("u1", Hold("made before policy app"))
     assert pods.next_due() is None and [e.held for e in pods.held_in(NS)] == ["made before policy app"]
+    assert pods.counts() == {"held": 1, "waiting": 0}
     assert not pods.seen({**p, "status": {"phase": "Pending"}}, 1.0)  # a status change decides nothing
     assert not pods.policies_changed("elsewhere", 2.0)
     assert pods.policies_changed(NS, 3.0) and [u for u, _ in pods.due(3.0)] == ["u1"]

@@ -372,6 +372,20 @@ def test_a_job_that_predates_its_policy_stays_held_until_it_is_created_again(pla
     assert_never_scheduled_without_init_containers(pod_watch)
 
 
+def test_a_held_jobs_pod_is_let_go_once_its_policy_is_deleted(plane, operator, opted_in, needs_pods, pod_watch):
+    ns = opted_in
+    plane.run_kubectl("create", "-n", ns, "-f", "-", input=job("migrate"))
+    held = gated_pods(pod_watch, 1, "the Job's pod at depgate's gate")
+    uid, name = next(iter(held)), next(iter(held.values())).name
+    plane.run_kubectl("apply", "-n", ns, "-f", "-", input=policy("migrate", "Job", "migrate"))
+    wait_for(lambda: f"pod {ns}/{name} stays at its scheduling gate" in operator.log_text(), 30,
+             what="the operator saying it holds the Job's pod")
+    plane.run_kubectl("delete", "-n", ns, "dependencypolicy", "migrate")  # waits for its finalizer
+    wait_for(lambda: pod_watch.live().get(uid) and pod_watch.live()[uid].scheduled, 30,
+             what="the Job's pod let go once the policy that held it is gone")
+    assert not pod_watch.live()[uid].ours  # it runs ungated: the policy that would gate it is gone
+
+
 # --------------------------------------------------------------------------- the operator down
 
 

@@ -13,9 +13,9 @@ scheduler leaves it alone until depgate lifts the gate (`decide`):
   applied a moment after its workload the time to arrive;
 - a policy gates its workload but the pod has no init containers (it was made from a template
   rendered before the policy arrived): held. The reconcile's rollout replaces it (a Deployment, a
-  StatefulSet, a DaemonSet, a CronJob's next Job); a Job's template cannot change, so its pod stays
-  held until the Job is re-created or the policy deleted (`held_message` says so in the policy's
-  status).
+  DaemonSet; a StatefulSet's is deleted, `replacement`, since its controller would wait for it
+  forever); a Job's template cannot change, so its pod stays held until the Job is re-created or the
+  policy deleted (`held_message` says why).
 
 `GatedPods` is the bookkeeping of the pods still gated: when each is due for a decision. Everything
 here is plain data: no client, no clock (times are passed in), no I/O (handlers.py does it).
@@ -24,7 +24,7 @@ here is plain data: no client, no clock (times are passed in), no I/O (handlers.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -369,7 +369,3 @@ def sleep_for(next_due: float | None, now: float, idle: float) -> float:
     if next_due is None or not math.isfinite(next_due):
         return idle
     return max(0.0, min(idle, next_due - now))
-
-
-def namespaces_of(entries: Iterable[tuple[str, Entry]]) -> set[str]:
-    return {e.namespace for _, e in entries}

@@ -38,6 +38,11 @@ def policy(name: str, target: str, placement: str = "BeforeExisting") -> str:
     return POLICY.format(name=name, target=target, placement=placement)
 
 
+def target_names(pol: dict) -> list[str]:
+    """The names of the Deployments status.targets lists ({kind, name} entries), sorted."""
+    return sorted(t["name"] for t in pol["status"].get("targets") or [] if t.get("kind") == "Deployment")
+
+
 OURS = ["depgate-redis-port", "depgate-settings", "depgate-await-redis"]
 
 
@@ -210,7 +215,7 @@ def test_selector_gates_every_matching_deployment(plane, operator, namespace):
     apply(plane, namespace, policy("tier", "selector: {matchLabels: {tier: app}}"))
     for name in ("a", "b"):
         wait_deployment(plane, namespace, name, lambda d: init_names(d) == OURS)
-    pol = wait_policy(plane, namespace, "tier", lambda p: sorted(p["status"].get("targets") or []) == ["a", "b"])
+    pol = wait_policy(plane, namespace, "tier", lambda p: target_names(p) == ["a", "b"])
     assert init_names(get(plane, namespace, "deployment", "c")) == []
     assert condition(pol, "Applied")["status"] == "True"
     # a Deployment that stops matching is released
@@ -242,7 +247,7 @@ spec:
     assert init_names(get(plane, namespace, "deployment", "left"))[0] == "depgate-redis-port"
     apply(plane, namespace, deployment("a", labels=", tier: app"))
     apply(plane, namespace, policy("tier", "selector: {matchLabels: {tier: app}}"))
-    wait_policy(plane, namespace, "tier", lambda p: (p["status"].get("targets") or []) == ["a"])
+    wait_policy(plane, namespace, "tier", lambda p: target_names(p) == ["a"])
     dep = wait_deployment(plane, namespace, "left", lambda d: "depgate-redis-port" not in init_names(d),
                           what="released although status.targets never named it")
     assert "depgate.io/policy" not in (dep["metadata"].get("annotations") or {})
@@ -371,7 +376,7 @@ def test_a_workloadref_wins_over_a_broad_selector_that_claimed_first_and_both_st
     apply(plane, namespace, deployment("other"))
     # a selector that matches every Deployment here claims both first
     apply(plane, namespace, policy("broad", "selector: {matchExpressions: [{key: app, operator: Exists}]}"))
-    wait_policy(plane, namespace, "broad", lambda p: sorted(p["status"].get("targets") or []) == ["app", "other"],
+    wait_policy(plane, namespace, "broad", lambda p: target_names(p) == ["app", "other"],
                 what="broad gates both")
     apply(plane, namespace, policy("mine", "workloadRef: {name: app}"))
     mine = wait_policy(plane, namespace, "mine", lambda p: condition(p, "Applied").get("status") == "True",
@@ -380,7 +385,7 @@ def test_a_workloadref_wins_over_a_broad_selector_that_claimed_first_and_both_st
     assert condition(mine, "Stalled").get("status") != "True"
     dep = get(plane, namespace, "deployment", "app")
     assert dep["metadata"]["annotations"]["depgate.io/policy"] == "mine" and init_names(dep) == OURS
-    broad = wait_policy(plane, namespace, "broad", lambda p: (p["status"].get("targets") or []) == ["other"],
+    broad = wait_policy(plane, namespace, "broad", lambda p: target_names(p) == ["other"],
                         what="broad leaves app")
     assert condition(broad, "Applied")["status"] == "True"
     assert "deployment app is left to DependencyPolicy mine" in condition(broad, "Applied")["message"]

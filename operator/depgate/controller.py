@@ -127,6 +127,7 @@ class Reconciler:
             self._ensure(want, out)
         verdict_map = self._verdicts(policy, ns, prior, out)
         pods = self._pods(ns, done.gated)
+        done.notes.update(plan.held_notes(policy, pods))
         out.targets, out.wanted, out.result = done.targets, set(writes.wanted), done.result
         out.requeue_after = done.requeue_after
         infos = [status.PreconditionInfo(p.name, p.type) for p in policy.preconditions]

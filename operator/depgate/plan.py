@@ -47,7 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from depgate import registry, render, spec, status, verdicts
+from depgate import gates, registry, render, spec, status, verdicts
 from depgate.constants import API_VERSION, APPLIED_HASH_ANNOTATION, KIND, POLICY_ANNOTATION
 from depgate.graph import DEPENDENCY_CYCLE
 
@@ -492,6 +492,18 @@ def _targeted(policy: spec.Policy, deployments: Sequence[Mapping[str, Any]]) -> 
     if isinstance(policy.target, spec.Selector | spec.WorkloadRef):
         return [d for d in deployments if selects(policy, d)]
     return list(deployments)
+
+
+def held_notes(policy: spec.Policy, pods: Mapping[TargetKey, Sequence[Mapping[str, Any]]]) -> dict[TargetKey, str]:
+    """For a target whose pod template cannot change (a Job), with pods held at depgate's scheduling
+    gate (made before the policy, in a namespace that opted in): why they stay held (gates.held_message),
+    in place of the "runs ungated" note (in such a namespace it does not run)."""
+    out: dict[TargetKey, str] = {}
+    for key, items in pods.items():
+        kind = registry.WORKLOAD_KINDS.get(key[0])
+        if kind is not None and not kind.template_mutable and any(gates.held(p) for p in items):
+            out[key] = gates.held_message(policy.name, key[0], key[1], template_mutable=False)
+    return out
 
 
 def strategy_note(workload: Mapping[str, Any]) -> str | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from depgate import gates as depgate_gates
 from depgate.constants import (
     BLOCKING,
     BLOCKING_STATES,
@@ -383,9 +384,13 @@ def target_summary(keys: Sequence[TargetKey]) -> str:
 def _target_entry(key: TargetKey, pods: Sequence[Mapping[str, Any]] | None, note: str | None) -> dict[str, Any]:
     entry: dict[str, Any] = {"kind": key[0], "name": key[1]}
     if pods is not None:
-        gates = [pod_gate(p) for p in live_pods(pods)]
+        alive = live_pods(pods)
+        gates = [pod_gate(p) for p in alive]
         entry["pods"] = {"total": len(gates), "initializing": sum(g.initializing for g in gates),
                          "ready": sum(g.ready for g in gates)}
+        held = sum(1 for p in alive if depgate_gates.held(p))
+        if held:
+            entry["pods"]["held"] = held  # at depgate's scheduling gate, made before the policy (gates.held)
         on = sorted({g.blocker for g in gates if g.blocker})
         if on:
             entry["blockedOn"] = [c[len(CONTAINER_PREFIX):] if c.startswith(CONTAINER_PREFIX) else c for c in on]

@@ -459,3 +459,14 @@ def test_leftovers_after_a_release_are_removed_by_a_guarded_json_patch() -> None
     assert [c["name"] for c in clean["spec"]["template"]["spec"]["initContainers"]] == ["migrate"]
     assert plan.leftovers_patch(clean) is None
     assert plan.leftovers_patch(None) is None
+
+
+def test_a_jobs_pod_held_at_the_gate_is_said_to_stay_held_not_to_run_ungated() -> None:
+    from depgate import gates
+
+    pol = policy("mig", target={"workloadRef": {"kind": "Job", "name": "mig"}})
+    held = {"metadata": {"name": "mig-1"}, "spec": {"schedulingGates": [{"name": gates.GATE}], "containers": []}}
+    notes = plan.held_notes(pol, {("Job", "mig"): [held], ("Deployment", "web"): [held]})
+    assert list(notes) == [("Job", "mig")]  # a Deployment's held pod is replaced by the rollout: no note
+    assert notes[("Job", "mig")] == gates.held_message("mig", "Job", "mig", template_mutable=False)
+    assert plan.held_notes(pol, {("Job", "mig"): [{"metadata": {"name": "x"}, "spec": {}}]}) == {}

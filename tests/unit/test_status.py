@@ -783,3 +783,18 @@ def test_events_apply_failure() -> None:
     st1 = status()
     st2 = status(prior=st1, applied=AppliedState(False, "ApplyFailed", "422"))
     assert transitions(st1, st2)[0] == Event("Warning", "ApplyFailed", "422")
+
+
+def test_a_target_counts_its_pods_held_at_depgates_scheduling_gate() -> None:
+    """Made before the policy in a namespace that opted in: at the gate depgate.io/render, without
+    depgate's init containers (depgate.gates.held)."""
+    from depgate import gates
+
+    old = {"metadata": {"name": "web-old"}, "spec": {"schedulingGates": [{"name": gates.GATE}],
+                                                      "containers": [{"name": "app"}]}, "status": {"phase": "Pending"}}
+    new = pod("web-new", ("depgate-cache", running()))
+    web = ("Deployment", "web")
+    st_ = compute_status(generation=1, prior={}, preconditions=[PreconditionInfo("cache", "tcp")], verdicts={},
+                         pods=[old, new], targets=[web], applied=OK, stalled=None, reconciling=False, now=T0,
+                         target_pods={web: [old, new]})
+    assert st_["targets"][0]["pods"] == {"total": 2, "initializing": 1, "ready": 0, "held": 1}

@@ -54,12 +54,16 @@ POD = """    metadata: {{labels: {{app: {name}}}}}
 def workload(kind: str, name: str, replicas: int = 1) -> str:
     api = "batch/v1" if kind in ("Job", "CronJob") else "apps/v1"
     head = f"apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\nspec:\n"
-    template = POD.format(name=name, restart="restartPolicy: Never" if kind == "Job" else "")
+    template = POD.format(name=name, restart="restartPolicy: Never" if kind in ("Job", "CronJob") else "")
     if kind == "Job":
         return head + "  template:\n" + template
+    if kind == "CronJob":
+        return (head + "  schedule: '*/5 * * * *'\n  jobTemplate:\n    spec:\n      template:\n"
+                + textwrap.indent(template, "    "))
     extra = f"  serviceName: {name}\n" if kind == "StatefulSet" else ""
+    count = "" if kind == "DaemonSet" else f"  replicas: {replicas}\n"
     selector = f"  selector: {{matchLabels: {{app: {name}}}}}\n"
-    return head + f"  replicas: {replicas}\n{extra}{selector}  template:\n" + template
+    return head + f"{count}{extra}{selector}  template:\n" + template
 
 
 def apply_file(plane: Plane, ns: str, *docs: str) -> subprocess.CompletedProcess[str]:
@@ -205,6 +209,40 @@ def test_a_statefulset_created_after_its_policy_has_only_gated_pods_and_one_revi
     assert entry_of(sts, "depgate") is not None
     revisions = json.loads(plane.run_kubectl("get", "controllerrevisions", "-n", ns, "-o", "json").stdout)["items"]
     assert len(revisions) == 1, [r["metadata"]["name"] for r in revisions]
+
+
+def test_a_daemonset_and_a_cronjob_applied_with_their_policies_are_rendered_as_created(
+        plane, operator, namespace, needs_pods, pod_watch):
+    ns = namespace
+    apply_file(plane, ns, policy("agent", "DaemonSet", "agent"), workload("DaemonSet", "agent"),
+               policy("nightly", "CronJob", "nightly"), workload("CronJob", "nightly"))
+    cron = get(plane, ns, "cronjob", "nightly")
+    assert inits(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]) == ["depgate-db"]  # its Jobs copy it
+    assert_every_pod_gated(pod_watch, ["depgate-db"], at_least=1)  # the DaemonSet's pod on the kwok node
+    for kind, name in (("daemonset", "agent"), ("cronjob", "nightly")):
+        applied(plane, ns, name)
+        obj = with_fields(plane, ns, kind, name)
+        assert obj["metadata"]["generation"] == 1, kind
+        assert entry_of(obj, "depgate") is not None, kind
+
+
+def test_a_replace_with_the_original_file_keeps_the_rendering_and_rolls_nothing(plane, api_client, operator,
+                                                                                 namespace):
+    """`kubectl replace -f app.yaml` (the file never had depgate's init containers) is an UPDATE that
+    drops them: the webhook renders them back in the same request, so the pod template is unchanged."""
+    ns = namespace
+    apply_file(plane, ns, policy("app", "Deployment", "app"), workload("Deployment", "app", 0))
+    applied(plane, ns, "app")
+    before = get(plane, ns, "deployment", "app")
+    plane.run_kubectl("replace", "-n", ns, "-f", "-", input=workload("Deployment", "app", 0))
+    dep = with_fields(plane, ns, "deployment", "app")
+    assert inits(dep["spec"]["template"]["spec"]) == ["depgate-db"]
+    # nothing of the pod template changed: no rollout (the generation moves: the replace drops the
+    # Deployment's own annotations, which the API server counts as a change of the Deployment)
+    assert dep["spec"]["template"] == before["spec"]["template"]
+    assert entry_of(dep, "depgate") is not None  # and depgate owns its entries again
+    rss = client.AppsV1Api(api_client).list_namespaced_replica_set(ns, label_selector="app=app").items
+    assert len(rss) == 1
 
 
 def test_a_job_created_after_its_policy_runs_only_gated_pods(plane, operator, namespace, needs_pods, pod_watch):

@@ -25,14 +25,18 @@ $(STAMP): pyproject.toml requirements.lock
 
 deps: $(STAMP)
 
-## Debian packages the tests use: redis-server (waiter tests), openssl (plane and TLS tests); then the Go
-## builds into the cache: the plane, helm and the test tools (kstatus, Argo CD's Lua).
+## Debian packages the tests use (command:package): redis-server (waiter tests), openssl (plane and TLS
+## tests), prometheus and promtool (the alert rules and the dashboard's queries), graphviz's dot (the graph
+## picture); then the Go builds into the cache: the plane, helm and the test tools (kstatus, Argo CD's Lua).
+DEBIAN_DEPS := redis-server:redis-server openssl:openssl prometheus:prometheus promtool:prometheus dot:graphviz
 system-deps:
-	@missing=""; for b in redis-server openssl; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	@missing=""; for cp in $(DEBIAN_DEPS); do command -v $${cp%%:*} >/dev/null || case " $$missing " in \
+	  *" $${cp##*:} "*) ;; *) missing="$$missing $${cp##*:}";; esac; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl >/dev/null; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@if [ "$${USE_EXISTING_CLUSTER:-}" != "true" ] && [ -z "$${KUBEBUILDER_ASSETS:-}" ]; then $(BIN)/depgate dev build; \
 	else $(BIN)/depgate dev build --only helm && $(BIN)/depgate dev build --only tools; fi

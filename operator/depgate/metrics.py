@@ -68,6 +68,15 @@ blocked_seconds = Counter("depgate_precondition_blocked_seconds_total",
                           "Seconds a precondition has been seen blocking (Blocking or Failed).",
                           ["namespace", "policy", "precondition"])
 
+# Every result and reason has a series from the start (at 0), so rate() and the alert rules see an error's
+# first occurrence and a dashboard shows 0 rather than no data (charts/depgate/files/prometheus-rules.yaml).
+RECONCILE_RESULTS = ("ok", "invalid", "unauthorized", "conflict", "error", "release-refused")
+WATCH_RESTART_REASONS = ("silent", "expired")
+for _result in RECONCILE_RESULTS:
+    reconciles.labels(result=_result)
+for _reason in WATCH_RESTART_REASONS:
+    watch_restarts.labels(reason=_reason)
+
 # (namespace, policy) -> (when last observed, names blocking then); and every precondition with a series
 _last: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
 _series: dict[tuple[str, str], set[str]] = {}

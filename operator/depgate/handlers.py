@@ -423,6 +423,9 @@ def admission_policies(op: Operator, namespace: str) -> list[Any]:
     def deleting_policy(name: str) -> bool:
         return bool(((op.wiring.policies.get((namespace, name)) or {}).get("metadata") or {}).get("deletionTimestamp"))
 
+    served = op.settings.namespaces
+    if served and namespace not in served:  # --namespace: the other namespaces' policies are not this operator's
+        return []
     known = [p for p in op.namespace_policies(namespace) if not deleting_policy(p.name)]
     return op.admitted.policies(namespace, known, time.monotonic())
 

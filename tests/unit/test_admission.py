@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import pytest
@@ -383,3 +384,15 @@ def test_an_older_installs_configuration_without_the_workloads_webhook_is_said_a
                and "not rendered at admission" in m and "kubectl apply --server-side -k manifests/" in m
                for m in said), said
     assert kube.patches == []  # the clientConfigs are the wanted ones already; no webhook is added
+
+
+def test_an_operator_serving_some_namespaces_renders_for_their_policies_only() -> None:
+    from depgate import handlers
+    from depgate.settings import Settings
+
+    op = handlers.Operator(Settings(namespaces=(NS,)))
+    other = {**raw_policy(), "metadata": {"name": "p", "namespace": "elsewhere"}}
+    for obj in (raw_policy(), other):  # both admitted by the (cluster-wide) validating webhook
+        op.admitted.admitted(obj, now=time.monotonic())
+    assert [p.name for p in handlers.admission_policies(op, NS)] == ["p"]
+    assert handlers.admission_policies(op, "elsewhere") == []  # not this operator's: it would never reconcile it

@@ -8,7 +8,9 @@ import textwrap
 from collections.abc import Iterator
 from typing import Any
 
-from tests.conftest import Plane, wait_for
+import pytest
+
+from tests.conftest import Plane, wait_for, wait_webhook_serves
 
 
 def apply(plane: Plane, ns: str, manifest: str, *args: str) -> str:
@@ -140,3 +142,18 @@ def held_pods(plane: Plane, core: Any, ns: str, replicas: int) -> Iterator[list[
         yield pods
     finally:
         core.delete_node(node)
+
+
+@pytest.fixture
+def restored_webhooks(plane: Plane, operator) -> Iterator[None]:
+    """Whatever a test does to the webhook configurations' clientConfig (an operator of its own points
+    them at itself, or at a hung listener), the session's operator serves them again after it."""
+    saved = {kind: json.loads(plane.run_kubectl("get", kind, "depgate.io", "-o", "json").stdout)["webhooks"]
+             for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration")}
+    yield
+    for kind, hooks in saved.items():
+        patch = [op for i, h in enumerate(hooks)
+                 for op in ({"op": "test", "path": f"/webhooks/{i}/name", "value": h["name"]},
+                            {"op": "replace", "path": f"/webhooks/{i}/clientConfig", "value": h["clientConfig"]})]
+        plane.run_kubectl("patch", kind, "depgate.io", "--type=json", "-p", json.dumps(patch))
+    wait_webhook_serves(plane)

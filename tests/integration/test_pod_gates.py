@@ -25,8 +25,8 @@ import pytest
 from kubernetes import client, watch
 
 from depgate import gates
-from tests.conftest import Plane, start_operator, stop_operator, wait_for, wait_webhook_serves
-from tests.integration.kubehelp import get, wait_policy
+from tests.conftest import Plane, start_operator, stop_operator, wait_for
+from tests.integration.kubehelp import get, restored_webhooks, wait_policy  # noqa: F401 (a fixture)
 
 GATE = gates.GATE
 TCP = "- name: db\n  tcp: {host: db, port: 5432}"
@@ -364,6 +364,13 @@ def test_a_job_that_predates_its_policy_stays_held_until_it_is_created_again(pla
              in operator.log_text(), 30, what="the operator saying it holds the Job's pod")
     assert "job migrate was created before DependencyPolicy migrate" in operator.log_text()
     assert all(GATE in s.gates and not s.scheduled for s in pod_watch.versions(uid))
+    # ... and the policy's status says so, for its target
+    target = wait_policy(plane, ns, "migrate", lambda p: any(
+        t.get("name") == "migrate" and (t.get("pods") or {}).get("held") == 1
+        for t in p["status"].get("targets") or [] if isinstance(t, dict)), timeout=30,
+        what="status.targets[migrate].pods.held == 1")["status"]["targets"]
+    note = next(t for t in target if t.get("name") == "migrate").get("note", "")
+    assert "job migrate was created before DependencyPolicy migrate" in note and GATE in note, target
     # re-created, the Job is rendered at admission and its new pod runs depgate's init containers first
     plane.run_kubectl("delete", "-n", ns, "job", "migrate", "--cascade=foreground")
     plane.run_kubectl("create", "-n", ns, "-f", "-", input=job("migrate"))
@@ -389,23 +396,9 @@ def test_a_held_jobs_pod_is_let_go_once_its_policy_is_deleted(plane, operator, o
 # --------------------------------------------------------------------------- the operator down
 
 
-@pytest.fixture
-def restored_webhooks(plane: Plane, operator) -> Iterator[None]:
-    """Whatever a test does to the webhook configurations' clientConfig, the session's operator serves
-    them again after it."""
-    saved = {kind: json.loads(plane.run_kubectl("get", kind, "depgate.io", "-o", "json").stdout)["webhooks"]
-             for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration")}
-    yield
-    for kind, hooks in saved.items():
-        patch = [op for i, h in enumerate(hooks)
-                 for op in ({"op": "test", "path": f"/webhooks/{i}/name", "value": h["name"]},
-                            {"op": "replace", "path": f"/webhooks/{i}/clientConfig", "value": h["clientConfig"]})]
-        plane.run_kubectl("patch", kind, "depgate.io", "--type=json", "-p", json.dumps(patch))
-    wait_webhook_serves(plane)
-
-
+@pytest.mark.usefixtures("restored_webhooks")
 def test_with_no_operator_running_new_pods_are_created_ungated_and_held_pods_wait_until_one_starts(
-        plane, operator, operator_kubeconfig, opted_in, needs_pods, pod_watch, restored_webhooks, tmp_path: Path):
+        plane, operator, operator_kubeconfig, opted_in, needs_pods, pod_watch, tmp_path: Path):
     """The session's operator is paused (SIGSTOP: a hung replica), so that no operator answers or lifts."""
     ns = opted_in
     os.kill(operator.proc.pid, signal.SIGSTOP)

@@ -112,11 +112,14 @@ def required(policy: spec.Policy, namespace: str, plurals: Plurals, unserved: li
     deployments = registry.DEPLOYMENT
     out: list[Access] = []
     if isinstance(policy.target, spec.WorkloadRef):
-        out.append(Access("spec.workloadRef", "patch", deployments.group, deployments.plural, namespace,
-                          policy.target.name))
+        # whatever the kind: depgate changes its pod template (a Job's, in the request that creates it)
+        kind = registry.WORKLOAD_KINDS[policy.target.kind].api
+        out.append(Access("spec.workloadRef", "patch", kind.group, kind.plural, namespace, policy.target.name))
     elif isinstance(policy.target, spec.Selector):
-        # a selector can claim any Deployment of the namespace, now or later
-        out.append(Access("spec.selector", "patch", deployments.group, deployments.plural, namespace))
+        # a selector can claim any workload of its kinds in the namespace, now or later
+        for k in policy.target.kinds:
+            kind = registry.WORKLOAD_KINDS[k].api
+            out.append(Access("spec.selector", "patch", kind.group, kind.plural, namespace))
     else:
         name = spec.template_name(policy)
         out.append(Access("spec.template", "create", deployments.group, deployments.plural, namespace))

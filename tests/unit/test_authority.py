@@ -144,6 +144,19 @@ def test_a_selector_needs_patch_on_every_deployment_and_a_template_create():
         ("spec.template", "patch", "apps", "deployments", "web")]
 
 
+def test_the_right_follows_the_target_kind_every_kind_a_selector_names():
+    """Gating a StatefulSet or a Job is changing its pod template: the author must be allowed to patch
+    that kind, not Deployments."""
+    pre = [{"name": "db", "tcp": {"host": "db", "port": 1}}]
+    assert rights({"workloadRef": {"kind": "StatefulSet", "name": "pg"}, "preconditions": pre}) == [
+        ("spec.workloadRef", "patch", "apps", "statefulsets", "pg")]
+    assert rights({"workloadRef": {"kind": "Job", "name": "migrate"}, "preconditions": pre}) == [
+        ("spec.workloadRef", "patch", "batch", "jobs", "migrate")]
+    assert rights({"selector": {"matchLabels": {"a": "b"}, "kinds": ["CronJob", "DaemonSet"]},
+                   "preconditions": pre}) == [
+        ("spec.selector", "patch", "batch", "cronjobs", ""), ("spec.selector", "patch", "apps", "daemonsets", "")]
+
+
 def test_a_kind_not_served_yet_needs_no_right_until_it_is():
     pre = [{"name": "w", "resource": {"apiVersion": "nope.io/v1", "kind": "Nope", "name": "x"}}]
     unserved: list[str] = []

@@ -289,7 +289,7 @@ def judge_workload(kind: str, name: str, obj: Mapping[str, Any] | None, min_avai
     Deployment: status.availableReplicas; StatefulSet: availableReplicas, else readyReplicas;
     DaemonSet: numberAvailable. The status is only trusted once the workload's controller has
     observed the current generation."""
-    if kind not in registry.WORKLOAD_KINDS:
+    if kind not in registry.AWAITABLE_KINDS:
         return Verdict(UNKNOWN, "UnsupportedKind",
                        f"kind {kind} is not a Deployment, StatefulSet or DaemonSet")
     label = kind.lower()

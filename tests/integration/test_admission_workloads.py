@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, watch
+import yaml
+from kubernetes import client, utils, watch
 
 from depgate import plan, render, spec, webhook
 from depgate.constants import APPLIED_HASH_ANNOTATION, POLICY_ANNOTATION
-from tests.conftest import Plane, start_operator, stop_operator, wait_for, wait_webhook_serves
+from tests.conftest import PROBE_POLICY, Plane, start_operator, stop_operator, wait_for, wait_webhook_serves
 from tests.integration.kubehelp import condition, get, wait_policy
 
 TCP = "- name: db\n  tcp: {host: db, port: 5432}"
@@ -309,10 +310,19 @@ def _point_workloads_at(plane: Plane, url: str | None, config: dict[str, Any] | 
     plane.run_kubectl("patch", "mutatingwebhookconfiguration", "depgate.io", "--type=json", "-p", json.dumps(patch))
 
 
-def _timed_create(plane: Plane, ns: str, manifest: str) -> float:
+def _timed_create(api: client.ApiClient, ns: str, manifest: str) -> float:
+    """Seconds one create request takes (the API client's, not a kubectl process's start-up)."""
+    body = yaml.safe_load(manifest)
     started = time.monotonic()
-    plane.run_kubectl("create", "-n", ns, "-f", "-", input=manifest)
+    utils.create_from_dict(api, body, namespace=ns)
     return time.monotonic() - started
+
+
+def _no_webhook_answers(plane: Plane) -> bool:
+    """The API server calls the stopped operator now: a policy's dry run fails calling its webhook
+    (the same configuration holds the workloads' webhook)."""
+    out = plane.run_kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(PROBE_POLICY), check=False)
+    return out.returncode != 0 and "failed calling webhook" in out.stderr
 
 
 @pytest.fixture
@@ -331,23 +341,24 @@ def restored_webhooks(plane: Plane, operator) -> Iterator[None]:
 
 
 def test_with_the_operator_stopped_workloads_are_admitted_promptly_and_a_job_runs_ungated(
-        plane, operator, operator_kubeconfig, namespace, restored_webhooks, tmp_path: Path):
+        plane, api_client, operator, operator_kubeconfig, namespace, restored_webhooks, tmp_path: Path):
     ns = namespace
     plane.run_kubectl("apply", "-n", ns, "-f", "-", input=policy("migrate", "Job", "migrate"))
     # An operator of this test's own points the webhooks at itself; then it stops: nothing answers.
     mine = start_operator(operator_kubeconfig, tmp_path, admin=plane)
     stop_operator(mine)
     assert f"{webhook.WORKLOADS_PATH}.depgate.io" in [w["name"] for w in _mutating(plane)["webhooks"]]
-    elapsed = _timed_create(plane, ns, workload("Deployment", "free"))
+    wait_for(lambda: _no_webhook_answers(plane), 30, interval=0.2, what="the API server calling the stopped operator")
+    elapsed = _timed_create(api_client, ns, workload("Deployment", "free"))
     assert elapsed < webhook.WORKLOADS_TIMEOUT_SECONDS, f"{elapsed:.2f}s for a refused connection"
-    _timed_create(plane, ns, workload("Job", "migrate"))
+    _timed_create(api_client, ns, workload("Job", "migrate"))
     job = get(plane, ns, "job", "migrate")
     # admitted ungated, and recognisably so: neither depgate's claim nor its applied hash
     assert inits(job["spec"]["template"]["spec"]) == []
     assert not {POLICY_ANNOTATION, APPLIED_HASH_ANNOTATION} & set(job["metadata"].get("annotations") or {})
 
 
-def test_with_the_operator_hung_a_workload_waits_at_most_the_webhooks_timeout(plane, operator, namespace,
+def test_with_the_operator_hung_a_workload_waits_at_most_the_webhooks_timeout(plane, api_client, operator, namespace,
                                                                                restored_webhooks):
     """A listener that accepts and never answers: the API server gives up after timeoutSeconds and
     admits the workload (failurePolicy Ignore)."""
@@ -357,8 +368,8 @@ def test_with_the_operator_hung_a_workload_waits_at_most_the_webhooks_timeout(pl
         hung.listen(16)
         _point_workloads_at(plane, f"https://127.0.0.1:{hung.getsockname()[1]}/{webhook.WORKLOADS_PATH}")
         # the API server reads its webhook configurations from a watch: wait until it calls the hung one
-        wait_for(lambda: _timed_create(plane, ns, workload("Deployment", f"probe-{time.monotonic_ns()}"))
+        wait_for(lambda: _timed_create(api_client, ns, workload("Deployment", f"probe-{time.monotonic_ns()}"))
                  > webhook.WORKLOADS_TIMEOUT_SECONDS * 0.9, 30, interval=0.1, what="the API server using the hung URL")
-        elapsed = _timed_create(plane, ns, workload("Deployment", "free"))
+        elapsed = _timed_create(api_client, ns, workload("Deployment", "free"))
     assert webhook.WORKLOADS_TIMEOUT_SECONDS * 0.9 < elapsed < webhook.WORKLOADS_TIMEOUT_SECONDS + 3, elapsed
     assert inits(get(plane, ns, "deployment", "free")["spec"]["template"]["spec"]) == []

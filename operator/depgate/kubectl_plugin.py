@@ -4,14 +4,16 @@ Installed with the package as the executable `kubectl-depgate`, which kubectl fi
 (`kubectl plugin list`) and runs for `kubectl depgate ...`, passing every argument after the
 plugin's name through (so kubectl's flags go after it: `kubectl depgate why pod/x -n apps`).
 
-    kubectl depgate why pod/NAME | deploy/NAME [-n NS] [--tail N]
+    kubectl depgate why pod/NAME | deploy/NAME | sts/NAME | ds/NAME | job/NAME | cj/NAME [-n NS] [--tail N]
     kubectl depgate status [-n NS]          (every namespace unless -n)
 
-`why` reads the pod (or the Deployment's pods), finds the init container it is on, the policy that
-gates its Deployment (the `depgate.io/policy` annotation render puts on it) and that precondition's
-entry in the policy's status (state, reason, message, since), and the last log lines of the
-container. Only `Cluster` talks to the API server (the `kubernetes` client, plain reads); the
-text comes from pure functions of the objects as the API returns them.
+`why` reads the pod (or the workload's pods: a CronJob's are those of its Jobs), finds the init
+container it is on, the policy that gates its workload (the `depgate.io/policy` annotation render puts
+on it, else the policy whose status lists it; a Job's pod also looks at the CronJob that made the Job)
+and that precondition's entry in the policy's status (state, reason, message, since), and the last log
+lines of the container. A pod held at depgate's scheduling gate (made before its policy) says so.
+Only `Cluster` talks to the API server (the `kubernetes` client, plain reads); the text comes from
+pure functions of the objects as the API returns them.
 """
 
 from __future__ import annotations
@@ -24,13 +26,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from depgate import gates, plan, registry
 from depgate.constants import BLOCKING_STATES, CONTAINER_PREFIX, GROUP, PLURAL, POLICY_ANNOTATION, VERSION
 from depgate.registry import short_name
 from depgate.status import pod_gate
 
 Obj = Mapping[str, Any]
+Workload = tuple[str, str]  # (kind, name): ("StatefulSet", "db")
 DEFAULT_TAIL = 10
 MAX_PODS_SHOWN = 5  # `why deploy/NAME` explains at most this many held pods, then counts the rest
+POD_WORDS = ("pod", "pods", "po")
+
+
+def _kind_words() -> dict[str, str]:
+    """What kubectl accepts for each gated kind: deploy, deployment, deployments, deployment.apps, ..."""
+    out = {}
+    for wk in registry.WORKLOAD_KINDS.values():
+        lower, group = wk.kind.lower(), wk.api.group
+        for word in (lower, wk.api.plural, f"{lower}.{group}", f"{wk.api.plural}.{group}", wk.short):
+            if word:
+                out[word] = wk.kind
+    return out
+
+
+KIND_WORDS = _kind_words()
 
 
 # --------------------------------------------------------------------------- reading objects (pure)
@@ -60,8 +79,17 @@ def _targets(policy: Any) -> list[str]:
     return out
 
 
-def _targets_deployment(policy: Any, name: str) -> bool:
-    return f"deploy/{name}" in _targets(policy)
+def _targets_workload(policy: Any, workload: Workload) -> bool:
+    kind, name = workload
+    return f"{short_name(kind)}/{name}" in _targets(policy)
+
+
+def _words(workload: Workload | str | None) -> str | None:
+    """("StatefulSet", "db") -> "StatefulSet db"; a plain name is a Deployment's."""
+    if workload is None:
+        return None
+    kind, name = ("Deployment", workload) if isinstance(workload, str) else workload
+    return f"{kind} {name}"
 
 
 def parse_time(text: Any) -> datetime | None:
@@ -148,7 +176,7 @@ class Why:
     """Where one pod stands, and what depgate says about it."""
 
     pod: Obj
-    deployment: str | None  # the Deployment the pod belongs to
+    workload: Workload | str | None  # the workload the pod belongs to ((kind, name); a plain name: a Deployment)
     policy: Obj | None  # the DependencyPolicy gating it
     logs: str | None  # the last lines of the init container it is on
     logs_unavailable: str | None  # why there are none
@@ -164,9 +192,25 @@ def explain(why: Why, now: datetime, tail: int = DEFAULT_TAIL) -> str:
     ours = [n for n in inits if precondition_of(n) is not None]
     lines = []
     policy_name = _get(why.policy, "metadata", "name")
+    workload = _words(why.workload)
+    if not ours and gates.held(pod):
+        lines.append(f"pod {ns}/{name} is held at depgate's scheduling gate {gates.GATE}, without depgate's "
+                     "init containers")
+        if policy_name:
+            lines.append(f"  policy:        {ns}/{policy_name} (gates {', '.join(_targets(why.policy)) or '-'})")
+            wkind, wname = ("Deployment", why.workload) if isinstance(why.workload, str) else why.workload or ("", "")
+            wk = registry.WORKLOAD_KINDS.get(wkind)
+            if wk is not None:
+                message = gates.held_message(str(policy_name), wkind, wname, wk.template_mutable)
+                lines.append(f"  why:           {message}")
+        else:
+            lines.append("  policy:        none found (no DependencyPolicy claims "
+                         + (f"{workload}): depgate lifts the gate after its grace delay)" if workload
+                            else "the pod's workload)"))
+        return "\n".join(lines) + "\n"
     if not ours:
         lines.append(f"pod {ns}/{name} has no depgate init containers"
-                     + (f" (Deployment {why.deployment} is not gated)" if why.deployment else ""))
+                     + (f" ({workload} is not gated)" if workload else ""))
         return "\n".join(lines) + "\n"
     if gate.blocker is None:
         if all(n in gate.passed for n in inits):
@@ -189,7 +233,7 @@ def explain(why: Why, now: datetime, tail: int = DEFAULT_TAIL) -> str:
     lines.append(f"pod {ns}/{name} is Init:{done}/{total}, on init container {blocker} ({position} of {total})")
     if why.policy is None:
         lines.append("  policy:        none found (no DependencyPolicy claims "
-                     + (f"Deployment {why.deployment})" if why.deployment else "the pod's Deployment)"))
+                     + (f"{workload})" if workload else "the pod's workload)"))
     else:
         targets = ", ".join(_targets(why.policy)) or "-"
         lines.append(f"  policy:        {ns}/{policy_name} (gates {targets})")
@@ -227,6 +271,42 @@ def held(pod: Obj) -> bool:
     """Is the pod on one of depgate's init containers?"""
     blocker = pod_gate(pod).blocker
     return blocker is not None and precondition_of(blocker) is not None
+
+
+def controller(obj: Obj | None) -> Obj | None:
+    """The ownerReference with controller: true."""
+    return next((o for o in _items(_get(obj, "metadata", "ownerReferences"))
+                 if isinstance(o, Mapping) and o.get("controller")), None)
+
+
+def jobs_of_cron_job(cron_job: Obj, jobs: Sequence[Obj]) -> list[Obj]:
+    """The Jobs the CronJob made (their controller is it, by uid), oldest name first."""
+    uid = _get(cron_job, "metadata", "uid")
+    return sorted((j for j in jobs if (c := controller(j)) is not None and c.get("kind") == registry.CRON_JOB.kind
+                   and c.get("uid") == uid), key=lambda j: str(_get(j, "metadata", "name")))
+
+
+def pods_of_workload(workload: Workload, pods: Sequence[Obj], jobs: Sequence[str] = ()) -> list[Obj]:
+    """The pods that belong to the workload, as the operator tells (plan.workload_of_pod); a CronJob's are
+    those of its Jobs (`jobs`, their names). Sorted by name."""
+    kind, name = workload
+    wanted = {(registry.JOB.kind, j) for j in jobs} if kind == registry.CRON_JOB.kind else {(kind, name)}
+    return sorted((p for p in pods if plan.workload_of_pod(p) in wanted),
+                  key=lambda p: str(_get(p, "metadata", "name")))
+
+
+def workload_head(workload: Workload, ns: str, policy: Obj | None, pods: Sequence[Obj], jobs: int | None) -> str:
+    """The first line of `why` for a workload: which policy gates it, how many of its pods are held."""
+    kind, name = workload
+    waiting = sum(1 for p in pods if held(p))
+    at_gate = sum(1 for p in pods if gates.held(p))
+    gated = f"gated by policy {ns}/{_get(policy, 'metadata', 'name')}" if policy else "no DependencyPolicy gates it"
+    counted = f"{jobs} job{'s' if jobs != 1 else ''}, " if jobs is not None else ""
+    head = (f"{kind.lower()} {ns}/{name}: {gated}; {counted}{len(pods)} pod{'s' if len(pods) != 1 else ''}, "
+            f"{waiting} held in depgate's init containers")
+    if at_gate:
+        head += f", {at_gate} at its scheduling gate"
+    return head + "\n"
 
 
 def selector_string(selector: Obj | None) -> str:
@@ -337,26 +417,28 @@ class Cluster:
                 raise NotFound(f'pods "{name}" not found in namespace {ns}') from None
             raise
 
-    def deployment(self, ns: str, name: str) -> dict[str, Any] | None:
+    def workload(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        api = registry.WORKLOAD_KINDS[kind].api
         try:
-            return self._raw(self.apps.read_namespaced_deployment, name, ns)
+            return dict(self.custom.get_namespaced_custom_object(api.group, api.version, ns, api.plural, name))
         except self.ApiException as e:
             if e.status == 404:
                 return None
             raise
 
-    def deployment_of(self, pod: Obj) -> str | None:
-        """The pod's Deployment, through its controlling ReplicaSet."""
-        ns = str(_get(pod, "metadata", "namespace"))
-        owner = next((o for o in _items(_get(pod, "metadata", "ownerReferences")) if o.get("controller")), None)
-        if owner is None or owner.get("kind") != "ReplicaSet":
-            return None
-        try:
-            rs = self._raw(self.apps.read_namespaced_replica_set, owner["name"], ns)
-        except self.ApiException:
-            return None
-        dep = next((o for o in _items(_get(rs, "metadata", "ownerReferences")) if o.get("controller")), None)
-        return str(dep["name"]) if dep and dep.get("kind") == "Deployment" else None
+    def workloads_of(self, pod: Obj) -> list[Workload]:
+        """The pod's workload as the operator tells (plan.workload_of_pod), then, for a Job a CronJob made,
+        that CronJob: the candidates a policy may gate, the pod's own controller first."""
+        found = plan.workload_of_pod(pod)
+        if found is None:
+            return []
+        if found[0] != registry.JOB.kind:
+            return [found]
+        job = self.workload(registry.JOB.kind, str(_get(pod, "metadata", "namespace")), found[1])
+        owner = controller(job)
+        if owner is not None and owner.get("kind") == registry.CRON_JOB.kind and owner.get("name"):
+            return [found, (registry.CRON_JOB.kind, str(owner["name"]))]
+        return [found]
 
     def policy(self, ns: str, name: str) -> dict[str, Any] | None:
         try:
@@ -373,23 +455,31 @@ class Cluster:
             out = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
         return [dict(p) for p in out.get("items") or []]
 
-    def policy_of(self, ns: str, deployment: str | None) -> dict[str, Any] | None:
-        """The policy named by the Deployment's annotation, else one whose status lists it as a target."""
-        if deployment is None:
-            return None
-        dep = self.deployment(ns, deployment)
-        named = _get(dep, "metadata", "annotations", POLICY_ANNOTATION)
-        if isinstance(named, str) and named:
-            found = self.policy(ns, named)
-            if found is not None:
-                return found
-        return next((p for p in self.policies(ns) if _targets_deployment(p, deployment)), None)
+    def policy_of(self, ns: str, candidates: Sequence[Workload]) -> tuple[dict[str, Any] | None, Workload | None]:
+        """The policy named by a candidate workload's annotation, else one whose status lists the candidate
+        as a target (in the candidates' order), and that workload; (None, the last candidate) for none."""
+        for kind, name in candidates:
+            named = _get(self.workload(kind, ns, name), "metadata", "annotations", POLICY_ANNOTATION)
+            if isinstance(named, str) and named:
+                found = self.policy(ns, named)
+                if found is not None:
+                    return found, (kind, name)
+        if candidates:
+            policies = self.policies(ns)
+            for candidate in candidates:
+                found = next((p for p in policies if _targets_workload(p, candidate)), None)
+                if found is not None:
+                    return found, candidate
+        return None, (candidates[-1] if candidates else None)
 
-    def pods_of(self, dep: Obj) -> list[dict[str, Any]]:
-        ns = str(_get(dep, "metadata", "namespace"))
-        selector = selector_string(_get(dep, "spec", "selector"))
-        out = self._raw(self.core.list_namespaced_pod, ns, label_selector=selector)
-        return sorted((dict(p) for p in out.get("items") or []), key=lambda p: str(_get(p, "metadata", "name")))
+    def pods(self, ns: str, selector: Obj | None) -> list[dict[str, Any]]:
+        out = self._raw(self.core.list_namespaced_pod, ns, label_selector=selector_string(selector))
+        return [dict(p) for p in out.get("items") or []]
+
+    def jobs(self, ns: str) -> list[dict[str, Any]]:
+        api = registry.JOB
+        out = self.custom.list_namespaced_custom_object(api.group, api.version, ns, api.plural)
+        return [dict(j) for j in out.get("items") or []]
 
     def logs(self, pod: Obj, container: str, tail: int) -> tuple[str | None, str | None]:
         """(the last `tail` lines, None) or (None, why there are none). A container that restarted and
@@ -411,42 +501,56 @@ class Cluster:
 # --------------------------------------------------------------------------- commands
 
 
+USAGE_KINDS = "pod/, deploy/, sts/, ds/, job/ or cj/NAME"
+
+
 def _why(cluster: Cluster, ns: str, target: str, tail: int, now: datetime) -> tuple[str, int]:
-    kind, sep, name = target.partition("/")
+    word, sep, name = target.partition("/")
     if not sep or not name:
-        return f"error: expected pod/NAME or deploy/NAME, got {target!r}\n", 2
-    kind = kind.lower()
-    if kind in ("pod", "pods", "po"):
+        return f"error: expected {USAGE_KINDS}, got {target!r}\n", 2
+    word = word.lower()
+    if word in POD_WORDS:
         pod = cluster.pod(ns, name)
-        dep = cluster.deployment_of(pod)
-        return _why_pod(cluster, pod, dep, cluster.policy_of(ns, dep), tail, now), 0
-    if kind in ("deploy", "deployment", "deployments", "deployment.apps"):
-        dep_obj = cluster.deployment(ns, name)
-        if dep_obj is None:
-            raise NotFound(f'deployments.apps "{name}" not found in namespace {ns}')
-        policy = cluster.policy_of(ns, name)
-        pods = cluster.pods_of(dep_obj)
-        waiting = [p for p in pods if held(p)]
-        gated = f"gated by policy {ns}/{_get(policy, 'metadata', 'name')}" if policy else "no DependencyPolicy gates it"
-        head = (f"deployment {ns}/{name}: {gated}; {len(pods)} pod{'s' if len(pods) != 1 else ''}, "
-                f"{len(waiting)} held in depgate's init containers\n")
-        if not waiting:
-            blocking = _items(_get(policy, "status", "blocking"))
-            return head + (f"  blocking:      {', '.join(map(str, blocking))}\n" if blocking else ""), 0
-        parts = [head] + ["\n" + _why_pod(cluster, p, name, policy, tail, now) for p in waiting[:MAX_PODS_SHOWN]]
-        if len(waiting) > MAX_PODS_SHOWN:
-            parts.append(f"\n... and {len(waiting) - MAX_PODS_SHOWN} more held pods\n")
-        return "".join(parts), 0
-    return f"error: kubectl depgate why explains pod/NAME or deploy/NAME, not {kind}/\n", 2
+        policy, owner = cluster.policy_of(ns, cluster.workloads_of(pod))
+        return _why_pod(cluster, pod, owner, policy, tail, now), 0
+    kind = KIND_WORDS.get(word)
+    if kind is None:
+        return f"error: kubectl depgate why explains {USAGE_KINDS}, not {word}/\n", 2
+    obj = cluster.workload(kind, ns, name)
+    if obj is None:
+        api = registry.WORKLOAD_KINDS[kind].api
+        raise NotFound(f'{api.plural}.{api.group} "{name}" not found in namespace {ns}')
+    workload: Workload = (kind, name)
+    candidates = [workload]
+    maker = controller(obj)
+    if kind == registry.JOB.kind and maker is not None and maker.get("kind") == registry.CRON_JOB.kind:
+        candidates.append((registry.CRON_JOB.kind, str(maker.get("name"))))  # its CronJob's policy gates it
+    policy, _ = cluster.policy_of(ns, candidates)
+    if kind == registry.CRON_JOB.kind:
+        jobs = [str(_get(j, "metadata", "name")) for j in jobs_of_cron_job(obj, cluster.jobs(ns))]
+        pods = pods_of_workload(workload, cluster.pods(ns, None), jobs)
+    else:
+        jobs = []
+        pods = pods_of_workload(workload, cluster.pods(ns, _get(obj, "spec", "selector")))
+    head = workload_head(workload, ns, policy, pods, len(jobs) if kind == registry.CRON_JOB.kind else None)
+    waiting = [p for p in pods if held(p) or gates.held(p)]
+    if not waiting:
+        blocking = _items(_get(policy, "status", "blocking"))
+        return head + (f"  blocking:      {', '.join(map(str, blocking))}\n" if blocking else ""), 0
+    parts = [head] + ["\n" + _why_pod(cluster, p, workload, policy, tail, now) for p in waiting[:MAX_PODS_SHOWN]]
+    if len(waiting) > MAX_PODS_SHOWN:
+        parts.append(f"\n... and {len(waiting) - MAX_PODS_SHOWN} more held pods\n")
+    return "".join(parts), 0
 
 
-def _why_pod(cluster: Cluster, pod: Obj, dep: str | None, policy: Obj | None, tail: int, now: datetime) -> str:
+def _why_pod(cluster: Cluster, pod: Obj, workload: Workload | None, policy: Obj | None, tail: int,
+             now: datetime) -> str:
     blocker = pod_gate(pod).blocker
     logs: str | None = None
     unavailable: str | None = None
     if blocker is not None and precondition_of(blocker) is not None:
         logs, unavailable = cluster.logs(pod, blocker, tail)
-    return explain(Why(pod, dep, policy, logs, unavailable), now, tail)
+    return explain(Why(pod, workload, policy, logs, unavailable), now, tail)
 
 
 def _connection_flags(p: argparse.ArgumentParser, default: Any) -> None:
@@ -463,8 +567,8 @@ def parser() -> argparse.ArgumentParser:
     after = argparse.ArgumentParser(add_help=False)
     _connection_flags(after, argparse.SUPPRESS)  # a subcommand's flag wins; its absence keeps the one before
     sub = p.add_subparsers(dest="command", required=True)
-    why = sub.add_parser("why", parents=[after], help="why a pod (or a Deployment's pods) is still in Init")
-    why.add_argument("target", help="pod/NAME or deploy/NAME")
+    why = sub.add_parser("why", parents=[after], help="why a pod (or a workload's pods) is still in Init")
+    why.add_argument("target", help=USAGE_KINDS)
     why.add_argument("--tail", type=int, default=DEFAULT_TAIL, help="log lines of the init container to show")
     status = sub.add_parser("status", parents=[after], help="a table of every policy (every namespace unless -n)")
     status.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (the default)")

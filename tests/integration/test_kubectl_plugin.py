@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Plane
-from tests.integration.kubehelp import entry, held_pods, wait_policy
+from tests.conftest import Plane, wait_for
+from tests.integration import test_kinds as kinds
+from tests.integration.kubehelp import apply, entry, held_pods, wait_policy
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
 PLUGIN = SCRIPTS / "kubectl-depgate"
@@ -101,3 +103,97 @@ def test_status_is_a_table_across_namespaces(plane, plugin, held, namespace):
     rows = [r.split() for r in per.stdout.splitlines()[1:]]
     assert [[*r[:5], r[6]] for r in rows] == [[namespace, "app", "redis-port", "tcp", "Blocking", "1"],
                                              [namespace, "app", "dns", "dns", "Pending", "0"]], per.stdout
+
+
+# --------------------------------------------------------------------------- every gated kind (issue 20)
+
+
+@pytest.fixture
+def held_node(plane) -> Iterator[str]:
+    """A node no kubelet nor kwok manages: pods bound to it keep the status the test writes."""
+    import uuid
+
+    name = f"held-{uuid.uuid4().hex[:8]}"
+    plane.run_kubectl("create", "-f", "-", input=f'{{"apiVersion": "v1", "kind": "Node", '
+                                                  f'"metadata": {{"name": "{name}", "labels": {{"type": "held"}}}}}}')
+    yield name
+    plane.run_kubectl("delete", "node", name, "--wait=false", check=False)
+
+
+def _cronjob(name: str, node: str) -> str:
+    return f"""
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: {name}}}
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          nodeName: {node}
+          containers:
+          - {{name: main, image: registry.example/report:1}}
+"""
+
+
+def _gated_pod(plane, ns: str, selector: str) -> str:
+    def found() -> str | None:
+        pods = [p for p in kinds.pods_of(plane, ns, selector)
+                if [c["name"] for c in p["spec"].get("initContainers") or []] == kinds.OURS]
+        return pods[0]["metadata"]["name"] if pods else None
+
+    return wait_for(found, 60, what=f"a pod ({selector}) with depgate's init containers")
+
+
+def test_why_sts_cj_job_and_a_cron_jobs_pod_name_the_policy_and_precondition(plane, plugin, operator, needs_pods,
+                                                                           namespace, held_node):
+    apply(plane, namespace, kinds.statefulset("db", node=held_node, replicas=0))
+    apply(plane, namespace, kinds.policy("db", "workloadRef: {kind: StatefulSet, name: db}"))
+    kinds.wait_obj(plane, namespace, "statefulset", "db", lambda o: kinds.inits(o) == kinds.OURS, what="rendered")
+    plane.run_kubectl("scale", "-n", namespace, "statefulset/db", "--replicas=1")
+    apply(plane, namespace, _cronjob("nightly", held_node))
+    apply(plane, namespace, kinds.policy("nightly", "workloadRef: {kind: CronJob, name: nightly}"))
+    kinds.wait_obj(plane, namespace, "cronjob", "nightly", lambda o: kinds.inits(o) == kinds.OURS, what="rendered")
+    # named as the CronJob controller names its Jobs (<cronjob>-<minutes>: plan.cron_job_of), which is how the
+    # operator counts a Job's pods for its CronJob; kubectl create job --from sets the CronJob as its controller
+    plane.run_kubectl("create", "job", "-n", namespace, "nightly-29412345", "--from=cronjob/nightly")
+    sts_pod = _gated_pod(plane, namespace, "app=db")
+    job_pod = _gated_pod(plane, namespace, "job-name=nightly-29412345")
+    for pod in (sts_pod, job_pod):
+        kinds.hold(plane, namespace, pod, "depgate-cache")
+    for name, kind, target in (("db", "StatefulSet", "db"), ("nightly", "CronJob", "nightly")):
+        wait_policy(plane, namespace, name, lambda p, k=kind, t=target: kinds.target(p, k, t).get("blockedOn")
+                    == ["cache"], timeout=60, what=f"{kind} {target}'s pod counted as held on cache")
+
+    sts = kubectl(plane, "depgate", "why", "sts/db", "-n", namespace)
+    print(sts.stdout)  # the README's sample output
+    assert sts.returncode == 0, sts.stderr
+    assert sts.stdout.startswith(f"statefulset {namespace}/db: gated by policy {namespace}/db; 1 pod, 1 held in "
+                                 "depgate's init containers\n"), sts.stdout
+    lines = sts.stdout.splitlines()
+    assert f"pod {namespace}/{sts_pod} is Init:0/2, on init container depgate-cache (1 of 2)" in lines
+    assert f"  policy:        {namespace}/db (gates sts/db)" in lines
+    assert "  precondition:  cache (tcp)" in lines
+    assert "  in this pod:   waiting (CrashLoopBackOff); restarted 2 times; last exit 124" in lines
+    assert "  then:          depgate-settings" in lines
+
+    cj = kubectl(plane, "depgate", "why", "cj/nightly", "-n", namespace)
+    print(cj.stdout)
+    assert cj.returncode == 0, cj.stderr
+    assert cj.stdout.startswith(f"cronjob {namespace}/nightly: gated by policy {namespace}/nightly; 1 job, 1 pod, "
+                                "1 held in depgate's init containers\n"), cj.stdout
+    assert f"pod {namespace}/{job_pod} is Init:0/2, on init container depgate-cache (1 of 2)" in cj.stdout
+    assert f"  policy:        {namespace}/nightly (gates cj/nightly)\n" in cj.stdout
+    # the Job's pod and the Job: neither claims a policy, the CronJob that made the Job does
+    pod = kubectl(plane, "depgate", "why", f"pod/{job_pod}", "-n", namespace)
+    assert pod.returncode == 0, pod.stderr
+    assert f"  policy:        {namespace}/nightly (gates cj/nightly)\n  precondition:  cache (tcp)\n" in pod.stdout
+    job = kubectl(plane, "depgate", "why", "job.batch/nightly-29412345", "-n", namespace)
+    assert job.stdout.startswith(f"job {namespace}/nightly-29412345: gated by policy {namespace}/nightly; 1 pod, "
+                                 "1 held"), job.stdout + job.stderr
+    missing = kubectl(plane, "depgate", "why", "ds/nope", "-n", namespace)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (f'Error from server (NotFound): daemonsets.apps "nope" not found in namespace '
+                                      f"{namespace}")

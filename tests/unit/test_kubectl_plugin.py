@@ -6,7 +6,21 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from depgate.kubectl_plugin import Why, age, explain, held, selector_string, status_rows, table
+from depgate.gates import GATE, held_message
+from depgate.kubectl_plugin import (
+    KIND_WORDS,
+    Cluster,
+    Why,
+    _why,
+    age,
+    explain,
+    held,
+    jobs_of_cron_job,
+    pods_of_workload,
+    selector_string,
+    status_rows,
+    table,
+)
 
 NOW = datetime(2026, 12, 1, 13, 0, 0, tzinfo=UTC)
 REFUSED = "Timeout: Refused: connect to data-tier:6379: connection refused after 30s"
@@ -137,3 +151,139 @@ def test_kubectls_flags_go_before_or_after_the_command():
         assert (args.namespace, args.context, args.kubeconfig, args.target) == ("apps", "c", None, "pod/x")
     assert both.namespace == "two"
     assert parser().parse_args(["status"]).namespace is None
+
+
+# --------------------------------------------------------------------------- every gated kind (issue 20)
+
+
+def owned(p: dict[str, Any], kind: str, name: str, **labels: str) -> dict[str, Any]:
+    """The pod `p` as a controller of `kind` named `name` makes it (uid-less ownerReference)."""
+    out = {**p, "metadata": {**p["metadata"], "ownerReferences": [
+        {"apiVersion": "v1", "kind": kind, "name": name, "controller": True}], "labels": labels}}
+    return out
+
+
+def named(p: dict[str, Any], name: str) -> dict[str, Any]:
+    return {**p, "metadata": {**p["metadata"], "name": name}}
+
+
+class FakeCluster(Cluster):
+    """Cluster's logic (workloads_of, policy_of) over objects in memory instead of the API server."""
+
+    def __init__(self, workloads: dict[tuple[str, str], dict[str, Any]], policies: list[dict[str, Any]],
+                 pods: list[dict[str, Any]]) -> None:
+        self._workloads, self._policies, self._pods = workloads, policies, pods
+
+    def workload(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        return self._workloads.get((kind, name))
+
+    def policy(self, ns: str, name: str) -> dict[str, Any] | None:
+        return next((p for p in self._policies if p["metadata"]["name"] == name), None)
+
+    def policies(self, ns: str | None) -> list[dict[str, Any]]:
+        return self._policies
+
+    def pod(self, ns: str, name: str) -> dict[str, Any]:
+        return next(p for p in self._pods if p["metadata"]["name"] == name)
+
+    def pods(self, ns: str, selector: Any) -> list[dict[str, Any]]:
+        return self._pods  # every pod of the namespace: why must keep only the workload's own
+
+    def jobs(self, ns: str) -> list[dict[str, Any]]:
+        return [w for (kind, _), w in self._workloads.items() if kind == "Job"]
+
+    def logs(self, pod: Any, container: str, tail: int) -> tuple[str | None, str | None]:
+        return None, "no kubelet"
+
+
+def gated_by(name: str, *targets: dict[str, str]) -> dict[str, Any]:
+    return {**POLICY, "metadata": {"name": name, "namespace": "apps"},
+            "status": {**POLICY["status"], "targets": list(targets)}}
+
+
+def test_kubectls_words_for_every_gated_kind():
+    for word, kind in {"deploy": "Deployment", "deployments.apps": "Deployment", "sts": "StatefulSet",
+                       "statefulset": "StatefulSet", "ds": "DaemonSet", "daemonsets": "DaemonSet", "job": "Job",
+                       "jobs.batch": "Job", "cj": "CronJob", "cronjob": "CronJob", "cronjobs.batch": "CronJob"}.items():
+        assert KIND_WORDS[word] == kind, word
+    assert "pod" not in KIND_WORDS and "svc" not in KIND_WORDS
+
+
+def test_a_workloads_pods_are_its_own_and_a_cron_jobs_are_its_jobs():
+    base = pod(CRASHING, WAITING)
+    sts = named(owned(base, "StatefulSet", "db"), "db-0")
+    ds = named(owned(base, "DaemonSet", "agent"), "agent-x7")
+    job = named(owned(base, "Job", "nightly-29000"), "nightly-29000-abc")
+    other_job = named(owned(base, "Job", "migrate"), "migrate-q")
+    dep = named(owned(base, "ReplicaSet", "web-5d8f", **{"pod-template-hash": "5d8f"}), "web-5d8f-1")
+    pods = [sts, ds, job, other_job, dep]
+    assert pods_of_workload(("StatefulSet", "db"), pods) == [sts]
+    assert pods_of_workload(("DaemonSet", "agent"), pods) == [ds]
+    assert pods_of_workload(("Job", "migrate"), pods) == [other_job]
+    assert pods_of_workload(("Deployment", "web"), pods) == [dep]
+    assert pods_of_workload(("CronJob", "nightly"), pods, ["nightly-29000"]) == [job]
+    cron = {"metadata": {"name": "nightly", "uid": "u1"}}
+    jobs = [{"metadata": {"name": n, "ownerReferences": [{"kind": "CronJob", "name": "nightly", "uid": uid,
+                                                          "controller": True}]}}
+            for n, uid in (("nightly-2", "u1"), ("nightly-1", "u1"), ("nightly-9", "old-uid"))]
+    assert [j["metadata"]["name"] for j in jobs_of_cron_job(cron, jobs)] == ["nightly-1", "nightly-2"]
+
+
+def test_why_sts_ds_job_and_cj_name_the_policy_and_precondition_of_each_held_pod():
+    base = pod(CRASHING, WAITING)
+    sts = named(owned(base, "StatefulSet", "db"), "db-0")
+    ds = named(owned(base, "DaemonSet", "agent"), "agent-x7")
+    cron_pod = named(owned(base, "Job", "nightly-29000"), "nightly-29000-abc")
+    job_pod = named(owned(base, "Job", "migrate"), "migrate-q")
+    running = named(owned(pod(), "StatefulSet", "db"), "db-1")  # no depgate init containers: not explained
+    workloads = {
+        ("StatefulSet", "db"): {"metadata": {"name": "db", "annotations": {"depgate.io/policy": "data"}}},
+        ("DaemonSet", "agent"): {"metadata": {"name": "agent"}},  # no claim annotation: status.targets says
+        ("CronJob", "nightly"): {"metadata": {"name": "nightly", "uid": "u1"}},
+        ("Job", "nightly-29000"): {"metadata": {"name": "nightly-29000", "ownerReferences": [
+            {"kind": "CronJob", "name": "nightly", "uid": "u1", "controller": True}]}},
+        ("Job", "migrate"): {"metadata": {"name": "migrate", "annotations": {"depgate.io/policy": "once"}}},
+    }
+    policies = [gated_by("data", {"kind": "StatefulSet", "name": "db"}),
+                gated_by("agents", {"kind": "DaemonSet", "name": "agent"}),
+                gated_by("batch", {"kind": "CronJob", "name": "nightly"}),
+                gated_by("once", {"kind": "Job", "name": "migrate"})]
+    cluster = FakeCluster(workloads, policies, [sts, ds, cron_pod, job_pod, running])
+
+    def why(target: str) -> str:
+        text, code = _why(cluster, "apps", target, 10, NOW)
+        assert code == 0, text
+        return text
+
+    sts_text = why("sts/db")
+    assert sts_text.startswith("statefulset apps/db: gated by policy apps/data; 2 pods, 1 held in depgate's "
+                               "init containers\n"), sts_text
+    assert "pod apps/db-0 is Init:0/2, on init container depgate-redis-port (1 of 2)" in sts_text
+    assert "  policy:        apps/data (gates sts/db)\n" in sts_text and "db-1" not in sts_text
+    assert "  precondition:  redis-port (tcp)\n  state:         Blocking since" in sts_text
+    assert "  policy:        apps/agents (gates ds/agent)\n" in why("ds/agent")
+    cj = why("cj/nightly")
+    assert cj.startswith("cronjob apps/nightly: gated by policy apps/batch; 1 job, 1 pod, 1 held"), cj
+    assert "pod apps/nightly-29000-abc is Init:0/2" in cj and "  policy:        apps/batch (gates cj/nightly)\n" in cj
+    assert "  policy:        apps/once (gates job/migrate)\n" in why("job/migrate")
+    assert why("job/nightly-29000").startswith("job apps/nightly-29000: gated by policy apps/batch; 1 pod, 1 held")
+    # a pod of a CronJob's Job: the Job claims nothing, its CronJob's policy gates it
+    pod_text = why("pod/nightly-29000-abc")
+    assert "  policy:        apps/batch (gates cj/nightly)\n" in pod_text
+    assert "  precondition:  redis-port (tcp)\n" in pod_text
+    assert why("pod/db-0") == why("sts/db").split("\n\n", 1)[1]
+    unknown, code = _why(cluster, "apps", "svc/db", 10, NOW)
+    assert code == 2 and "pod/, deploy/, sts/, ds/, job/ or cj/NAME, not svc/" in unknown
+
+
+def test_why_a_pod_held_at_the_scheduling_gate_says_so_and_why_it_stays():
+    gated = {**pod(inits=()), "spec": {"containers": [{"name": "m"}], "schedulingGates": [{"name": GATE}]}}
+    once = gated_by("once", {"kind": "Job", "name": "migrate"})
+    text = explain(Why(gated, ("Job", "migrate"), once, None, None), NOW)
+    assert text.startswith(f"pod apps/app-1 is held at depgate's scheduling gate {GATE}, without depgate's init")
+    assert "  policy:        apps/once (gates job/migrate)\n" in text
+    assert f"  why:           {held_message('once', 'Job', 'migrate', template_mutable=False)}\n" in text
+    orphan = explain(Why(gated, ("StatefulSet", "db"), None, None, None), NOW)
+    assert "none found (no DependencyPolicy claims StatefulSet db): depgate lifts the gate" in orphan
+    plain = explain(Why(pod(inits=()), ("DaemonSet", "agent"), None, None, None), NOW)
+    assert plain == "pod apps/app-1 has no depgate init containers (DaemonSet agent is not gated)\n"

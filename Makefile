@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: run test deps system-deps plane checks unit waiter integration lint typecheck importlint \
-        bench chaos down lock clean
+        bench chaos down lock clean graph-picture
 
 ## make run: bring up the local plane (or use $KUBECONFIG with USE_EXISTING_CLUSTER=true), install the
 ## CRD, apply examples/microservices, and run the operator in the foreground.
@@ -64,6 +64,12 @@ integration: deps system-deps
 
 down: deps
 	$(BIN)/depgate dev down
+
+## make graph-picture: docs/graph-microservices.svg, the README's picture of examples/microservices' dependency
+## graph (depgate graph -o svg: Graphviz's dot; tests/integration/test_graph_picture.py checks it is up to date).
+graph-picture: deps
+	$(BIN)/depgate graph -f examples/microservices -o svg > docs/graph-microservices.svg.tmp
+	mv docs/graph-microservices.svg.tmp docs/graph-microservices.svg
 
 ## make chaos: the fault suite at the issue's sizes (its fast part already runs in make test).
 chaos: deps system-deps

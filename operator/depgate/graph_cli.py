@@ -1,12 +1,17 @@
-"""`depgate graph [-n NS | -A] [--format text|dot]`: the live dependency graph across policies.
+"""`depgate graph [-n NS | -A] [-f PATH]... [-o text|dot|svg|png|mermaid]`: the dependency graph across policies.
 
-Only `list_live` talks to the API server (the `kubernetes` client, imported lazily); everything
-else goes through the pure depgate.graph.
+The objects come from the API server (`list_live`, the `kubernetes` client, imported lazily) or, with
+-f, from files (what `kubectl get -o yaml` printed, or the manifests you apply: a policy's status.blocking,
+when there, marks its blocked edges). Everything else goes through the pure depgate.graph; svg and png are
+Graphviz's `dot` drawing the DOT depgate emits (blocked edges red, edges on a cycle orange); mermaid is a
+Mermaid flowchart of the same graph, for Markdown that renders it (GitHub, GitLab).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +86,22 @@ class LiveGraph:
     skipped: list[spec.Refused]  # the policies that do not parse: not in the graph
 
 
+def live_from_documents(objs: Sequence[Mapping[str, Any]], namespace: str | None) -> Live:
+    """The policies, Services and workloads among `objs` (files' documents), in `namespace` (None: all)."""
+    live = Live()
+    for obj in objs:
+        if namespace is not None and _meta(obj)[0] != namespace:
+            continue
+        kind = obj.get("kind")
+        if kind == registry.DEPENDENCY_POLICY.kind:
+            live.policies.append(dict(obj))
+        elif kind == registry.SERVICE.kind:
+            live.services.append(dict(obj))
+        elif kind in registry.WORKLOAD_KINDS:
+            live.workloads.append(dict(obj))
+    return live
+
+
 def live_graph(live: Live) -> LiveGraph:
     """The graph of the live objects: the policies that parse (spec.parse_policy), their blocked edges,
     and the policies skipped."""
@@ -126,10 +147,75 @@ def skipped_lines(skipped: Sequence[spec.Refused]) -> str:
                    f"invalid spec: {r.error}\n" for r in skipped)
 
 
+PICTURES = ("svg", "png")  # drawn by Graphviz's dot from the DOT
+FORMATS = ("text", "dot", "mermaid", *PICTURES)
+
+
+class DrawError(Exception):
+    """Graphviz's dot is missing or failed."""
+
+
+def draw(dot_text: str, fmt: str, dot: str | None = None) -> bytes:
+    """The picture (svg or png) Graphviz's `dot` draws of `dot_text`."""
+    binary = dot or shutil.which("dot")
+    if binary is None:
+        raise DrawError(f"-o {fmt} needs Graphviz's dot on PATH (Debian: apt-get install graphviz)")
+    try:
+        proc = subprocess.run([binary, f"-T{fmt}"], input=dot_text.encode(), capture_output=True, timeout=60,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DrawError(f"could not run {binary}: {exc}") from None
+    if proc.returncode != 0 or not proc.stdout:
+        raise DrawError(f"{binary} -T{fmt} failed ({proc.returncode}): {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
+def _mermaid_text(text: str) -> str:
+    """A label inside Mermaid's double quotes ("..."): quotes and the few characters it reads as markup escaped."""
+    return "".join({'"': "#quot;", "<": "#lt;", ">": "#gt;", "|": "#124;"}.get(c, c) for c in text)
+
+
+def to_mermaid(graph: g.Graph, blocked: frozenset[tuple[g.Node, g.Node]] = frozenset(),
+               cycles: Sequence[Sequence[g.Node]] = ()) -> str:
+    """A Mermaid flowchart: a subgraph per namespace; workloads as boxes, Services as stadiums, other objects
+    as flags; precondition names on the edges, selector edges dotted; blocked edges red, edges on a cycle
+    orange (linkStyle by the edge's index), as in the DOT."""
+    ids = {node: f"n{i}" for i, node in enumerate(graph.nodes)}
+    on_cycle = {(cyc[i], cyc[(i + 1) % len(cyc)]) for cyc in cycles for i in range(len(cyc))}
+    out = ["flowchart LR"]
+    by_ns: dict[str, list[g.Node]] = {}
+    for node in graph.nodes:
+        by_ns.setdefault(node.namespace, []).append(node)
+    for i, (ns, nodes) in enumerate(sorted(by_ns.items())):
+        out.append(f'  subgraph ns{i}["namespace {_mermaid_text(ns)}"]')
+        for node in nodes:
+            label = _mermaid_text(node.label())
+            if node.kind in g.WORKLOAD_KINDS:
+                out.append(f'    {ids[node]}["{label}"]')
+            elif node.kind == registry.SERVICE.kind:
+                out.append(f'    {ids[node]}(["{label}"])')
+            else:
+                out.append(f'    {ids[node]}>"{label}"]')
+        out.append("  end")
+    styles: list[str] = []
+    for index, ((src, dst), labs) in enumerate(graph.labels.items()):
+        names = ",".join(sorted({lab.precondition for lab in labs if lab.policy}))
+        arrow = "-.->" if all(lab.policy is None for lab in labs) else "-->"
+        out.append(f"  {ids[src]} {arrow}" + (f'|"{_mermaid_text(names)}"|' if names else "") + f" {ids[dst]}")
+        if (src, dst) in blocked:
+            styles.append(f"  linkStyle {index} stroke:red,stroke-width:2px,color:red")
+        elif (src, dst) in on_cycle:
+            styles.append(f"  linkStyle {index} stroke:orange,stroke-width:2px")
+    return "\n".join(out + styles) + "\n"
+
+
 def render(graph: g.Graph, blocked: frozenset[tuple[g.Node, g.Node]], fmt: str) -> str:
+    """The graph as text, dot or mermaid (svg and png: `draw` of the dot)."""
     cycles = g.find_cycles(graph)
-    if fmt == "dot":
+    if fmt in ("dot", *PICTURES):
         return g.to_dot(graph, blocked, cycles)
+    if fmt == "mermaid":
+        return to_mermaid(graph, blocked, cycles)
     text = g.to_text(graph, blocked) or "no DependencyPolicies found\n"
     if cycles:
         text += "\ncycles (pods on them cannot start from cold):\n"
@@ -141,10 +227,16 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="depgate graph",
                                 description="Print the live dependency graph across all DependencyPolicies.")
     scope = p.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", help="only this namespace (default: the context's namespace)")
+    scope.add_argument("-n", "--namespace", help="only this namespace (default: the context's namespace; with -f: "
+                                                 "every namespace in the files)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
-    p.add_argument("--format", choices=("text", "dot"), default="text",
-                   help="text: a tree per gated workload, [blocked] edges marked; dot: Graphviz")
+    p.add_argument("-f", "--filename", action="append", default=[], metavar="PATH",
+                   help="read the objects from these files or directories (.yaml, .yml, .json; - for stdin; "
+                        "a kind: List is opened) instead of the cluster; repeatable")
+    p.add_argument("-o", "--output", "--format", dest="format", choices=FORMATS, default="text",
+                   help="text: a tree per gated workload, [blocked] edges marked; dot: Graphviz's DOT; svg, png: "
+                        "the picture Graphviz's dot draws of it (blocked edges red, cycles orange); mermaid: a "
+                        "Mermaid flowchart")
     p.add_argument("--context", help="the kubeconfig context to use")
     return p
 
@@ -154,16 +246,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return int(exc.code or 0)
-    namespace = None if args.all_namespaces else (args.namespace or current_namespace(args.context))
-    try:
-        live = list_live(namespace, args.context)
-    except Exception as exc:  # the client's errors: no config, 403, 404 (CRD not installed), ...
-        status, reason = getattr(exc, "status", None), getattr(exc, "reason", None)
-        detail = f"{status} {reason}" if status else f"{type(exc).__name__}: {exc}"
-        hint = " (is the DependencyPolicy CRD installed?)" if status == 404 else ""
-        print(f"depgate graph: cannot list objects: {detail}{hint}", file=sys.stderr)
-        return 1
+    if args.filename:
+        from depgate.render_cli import RenderFailure, load_documents
+
+        try:
+            docs = load_documents(args.filename)
+        except RenderFailure as exc:
+            print(f"depgate graph: {exc}", file=sys.stderr)
+            return 1
+        live = live_from_documents([d.obj for d in docs], None if args.all_namespaces else args.namespace)
+    else:
+        namespace = None if args.all_namespaces else (args.namespace or current_namespace(args.context))
+        try:
+            live = list_live(namespace, args.context)
+        except Exception as exc:  # the client's errors: no config, 403, 404 (CRD not installed), ...
+            status, reason = getattr(exc, "status", None), getattr(exc, "reason", None)
+            detail = f"{status} {reason}" if status else f"{type(exc).__name__}: {exc}"
+            hint = " (is the DependencyPolicy CRD installed?)" if status == 404 else ""
+            print(f"depgate graph: cannot list objects: {detail}{hint}", file=sys.stderr)
+            return 1
     got = live_graph(live)
-    sys.stdout.write(render(got.graph, got.blocked, args.format))
+    text = render(got.graph, got.blocked, args.format)
+    if args.format in PICTURES:
+        try:
+            picture = draw(text, args.format)
+        except DrawError as exc:
+            print(f"depgate graph: {exc}", file=sys.stderr)
+            return 1
+        sys.stdout.flush()
+        sys.stdout.buffer.write(picture)
+        sys.stdout.buffer.flush()
+    else:
+        sys.stdout.write(text)
     sys.stderr.write(skipped_lines(got.skipped))
     return 0

@@ -140,8 +140,12 @@ def assert_every_pod_gated(w: PodWatch, want: list[str], at_least: int) -> None:
 
 def applied(plane: Plane, ns: str, name: str) -> dict[str, Any]:
     """The policy once a reconcile has applied it (or found it applied) to a target."""
-    return wait_policy(plane, ns, name, lambda p: condition(p, "Applied").get("status") == "True"
-                       and bool(p["status"].get("targets")), timeout=60, what="Applied, with its target")
+    try:
+        return wait_policy(plane, ns, name, lambda p: condition(p, "Applied").get("status") == "True"
+                           and bool(p["status"].get("targets")), timeout=60, what="Applied, with its target")
+    except AssertionError as e:  # say what the policy says instead
+        status = (get(plane, ns, "dependencypolicy", name) or {}).get("status")
+        raise AssertionError(f"{e}; its status: {json.dumps(status)}") from None
 
 
 def with_fields(plane: Plane, ns: str, kind: str, name: str) -> dict[str, Any]:

@@ -37,7 +37,7 @@ RULES_TEST = REPO / "tests" / "prometheus" / "rules_test.yaml"
 DASHBOARD = CHART / "dashboards" / "depgate.json"
 JOB = "depgate"
 ALERTS = {"DepgatePreconditionBlocking", "DepgateReconcileErrors", "DepgateOperatorDown", "DepgateWebhookNotReady",
-          "DepgateWatchStale"}
+          "DepgateWatchStale", "DepgatePodsHeldAtGate"}
 
 
 def _tool(name: str) -> str:
@@ -200,7 +200,8 @@ def test_the_dashboard_is_a_grafana_dashboard_whose_panels_do_not_overlap():
             assert _metric_names(t["expr"]), (p["title"], t["expr"])
     titles = " | ".join(p["title"] for p in dash["panels"])
     for wanted in ("Blocked preconditions by policy", "Time blocked", "Reconciles by result", "Reconcile latency",
-                   "Errors", "Watch restarts", "Policy admission latency", "Workload admission latency"):
+                   "Errors", "Watch restarts", "Policy admission latency", "Workload admission latency",
+                   "Pods at the scheduling gate"):
         assert wanted in titles
 
 
@@ -303,6 +304,7 @@ def test_every_alert_and_every_dashboard_query_evaluates_against_a_running_depga
     assert not [r for r in results["DepgateWebhookNotReady"] if r["metric"]["instance"].endswith(
         f":{operator.metrics_port}")], "the session operator serves its webhook"
     assert results["DepgateWatchStale"] == []
+    assert [r["metric"]["instance"] for r in results["DepgatePodsHeldAtGate"]] in ([], [series["metric"]["instance"]])
 
     # Prometheus' own rule evaluation: every rule healthy, the blocking and operator-down alerts pending
     def evaluated() -> list[dict[str, Any]] | None:

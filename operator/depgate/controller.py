@@ -202,6 +202,11 @@ class Reconciler:
         if patch:
             live = self.kube.json_patch(*_api(target.key[0]), policy.namespace, target.name, patch) or live
             out.writes += 1
+        # depgate-* entries the policy no longer renders, kept by another manager's co-ownership: out
+        stale = plan.stale_patch(policy, {**live, "kind": target.key[0]}, self.config) if target.applies else None
+        if stale:
+            live = self.kube.json_patch(*_api(target.key[0]), policy.namespace, target.name, stale) or live
+            out.writes += 1
         return live
 
     def _apply_template(self, template: plan.TemplateWrite, done: plan.Progress, out: Outcome) -> None:

@@ -592,26 +592,59 @@ def release_body(policy_name: str, dep: Mapping[str, Any] | None) -> Obj | None:
 def leftovers_patch(dep: Mapping[str, Any] | None) -> list[Obj] | None:
     """After a release: a JSON patch removing depgate's entries (init containers, volumes, mounts) that
     are still in the workload because another field manager co-owns them (a user applied depgate's
-    render output; an admission webhook's mutation is owned by whoever created the object). None when
-    none are left. Guarded by the resourceVersion read."""
+    render output). None when none are left. Guarded by the resourceVersion read."""
+    return _without_patch(dep, keep=frozenset())
+
+
+def stale_patch(policy: spec.Policy, dep: Mapping[str, Any] | None,
+                config: render.RenderConfig) -> list[Obj] | None:
+    """After an apply: a JSON patch removing the depgate-* entries the policy no longer renders (a
+    precondition removed, a CA dropped) that stay because another field manager co-owns them (a
+    Deployment file copied from a gated one, applied by its user). None when there are none."""
+    if dep is None:
+        return None
+    try:
+        want = render.rendered(policy, dep, config)
+    except render.RenderProblem:
+        return None
+    pod = _pod(want)
+    keep = {str(i.get("name")) for key in ("initContainers", "volumes") for i in pod.get(key) or []
+            if isinstance(i, Mapping) and render.is_ours(i.get("name"))}
+    return _without_patch(dep, keep=frozenset(keep))
+
+
+def _without_patch(dep: Mapping[str, Any] | None, keep: frozenset[str]) -> list[Obj] | None:
+    """The guarded JSON patch that drops every depgate-* init container, volume and mount of `dep`
+    whose name is not in `keep` (None: nothing to drop; a Job's template cannot change)."""
     if dep is None:
         return None
     kind = registry.WORKLOAD_KINDS.get(key_of(dep)[0])
     if kind is not None and not kind.template_mutable:
         return None
-    clean = render.without_ours(dep)
-    path = render.template_path(dep)
-    pod, want = _pod(dep), _pod(clean)
+
+    def drop(item: Any) -> bool:
+        return isinstance(item, Mapping) and render.is_ours(item.get("name")) and str(item.get("name")) not in keep
+
+    pod = _pod(dep)
+    base = "/" + "/".join((*render.template_path(dep), "spec"))
     ops: list[Obj] = []
-    base = "/" + "/".join((*path, "spec"))
     for key in ("initContainers", "volumes"):
-        if pod.get(key) != want.get(key):
-            ops.append({"op": "replace", "path": f"{base}/{key}", "value": want[key]} if key in want
+        items = pod.get(key)
+        if isinstance(items, list) and any(drop(i) for i in items):
+            left = [copy.deepcopy(i) for i in items if not drop(i)]
+            ops.append({"op": "replace", "path": f"{base}/{key}", "value": left} if left
                        else {"op": "remove", "path": f"{base}/{key}"})
-    for i, (c, w) in enumerate(zip(pod.get("containers") or [], want.get("containers") or [], strict=False)):
-        if isinstance(c, Mapping) and isinstance(w, Mapping) and c.get("volumeMounts") != w.get("volumeMounts"):
-            ops.append({"op": "replace", "path": f"{base}/containers/{i}/volumeMounts", "value": w["volumeMounts"]}
-                       if "volumeMounts" in w else {"op": "remove", "path": f"{base}/containers/{i}/volumeMounts"})
+    for key in ("containers", "initContainers"):
+        for i, c in enumerate(pod.get(key) or []):
+            if not isinstance(c, Mapping) or (key == "initContainers" and drop(c)):
+                continue
+            mounts = c.get("volumeMounts")
+            if isinstance(mounts, list) and any(drop(m) for m in mounts):
+                # the index in the list as it stands after the initContainers op above
+                at = i if key == "containers" else [x for x in pod.get(key) or [] if not drop(x)].index(c)
+                left = [copy.deepcopy(m) for m in mounts if not drop(m)]
+                ops.append({"op": "replace", "path": f"{base}/{key}/{at}/volumeMounts", "value": left} if left
+                           else {"op": "remove", "path": f"{base}/{key}/{at}/volumeMounts"})
     if not ops:
         return None
     return [{"op": "test", "path": "/metadata/resourceVersion", "value": _meta(dep)["resourceVersion"]}, *ops]

@@ -35,13 +35,9 @@ CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "policy.yaml").exists() 
 
 pytestmark = pytest.mark.plane
 
-# The operator keeps stale depgate-* entries that the user's own apply owns (a Deployment file copied
-# from a gated Deployment): server-side apply removes only what depgate alone owns, and nothing else
-# does. Render drops them (so re-rendering changes nothing); the live Deployment keeps them.
-KNOWN_DIFFERENT = {
-    "rerender-stale": "the operator leaves the stale depgate-model init container (and depgate-* volumes and "
-                      "mounts) that the user's kubectl apply owns in place and reports Applied=True; render drops them",
-}
+# Cases whose live result render cannot predict (none today: the stale depgate-* entries that a user's
+# own apply co-owns, rerender-stale's case, are patched out after the operator's apply, as render drops them).
+KNOWN_DIFFERENT: dict[str, str] = {}
 
 CERTIFICATE_CRD = {  # api-types' `resource` precondition names a cert-manager Certificate: its kind must be served
     "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",

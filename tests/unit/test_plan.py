@@ -470,3 +470,29 @@ def test_a_jobs_pod_held_at_the_gate_is_said_to_stay_held_not_to_run_ungated() -
     assert list(notes) == [("Job", "mig")]  # a Deployment's held pod is replaced by the rollout: no note
     assert notes[("Job", "mig")] == gates.held_message("mig", "Job", "mig", template_mutable=False)
     assert plan.held_notes(pol, {("Job", "mig"): [{"metadata": {"name": "x"}, "spec": {}}]}) == {}
+
+
+def test_depgate_entries_the_policy_no_longer_renders_are_patched_out_after_the_apply() -> None:
+    """The golden rerender-stale case: a Deployment file copied from a gated Deployment carries depgate's
+    old entries, co-owned by its user's apply; the apply cannot remove them, this patch does (and keeps
+    ours and the user's own)."""
+    import yaml
+    from tests.unit.test_render import GOLDEN
+
+    pol = spec.parse_policy(yaml.safe_load((GOLDEN / "rerender-stale" / "policy.yaml").read_text()))
+    live = yaml.safe_load((GOLDEN / "rerender-stale" / "deployment.yaml").read_text())
+    live["metadata"]["resourceVersion"] = "3"
+    patch = plan.stale_patch(pol, live, CONFIG)
+    assert patch is not None and patch[0]["op"] == "test"
+    clean = jsonpatch.apply_patch(live, patch)
+    before = [c["name"] for c in live["spec"]["template"]["spec"]["initContainers"]]
+    assert "depgate-model" in before  # the removed download's init container
+    pod = clean["spec"]["template"]["spec"]
+    # the stale one gone, the policy's own (still rendered) and the user's kept, in their order
+    assert [c["name"] for c in pod["initContainers"]] == [n for n in before if n != "depgate-model"]
+    expected = yaml.safe_load((GOLDEN / "rerender-stale" / "expected.yaml").read_text())["spec"]["template"]["spec"]
+    ours = sorted(v["name"] for v in expected.get("volumes") or [] if v["name"].startswith("depgate-"))
+    assert sorted(v["name"] for v in pod.get("volumes") or [] if v["name"].startswith("depgate-")) == ours
+    assert [[m["name"] for m in c.get("volumeMounts") or []] for c in pod["containers"]] == [
+        [m["name"] for m in c.get("volumeMounts") or []] for c in expected["containers"]]
+    assert plan.stale_patch(pol, render.rendered(pol, live, CONFIG), CONFIG) is None  # nothing stale once rendered

@@ -7,7 +7,14 @@ reconcile renders them (render.rendered, render.apply_body, plan.body_hash). So 
 them, and the reconcile afterwards finds it up to date (plan.up_to_date): no write, no rollout. A Job,
 whose pod template cannot change once created, is rendered on CREATE only.
 
-    decide(obj, namespace, operation, policies, config, protected) -> Decision (patch, warnings)
+    decide(obj, namespace, operation, policies, config, protected, now) -> Decision (patch, warnings)
+
+The API server records who owns which field before the mutating webhooks run, so the patch also
+writes the managedFields entry depgate's own server-side apply of the same body would leave (see
+fields_v1): a release later takes everything back out, as it does after a reconcile's apply. And
+`Pending` holds the policies the validating webhook has just admitted (or the operator listed at its
+start) until the policies watch delivers them: a policy and its workload in one `kubectl apply`
+arrive milliseconds apart.
 
 Never a refusal: a workload no policy names is admitted unchanged; one that a policy names but cannot
 be rendered into (render.render_errors: a fromContainer it lacks, a mount over an app's) is admitted
@@ -41,6 +48,7 @@ UP_TO_DATE: Final = "up-to-date"  # it already carries them exactly (nothing to 
 RENDER_ERROR: Final = "render-error"  # a policy targets it but cannot be rendered into it: admitted unchanged
 IMMUTABLE: Final = "immutable"  # an UPDATE of a Job (its pod template cannot change): admitted unchanged
 OUTCOMES: Final = (NOT_GATED, UNTARGETED, PROTECTED, RENDERED, UP_TO_DATE, RENDER_ERROR, IMMUTABLE)
+# (the handler adds "error": an exception, logged; the workload admitted unchanged)
 
 
 @dataclass(frozen=True)
@@ -58,8 +66,8 @@ def decide(obj: Mapping[str, Any], namespace: str | None, operation: str, polici
     request's). `policies`: the namespace's valid policies whose author verifies, none being deleted;
     `now`: the time of depgate's managedFields entry (RFC 3339; None: none is written)."""
     kind = registry.WORKLOAD_KINDS.get(str(obj.get("kind")))
-    md = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
-    assert isinstance(md, Mapping)
+    raw_md = obj.get("metadata")
+    md: Mapping[str, Any] = raw_md if isinstance(raw_md, Mapping) else {}
     if kind is None or not kind.gated or md.get("deletionTimestamp"):
         return Decision(NOT_GATED)
     ns = namespace or md.get("namespace")

@@ -32,15 +32,17 @@ class Live:
     workloads: list[dict[str, Any]] = field(default_factory=list)  # of registry.WORKLOAD_KINDS, with "kind" set
 
 
-def list_live(namespace: str | None, context: str | None = None) -> Live:
+def list_live(namespace: str | None, context: str | None = None, kubeconfig: str | None = None) -> Live:
     """List policies, Services and workloads in `namespace` (None: all namespaces)."""
     from kubernetes import client
     from kubernetes import config as _config
 
     config: Any = _config  # partly untyped in the client
     try:
-        config.load_kube_config(context=context)
+        config.load_kube_config(context=context, **({"config_file": kubeconfig} if kubeconfig else {}))
     except config.ConfigException:
+        if kubeconfig:
+            raise
         config.load_incluster_config()
     api: Any = client.ApiClient()
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
@@ -238,6 +240,7 @@ def _parser() -> argparse.ArgumentParser:
                         "the picture Graphviz's dot draws of it (blocked edges red, cycles orange); mermaid: a "
                         "Mermaid flowchart")
     p.add_argument("--context", help="the kubeconfig context to use")
+    p.add_argument("--kubeconfig", help="path to a kubeconfig (default: $KUBECONFIG, then ~/.kube/config)")
     return p
 
 
@@ -258,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         namespace = None if args.all_namespaces else (args.namespace or current_namespace(args.context))
         try:
-            live = list_live(namespace, args.context)
+            extra = {"kubeconfig": args.kubeconfig} if args.kubeconfig else {}
+            live = list_live(namespace, args.context, **extra)
         except Exception as exc:  # the client's errors: no config, 403, 404 (CRD not installed), ...
             status, reason = getattr(exc, "status", None), getattr(exc, "reason", None)
             detail = f"{status} {reason}" if status else f"{type(exc).__name__}: {exc}"

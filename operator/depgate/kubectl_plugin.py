@@ -6,6 +6,7 @@ plugin's name through (so kubectl's flags go after it: `kubectl depgate why pod/
 
     kubectl depgate why pod/NAME | deploy/NAME | sts/NAME | ds/NAME | job/NAME | cj/NAME [-n NS] [--tail N]
     kubectl depgate status [-n NS]          (every namespace unless -n)
+    kubectl depgate graph [-n NS | -A] [-o text|dot|svg|png|mermaid]   (depgate graph: the picture)
 
 `why` reads the pod (or the workload's pods: a CronJob's are those of its Jobs), finds the init
 container it is on, the policy that gates its workload (the `depgate.io/policy` annotation render puts
@@ -573,7 +574,25 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[after], help="a table of every policy (every namespace unless -n)")
     status.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (the default)")
     status.add_argument("-p", "--preconditions", action="store_true", help="one row per precondition")
+    graph = sub.add_parser("graph", parents=[after], help="the dependency graph across policies (depgate graph)")
+    graph.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    graph.add_argument("-f", "--filename", action="append", default=[], metavar="PATH",
+                       help="read the objects from files instead of the cluster")
+    graph.add_argument("-o", "--output", default="text", help="text, dot, svg, png or mermaid")
     return p
+
+
+def graph_argv(args: argparse.Namespace) -> list[str]:
+    """`kubectl depgate graph`'s flags as `depgate graph` takes them."""
+    out = ["-o", args.output, *(a for f in args.filename for a in ("-f", f))]
+    if args.all_namespaces:
+        out.append("-A")
+    elif args.namespace:
+        out += ["-n", args.namespace]
+    for flag, value in (("--kubeconfig", args.kubeconfig), ("--context", args.context)):
+        if value:
+            out += [flag, value]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -581,6 +600,10 @@ def main(argv: list[str] | None = None) -> int:
     from kubernetes.client import ApiException
     from kubernetes.config import ConfigException
 
+    if args.command == "graph":
+        from depgate import graph_cli
+
+        return graph_cli.main(graph_argv(args))
     now = datetime.now(UTC)
     try:
         cluster = Cluster(args.kubeconfig, args.context)

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import Plane, wait_for
 from tests.integration import test_kinds as kinds
 from tests.integration.kubehelp import apply, entry, held_pods, wait_policy
+from tests.integration.test_graph_picture import svg_graph
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
 PLUGIN = SCRIPTS / "kubectl-depgate"
@@ -193,6 +194,15 @@ def test_why_sts_cj_job_and_a_cron_jobs_pod_name_the_policy_and_precondition(pla
     job = kubectl(plane, "depgate", "why", "job.batch/nightly-29412345", "-n", namespace)
     assert job.stdout.startswith(f"job {namespace}/nightly-29412345: gated by policy {namespace}/nightly; 1 pod, "
                                  "1 held"), job.stdout + job.stderr
+    # kubectl depgate graph: the picture, with the blocked edges red (status.blocking: no ConfigMap settings yet)
+    svg = subprocess.run([plane.kubectl, "depgate", "graph", "-n", namespace, "-o", "svg"], capture_output=True,
+                         timeout=60, check=False, env={**os.environ, "PATH": f"{SCRIPTS}{os.pathsep}{os.defpath}",
+                                                       "KUBECONFIG": plane.kubeconfig})
+    assert svg.returncode == 0, svg.stderr.decode()
+    nodes, edges = svg_graph(svg.stdout)
+    assert {f"{namespace}/StatefulSet/db", f"{namespace}/CronJob/nightly", f"{namespace}/ConfigMap/settings"} <= nodes
+    for kind, name in (("StatefulSet", "db"), ("CronJob", "nightly")):
+        assert edges[(f"{namespace}/{kind}/{name}", f"{namespace}/ConfigMap/settings")]["stroke"] == "red"
     missing = kubectl(plane, "depgate", "why", "ds/nope", "-n", namespace)
     assert missing.returncode == 1
     assert missing.stderr.strip() == (f'Error from server (NotFound): daemonsets.apps "nope" not found in namespace '

@@ -14,8 +14,10 @@ from depgate.kubectl_plugin import (
     _why,
     age,
     explain,
+    graph_argv,
     held,
     jobs_of_cron_job,
+    parser,
     pods_of_workload,
     selector_string,
     status_rows,
@@ -287,3 +289,14 @@ def test_why_a_pod_held_at_the_scheduling_gate_says_so_and_why_it_stays():
     assert "none found (no DependencyPolicy claims StatefulSet db): depgate lifts the gate" in orphan
     plain = explain(Why(pod(inits=()), ("DaemonSet", "agent"), None, None, None), NOW)
     assert plain == "pod apps/app-1 has no depgate init containers (DaemonSet agent is not gated)\n"
+
+
+def test_kubectl_depgate_graph_passes_its_flags_to_depgate_graph():
+    def argv(*words: str) -> list[str]:
+        return graph_argv(parser().parse_args(list(words)))
+
+    assert argv("graph") == ["-o", "text"]
+    assert argv("-n", "apps", "graph", "-o", "svg") == ["-o", "svg", "-n", "apps"]
+    assert argv("graph", "-A", "--kubeconfig", "/k", "--context", "c") == [
+        "-o", "text", "-A", "--kubeconfig", "/k", "--context", "c"]
+    assert argv("graph", "-f", "a.yaml", "-f", "dir", "-o", "mermaid") == ["-o", "mermaid", "-f", "a.yaml", "-f", "dir"]

@@ -27,8 +27,10 @@ deps: $(STAMP)
 
 ## Debian packages the tests use (command:package): redis-server (waiter tests), openssl (plane and TLS
 ## tests), prometheus and promtool (the alert rules and the dashboard's queries), graphviz's dot (the graph
-## picture); then the Go builds into the cache: the plane, helm and the test tools (kstatus, Argo CD's Lua).
-DEBIAN_DEPS := redis-server:redis-server openssl:openssl prometheus:prometheus promtool:prometheus dot:graphviz
+## picture) and librsvg's rsvg-convert (that SVG drawn again as PNG); then the Go builds into the cache: the
+## plane, helm and the test tools (kstatus, Argo CD's Lua).
+DEBIAN_DEPS := redis-server:redis-server openssl:openssl prometheus:prometheus promtool:prometheus dot:graphviz \
+               rsvg-convert:librsvg2-bin
 system-deps:
 	@missing=""; for cp in $(DEBIAN_DEPS); do command -v $${cp%%:*} >/dev/null || case " $$missing " in \
 	  *" $${cp##*:} "*) ;; *) missing="$$missing $${cp##*:}";; esac; done; \

@@ -3,13 +3,15 @@
 
 - examples/microservices drawn as SVG (parsed as XML: its nodes and edges are the graph's) and as PNG (a valid
   image: signature, every chunk's CRC, IHDR's size sane, IDAT inflating to exactly the rows IHDR says);
-- docs/graph-microservices.svg (the README's picture) is what `make graph-picture` draws now;
+- docs/graph-microservices.svg (the README's picture) is what `make graph-picture` draws now, and another
+  renderer (librsvg's rsvg-convert) draws it as a PNG of the size the SVG declares, with ink on it;
 - a policy's status.blocking draws its edge red, a cycle's edges orange, in the DOT, the SVG and Mermaid;
 - without dot on PATH, -o svg says what to install.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import struct
@@ -67,8 +69,14 @@ def svg_graph(svg: bytes) -> tuple[set[str], dict[tuple[str, str], dict[str, str
 
 
 def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of a valid PNG: signature, every chunk's CRC, IHDR first, IEND last, and the IDAT stream
-    inflating to exactly height rows of (1 + width * bytes per pixel) bytes (non-interlaced)."""
+    """(width, height) of a valid PNG (png_pixels)."""
+    width, height, _ = png_pixels(data)
+    return width, height
+
+
+def png_pixels(data: bytes) -> tuple[int, int, bytes]:
+    """(width, height, the inflated rows) of a valid PNG: signature, every chunk's CRC, IHDR first, IEND last,
+    and the IDAT stream inflating to exactly height rows of (1 + width * bytes per pixel) bytes."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
     pos, chunks, idat = 8, [], b""
     while pos < len(data):
@@ -86,8 +94,9 @@ def png_size(data: bytes) -> tuple[int, int]:
     channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color]
     assert interlace == 0
     row = 1 + (width * channels * depth + 7) // 8
-    assert len(zlib.decompress(idat)) == height * row, "IDAT does not hold the rows IHDR announces"
-    return width, height
+    rows = zlib.decompress(idat)
+    assert len(rows) == height * row, "IDAT does not hold the rows IHDR announces"
+    return width, height, rows
 
 
 def test_the_microservices_example_as_svg_and_png_drawn_by_dot(dot):
@@ -117,6 +126,47 @@ def test_the_readmes_picture_is_what_make_graph_picture_draws_now(dot):
     assert now.returncode == 0, now.stderr.decode()
     assert PICTURE.read_bytes() == now.stdout, (
         "docs/graph-microservices.svg is out of date: run `make graph-picture` (never edit it by hand)")
+
+
+def test_the_readmes_svg_drawn_as_png_by_another_renderer_has_its_size_and_ink(tmp_path):
+    rsvg = shutil.which("rsvg-convert")
+    if not rsvg:
+        pytest.fail("rsvg-convert is not installed: `make system-deps` installs Debian's librsvg2-bin", pytrace=False)
+    out = subprocess.run([rsvg, "--dpi-x=96", "--dpi-y=96", str(PICTURE)], capture_output=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0, out.stderr.decode()
+    width, height, rows = png_pixels(out.stdout)
+    svg = ElementTree.fromstring(PICTURE.read_bytes())
+    points = [float(svg.get(side, "0").removesuffix("pt")) for side in ("width", "height")]
+    assert (width, height) == tuple(math.ceil(p * 96 / 72) for p in points), (width, height, points)  # 1pt = 1/72"
+    # ink: the boxes, arrows and names are dark pixels on a white background, a few percent of the picture
+    pixels = unfiltered(rows, width, 4)
+    dark = sum(1 for i in range(0, len(pixels), 4) if pixels[i + 3] > 128 and max(pixels[i:i + 3]) < 100)
+    assert 0.005 < dark / (width * height) < 0.2, f"{dark} dark pixels of {width * height}: blank or a blot"
+
+
+def unfiltered(rows: bytes, width: int, bpp: int) -> bytes:
+    """The pixels of inflated 8-bit PNG rows (each: a filter byte, then width * bpp bytes), PNG's five filters
+    undone."""
+    stride, out, prev = width * bpp, bytearray(), bytearray(width * bpp)
+    for start in range(0, len(rows), stride + 1):
+        kind, line = rows[start], bytearray(rows[start + 1:start + 1 + stride])
+        for i in range(stride):
+            left = line[i - bpp] if i >= bpp else 0
+            up, corner = prev[i], prev[i - bpp] if i >= bpp else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + up) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 0xFF
+            elif kind == 4:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 0xFF
+        out += line
+        prev = line
+    return bytes(out)
 
 
 BLOCKED_CYCLE = """

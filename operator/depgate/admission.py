@@ -73,9 +73,12 @@ def decide(obj: Mapping[str, Any], namespace: str | None, operation: str, polici
     ns = namespace or md.get("namespace")
     if not ns:
         return Decision(NOT_GATED)
-    # The object as the reconcile will read it: its namespace set (a CREATE's object may lack it).
+    # The object as the reconcile will read it: its namespace set (a CREATE's object may lack it), and
+    # a name: an object created with generateName has none yet at admission (the API server makes it
+    # after the mutating webhooks), so no workloadRef can name it; "" stands in, never written.
     workload: Obj = copy.deepcopy(dict(obj))
-    workload["metadata"] = {**dict(md), "namespace": ns}
+    generated = not md.get("name")
+    workload["metadata"] = {**dict(md), "namespace": ns, **({"name": ""} if generated else {})}
     policy = plan.gating_policy([p for p in policies if p.namespace in (None, ns)], workload)
     if policy is None:
         return Decision(UNTARGETED)
@@ -98,7 +101,7 @@ def decide(obj: Mapping[str, Any], namespace: str | None, operation: str, polici
     desired = render.rendered(policy, workload, config)
     desired["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = applied_hash
     desired["metadata"] = {k: v for k, v in desired["metadata"].items()
-                           if k != "namespace" or "namespace" in md}
+                           if (k != "namespace" or "namespace" in md) and (k != "name" or not generated)}
     ops = diff(obj, desired)
     if not ops:
         return Decision(UP_TO_DATE, policy.name, result=obj)

@@ -274,6 +274,36 @@ def test_a_job_created_after_its_policy_runs_only_gated_pods(plane, operator, na
     assert_every_pod_gated(pod_watch, ["depgate-db"], at_least=1)
 
 
+def test_jobs_of_a_generated_name_that_a_selector_names_are_rendered_and_said_gated(plane, operator, namespace):
+    """A Job has no name at admission when it is created with generateName (a migration Job per
+    release): the selector policy's kinds name Jobs, the Jobs are rendered, and the policy's status
+    counts them gated, not "created without depgate's init containers"."""
+    ns = namespace
+    sel = ("apiVersion: depgate.io/v1alpha1\nkind: DependencyPolicy\nmetadata: {name: migrations}\nspec:\n"
+           "  selector: {matchLabels: {app: migrate}, kinds: [Job]}\n  preconditions:\n" + textwrap.indent(TCP, "  "))
+    apply_file(plane, ns, sel)
+    wait_policy(plane, ns, "migrations", lambda p: bool(p["status"].get("conditions")), timeout=60,
+                what="reconciled once")
+    manifest = yaml.safe_load(workload("Job", "migrate"))
+    manifest["metadata"] = {"generateName": "migrate-", "labels": {"app": "migrate"}}
+    names = [plane.run_kubectl("create", "-n", ns, "-o", "name", "-f", "-", input=json.dumps(manifest)).stdout.strip()
+             for _ in range(2)]
+    for name in names:
+        job = get(plane, ns, "job", name.split("/", 1)[1])
+        assert inits(job["spec"]["template"]["spec"]) == ["depgate-db"], name
+        assert job["metadata"]["annotations"][POLICY_ANNOTATION] == "migrations"
+
+    def both_counted() -> dict[str, Any] | None:
+        p = get(plane, ns, "dependencypolicy", "migrations") or {}
+        targets = [t for t in (p.get("status") or {}).get("targets") or [] if isinstance(t, dict)]
+        return p if sorted(f"job.batch/{t.get('name')}" for t in targets) == sorted(names) else None
+
+    pol = wait_for(both_counted, 60, interval=0.2, what="both Jobs among the policy's targets")
+    notes = [t.get("note") or "" for t in pol["status"]["targets"]]
+    assert not any("without depgate's init containers" in n for n in notes), notes
+    assert condition(pol, "Applied").get("status") == "True", condition(pol, "Applied")
+
+
 def test_a_deployment_rendered_at_admission_is_released_whole_when_its_policy_goes(plane, operator, namespace):
     """What the webhook added is depgate's (managedFields): the release takes all of it back out, the
     annotations included, and leaves the user's fields."""

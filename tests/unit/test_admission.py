@@ -249,6 +249,22 @@ def test_precedence_is_the_reconciles_a_workload_ref_over_a_selector_and_kinds_m
     assert decide(workload("Job"), ref).outcome == admission.UNTARGETED
 
 
+def test_an_object_of_a_generated_name_is_rendered_for_a_selector_and_never_for_a_workload_ref() -> None:
+    obj = workload("Job")
+    del obj["metadata"]["name"]
+    obj["metadata"]["generateName"] = "app-"
+    sel = policy("sel", {"selector": {"matchLabels": {"app": "app"}, "kinds": ["Job"]}})
+    d = decide(obj, sel)
+    assert d.outcome == admission.RENDERED and d.policy == "sel"
+    out = admitted(obj, d)
+    assert "name" not in out["metadata"] and out["metadata"]["generateName"] == "app-"  # the API server names it
+    assert [c["name"] for c in pod_spec(out)["initContainers"]] == ["depgate-db"]
+    assert decide(obj, policy(target={"workloadRef": {"kind": "Job", "name": "app"}})).outcome == admission.UNTARGETED
+    cmd = {"name": "wait", "command": {"fromContainer": "nope", "command": ["true"]}}
+    broken = policy("sel", {"selector": {"matchLabels": {"app": "app"}, "kinds": ["Job"]}}, preconditions=[cmd])
+    assert "Job shop/app-*" in decide(obj, broken).warnings[0]
+
+
 def test_the_namespace_comes_from_the_request_when_the_object_has_none() -> None:
     obj = workload()
     del obj["metadata"]["namespace"]

@@ -37,6 +37,7 @@ from depgate.plan import (
     fresher,
     key_of,
     prior_targets,
+    target_ref,
     workload_of_pod,
 )
 
@@ -290,6 +291,9 @@ class Wiring:
     pod_events: dict[str, int] = field(default_factory=dict)
     started: dict[Key, int] = field(default_factory=dict)
     by_target: dict[tuple[str, str, str], set[Key]] = field(default_factory=lambda: defaultdict(set))
+    refs: dict[Key, TargetKey] = field(default_factory=dict)  # the workload a workloadRef/template names
+    cron_jobs: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, Job) -> the CronJob controlling it
+    by_ref: dict[tuple[str, str, str], set[Key]] = field(default_factory=lambda: defaultdict(set))
     selectors: dict[Key, spec.Selector] = field(default_factory=dict)
     services: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # -> spec.selector
     workload_labels: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)  # -> template labels
@@ -334,10 +338,19 @@ class Wiring:
             self.by_target[(ns, kind, name)].add(key)
         self.targets[key] = new
 
+    def set_refs(self, key: Key, ref: TargetKey | None) -> None:
+        old = self.refs.pop(key, None)
+        if old is not None:
+            self.by_ref[(key[0], *old)].discard(key)
+        if ref is not None:
+            self.refs[key] = ref
+            self.by_ref[(key[0], *ref)].add(key)
+
     def forget(self, key: Key) -> Claim:
         """A deleted policy: nothing wakes it any more, and its custom watches are given up."""
         self.set_deps(key, set())
         self.set_targets(key, ())
+        self.set_refs(key, None)
         self.selectors.pop(key, None)
         self.policies.pop(key, None)
         self.parsed.pop(key, None)
@@ -352,6 +365,7 @@ class Wiring:
         """The policies a workload's event wakes: those targeting it by name or by selector, and
         those with a precondition on it."""
         keys = set(self.by_target.get((ns, kind, name), set())) | self._naming(kind, ns, name)
+        keys |= self.by_ref.get((ns, kind, name), set())
         for k, sel in self.selectors.items():
             if k[0] == ns and kind in sel.kinds and sel.matches(labels or {}):
                 keys.add(k)
@@ -390,6 +404,10 @@ class Wiring:
             self.selectors[key] = pol.target
         else:
             self.selectors.pop(key, None)
+        # The one workload a workloadRef (or template) names wakes the policy from the moment its spec
+        # is known, not only once a reconcile learnt it: created while the first reconcile runs (one
+        # kubectl apply, policy first), its event would otherwise wake nobody.
+        self.set_refs(key, target_ref(pol))
 
     # ------------------------------------------------------------------ events
 
@@ -429,7 +447,15 @@ class Wiring:
         labels = dict(_meta(body).get("labels") or {})
         if not registry.WORKLOAD_KINDS[kind].template_mutable:
             # Jobs come and go by the thousand (CronJobs): they wake whom they concern, and are not
-            # kept for the cycle graph (a Job is run once; nothing waits on a Job's pods by Service)
+            # kept for the cycle graph (a Job is run once; nothing waits on a Job's pods by Service);
+            # only which CronJob controls one is kept, so that its pods wake the CronJob's policies
+            owner = next((str(o.get("name")) for o in _meta(body).get("ownerReferences") or []
+                          if isinstance(o, Mapping) and o.get("kind") == registry.CRON_JOB.kind
+                          and o.get("controller")), None)
+            if owner and not deleted:
+                self.cron_jobs[(ns, name)] = owner
+            else:
+                self.cron_jobs.pop((ns, name), None)
             return Change(frozenset(self.for_workload(kind, ns, name, labels)))
         tmpl = _template_labels(body, kind)
         claim = claim_of(body) if not deleted else None
@@ -465,7 +491,7 @@ class Wiring:
         if owner is None:
             return frozenset()
         keys = set(self.by_target.get((ns, *owner), set()))
-        cron = cron_job_of(owner[1]) if owner[0] == registry.JOB.kind else None
+        cron = (self.cron_jobs.get((ns, owner[1])) or cron_job_of(owner[1])) if owner[0] == registry.JOB.kind else None
         if cron is not None:  # a Job a CronJob made: its pods count for the CronJob's policies
             keys |= self.by_target.get((ns, registry.CRON_JOB.kind, cron), set())
         return frozenset(keys)

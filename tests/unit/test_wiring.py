@@ -82,9 +82,11 @@ def seen(w: Wiring, *pols: dict[str, Any]) -> None:
 
 def test_a_deployment_wakes_the_policies_that_target_it_by_name_or_selector_want_it_or_depend_on_it() -> None:
     w = wiring()
+    other = {"workloadRef": {"name": "elsewhere-app"}}  # (a workloadRef's own target wakes it from its spec on)
     seen(w, policy("by-name"), policy("by-selector", target={"selector": {"matchLabels": {"tier": "app"}}}),
-         policy("depends", pre=[{"name": "api", "workload": {"kind": "Deployment", "name": "api"}}]),
-         policy("wants"), policy("other-ns", ns="elsewhere", target={"selector": {"matchLabels": {"tier": "app"}}}))
+         policy("depends", target=other, pre=[{"name": "api", "workload": {"kind": "Deployment", "name": "api"}}]),
+         policy("wants", target={"workloadRef": {"name": "not-yet"}}),
+         policy("other-ns", ns="elsewhere", target={"selector": {"matchLabels": {"tier": "app"}}}))
     running(w, "by-name", "by-selector", "depends", "wants")
     running(w, "other-ns", ns="elsewhere")
     w.reconciled((NS, "by-name"), w.policies[(NS, "by-name")], Outcome(targets=["web"]))
@@ -217,6 +219,13 @@ def test_workloads_of_every_kind_and_their_pods_wake_the_policies_targeting_them
     assert w.pod_seen(NS, of_job) == {(NS, "s")}
     other = {"metadata": {"ownerReferences": [{"kind": "DaemonSet", "name": "db", "controller": True}]}}
     assert w.pod_seen(NS, other) == frozenset()
+    # a Job made by `kubectl create job --from=cronjob/nightly manual`: its name says nothing, its owner does
+    manual = {"metadata": {"ownerReferences": [{"kind": "CronJob", "name": "nightly", "controller": True}]}}
+    w.workload_seen("Job", NS, "manual", manual, deleted=False)
+    of_manual = {"metadata": {"ownerReferences": [{"kind": "Job", "name": "manual", "controller": True}]}}
+    assert w.pod_seen(NS, of_manual) == {(NS, "s")}
+    w.workload_seen("Job", NS, "manual", manual, deleted=True)
+    assert w.pod_seen(NS, of_manual) == frozenset() and w.cron_jobs == {}
 
 
 def test_the_graph_changes_when_labels_selectors_or_templates_do_or_an_object_goes() -> None:
@@ -270,8 +279,9 @@ def test_a_lagging_copy_of_a_policy_older_than_the_one_kept_is_ignored() -> None
 def test_new_deps_and_targets_replace_the_old_in_every_index() -> None:
     w = wiring()
     key = (NS, "a")
-    w.policy_seen(key, policy("a", pre=[service("db")]))
-    w.policy_seen(key, policy("a", rv="11", generation=2, pre=[service("cache")]))
+    ref = {"workloadRef": {"name": "ref"}}
+    w.policy_seen(key, policy("a", target=ref, pre=[service("db")]))
+    w.policy_seen(key, policy("a", target=ref, rv="11", generation=2, pre=[service("cache")]))
     assert w.service_seen(NS, "db", {}, deleted=False).wake == frozenset()
     assert w.service_seen(NS, "cache", {}, deleted=False).wake == {key}
     assert w.deps[key] == {("Service", NS, "cache")} and not w.by_dep[("Service", NS, "db")]
@@ -279,7 +289,7 @@ def test_new_deps_and_targets_replace_the_old_in_every_index() -> None:
     w.set_targets(key, ["web", "api"])
     w.set_targets(key, ["api"])
     assert w.for_deployment(NS, "web", {}) == set() and w.for_deployment(NS, "api", {}) == {key}
-    assert not w.by_target[(NS, "web")]
+    assert not w.by_target[(NS, "Deployment", "web")]
 
     w.policy_seen(key, policy("a", rv="12", generation=3, target={"selector": {"matchLabels": {"x": "1"}}}))
     assert w.for_deployment(NS, "any", {"x": "1"}) == {key}
@@ -597,3 +607,19 @@ def test_a_workloads_claim_is_kept_for_the_cycle_graph_and_its_change_changes_th
     assert w.workload_seen("Deployment", NS, "web", taken, deleted=False).graph_changed
     assert w.workload_seen("Deployment", NS, "web", {}, deleted=True).graph_changed
     assert w.graph_inputs()[4] == {}
+
+
+def test_a_workloadref_target_created_while_the_first_reconcile_runs_wakes_the_policy() -> None:
+    """One kubectl apply, policy first: the workload's ADDED event arrives before the policy's first
+    reconcile has returned and learnt its targets; it must still wake the policy (else a CronJob or a
+    Deployment of 0 replicas, which send no later event, would stay TargetNotFound until the resync)."""
+    w = wiring()
+    key = (NS, "a")
+    seen(w, policy("a", target={"workloadRef": {"kind": "CronJob", "name": "nightly"}}))
+    assert w.targets.get(key, set()) == set()  # no reconcile has learnt anything yet
+    assert w.workload_seen("CronJob", NS, "nightly", {}, deleted=False).wake == {key}
+    assert w.workload_seen("Deployment", NS, "nightly", {}, deleted=False).wake == frozenset()  # another kind
+    seen(w, policy("a", target={"workloadRef": {"kind": "CronJob", "name": "weekly"}}, rv="11"))
+    assert w.workload_seen("CronJob", NS, "nightly", {}, deleted=False).wake == frozenset()  # moved on
+    w.forget(key)
+    assert w.workload_seen("CronJob", NS, "weekly", {}, deleted=False).wake == frozenset()

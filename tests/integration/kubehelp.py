@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from kubernetes import client, watch
 
 from tests.conftest import Plane, wait_for, wait_webhook_serves
 
@@ -157,3 +161,80 @@ def restored_webhooks(plane: Plane, operator) -> Iterator[None]:
                             {"op": "replace", "path": f"/webhooks/{i}/clientConfig", "value": h["clientConfig"]})]
         plane.run_kubectl("patch", kind, "depgate.io", "--type=json", "-p", json.dumps(patch))
     wait_webhook_serves(plane)
+
+
+# --- every version of every pod of a namespace (tests/integration/test_admission_workloads.py, test_pod_gates.py)
+
+
+@dataclass(frozen=True)
+class Seen:
+    at: float  # time.monotonic() when the watch delivered it
+    type: str
+    name: str
+    uid: str
+    owner: str
+    inits: tuple[str, ...]
+    gates: tuple[str, ...]
+    node: str
+    phase: str
+
+    @property
+    def ours(self) -> bool:
+        return any(i.startswith("depgate-") for i in self.inits)
+
+    @property
+    def scheduled(self) -> bool:
+        return bool(self.node) or self.phase in ("Running", "Succeeded", "Failed")
+
+
+class PodWatch:
+    """Every version of every pod of a namespace, from a resourceVersion listed before anything is
+    created there."""
+
+    def __init__(self, core: client.CoreV1Api, ns: str) -> None:
+        self.core, self.ns = core, ns
+        self.seen: list[Seen] = []
+        self.rv = core.list_namespaced_pod(ns).metadata.resource_version
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                w = watch.Watch()
+                for ev in w.stream(self.core.list_namespaced_pod, self.ns, resource_version=self.rv,
+                                   timeout_seconds=2, allow_watch_bookmarks=True):
+                    pod = ev["object"]
+                    self.rv = pod.metadata.resource_version
+                    if ev["type"] != "BOOKMARK":
+                        owners = pod.metadata.owner_references or []
+                        self.seen.append(Seen(
+                            time.monotonic(), ev["type"], pod.metadata.name, pod.metadata.uid,
+                            owners[0].kind if owners else "",
+                            tuple(c.name for c in pod.spec.init_containers or []),
+                            tuple(g.name for g in pod.spec.scheduling_gates or []),
+                            pod.spec.node_name or "", (pod.status.phase if pod.status else "") or ""))
+                    if self._stop.is_set():
+                        w.stop()
+        except BaseException as e:  # said by stop(): a watch that failed proves nothing
+            self._error = e
+
+    def versions(self, uid: str) -> list[Seen]:
+        return [s for s in self.seen if s.uid == uid]
+
+    def pods(self) -> dict[str, list[Seen]]:
+        out: dict[str, list[Seen]] = {}
+        for s in list(self.seen):
+            out.setdefault(s.uid, []).append(s)
+        return out
+
+    def live(self) -> dict[str, Seen]:
+        """The newest version of every pod not deleted."""
+        return {uid: v[-1] for uid, v in self.pods().items() if v[-1].type != "DELETED"}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        assert self._error is None, f"the pod watch failed: {self._error!r}"

@@ -11,7 +11,6 @@ import json
 import socket
 import subprocess
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,12 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client, utils, watch
+from kubernetes import client, utils
 
 from depgate import plan, render, spec, webhook
 from depgate.constants import APPLIED_HASH_ANNOTATION, POLICY_ANNOTATION
 from tests.conftest import PROBE_POLICY, Plane, start_operator, stop_operator, wait_for
-from tests.integration.kubehelp import condition, get, restored_webhooks, wait_policy  # noqa: F401 (a fixture)
+from tests.integration.kubehelp import PodWatch, condition, get, restored_webhooks, wait_policy  # noqa: F401 (a fixture)
 
 TCP = "- name: db\n  tcp: {host: db, port: 5432}"
 WAITER_IMAGE = "depgate/depgate:test"  # start_operator's --waiter-image
@@ -76,46 +75,6 @@ def inits(template_spec: dict[str, Any] | None) -> list[str]:
     return [c["name"] for c in (template_spec or {}).get("initContainers") or []]
 
 
-class PodWatch:
-    """Every version of every pod of a namespace, from a resourceVersion listed before anything is
-    created: what each pod carried the first time it existed, and every time after."""
-
-    def __init__(self, core: client.CoreV1Api, ns: str) -> None:
-        self.core, self.ns = core, ns
-        self.seen: list[tuple[str, str, list[str]]] = []  # (event type, pod name, its init containers)
-        self.rv = core.list_namespaced_pod(ns).metadata.resource_version
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                w = watch.Watch()
-                for ev in w.stream(self.core.list_namespaced_pod, self.ns, resource_version=self.rv,
-                                   timeout_seconds=2, allow_watch_bookmarks=True):
-                    pod = ev["object"]
-                    self.rv = pod.metadata.resource_version
-                    if ev["type"] == "BOOKMARK":
-                        continue
-                    names = [c.name for c in pod.spec.init_containers or []]
-                    self.seen.append((ev["type"], pod.metadata.name, names))
-                    if self._stop.is_set():
-                        w.stop()
-        except BaseException as e:  # said by stop(): a watch that failed proves nothing
-            self._error = e
-
-    def pods(self) -> set[str]:
-        return {name for _, name, _ in self.seen}
-
-    def stop(self) -> list[tuple[str, str, list[str]]]:
-        self._stop.set()
-        self._thread.join(10)
-        assert self._error is None, f"the pod watch failed: {self._error!r}"
-        return self.seen
-
-
 @pytest.fixture
 def core(api_client) -> client.CoreV1Api:
     return client.CoreV1Api(api_client)
@@ -133,9 +92,9 @@ def assert_every_pod_gated(w: PodWatch, want: list[str], at_least: int) -> None:
     ADDED event on; and the watch saw at least `at_least` pods."""
     wait_for(lambda: len(w.pods()) >= at_least, 60, what=f"{at_least} pod(s) created by the controllers")
     seen = list(w.seen)
-    ungated = [(t, n, i) for t, n, i in seen if i[: len(want)] != want]
+    ungated = [(s.type, s.name, s.inits) for s in seen if list(s.inits[: len(want)]) != want]
     assert not ungated, f"pods existed without depgate's init containers {want}: {ungated}"
-    assert any(t == "ADDED" for t, _, _ in seen)
+    assert any(s.type == "ADDED" for s in seen)
 
 
 def applied(plane: Plane, ns: str, name: str) -> dict[str, Any]:

@@ -169,6 +169,26 @@ def test_a_statefulset_first_then_its_policy_its_held_first_pod_is_replaced_by_a
     assert_never_scheduled_without_init_containers(pod_watch)
 
 
+@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
+def test_one_kubectl_apply_workload_listed_first_no_pod_runs_ungated(plane, operator, opted_in, needs_pods,
+                                                                    pod_watch, kind):
+    """Issue 15: the workload and its policy in ONE kubectl apply, the workload's document first (kubectl
+    creates them in file order, a few milliseconds apart): whichever pods the controller makes before
+    the policy arrives are held at the gate and replaced; none is ever scheduled without depgate's
+    init containers, and the pods that run carry them."""
+    ns = opted_in
+    work = deployment("app", replicas=2) if kind == "Deployment" else statefulset("app")
+    plane.run_kubectl("apply", "-n", ns, "-f", "-", input=work + "---\n" + policy("app", kind, "app"))
+
+    def settled() -> dict[str, Seen] | None:
+        live = pod_watch.live()
+        done = [s for s in live.values() if s.ours and s.phase == "Running" and not s.gates]
+        return live if len(done) == 2 and len(live) == 2 else None
+
+    wait_for(settled, 120, what=f"the {kind}'s 2 pods Running with depgate's init containers, nothing else")
+    assert_never_scheduled_without_init_containers(pod_watch)
+
+
 def daemonset(name: str) -> str:
     return textwrap.dedent(f"""\
         apiVersion: apps/v1

@@ -248,3 +248,80 @@ def test_a_job_created_before_its_policy_is_reported_never_patched(plane, operat
     assert inits(after) == [] == inits(before)
     assert "depgate.io/policy" not in (after["metadata"].get("annotations") or {})
     assert "depgate" not in {m.get("manager") for m in after["metadata"].get("managedFields") or []}  # never written
+
+
+def held_workload(kind: str, node: str) -> tuple[str, str, str]:
+    """(manifest, the policy's target, the label selector of its pods) of a `kind` whose pods land on
+    the node no kwok manages."""
+    if kind == "DaemonSet":  # tolerates the held node's taints; the DaemonSet controller places a pod there
+        return (f"""
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec:
+      affinity: {{nodeAffinity: {{requiredDuringSchedulingIgnoredDuringExecution: {{nodeSelectorTerms: [
+        {{matchFields: [{{key: metadata.name, operator: In, values: [{node}]}}]}}]}}}}}}
+      tolerations: [{{operator: Exists}}]
+      containers:
+      - {{name: main, image: registry.example/agent:1}}
+""", "workloadRef: {kind: DaemonSet, name: agent}", "app=agent")
+    if kind == "CronJob":
+        return (f"""
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: nightly}}
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          nodeName: {node}
+          containers:
+          - {{name: main, image: registry.example/report:1}}
+""", "workloadRef: {kind: CronJob, name: nightly}", "job-name=nightly-29000000")
+    return (f"""
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: migrate}}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      nodeName: {node}
+      containers:
+      - {{name: main, image: registry.example/app:1}}
+""", "workloadRef: {kind: Job, name: migrate}", "job-name=migrate")
+
+
+@pytest.mark.parametrize("kind", ["DaemonSet", "CronJob", "Job"])
+def test_each_kind_is_held_in_init_per_target_and_released_when_the_precondition_is_met(
+        plane, operator, needs_pods, namespace, held_node, kind):
+    """A DaemonSet's pod, a pod of a Job its CronJob makes, and a Job created after its policy (rendered
+    at admission): held in depgate-cache (the test writes the pod's status as a kubelet would), the
+    policy's status names the blocker for that target; the ConfigMap key appearing satisfies the
+    operator-judged precondition."""
+    manifest, ref, selector = held_workload(kind, held_node)
+    name = ref.rsplit(" ", 1)[1].rstrip("}")
+    apply(plane, namespace, policy("p", ref))
+    wait_policy(plane, namespace, "p", lambda p: bool(p["status"].get("conditions")), what="reconciled once")
+    apply(plane, namespace, manifest)
+    if kind == "CronJob":  # the Job its controller would make at 03:00, made now (its controller: the CronJob)
+        wait_obj(plane, namespace, "cronjob", name, lambda o: inits(o) == OURS, what="init containers in jobTemplate")
+        plane.run_kubectl("create", "job", "-n", namespace, "nightly-29000000", "--from=cronjob/nightly")
+    pod = wait_for(lambda: next((p for p in pods_of(plane, namespace, selector)
+                                 if [c["name"] for c in p["spec"].get("initContainers") or []] == OURS), None),
+                   90, what=f"the {kind}'s pod with depgate's init containers")
+    hold(plane, namespace, pod["metadata"]["name"], "depgate-cache")
+    pol = wait_policy(plane, namespace, "p", lambda p: target(p, kind, name).get("blockedOn") == ["cache"],
+                      timeout=60, what=f"the {kind}'s pod held on cache, said for that target")
+    assert target(pol, kind, name)["pods"]["initializing"] == 1
+    assert entry(pol, "cache")["state"] == "Blocking" and entry(pol, "cache")["timedOutPods"] == 1
+    apply(plane, namespace, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n")
+    wait_policy(plane, namespace, "p", lambda p: entry(p, "settings").get("state") == "Satisfied",
+                what="settings Satisfied")

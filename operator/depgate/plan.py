@@ -809,7 +809,7 @@ def _name(obj: Mapping[str, Any]) -> str:
 
 def _pod(dep: Mapping[str, Any]) -> Mapping[str, Any]:
     """The pod spec of a workload's template (by its kind: a CronJob's is in its jobTemplate)."""
-    pod = registry.pod_template({**dep, "kind": dep.get("kind") or registry.DEPLOYMENT.kind}).get("spec")
+    pod = registry.pod_template(dep).get("spec")
     return pod if isinstance(pod, Mapping) else {}
 
 

@@ -125,7 +125,8 @@ AWAITABLE_KINDS: Final = tuple(w.kind for w in WORKLOAD_KINDS.values() if w.awai
 
 
 def pod_template(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The pod template of a workload object, by its kind ({} when absent or not a workload)."""
+    """The pod template of a workload object, by its kind; one that names no kind (a `depgate render`
+    file may not) or an unknown one is read where a Deployment's is. {} when absent."""
     wk = WORKLOAD_KINDS.get(str(obj.get("kind")))
     node: Any = obj
     for key in wk.pod_template if wk else ("spec", "template"):

@@ -106,8 +106,7 @@ def template_path(workload: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _pod_spec(deployment: Mapping[str, Any]) -> Mapping[str, Any]:
-    pod = registry.pod_template(
-        {**deployment, "kind": deployment.get("kind") or registry.DEPLOYMENT.kind}).get("spec") or {}
+    pod = registry.pod_template(deployment).get("spec") or {}
     return pod if isinstance(pod, Mapping) else {}
 
 

@@ -120,6 +120,7 @@ def test_workload_kinds() -> None:
     assert registry.pod_template(cron) == {"spec": {"containers": []}}
     assert registry.pod_template({"kind": "Job", "spec": {"template": {"spec": {"x": 1}}}}) == {"spec": {"x": 1}}
     assert registry.pod_template({"kind": "Job"}) == {}
+    assert registry.pod_template({"spec": {"template": {"spec": {"x": 1}}}}) == {"spec": {"x": 1}}  # no kind
     with pytest.raises(spec.SpecError, match=r"spec\.workloadRef\.kind: must be one of Deployment"):
         spec.parse_policy({"metadata": {"name": "p"}, "spec": {"workloadRef": {"kind": "ReplicaSet", "name": "db"},
                                                                "preconditions": [{"name": "a", "dns": {"name": "x"}}]}})

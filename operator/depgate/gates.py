@@ -78,13 +78,19 @@ def held(pod: Mapping[str, Any]) -> bool:
     return has_gate(pod) and not our_init_containers(pod)
 
 
-def controller_kind(pod: Mapping[str, Any]) -> str | None:
-    """The kind of the pod's controller (its ownerReference with controller: true)."""
+def controller_of(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of the pod's controller (its ownerReference with controller: true)."""
     for o in _list(_map(pod.get("metadata")).get("ownerReferences")):
         o = _map(o)
         if o.get("controller") is True:
-            return str(o.get("kind") or "") or None
+            return (str(o.get("kind") or ""), str(o.get("name") or "")) if o.get("kind") else None
     return None
+
+
+def controller_kind(pod: Mapping[str, Any]) -> str | None:
+    """The kind of the pod's controller (its ownerReference with controller: true)."""
+    owner = controller_of(pod)
+    return owner[0] if owner else None
 
 
 def gateable(pod: Mapping[str, Any]) -> bool:
@@ -263,7 +269,8 @@ class Entry:
 class GatedPods:
     """The pods still at depgate's gate, by uid, and when each is due for a decision. Fed with every
     event of a labelled pod (`seen`, `gone`) and every change of a namespace's policies
-    (`policies_changed`); `due` says which to decide now, `decided` / `failed` / `lifted` what came of it."""
+    (`policies_changed`) and of a held pod's StatefulSet (`owner_changed`); `due` says which to decide now,
+    `decided` / `failed` / `lifted` what came of it."""
 
     entries: dict[str, Entry] = field(default_factory=dict)
     lifted_at: dict[str, int] = field(default_factory=dict)  # uid -> resourceVersion of our lift's answer
@@ -303,6 +310,15 @@ class GatedPods:
         woke = False
         for e in self.entries.values():
             if e.namespace == namespace and e.due is None:
+                e.due, woke = now, True
+        return woke
+
+    def owner_changed(self, namespace: str, kind: str, name: str, now: float) -> bool:
+        """The controller `kind`/`name` of `namespace` changed (a StatefulSet observed its rendered revision):
+        the held pods it owns are due again (`replacement` reads it). True when one woke."""
+        woke = False
+        for e in self.entries.values():
+            if e.namespace == namespace and e.due is None and controller_of(e.pod) == (kind, name):
                 e.due, woke = now, True
         return woke
 

@@ -726,6 +726,10 @@ class PodGates:
         if self.pods.policies_changed(namespace, time.monotonic()):
             self.wake.set()
 
+    def owner_changed(self, namespace: str, kind: str, name: str) -> None:
+        if self.pods.owner_changed(namespace, kind, name, time.monotonic()):
+            self.wake.set()
+
     async def run(self) -> None:
         while True:
             timeout = gates.sleep_for(self.pods.next_due(), time.monotonic(), self.IDLE_SECONDS)
@@ -922,6 +926,15 @@ async def pod_gate_event(event: Mapping[str, Any], body: Any, **_: Any) -> None:
 async def policy_gate_event(namespace: str, **_: Any) -> None:
     """After policy_event updated the index: the namespace's held pods are decided again."""
     current().pod_gates.policies_changed(namespace)
+
+
+@kopf.on.event(registry.STATEFUL_SET.group, registry.STATEFUL_SET.version, registry.STATEFUL_SET.plural,
+               id="statefulset_pod_gates")
+async def statefulset_gate_event(namespace: str, name: str, **_: Any) -> None:
+    """A StatefulSet changed (its controller observed the rendered revision, say): the held pods it owns are
+    decided again, since whether one is deleted for its controller to make it again reads the StatefulSet
+    (gates.replacement); without this a pod held before the controller observed the revision stayed held."""
+    current().pod_gates.owner_changed(namespace, registry.STATEFUL_SET.kind, name)
 
 
 @kopf.on.startup()

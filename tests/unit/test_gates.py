@@ -223,6 +223,28 @@ def test_a_held_pod_is_decided_again_on_its_namespaces_policy_change_or_its_own(
     assert pods.seen(orphaned, 4.0)
 
 
+def test_a_held_statefulset_pod_is_decided_again_when_its_own_statefulset_changes() -> None:
+    """The StatefulSet controller observes the rendered revision after the policy's last event: the pod
+    held before that must be decided again then (gates.replacement reads the StatefulSet), or it stays held."""
+    pods = GatedPods()
+    mine = pod("db-0", owner="StatefulSet", owner_name="db", gated=(GATE,), uid="u1")
+    other = pod("cache-0", owner="StatefulSet", owner_name="cache", gated=(GATE,), uid="u2")
+    waiting = pod("db-1", owner="StatefulSet", owner_name="db", gated=(GATE,), uid="u3")
+    for p in (mine, other, waiting):
+        pods.seen(p, 0.0)
+    pods.due(0.0)
+    pods.decided("u1", Hold("made before policy db"))
+    pods.decided("u2", Hold("made before policy cache"))
+    pods.decided("u3", Wait(5.0))
+    assert not pods.owner_changed(NS, "StatefulSet", "web", 1.0)
+    assert not pods.owner_changed("elsewhere", "StatefulSet", "db", 1.0)
+    assert not pods.owner_changed(NS, "ReplicaSet", "db", 1.0)
+    assert pods.owner_changed(NS, "StatefulSet", "db", 2.0)
+    assert [u for u, _ in pods.due(2.0)] == ["u1"]  # not the other StatefulSet's; the waiting one keeps its time
+    assert pods.next_due() == 5.0
+    assert gates.controller_of(mine) == ("StatefulSet", "db") and gates.controller_of(pod(owner=None)) is None
+
+
 def test_a_pod_that_lost_the_gate_or_is_deleted_is_forgotten_and_a_stale_event_after_a_lift_is_ignored() -> None:
     pods = GatedPods()
     p = pod(gated=(GATE,), rv="10")

@@ -51,6 +51,11 @@ class Rejected(Exception):
     """The API server refused the object itself (400/422 Invalid): carries its message, which names the field."""
 
 
+class NotLeader(Exception):
+    """A write refused before it was sent: this replica is not the leader, or its renew deadline passed
+    (depgate.lease's fence)."""
+
+
 class NamespaceTerminating(Exception):
     """The namespace is being deleted: writes into it are refused, and nothing there needs them."""
 
@@ -75,6 +80,10 @@ def _base(api_version: str) -> str:
     return f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
 
 
+# The reviews a standby sends too (its webhook asks them): POSTs that change nothing, never fenced.
+_REVIEWS = ("subjectaccessreviews", "selfsubjectreviews", "selfsubjectaccessreviews")
+
+
 class Kube:
     def __init__(self, api_client: client.ApiClient, request_timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
         self.api = api_client
@@ -82,6 +91,9 @@ class Kube:
         self._dyn_lock = threading.Lock()
         self._plurals: dict[tuple[str, str], str] = {}
         self._aio: aiohttp.ClientSession | None = None  # the custom watches' (see watch_kind)
+        # The leader's fence (depgate.lease.Elector.write_budget): how long a write sent now may take; 0 or less
+        # refuses it (NotLeader). None: no fence (the lease's own writes, the webhook's setup, a test's client).
+        self.fence: Callable[[], float] | None = None
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None,
@@ -115,10 +127,15 @@ class Kube:
             raise
 
     def _call(self, method: str, path: str, *, query: Iterable[tuple[str, str]] = (), body: Any = None,
-              content_type: str = "application/json") -> Any:
+              content_type: str = "application/json", timeout: float | None = None) -> Any:
         """A request whose JSON answer is returned; None on 404; ApiException on any other error."""
-        resp = self.request(method, path, query=query, body=body, content_type=content_type,
-                            timeout=self.request_timeout)
+        timeout = self.request_timeout if timeout is None else min(timeout, self.request_timeout)
+        if self.fence is not None and method != "GET" and not path.endswith(_REVIEWS):
+            budget = self.fence()
+            if budget <= 0:
+                raise NotLeader(f"{method} {path}: this replica is not the leader (or its renew deadline passed)")
+            timeout = min(timeout, budget)
+        resp = self.request(method, path, query=query, body=body, content_type=content_type, timeout=timeout)
         raw = resp.read()
         if resp.status == 404:
             return None
@@ -173,8 +190,9 @@ class Kube:
 
     # ------------------------------------------------------------------ reads
 
-    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        obj = self._call("GET", self.path(api_version, kind, namespace, name))
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str, *,
+            timeout: float | None = None) -> dict[str, Any] | None:
+        obj = self._call("GET", self.path(api_version, kind, namespace, name), timeout=timeout)
         return dict(obj) if obj is not None else None
 
     def items(self, api_version: str, kind: str, namespace: str | None, *,
@@ -278,15 +296,28 @@ class Kube:
                          body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
         return str((((out or {}).get("status") or {}).get("userInfo") or {}).get("username") or "")
 
-    def create(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    def create(self, body: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any] | None:
         """Create an object; None when it exists already (409 AlreadyExists)."""
         md = body["metadata"]
         try:
             out = self._call("POST", self.path(body["apiVersion"], body["kind"], md.get("namespace")),
-                             body=dict(body))
+                             body=dict(body), timeout=timeout)
         except ApiException as e:
             if e.status == 409:
                 return None
+            raise
+        return dict(out) if out is not None else None
+
+    def replace(self, body: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any] | None:
+        """PUT the whole object, conditional on the metadata.resourceVersion it carries: 409 raises Changed;
+        None when it is gone."""
+        md = body["metadata"]
+        try:
+            out = self._call("PUT", self.path(body["apiVersion"], body["kind"], md.get("namespace"), md["name"]),
+                             body=dict(body), timeout=timeout)
+        except ApiException as e:
+            if e.status == 409:
+                raise Changed(f"{body['kind']} {md['name']} changed meanwhile") from e
             raise
         return dict(out) if out is not None else None
 

@@ -102,7 +102,8 @@ class FakeKube:
 
     # ------------------------------------------------------------------ the Kube interface
 
-    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None:
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str, *,
+            timeout: float | None = None) -> Obj | None:
         self._enter("get", api_version, kind, namespace, name)
         self.reads += 1
         return self.stored(api_version, kind, namespace, name)

@@ -1,0 +1,122 @@
+"""Leader election, the I/O side (the decisions are depgate.lease's): one task on the event loop that
+reads and writes the Lease, in a thread per request, every retry period; `fence` is what the writing
+client (Kube.fence) asks before each write."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+from depgate import lease
+from depgate.kube import Changed, Kube
+
+log = logging.getLogger("depgate.election")
+
+
+def identity() -> str:
+    """This process's name on the Lease: the pod's (or machine's) host name and a random suffix, as
+    client-go's, so that a restarted process never mistakes the lease of its predecessor for its own."""
+    host = os.environ.get("POD_NAME") or socket.gethostname() or "depgate"
+    return f"{host}_{uuid.uuid4().hex[:8]}"
+
+
+class Election:
+    def __init__(self, kube: Kube, elector: lease.Elector, *, on_elected: Callable[[], None],
+                 on_lost: Callable[[], None]) -> None:
+        self.kube, self.elector = kube, elector
+        self.on_elected, self.on_lost = on_elected, on_lost
+        self.elected = asyncio.Event()  # set while leading
+        self.holder = ""  # who leads, as last read
+        self.problem: str | None = None  # the last failure to read or write the Lease
+
+    def fence(self) -> float:
+        """From any thread: the write budget (Kube.fence)."""
+        return self.elector.write_budget(time.monotonic())
+
+    @property
+    def leading(self) -> bool:
+        return self.elector.may_write(time.monotonic())
+
+    async def run(self) -> None:
+        e, timing = self.elector, self.elector.timing
+        log.info("leader election on Lease %s/%s as %s (lease %gs, renew deadline %gs, retry %gs)", e.namespace,
+                 e.name, e.identity, timing.lease, timing.renew_deadline, timing.retry)
+        while True:
+            await self.attempt()
+            if e.deadline_passed(time.monotonic()):
+                self._lose(f"no renewal succeeded for the renew deadline of {timing.renew_deadline:g}s")
+            await asyncio.sleep(timing.retry)
+
+    async def attempt(self) -> None:
+        """One read and, where the elector says so, one write of the Lease."""
+        e = self.elector
+        timeout = max(0.5, e.timing.retry)  # a renewal that takes longer is as good as failed
+        try:
+            current = await asyncio.to_thread(self._get, timeout)
+            sent_at = time.monotonic()
+            step = e.step(current, sent_at, time.time())
+            if isinstance(step, lease.Wait):
+                if step.holder != self.holder:
+                    log.info("standing by: %s leads (its lease expires in %.0fs unless it renews)", step.holder,
+                             step.expires_in)
+                self.holder = step.holder
+                if self.elected.is_set():
+                    self._lose(f"{step.holder} holds the lease")
+                return
+            if not e.leading and self.elected.is_set():
+                self._lose("another holder is on the lease")
+            answer = await asyncio.to_thread(self._write, step, timeout)
+            if answer is None:  # created by another meanwhile, or gone: read again next time
+                e.refused()
+                return
+            self.problem = None
+            self.holder = e.identity
+            if e.renewed(sent_at, answer):
+                log.info("became the leader (Lease %s/%s, transitions %d)", e.namespace, e.name, e.transitions)
+                self.elected.set()
+                self.on_elected()
+        except Changed:
+            e.refused()
+        except Exception as ex:  # the fence decides; the next attempt tries again
+            if self.problem is None:
+                log.warning("could not read or write Lease %s/%s (%s: %s); trying again every %gs", e.namespace,
+                            e.name, type(ex).__name__, ex, e.timing.retry)
+            self.problem = f"{type(ex).__name__}: {ex}"
+
+    def _lose(self, why: str) -> None:
+        was = self.elected.is_set()
+        self.elector.lost()
+        self.elected.clear()
+        if was:
+            log.warning("stopped leading: %s; standing by", why)
+            self.on_lost()
+
+    def _get(self, timeout: float) -> dict[str, object] | None:
+        return self.kube.get(lease.API_VERSION, lease.KIND, self.elector.namespace, self.elector.name, timeout=timeout)
+
+    def _write(self, step: lease.Step, timeout: float) -> dict[str, object] | None:
+        if isinstance(step, lease.Create):
+            return self.kube.create(step.body, timeout=timeout)
+        assert isinstance(step, lease.Update)
+        return self.kube.replace(step.body, timeout=timeout)
+
+    def release(self) -> None:
+        """In a thread, on a clean stop: hand the Lease back if it is ours (a standby takes over at once)."""
+        e = self.elector
+        if not e.leading:
+            return
+        e.lost()
+        self.elected.clear()
+        try:
+            current = self._get(max(0.5, e.timing.retry))
+            body = e.release_body(current, time.time()) if current is not None else None
+            if body is not None:
+                self.kube.replace(body, timeout=max(0.5, e.timing.retry))
+                log.info("released Lease %s/%s", e.namespace, e.name)
+        except Exception as ex:  # the standby waits out the lease instead
+            log.warning("could not release Lease %s/%s (%s: %s)", e.namespace, e.name, type(ex).__name__, ex)

@@ -219,11 +219,15 @@ def start_operator(kubeconfig: str, tmp: Path, *extra: str, admin: Plane | None 
     fh = log.open("wb")
     enforce = "--authority=off" not in extra
     webhook = [] if any(a.startswith("--webhook-port") for a in extra) else [f"--webhook-port={free_port()}"]
+    # Each operator a test starts leads at once, on a Lease of its own (a restarted one too: the suite's SIGKILLs
+    # must not wait out a lease); the tests of leader election give their replicas one --lease-name.
+    election = [] if any(a.startswith(("--lease-name", "--no-leader-election")) for a in extra) \
+        else [f"--lease-name=depgate-test-{port}"]
     if enforce and admin is not None and webhook:
         register_webhooks(admin, int(webhook[0].split("=")[1]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "depgate", "run", f"--kubeconfig={kubeconfig}", f"--metrics-port={port}",
-         "--waiter-image=depgate/depgate:test", *webhook, *extra],
+         "--waiter-image=depgate/depgate:test", *webhook, *election, *extra],
         stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     op = Operator(proc, port, log, kubeconfig)

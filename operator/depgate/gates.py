@@ -313,6 +313,12 @@ class GatedPods:
                 e.due, woke = now, True
         return woke
 
+    def wake_all(self, now: float) -> bool:
+        """Every entry due now (a new leader decides them all); True when there is one."""
+        for e in self.entries.values():
+            e.due = now if e.due is None else min(e.due, now)
+        return bool(self.entries)
+
     def owner_changed(self, namespace: str, kind: str, name: str, now: float) -> bool:
         """The controller `kind`/`name` of `namespace` changed (a StatefulSet observed its rendered revision):
         the held pods it owns are due again (`replacement` reads it). True when one woke."""

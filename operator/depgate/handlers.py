@@ -21,18 +21,27 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp.web
 import kopf
 
-from depgate import admission, authority, gates, metrics, plan, registry, spec, tls, webhook
+from depgate import admission, authority, gates, lease, metrics, plan, registry, spec, tls, webhook
 from depgate.constants import AUTHOR_SIGNATURE_ANNOTATION, FINALIZER, GROUP, WEBHOOK_SECRET
-from depgate.controller import Outcome, Reconciler, ReleaseFailed
+from depgate.controller import Outcome, Reconciler
 from depgate.echo import Echoes
-from depgate.kube import CONNECT_TIMEOUT, WATCH_SERVER_TIMEOUT, Changed, Kube, NamespaceTerminating, Rejected
+from depgate.election import Election, identity
+from depgate.kube import (
+    CONNECT_TIMEOUT,
+    WATCH_SERVER_TIMEOUT,
+    Changed,
+    Kube,
+    NamespaceTerminating,
+    NotLeader,
+    Rejected,
+)
 from depgate.plan import CustomKey
 from depgate.render import RenderConfig
 from depgate.settings import Settings
@@ -56,6 +65,8 @@ from depgate.wiring import (
 )
 
 log = logging.getLogger("depgate")
+
+KOPF_FINALIZER = f"{GROUP}/kopf"  # Kopf's own name (settings.persistence.finalizer); nothing makes it add it
 
 POLICIES = registry.DEPENDENCY_POLICY
 
@@ -82,6 +93,68 @@ class Operator:
         self.gate_problem = "depgate's admission webhook has not started yet"
         self.pod_gates = PodGates(self)  # depgate.gates: the pods at depgate's scheduling gate
         self.admitted = admission.Pending()  # policies just admitted, until the watch delivers them
+        self.workers: dict[Key, asyncio.Task[None]] = {}  # the leader's: one per policy of its shard
+        self.election: Election | None = None  # None: --no-leader-election (this process writes at once)
+        self.register_webhook: Callable[[], Awaitable[None]] | None = None  # set once the webhook listens
+        self._infra: Kube | None = None
+        self.election_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ leadership (depgate.lease)
+
+    def leading(self) -> bool:
+        return self.election is None or self.election.leading
+
+    def mine(self, obj: Mapping[str, Any]) -> bool:
+        """Is this policy of this process's shard (--shard; the default shard: no shard label)?"""
+        return lease.shard_of(obj) == self.settings.shard
+
+    def infra_kube(self) -> Kube:
+        """A client without the leader's fence: the Lease's own requests, the webhook Secret at start."""
+        if self._infra is None:
+            self._infra = Kube.from_environment(self.settings.kubeconfig, self.settings.request_timeout_seconds)
+        return self._infra
+
+    def ensure_worker(self, key: Key) -> None:
+        """On the loop: the leader runs one worker per policy of its shard; a standby none."""
+        obj = self.wiring.policies.get(key)
+        if obj is None or not self.mine(obj):
+            self.stop_worker(key)  # gone, or moved to another shard: that shard's leader takes it over
+            return
+        if key in self.workers or not self.leading() or self.loop is None:
+            return
+        task = self.loop.create_task(policy_worker(self, key), name=f"depgate worker {key[0]}/{key[1]}")
+        self.workers[key] = task
+
+        def done(t: asyncio.Task[None], k: Key = key) -> None:
+            if self.workers.get(k) is t:
+                del self.workers[k]
+        task.add_done_callback(done)
+
+    def stop_worker(self, key: Key) -> None:
+        task = self.workers.pop(key, None)
+        if task is not None:
+            task.cancel()
+
+    def elected(self) -> None:
+        """On the loop: this process leads now. Every policy of its shard gets its worker (and reconciles at
+        once: the previous leader's last moments are not trusted), held pods are decided again, and the
+        webhook configurations point at this process."""
+        shard = self.settings.shard
+        metrics.leader.labels(shard=shard).set(1)
+        metrics.leader_transitions.labels(shard=shard).inc()
+        if self.election is not None:
+            metrics.lease_transitions.labels(shard=shard).set(self.election.elector.transitions)
+        for key in list(self.wiring.policies):
+            self.ensure_worker(key)
+        self.pod_gates.wake_all()
+        if self.register_webhook is not None and self.loop is not None:
+            self.loop.create_task(self.register_webhook(), name="depgate webhook registration")
+
+    def lost(self) -> None:
+        """On the loop: no longer the leader: every worker stops (the fence already refuses their writes)."""
+        metrics.leader.labels(shard=self.settings.shard).set(0)
+        for key in list(self.workers):
+            self.stop_worker(key)
 
     def authorize(self, obj: Mapping[str, Any], policy: Any) -> str | None:
         """The reconcile's question: may this policy act now? (depgate.webhook.Gate)"""
@@ -244,11 +317,14 @@ def _count_restart(reason: str) -> None:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     s = current().settings
-    settings.persistence.finalizer = FINALIZER
+    # depgate's own finalizer (FINALIZER) is added and removed by the leader's workers, never by Kopf: a standby
+    # runs Kopf's watches too, and Kopf removes its finalizer from an object none of its handlers needs one
+    # for. Kopf keeps a name of its own, which no handler here makes it add (no daemon, no on.delete).
+    settings.persistence.finalizer = KOPF_FINALIZER
     settings.persistence.progress_storage = _TolerantProgress(prefix=GROUP)
     settings.persistence.diffbase_storage = _NoDiffBase()
     settings.posting.enabled = False  # our own Events say what happened; not Kopf's log lines
-    settings.peering.standalone = True  # one replica, strategy Recreate (see manifests/)
+    settings.peering.standalone = True  # no Kopf peering: depgate elects its leader on a Lease (depgate.lease)
     settings.execution.max_workers = MAX_WORKERS
     settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
     settings.watching.client_timeout = WATCH_SERVER_TIMEOUT + WATCH_CLIENT_MARGIN_SECONDS
@@ -328,7 +404,7 @@ async def start_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
     if s.authority == "off":
         log.warning("--authority=off: every policy is trusted, whoever wrote it (docs/operations.md, Threat model)")
         return
-    kube = op.reconciler().kube
+    kube = op.infra_kube()  # not fenced: every replica reads (or, the first, makes) the Secret
     ns = s.resolved_operator_namespace()
     in_cluster = s.kubeconfig is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     try:
@@ -338,7 +414,7 @@ async def start_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
         op.gate_problem = f"could not read or make the Secret {ns}/{WEBHOOK_SECRET}: {e}"
         log.error("%s; no policy is trusted meanwhile", op.gate_problem)
         return
-    op.gate = Gate(kube, keys.signing, me)
+    op.gate = Gate(op.reconciler().kube, keys.signing, me)
     await asyncio.to_thread(preload_policies, op, kube)
     if not s.webhook_port:
         return
@@ -352,11 +428,20 @@ async def start_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
                     "caBundle": bundle}
         return {"url": f"{base}/{path}", "caBundle": bundle}
 
-    async def listening() -> None:
+    async def register() -> None:
         problems = await asyncio.to_thread(webhook.register, kube, client, webhook.service_account_user(ns))
         for problem in problems:
             log.error("%s", problem)
         metrics.webhook_ready.set(0 if problems else 1)
+
+    async def listening() -> None:
+        # Every replica serves the webhooks; only the leader points the configurations at itself (in a cluster
+        # all replicas are behind the one Service; a standby on a laptop must not take the cluster's webhooks).
+        op.register_webhook = register
+        if op.leading():
+            await register()
+        else:
+            metrics.webhook_ready.set(1)  # it answers reviews sent to it; the leader registers
 
     settings.admission.server = _WebhookServer(
         addr="0.0.0.0" if in_cluster or s.webhook_url else "127.0.0.1", port=s.webhook_port,
@@ -584,6 +669,7 @@ async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name
     if event.get("type") == "DELETED":
         op.admitted.heard(key, None)
         op.authors.pop(key, None)
+        op.stop_worker(key)
         op.claimed(op.wiring.policy_deleted(key))
         op.graph_changed()
         metrics.forget(key)
@@ -599,31 +685,46 @@ async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name
     if op.authors.get(key) != author:
         op.authors[key] = author
         op.wiring.mark([key])
+    op.ensure_worker(key)  # the leader's, for a policy of its shard (a standby only keeps it in memory)
 
 
-@kopf.daemon(POLICIES.group, POLICIES.version, POLICIES.plural, cancellation_timeout=10)
-async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, name: str, **_: Any) -> None:
-    op, key = current(), (namespace, name)
+async def policy_worker(op: Operator, key: Key) -> None:
+    """The leader's worker of one policy (Operator.ensure_worker starts it, stop_worker cancels it): reconcile
+    when woken (an event marked it dirty), at least every resync period, with a backoff after failures;
+    add depgate's finalizer first, and when the policy is being deleted release its workloads and remove it."""
+    namespace, name = key
     dirty = op.wiring.worker(key)
     dirty.set()
     state = WorkerState(op.settings.coalesce_seconds, op.settings.max_backoff_seconds)
-    while not stopped:
-        # wake on the dirty flag, on the operator stopping, or after the resync period (whichever first)
-        woken = asyncio.ensure_future(dirty.wait())
-        stopping = asyncio.ensure_future(stopped.wait())
-        await asyncio.wait({woken, stopping}, timeout=op.settings.resync_seconds,
-                           return_when=asyncio.FIRST_COMPLETED)
-        for fut in (woken, stopping):
-            fut.cancel()
-        if stopped:
-            break
+    while True:
+        with contextlib.suppress(TimeoutError):  # woken by the dirty flag, or after the resync period
+            await asyncio.wait_for(dirty.wait(), timeout=op.settings.resync_seconds)
         pause = state.next_pause(time.monotonic())
         if pause > 0:
             await asyncio.sleep(pause)
         dirty.clear()
-        obj = op.wiring.to_reconcile(key, body)
-        if deleting(obj):
-            break
+        known = op.wiring.policies.get(key)
+        if known is None:
+            return  # deleted: policy_event forgot it
+        obj = op.wiring.to_reconcile(key, known)
+        try:
+            if deleting(obj):
+                if FINALIZER not in finalizers(obj):
+                    return  # nothing of depgate's holds it
+                await asyncio.to_thread(finalize, op, obj)
+                return
+            if FINALIZER not in finalizers(obj):
+                await asyncio.to_thread(add_finalizer, op, obj)
+        except (Changed, NotLeader):  # the policy changed meanwhile (its event wakes us), or we stopped leading
+            op.later(key, 0.5)
+            continue
+        except Exception as e:
+            delay = state.on_failure(time.monotonic())
+            log.warning("%s of %s/%s failed (%s: %s); retrying in %.1fs",
+                        "release" if deleting(obj) else "adding the finalizer", namespace, name,
+                        type(e).__name__, e, delay)
+            op.later(key, delay)
+            continue
         started = time.monotonic()
         try:
             outcome: Outcome = await asyncio.to_thread(op.reconciler().reconcile, obj, cycle=op.cycle_for(key))
@@ -650,10 +751,43 @@ async def policy_worker(stopped: kopf.DaemonStopped, body: Any, namespace: str, 
             op.later(key, outcome.requeue_after)
 
 
-@kopf.on.delete(POLICIES.group, POLICIES.version, POLICIES.plural)
-def policy_cleanup(body: Any, namespace: str, name: str, **_: Any) -> None:
+def finalizers(obj: Mapping[str, Any]) -> list[Any]:
+    value = (obj.get("metadata") or {}).get("finalizers")
+    return list(value) if isinstance(value, list) else []
+
+
+def add_finalizer(op: Operator, obj: Mapping[str, Any]) -> None:
+    """In a thread: depgate's finalizer on the policy before it changes any workload (so that its deletion
+    waits for the release), conditional on the copy read (a failed test raises Changed)."""
+    md = obj.get("metadata") or {}
+    present = md.get("finalizers") is not None
+    rv = md.get("resourceVersion")
+    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv}]
+    ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER} if present
+               else {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]})
+    r = op.reconciler()
+    if r.kube.json_patch(POLICIES.api_version, POLICIES.kind, md.get("namespace"), str(md.get("name")), ops):
+        metrics.writes.inc()
+
+
+def finalize(op: Operator, obj: Mapping[str, Any]) -> None:
+    """In a thread: the policy is being deleted: take every init container it added back out of the workloads
+    it gated, then remove depgate's finalizer (only it, by its position, tested). Raises to be tried again."""
+    release_all(op, obj)
+    md = obj.get("metadata") or {}
+    i = finalizers(obj).index(FINALIZER)
+    ops = [{"op": "test", "path": f"/metadata/finalizers/{i}", "value": FINALIZER},
+           {"op": "remove", "path": f"/metadata/finalizers/{i}"}]
+    if op.reconciler().kube.json_patch(POLICIES.api_version, POLICIES.kind, md.get("namespace"),
+                                       str(md.get("name")), ops):
+        metrics.writes.inc()
+
+
+def release_all(op: Operator, body: Mapping[str, Any]) -> None:
     """Take every init container this policy added back out of the workloads it gated."""
-    r = reconciler()
+    r = op.reconciler()
+    md = body.get("metadata") or {}
+    namespace, name = str(md.get("namespace")), str(md.get("name"))
     try:
         kinds = plan.target_kinds(spec.parse_policy(plain(body)))
     except spec.SpecError:  # a policy whose spec no longer parses may have gated any kind before
@@ -666,9 +800,6 @@ def policy_cleanup(body: Any, namespace: str, name: str, **_: Any) -> None:
             if r.release(namespace, name, key):
                 metrics.writes.inc()
                 log.info("released %s from policy %s", dname, name)
-        except ReleaseFailed as e:
-            # keep the finalizer: Kopf calls this handler again shortly
-            raise kopf.TemporaryError(str(e), delay=1) from e
         except Rejected as e:
             # The API server refuses the Deployment without depgate's fields: another manager owns part
             # of them (a user who applied `depgate render`'s output owns those init containers too).
@@ -726,6 +857,11 @@ class PodGates:
         if self.pods.policies_changed(namespace, time.monotonic()):
             self.wake.set()
 
+    def wake_all(self) -> None:
+        """A new leader: every gated pod is decided again."""
+        if self.pods.wake_all(time.monotonic()):
+            self.wake.set()
+
     def owner_changed(self, namespace: str, kind: str, name: str) -> None:
         if self.pods.owner_changed(namespace, kind, name, time.monotonic()):
             self.wake.set()
@@ -736,6 +872,8 @@ class PodGates:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
             self.wake.clear()
+            if not self.op.leading():  # a standby keeps the bookkeeping; the leader decides (wake_all)
+                continue
             batch = self.pods.due(time.monotonic())
             try:
                 await self.round(batch)
@@ -949,3 +1087,38 @@ async def stop_pod_gates(**_: Any) -> None:
     if task is not None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------- leader election (depgate.lease, .election)
+
+
+@kopf.on.startup()
+async def start_election(**_: Any) -> None:
+    """Before Kopf starts its watches (it runs every startup handler first), so that no policy event finds
+    this process writing before it leads. Its writing client gets the fence."""
+    op, s = current(), current().settings
+    if not s.leader_election:
+        log.info("--no-leader-election: this process writes at once; run no other replica")
+        metrics.leader.labels(shard=s.shard).set(1)
+        return
+    elector = lease.Elector(identity(), lease.lease_name(s.lease_name, s.shard), s.resolved_operator_namespace(),
+                            lease.Timing(s.lease_seconds, s.renew_deadline_seconds, s.retry_period_seconds))
+    op.election = Election(op.infra_kube(), elector, on_elected=op.elected, on_lost=op.lost)
+    op.reconciler().kube.fence = op.election.fence
+    metrics.leader.labels(shard=s.shard).set(0)
+    op.election_task = asyncio.get_running_loop().create_task(op.election.run(), name="depgate leader election")
+
+
+@kopf.on.cleanup()
+async def stop_election(**_: Any) -> None:
+    """On a clean stop: the workers first (no write after the lease is handed back), then the Lease."""
+    op = current()
+    if op.election is None:
+        return
+    if op.election_task is not None:
+        op.election_task.cancel()
+        await asyncio.gather(op.election_task, return_exceptions=True)
+    workers = list(op.workers.values())
+    op.lost()
+    await asyncio.gather(*workers, return_exceptions=True)
+    await asyncio.to_thread(op.election.release)

@@ -117,3 +117,8 @@ def forget(key: tuple[str, str]) -> None:
     for pre in _series.pop(key, set()):
         with contextlib.suppress(KeyError):
             blocked_seconds.remove(ns, name, pre)
+leader = Gauge("depgate_leader", "1 while this process holds the Lease and writes (--leader-election); a "
+               "standby serves the webhooks and says 0.", ["shard"])
+leader_transitions = Counter("depgate_leader_transitions_total", "Times this process became the leader.", ["shard"])
+lease_transitions = Gauge("depgate_lease_transitions", "The Lease's leaseTransitions as this process last read "
+                          "or wrote it: how often the leadership moved between replicas.", ["shard"])

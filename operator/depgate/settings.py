@@ -162,6 +162,28 @@ class Settings:
         help="in a namespace labelled depgate.io/gate=enabled, a pod held at depgate's scheduling gate whose "
              "workload no policy gates is let go this long after depgate first sees it: the time a policy "
              "applied after its workload has to arrive (docs/operations.md, Workload first) (default %(default)g)")
+    leader_election: bool = _flag(
+        True, "--leader-election", env="DEPGATE_LEADER_ELECTION",
+        help="run as one of several replicas: only the holder of the Lease --lease-name in --operator-namespace "
+             "writes; the others serve the webhooks and stand by (docs/operations.md, High availability); "
+             "--no-leader-election: this process writes at once, alone (one replica only) [default on]")
+    lease_name: str = _flag(
+        "depgate-leader", "--lease-name", check=_text, metavar="NAME",
+        help="the Lease the replicas elect their leader on (with --shard: NAME-SHARD) (default %(default)s)")
+    lease_seconds: float = _flag(
+        15.0, "--lease-seconds", parse=float, check=_seconds, metavar="SECONDS",
+        help="a standby takes the Lease over when its holder has not renewed it for this long (default %(default)g)")
+    renew_deadline_seconds: float = _flag(
+        10.0, "--renew-deadline-seconds", parse=float, check=_seconds, metavar="SECONDS",
+        help="the leader stops writing when it has not renewed the Lease for this long; below --lease-seconds "
+             "(default %(default)g)")
+    retry_period_seconds: float = _flag(
+        2.0, "--retry-period-seconds", parse=float, check=_seconds, metavar="SECONDS",
+        help="how often the leader renews the Lease and a standby tries it (default %(default)g)")
+    shard: str = _flag(
+        "", "--shard", metavar="KEY", env="DEPGATE_SHARD",
+        help="handle only the policies labelled sharding.depgate.io/key=KEY, with a Lease of its own (default: "
+             "the policies without that label) [env DEPGATE_SHARD]")
     verbose: bool = _flag(False, "-v", "--verbose", help="debug logging")
 
     def resolved_operator_namespace(self, token_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount") -> str:
@@ -175,6 +197,10 @@ class Settings:
             return DEFAULT_OPERATOR_NAMESPACE
 
     def __post_init__(self) -> None:
+        if not 0 < self.retry_period_seconds < self.renew_deadline_seconds < self.lease_seconds:
+            raise SettingsError(f"--retry-period-seconds ({self.retry_period_seconds:g}) < --renew-deadline-seconds "
+                                f"({self.renew_deadline_seconds:g}) < --lease-seconds ({self.lease_seconds:g}) must "
+                                "hold: the leader must stop writing before another replica may take over")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             check = flag_of(f).check
@@ -214,7 +240,11 @@ def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
                                 "current kubeconfig or the in-cluster config")
     for f in dataclasses.fields(Settings):
         flag = flag_of(f)
-        if f.type in ("bool", bool):
+        if f.type in ("bool", bool) and f.default is True:  # on unless --no-...; its env var can say false
+            on = env.get(flag.env, "").strip().lower() not in ("false", "0", "no", "off") if flag.env else True
+            p.add_argument(*flag.names, dest=f.name, action=argparse.BooleanOptionalAction, default=on,
+                           help=flag.help)
+        elif f.type in ("bool", bool):
             p.add_argument(*flag.names, dest=f.name, action="store_true", help=flag.help)
         elif f.name == "namespaces":
             p.add_argument(*flag.names, dest=f.name, action="append", default=[], metavar=flag.metavar,
@@ -229,6 +259,10 @@ def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
 
 def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
     """The Settings of `depgate run ARGV` (exits with a usage error, status 2, on a bad value)."""
-    args = vars(parser(environ).parse_args(list(argv)))
+    p = parser(environ)
+    args = vars(p.parse_args(list(argv)))
     args["namespaces"] = tuple(args["namespaces"])
-    return Settings(**args)
+    try:
+        return Settings(**args)
+    except SettingsError as e:  # a rule between flags (the lease's times)
+        p.error(str(e))

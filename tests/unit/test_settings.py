@@ -39,8 +39,25 @@ GIVEN: dict[str, tuple[list[str], Any]] = {
     "webhook_url": (["--webhook-url=https://10.0.0.5:9443"], "https://10.0.0.5:9443"),
     "webhook_service": (["--webhook-service=hooks"], "hooks"),
     "gate_grace_seconds": (["--gate-grace-seconds=0.5"], 0.5),
+    "leader_election": (["--no-leader-election"], False),
+    "lease_name": (["--lease-name=ops-leader"], "ops-leader"),
+    "lease_seconds": (["--lease-seconds=20"], 20.0),
+    "renew_deadline_seconds": (["--renew-deadline-seconds=12"], 12.0),
+    "retry_period_seconds": (["--retry-period-seconds=1"], 1.0),
+    "shard": (["--shard=b"], "b"),
     "verbose": (["-v"], True),
 }
+
+
+def test_leader_election_is_on_unless_the_flag_or_the_environment_says_no_and_its_times_must_fence() -> None:
+    assert parse([], environ={}).leader_election
+    assert not parse([], environ={"DEPGATE_LEADER_ELECTION": "false"}).leader_election
+    assert parse(["--leader-election"], environ={"DEPGATE_LEADER_ELECTION": "false"}).leader_election
+    assert parse([], environ={"DEPGATE_LEADER_ELECTION": "true"}).leader_election
+    for argv in (["--renew-deadline-seconds=15"], ["--retry-period-seconds=10"], ["--lease-seconds=9"]):
+        with pytest.raises(SystemExit) as e:
+            parse(argv, environ={})
+        assert e.value.code == 2, argv
 
 
 def test_every_setting_is_a_flag_and_the_flags_defaults_are_the_fields() -> None:

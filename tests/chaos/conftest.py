@@ -215,8 +215,9 @@ class Operators:
         return bool(self.started) and self.current.proc.poll() is None
 
     def stop(self) -> None:
-        if self.started:
-            stop_operator(self.current)
+        for op in self.started:  # every one still running (the tests of leader election run two)
+            if op.proc.poll() is None:
+                stop_operator(op)
 
     def tracebacks(self) -> list[str]:
         out = []

@@ -7,8 +7,12 @@
   namespaces=[apps]) object for object, field for field, but for Helm's own labels and the Namespace
   (a release goes into a namespace that exists: `--create-namespace`, or created with the labels below).
 - `helm lint --strict`, and the values the chart's README lists do what it says.
+- The default values run two replicas electing a leader (RollingUpdate, maxUnavailable 0, the PDB, the Lease
+  rights in a Role of the release's namespace), checked as manifests/' are (test_manifests.py); leader
+  election off needs one replica (more fails the template, saying so) and renders `--no-leader-election`,
+  strategy Recreate and no PDB; the lease timings are passed only when changed.
 - `helm install` and `helm upgrade` on a plane of its own (the session's plane holds manifests/' objects of
-  the same names, which Helm would refuse to adopt): the operator's Deployment comes up (kwok runs its pod),
+  the same names, which Helm would refuse to adopt): the operator's Deployment comes up (kwok runs its two pods),
   and the operator, run locally under a token of the chart's ServiceAccount, gates a Deployment without one
   refused request, cluster-wide after the install and in the one namespace served after the upgrade.
 """
@@ -39,6 +43,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.integration.kubehelp import apply, condition, deployment, get, init_names, wait_deployment, wait_policy
+from tests.integration.test_manifests import REPLICAS, assert_two_replicas_one_leader
 
 CHART = REPO / "charts" / "depgate"
 MANIFESTS = REPO / "manifests"
@@ -187,15 +192,90 @@ def test_values_image_ports_args_and_a_second_release_name(helm):
     bindings = sorted((o["kind"], o["metadata"].get("namespace")) for o in rbac_bindings
                       if o["roleRef"]["name"] == "depgate-operator")
     assert bindings == [("RoleBinding", "apps"), ("RoleBinding", "web")]
-    # replicas is 0 or 1: the schema refuses a second operator pod
-    refused = helm.run("template", RELEASE, str(CHART), "--set", "replicas=2", check=False)
-    assert refused.returncode != 0 and "replicas" in refused.stderr, refused.stderr
     # another release name prefixes every name, so two releases (say, two namespaced installs) never collide
     other = helm.run("template", "ops", str(CHART), "--namespace", "ops").stdout
     names = {(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(other) if o}
     assert ("ClusterRole", "ops-depgate-operator") in names and ("Deployment", "ops-depgate") in names
     sa = next(o for o in yaml.safe_load_all(other) if o and o["kind"] == "ClusterRoleBinding")["subjects"]
     assert sa == [{"kind": "ServiceAccount", "name": "ops-depgate", "namespace": "ops"}]
+
+
+def _deployment(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    (dep,) = [o for o in objs if o["kind"] == "Deployment"]
+    return dep
+
+
+def _args(objs: list[dict[str, Any]]) -> list[str]:
+    return list(_deployment(objs)["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def _lease_rules(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for o in objs for r in o.get("rules") or [] if "coordination.k8s.io" in r.get("apiGroups", [])]
+
+
+def _refused(helm: Helm, *values: str) -> str:
+    proc = helm.run("template", RELEASE, str(CHART), "--namespace", SYSTEM_NS, *values, check=False)
+    assert proc.returncode != 0, f"helm template {' '.join(values)} rendered"
+    return proc.stderr
+
+
+def test_two_replicas_and_a_leader_by_default_one_replica_without_leader_election(helm, kubectl):
+    """The chart's default: two replicas electing a leader, the PDB, the Lease Role (as manifests/); the
+    values that change it, and the ones it refuses with a message that says what to do."""
+    assert_two_replicas_one_leader(helm.template())
+    assert_two_replicas_one_leader(helm.template("--set", "namespaces={apps,web}"))
+    assert_two_replicas_one_leader(kustomized(kubectl, MANIFESTS))
+    # without leader election every replica would write: more than one is refused, saying so
+    for n in ("2", "3"):
+        err = _refused(helm, "--set", "leaderElection.enabled=false", "--set", f"replicas={n}")
+        assert f"replicas is {n} but leaderElection.enabled is false" in err and "set replicas to 1" in err, err
+    # one replica without it: the flag, Recreate (two writers never overlap in a rollout), no PDB, no lease rights
+    objs = helm.template("--set", "leaderElection.enabled=false", "--set", "replicas=1")
+    dep = _deployment(objs)
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert _args(objs) == ["run", "--metrics-port=8080", "--health-port=8081", "--no-leader-election"]
+    assert [o for o in objs if o["kind"] == "PodDisruptionBudget"] == []
+    assert _lease_rules(objs) == []
+    stopped = helm.template("--set", "leaderElection.enabled=false", "--set", "replicas=0")
+    assert _deployment(stopped)["spec"]["replicas"] == 0
+    # one replica with leader election: it acquires at once, rolls like two, and has no PDB (it would
+    # block every drain of its node)
+    objs = helm.template("--set", "replicas=1")
+    dep = _deployment(objs)
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0,
+                                                                                          "maxSurge": 1}
+    assert "--no-leader-election" not in _args(objs)
+    assert [o for o in objs if o["kind"] == "PodDisruptionBudget"] == []
+    assert sorted(v for r in _lease_rules(objs) for v in r["verbs"]) == ["create", "get", "update"]
+    assert [o["kind"] for o in helm.template("--set", "replicas=3") if o["kind"] == "PodDisruptionBudget"] == [
+        "PodDisruptionBudget"]
+    assert [o for o in helm.template("--set", "podDisruptionBudget.enabled=false")
+            if o["kind"] == "PodDisruptionBudget"] == []
+    # the timings: passed only when they differ from the operator's defaults (so the default output is
+    # manifests/'), each on its own
+    assert _args(helm.template("--set", "leaderElection.leaseSeconds=15", "--set",
+                               "leaderElection.renewDeadlineSeconds=10", "--set",
+                               "leaderElection.retryPeriodSeconds=2")) == _args(helm.template())
+    assert _args(helm.template("--set", "leaderElection.leaseSeconds=30"))[3:] == ["--lease-seconds=30"]
+    assert _args(helm.template("--set", "leaderElection.renewDeadlineSeconds=5"))[3:] == [
+        "--renew-deadline-seconds=5"]
+    assert _args(helm.template("--set", "leaderElection.leaseSeconds=60", "--set",
+                               "leaderElection.renewDeadlineSeconds=40", "--set",
+                               "leaderElection.retryPeriodSeconds=5", "--set", "extraArgs={-v}"))[3:] == [
+        "--lease-seconds=60", "--renew-deadline-seconds=40", "--retry-period-seconds=5", "-v"]
+    # the leader must stop writing before the lease can expire: refused at template time, not in a crash loop
+    err = _refused(helm, "--set", "leaderElection.renewDeadlineSeconds=15")
+    assert "leaderElection.renewDeadlineSeconds (15) must be below leaderElection.leaseSeconds (15)" in err, err
+    err = _refused(helm, "--set", "leaderElection.retryPeriodSeconds=10")
+    assert "leaderElection.retryPeriodSeconds (10) must be below leaderElection.renewDeadlineSeconds (10)" in err
+    for bad in ("leaderElection.leaseSeconds=0", "leaderElection.enabled=maybe", "replicas=-1", "replicaCount=2",
+                "podDisruptionBudget.minAvailable=2"):
+        assert "values don't meet the specifications of the schema" in _refused(helm, "--set", bad), bad
+    # the anti-affinity is a default to merge into, and can be dropped
+    pod = _deployment(helm.template("--set", "affinity.podAntiAffinity=null"))["spec"]["template"]["spec"]
+    assert "affinity" not in pod
+    pod = _deployment(helm.template("--set", "affinity.nodeAffinity.x=y"))["spec"]["template"]["spec"]
+    assert sorted(pod["affinity"]) == ["nodeAffinity", "podAntiAffinity"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -272,9 +352,18 @@ def test_helm_install_then_upgrade_and_the_operator_gates_under_the_charts_servi
     wait_crd_served(plane.kubectl, plane.kubeconfig, "crd/dependencypolicies.depgate.io")
     wait_aggregated(plane)
     dep = get(plane, SYSTEM_NS, "deployment", "depgate") or {}
-    assert dep["status"].get("readyReplicas") == 1
+    assert dep["status"].get("readyReplicas") == REPLICAS  # both: the standby serves the webhooks too
     events = json.loads(plane.run_kubectl("get", "events", "-n", SYSTEM_NS, "-o", "json").stdout)["items"]
     assert [e["message"] for e in events if e.get("reason") == "FailedCreate"] == []
+    # the PodDisruptionBudget selects the two pods (kube-controller-manager's disruption controller counts them)
+    wait_for(lambda: ((get(plane, SYSTEM_NS, "poddisruptionbudget", "depgate") or {}).get("status") or {})
+             .get("currentHealthy") == REPLICAS, 60, interval=0.5, what="the chart's PDB counting both pods")
+    sa = f"--as=system:serviceaccount:{SYSTEM_NS}:depgate"
+    for verb in ("create", "get", "update"):  # the leases, in the release's namespace only
+        assert plane.run_kubectl("auth", "can-i", verb, "leases.coordination.k8s.io", "-n", SYSTEM_NS, sa,
+                                 check=False).stdout.strip() == "yes", verb
+        assert plane.run_kubectl("auth", "can-i", verb, "leases.coordination.k8s.io", "-n", "default", sa,
+                                 check=False).stdout.strip() == "no", verb
 
     for ns in ("apps", "elsewhere"):
         plane.run_kubectl("create", "namespace", ns)
@@ -300,8 +389,16 @@ def test_helm_install_then_upgrade_and_the_operator_gates_under_the_charts_servi
     assert (release["status"], release["revision"]) == ("deployed", "2")
     assert plane.run_kubectl("get", "clusterrolebinding", "depgate-operator", check=False).returncode != 0
     assert get(plane, "apps", "rolebinding", "depgate-operator") is not None
-    args = (get(plane, SYSTEM_NS, "deployment", "depgate") or {})["spec"]["template"]["spec"]["containers"][0]["args"]
+    dep = get(plane, SYSTEM_NS, "deployment", "depgate") or {}
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["run", "--metrics-port=8080", "--health-port=8081", "--namespace=apps", "--resync-seconds=120"]
+    # rolled (maxUnavailable 0: a new pod ready before an old one goes) to two ready replicas of the new template
+
+    def rolled() -> bool:
+        st = (get(plane, SYSTEM_NS, "deployment", "depgate") or {}).get("status") or {}
+        return all(st.get(k) == REPLICAS for k in ("replicas", "updatedReplicas", "readyReplicas"))
+
+    wait_for(rolled, 60, interval=0.5, what="the upgrade rolled out to two ready replicas")
     denied = plane.run_kubectl("auth", "can-i", "patch", "deployments", "-n", "elsewhere",
                                f"--as=system:serviceaccount:{SYSTEM_NS}:depgate", check=False)
     assert denied.stdout.strip() == "no"
@@ -322,7 +419,8 @@ def test_helm_install_then_upgrade_and_the_operator_gates_under_the_charts_servi
                        ("clusterrole", "depgate-verdict-reader"), ("clusterrole", "depgate-secret-reader"),
                        ("clusterrole", "depgate-template-creator"),
                        ("validatingadmissionpolicy", "depgate-operator-rolebindings"),
-                       ("serviceaccount", "depgate"), ("deployment", "depgate")):
+                       ("serviceaccount", "depgate"), ("deployment", "depgate"),
+                       ("poddisruptionbudget", "depgate"), ("role", "depgate-operator-webhook")):
         wait_for(lambda kind=kind, name=name: "NotFound" in plane.run_kubectl("get", kind, name, "-n", SYSTEM_NS,
                                                                               check=False).stderr,
                  60, interval=0.5, what=f"{kind}/{name} uninstalled")

@@ -1,7 +1,14 @@
 """manifests/ against the real plane: `kubectl apply -k`, least-privilege RBAC, Pod Security, GitOps health.
 
 - The cluster-wide install (manifests/) is applied server-side to the session's plane, and again as a
-  server dry run; kube-controller-manager creates the operator's pod in the `restricted` namespace.
+  server dry run; kube-controller-manager creates the operator's two pods in the `restricted` namespace
+  (kwok runs them on its one node: the anti-affinity is preferred, never required) and its disruption
+  controller counts them in the PodDisruptionBudget.
+- Two replicas, one leader (issue 18), in both installs: RollingUpdate with maxUnavailable 0, a preferred
+  anti-affinity over the operator's own pod labels, the /healthz probes, a PodDisruptionBudget of
+  minAvailable 1 over the same pods, and the Lease rights (create, get, update) in a Role of the
+  operator's namespace only, which the plane's authorizer confirms (nowhere else, no other verb). A
+  one-replica overlay as docs/operations.md shows it renders one pod and no PodDisruptionBudget.
 - The operator ServiceAccount's rights, as `kubectl auth can-i --list` reports them, must equal the
   committed snapshot tests/integration/snapshots/operator-can-i.txt: any verb added to the manifests
   fails here (DEPGATE_UPDATE_SNAPSHOTS=1 rewrites the file, for a change you mean to make).
@@ -48,6 +55,8 @@ SA = f"system:serviceaccount:{SYSTEM_NS}:depgate"
 # (discovery, self-reviews, ...). The snapshot holds only what the manifests add to that.
 BASELINE = f"system:serviceaccount:{SYSTEM_NS}:depgate-can-i-baseline"
 CORE_ROLE = "depgate-operator-core"
+REPLICAS = 2  # one leader, one standby (issue 18)
+LEASES = "leases.coordination.k8s.io"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -131,20 +140,24 @@ def _expect_rights(plane: Plane, ns: str, section: str) -> None:
 
 
 def _operator_pods_admitted(plane: Plane) -> None:
-    """The Deployment's ReplicaSet created its pod in the restricted namespace, and never failed to."""
+    """The Deployment's ReplicaSet created its two pods in the restricted namespace, and never failed to;
+    both become Ready (kwok plays the kubelet on the plane's one node, so the preferred anti-affinity
+    must not keep the second one Pending)."""
 
     def pods() -> list[dict[str, Any]]:
         out = plane.run_kubectl("get", "pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=operator",
                                 "-o", "json").stdout
         return list(json.loads(out)["items"])
 
-    created = wait_for(pods, 60, interval=0.3, what="the operator Deployment's pod")
-    assert len(created) == 1
+    created = wait_for(lambda: len(pods()) >= REPLICAS and pods(), 60, interval=0.3,
+                       what="the operator Deployment's two pods")
+    assert len(created) == REPLICAS
     events = plane.run_kubectl("get", "events", "-n", SYSTEM_NS, "-o", "json").stdout
     failed = [e["message"] for e in json.loads(events)["items"] if e.get("reason") == "FailedCreate"]
     assert not failed, failed
     wait_for(lambda: (get(plane, SYSTEM_NS, "deployment", "depgate") or {}).get("status", {})
-             .get("readyReplicas") == 1, 60, interval=0.3, what="the operator Deployment ready (kwok)")
+             .get("readyReplicas") == REPLICAS, 60, interval=0.3, what="both operator pods ready (kwok)")
+    assert all(p["spec"].get("nodeName") for p in pods()), "an operator pod was not scheduled"
 
 
 WEBHOOK_KINDS = {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
@@ -161,6 +174,57 @@ def _install(plane: Plane, path: Path, *, webhooks: bool = True) -> str:
         out = plane.run_kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(docs)).stdout
     wait_crd_served(plane.kubectl, plane.kubeconfig, "crd/dependencypolicies.depgate.io")
     return out
+
+
+LEADER_FLAGS = ("--leader-election", "--no-leader-election", "--lease-name", "--lease-seconds",
+                "--renew-deadline-seconds", "--retry-period-seconds", "--shard")
+
+
+def assert_two_replicas_one_leader(objs: list[dict[str, Any]], ns: str = SYSTEM_NS, sa: str = "depgate") -> None:
+    """What running two operator replicas with no gap needs from a rendered install (manifests/ or the chart
+    with its default values; test_helm.py calls this too)."""
+    (dep,) = [o for o in objs if o["kind"] == "Deployment"]
+    spec = dep["spec"]
+    assert spec["replicas"] == REPLICAS
+    # a rollout starts a new pod (a Ready standby, serving the webhooks) before it stops an old one
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    selector = spec["selector"]["matchLabels"]
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    pod = spec["template"]["spec"]
+    # apart where the scheduler can, and never unschedulable for it (a one-node cluster runs both)
+    anti = pod["affinity"]["podAntiAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in anti, anti
+    terms = [t["podAffinityTerm"] for t in anti["preferredDuringSchedulingIgnoredDuringExecution"]]
+    assert [t["topologyKey"] for t in terms] == ["kubernetes.io/hostname"]
+    assert terms[0]["labelSelector"] == {"matchLabels": selector}
+    assert not pod.get("podAffinity") and not (pod["affinity"].get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution")
+    for c in pod.get("topologySpreadConstraints") or []:
+        assert c["whenUnsatisfiable"] == "ScheduleAnyway", c
+    # room to stop and hand the lease back on SIGTERM, not minutes of a hung pod
+    assert 15 <= pod["terminationGracePeriodSeconds"] <= 60
+    (c,) = pod["containers"]
+    for probe in ("livenessProbe", "readinessProbe"):  # /healthz answers on the standby too: both Ready
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    # the leader election is on, with the operator's defaults (no flag needed)
+    assert not [a for a in c["args"] if a.split("=")[0] in LEADER_FLAGS], c["args"]
+    # one of the two pods through voluntary disruptions
+    (pdb,) = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    assert pdb["apiVersion"] == "policy/v1" and pdb["metadata"]["namespace"] == ns
+    assert pdb["spec"]["minAvailable"] == 1 and "maxUnavailable" not in pdb["spec"]
+    assert pdb["spec"]["selector"] == {"matchLabels": selector}
+    # the Leases: a Role in the operator's namespace (no ClusterRole), bound to its ServiceAccount only
+    lease_rules = [(o, r) for o in objs if o["kind"] in ("Role", "ClusterRole") for r in o.get("rules") or []
+                   if "coordination.k8s.io" in r["apiGroups"]]
+    assert {(o["kind"], o["metadata"].get("namespace")) for o, _ in lease_rules} == {("Role", ns)}, lease_rules
+    assert all(r["apiGroups"] == ["coordination.k8s.io"] and r["resources"] == ["leases"] for _, r in lease_rules)
+    assert sorted(v for _, r in lease_rules for v in r["verbs"]) == ["create", "get", "update"]
+    roles = {o["metadata"]["name"] for o, _ in lease_rules}
+    bindings = [o for o in objs if o["kind"] == "RoleBinding" and o["roleRef"]["kind"] == "Role"
+                and o["roleRef"]["name"] in roles]
+    assert [(b["metadata"]["namespace"], b["subjects"]) for b in bindings] == [
+        (ns, [{"kind": "ServiceAccount", "name": sa, "namespace": ns}])]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -222,6 +286,66 @@ def test_the_waiter_image_follows_the_operator_image(plane, tmp_path):
     base.write_text(base.read_text().replace(
         "  newTag: 0.1.0", "  newName: registry.example/depgate\n  digest: sha256:" + "ab" * 32))
     assert images(tmp_path / "manifests") == (pinned, pinned)
+
+
+def test_both_installs_run_two_replicas_with_one_leader(plane):
+    assert_two_replicas_one_leader(_objects(plane, MANIFESTS))
+    namespaced = _objects(plane, MANIFESTS / "namespaced")
+    assert_two_replicas_one_leader(namespaced)
+    # the namespaced install's per-namespace RoleBindings grant the ClusterRole, never the Lease Role
+    assert [o["metadata"]["namespace"] for o in namespaced if o["kind"] == "RoleBinding"
+            and o["roleRef"]["name"] == "depgate-operator"] == ["apps"]
+
+
+def _docs_one_replica_overlay() -> str:
+    """The kustomize overlay docs/operations.md ("High availability") shows for one replica."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    section = text[text.index("## High availability"):]
+    section = section[:section.index("\n## ", 1)]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    (block,) = [b for b in blocks if "kind: Kustomization" in b]
+    return "\n".join(line.removeprefix("  ") for line in block.splitlines()) + "\n"
+
+
+def test_the_one_replica_overlay_of_the_docs_renders_one_pod_and_no_pdb(plane, tmp_path):
+    shutil.copytree(REPO / "crds", tmp_path / "crds")
+    shutil.copytree(MANIFESTS, tmp_path / "manifests")
+    overlay = tmp_path / "one"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(_docs_one_replica_overlay())
+    objs = _objects(plane, overlay)
+    (dep,) = [o for o in objs if o["kind"] == "Deployment"]
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert [o for o in objs if o["kind"] == "PodDisruptionBudget"] == []
+    # nothing else of the install changes
+    full = [o for o in _objects(plane, MANIFESTS) if o["kind"] != "PodDisruptionBudget"]
+    assert len(objs) == len(full) and [o for o in objs if o["kind"] != "Deployment"] == [
+        o for o in full if o["kind"] != "Deployment"]
+
+
+def test_the_pdb_counts_both_operator_pods_and_lets_one_go(plane, installed):
+    _operator_pods_admitted(plane)
+
+    def counted() -> dict[str, Any] | None:
+        st = (get(plane, SYSTEM_NS, "poddisruptionbudget", "depgate") or {}).get("status") or {}
+        return st if st.get("expectedPods") == REPLICAS and st.get("currentHealthy") == REPLICAS else None
+
+    # kube-controller-manager's disruption controller: the PDB selects exactly the Deployment's two pods
+    status = wait_for(counted, 60, interval=0.5, what="the PodDisruptionBudget counting both operator pods")
+    assert (status["desiredHealthy"], status["disruptionsAllowed"]) == (1, 1), status
+
+
+def test_the_lease_rights_hold_in_the_operators_namespace_only(plane, installed, namespace):
+    wait_for(lambda: _may(plane, SA, "update", LEASES, SYSTEM_NS), 15, interval=0.3, what="the Lease Role in effect")
+    for verb in ("create", "get", "update"):
+        assert _may(plane, SA, verb, LEASES, SYSTEM_NS), verb
+        for name in ("depgate-leader", "depgate-leader-a"):  # the lease and a shard's
+            assert verb == "create" or _may(plane, SA, verb, f"{LEASES}/{name}", SYSTEM_NS), (verb, name)
+        for elsewhere in (namespace, "kube-system", "kube-node-lease", "default"):
+            assert not _may(plane, SA, verb, LEASES, elsewhere), (verb, elsewhere)
+    for verb in ("list", "watch", "patch", "delete", "deletecollection"):
+        assert not _may(plane, SA, verb, LEASES, SYSTEM_NS), verb
 
 
 def test_operator_rights_are_exactly_the_snapshot(plane, installed, namespace):

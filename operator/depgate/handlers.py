@@ -118,7 +118,11 @@ class Operator:
         """On the loop: the leader runs one worker per policy of its shard; a standby none."""
         obj = self.wiring.policies.get(key)
         if obj is None or not self.mine(obj):
-            self.stop_worker(key)  # gone, or moved to another shard: that shard's leader takes it over
+            if key in self.workers and obj is not None:  # moved to another shard: its leader takes it over
+                log.info("policy %s/%s moved to shard %r: left to that shard's leader", key[0], key[1],
+                         lease.shard_of(obj))
+                metrics.forget(key)
+            self.stop_worker(key)
             return
         if key in self.workers or not self.leading() or self.loop is None:
             return
@@ -872,7 +876,9 @@ class PodGates:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
             self.wake.clear()
-            if not self.op.leading():  # a standby keeps the bookkeeping; the leader decides (wake_all)
+            if not self.op.leading() or self.op.settings.shard:
+                # A standby keeps the bookkeeping and the leader decides (wake_all on election); of the shards,
+                # the default one's leader decides every gated pod (a pod is not a policy: no two shards lift one)
                 continue
             batch = self.pods.due(time.monotonic())
             try:

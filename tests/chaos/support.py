@@ -444,3 +444,17 @@ class Canary:
                     f"the canary's status to say {want} (flip {self.flips})", interval=0.1)
         self.took.append(took)
         return took
+
+
+def rendered_problems(api: Api, ns: str, pairs: Iterable[tuple[str, str]],
+                      original: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """For each (policy, Deployment) pair: the policy caught up, and its Deployment exactly as depgate.render
+    says for the policy as it is now (the user's original, plus the policy's init containers)."""
+    live_pols, live_deps = api.by_name(DP.format(ns=ns)), api.by_name(DEPLOY.format(ns=ns))
+    problems: list[str] = []
+    for pname, dname in pairs:
+        pol = live_pols.get(pname)
+        problems += policy_problems(pol, pname)
+        if pol is not None:
+            problems += deployment_problems(live_deps.get(dname), expected(pol, original[dname]), original[dname])
+    return problems

@@ -15,7 +15,7 @@ import pytest
 from tests.chaos import support
 from tests.chaos.conftest import Operators, sized
 from tests.chaos.test_sigkill import make_deployment, make_policy, rolled_out
-from tests.conftest import Operator, Plane
+from tests.conftest import Operator, Plane, stop_operator
 
 LEASE_SECONDS = 15.0
 LEADER = 'depgate_leader{shard=""}'
@@ -36,20 +36,27 @@ def start_pair(ops: Operators, lease: str) -> list[Operator]:
 
 
 def failover(ops: Operators, live: list[Operator], lease: str) -> tuple[float, Operator]:
-    """SIGKILL the leader (no lease handed back, as when its node dies), start a replacement standby, and
-    time from the kill to the first reconcile of the new leader."""
+    """SIGKILL the leader (no lease handed back, as when its node dies), start a replacement (the
+    Deployment's controller would make a new pod), and time from the kill to the first reconcile of the new
+    leader: whichever candidate, the old standby or the replacement, sees the lease expire and wins it."""
     leader = next(op for op in live if leads(op))
-    standby = next(op for op in live if op is not leader)
-    before = standby.counter("depgate_reconciles_total")
-    assert not leads(standby) and before == 0, "the standby reconciled while another replica led"
+    standbys = [op for op in live if op is not leader]
+    for op in standbys:
+        assert not leads(op) and op.counter("depgate_reconciles_total") == 0, "a standby reconciled"
     leader.proc.kill()
     leader.proc.wait(10)
     killed = time.monotonic()
     live.remove(leader)
-    live.append(ops.start(f"--lease-name={lease}"))  # the Deployment's controller would make a new pod
-    support.poll(lambda: [] if leads(standby) and standby.counter("depgate_reconciles_total") > before
-                 else ["not yet"], LEASE_SECONDS * 3, "the standby to lead and reconcile", interval=0.1)
-    return time.monotonic() - killed, standby
+    live.append(ops.start(f"--lease-name={lease}"))
+    found: list[Operator] = []
+
+    def new_leader() -> list[str]:
+        found[:] = [op for op in live if leads(op) and op.counter("depgate_reconciles_total") > 0]
+        return [] if found else ["no replica leads and reconciles yet"]
+
+    support.poll(new_leader, LEASE_SECONDS * 3, "a new leader to reconcile", interval=0.1)
+    assert len(found) == 1, "two replicas lead"
+    return time.monotonic() - killed, found[0]
 
 
 @sized()
@@ -81,16 +88,7 @@ def test_leader_sigkilled_during_a_burst_the_standby_takes_over_and_everything_c
     t.join()
 
     def converged() -> list[str]:
-        live_pols, live_deps = api.by_name(policies), api.by_name(deploys)
-        problems: list[str] = []
-        for i in range(n):
-            pname, dname = f"p-{i}", f"app-{i}"
-            pol = live_pols.get(pname)
-            problems += support.policy_problems(pol, pname)
-            if pol is not None:
-                problems += support.deployment_problems(live_deps.get(dname), support.expected(pol, original[dname]),
-                                                        original[dname])
-        return problems
+        return support.rendered_problems(api, ns, [(f"p-{i}", f"app-{i}") for i in range(n)], original)
 
     took = support.poll(converged, sizes.converge_timeout, "every Deployment to carry its policy's init containers")
     standby = next(op for op in live if not leads(op))
@@ -188,3 +186,63 @@ def test_a_frozen_leader_is_replaced_and_sends_no_write_after_its_renew_deadline
     assert not operators.tracebacks(), "\n".join(operators.tracebacks())
     report(f"leader frozen (SIGSTOP): the standby led {took:.1f}s later (lease {LEASE_SECONDS:g}s); the old leader, "
            f"woken past its renew deadline with a change waiting, sent {after - before:.0f} writes in 6s")
+
+
+SHARD_LABEL = "sharding.depgate.io/key"
+
+
+def reconciled_by(op: Operator, ns: str) -> set[str]:
+    """The policies this process reconciled and still holds: the ones it has depgate_preconditions series for."""
+    out = set()
+    for key in op.metrics():
+        if key.startswith("depgate_preconditions{") and f'namespace="{ns}"' in key:
+            out.add(key.split('policy="', 1)[1].split('"', 1)[0])
+    return out
+
+
+@pytest.mark.chaos
+def test_two_shards_each_policy_is_reconciled_by_exactly_one(
+        api, namespace, operators, rng, report):
+    ns, n = namespace, 40
+    deploys, policies = support.DEPLOY.format(ns=ns), support.DP.format(ns=ns)
+    for i in range(n):
+        api.create(deploys, make_deployment(i))
+    original = api.by_name(deploys)
+    wanted = {f"p-{i}": make_policy(i, rng) for i in range(n)}
+    for i, pol in enumerate(wanted.values()):
+        if i % 2:
+            pol["metadata"].setdefault("labels", {})[SHARD_LABEL] = "b"
+    lease = f"depgate-shard-{rng.randrange(1 << 30)}"
+
+    def converged() -> list[str]:
+        return support.rendered_problems(api, ns, [(name, name.replace("p-", "app-")) for name in wanted], original)
+
+    def burst(sharded: bool) -> float:
+        started = time.monotonic()
+        for name, pol in wanted.items():
+            body = pol if sharded else {**pol, "metadata": {k: v for k, v in pol["metadata"].items() if k != "labels"}}
+            api.apply(f"{policies}/{name}", body, "chaos-test")
+        support.poll(converged, 120, "every Deployment to carry its policy's init containers", interval=0.2)
+        return time.monotonic() - started
+
+    def delete_all() -> None:
+        for name in wanted:
+            api.delete(f"{policies}/{name}")
+        support.poll(lambda: sorted(api.by_name(policies)), 120, "the policies to be deleted")
+
+    one = operators.start(f"--lease-name={lease}-one")
+    alone = burst(sharded=False)  # one replica serves the default shard: no policy labelled
+    delete_all()
+    stop_operator(one)
+
+    a = operators.start(f"--lease-name={lease}")
+    b = operators.start(f"--lease-name={lease}", "--shard=b")
+    sharded = burst(sharded=True)
+    even = {f"p-{i}" for i in range(0, n, 2)}
+    odd = {f"p-{i}" for i in range(1, n, 2)}
+    assert reconciled_by(a, ns) == even and reconciled_by(b, ns) == odd
+
+    delete_all()
+    assert not operators.tracebacks(), "\n".join(operators.tracebacks())
+    report(f"{n} policies over 2 shards (Leases {lease}, {lease}-b): each reconciled by exactly one "
+           f"({len(even)} and {len(odd)}), burst to converged {sharded:.1f}s against {alone:.1f}s on one replica")

@@ -105,16 +105,7 @@ def test_sigkill_during_a_burst_converges_and_releases(sizes, api, namespace, op
     burst.join()
 
     def converged() -> list[str]:
-        live_pols, live_deps = api.by_name(policies), api.by_name(deploys)
-        problems: list[str] = []
-        for i in range(n):
-            pname, dname = f"p-{i}", f"app-{i}"
-            pol = live_pols.get(pname)
-            problems += support.policy_problems(pol, pname)
-            if pol is not None:
-                want = support.expected(pol, original[dname])
-                problems += support.deployment_problems(live_deps.get(dname), want, original[dname])
-        return problems
+        return support.rendered_problems(api, ns, [(f"p-{i}", f"app-{i}") for i in range(n)], original)
 
     took = support.poll(converged, sizes.converge_timeout, "every Deployment to carry its policy's init containers")
     converge_after_restart = time.monotonic() - last_restart

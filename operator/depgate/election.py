@@ -39,6 +39,11 @@ class Election:
         return self.elector.write_budget(time.monotonic())
 
     @property
+    def request_timeout(self) -> float:
+        """A Lease request that takes longer than a retry period is as good as failed."""
+        return max(0.5, self.elector.timing.retry)
+
+    @property
     def leading(self) -> bool:
         return self.elector.may_write(time.monotonic())
 
@@ -54,8 +59,7 @@ class Election:
 
     async def attempt(self) -> None:
         """One read and, where the elector says so, one write of the Lease."""
-        e = self.elector
-        timeout = max(0.5, e.timing.retry)  # a renewal that takes longer is as good as failed
+        e, timeout = self.elector, self.request_timeout
         try:
             current = await asyncio.to_thread(self._get, timeout)
             sent_at = time.monotonic()
@@ -72,7 +76,6 @@ class Election:
                 self._lose("another holder is on the lease")
             answer = await asyncio.to_thread(self._write, step, timeout)
             if answer is None:  # created by another meanwhile, or gone: read again next time
-                e.refused()
                 return
             self.problem = None
             self.holder = e.identity
@@ -80,8 +83,8 @@ class Election:
                 log.info("became the leader (Lease %s/%s, transitions %d)", e.namespace, e.name, e.transitions)
                 self.elected.set()
                 self.on_elected()
-        except Changed:
-            e.refused()
+        except Changed:  # another wrote it first: read again next time
+            pass
         except Exception as ex:  # the fence decides; the next attempt tries again
             if self.problem is None:
                 log.warning("could not read or write Lease %s/%s (%s: %s); trying again every %gs", e.namespace,
@@ -113,10 +116,10 @@ class Election:
         e.lost()
         self.elected.clear()
         try:
-            current = self._get(max(0.5, e.timing.retry))
+            current = self._get(self.request_timeout)
             body = e.release_body(current, time.time()) if current is not None else None
             if body is not None:
-                self.kube.replace(body, timeout=max(0.5, e.timing.retry))
+                self.kube.replace(body, timeout=self.request_timeout)
                 log.info("released Lease %s/%s", e.namespace, e.name)
         except Exception as ex:  # the standby waits out the lease instead
             log.warning("could not release Lease %s/%s (%s: %s)", e.namespace, e.name, type(ex).__name__, ex)

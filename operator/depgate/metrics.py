@@ -62,6 +62,11 @@ for _cause in ("rendered", "unowned", "grace", "replaced"):  # every series from
     pod_gate_lifts.labels(cause=_cause)
 for _state in ("held", "waiting"):
     gated_pods.labels(state=_state).set(0)
+leader = Gauge("depgate_leader", "1 while this process holds the Lease and writes (--leader-election); a "
+               "standby serves the webhooks and says 0.", ["shard"])
+leader_transitions = Counter("depgate_leader_transitions_total", "Times this process became the leader.", ["shard"])
+lease_transitions = Gauge("depgate_lease_transitions", "The Lease's leaseTransitions as this process last read "
+                          "or wrote it: how often the leadership moved between replicas.", ["shard"])
 preconditions = Gauge("depgate_preconditions", "Preconditions of a policy, by state.",
                       ["namespace", "policy", "state"])
 blocked_seconds = Counter("depgate_precondition_blocked_seconds_total",
@@ -117,8 +122,3 @@ def forget(key: tuple[str, str]) -> None:
     for pre in _series.pop(key, set()):
         with contextlib.suppress(KeyError):
             blocked_seconds.remove(ns, name, pre)
-leader = Gauge("depgate_leader", "1 while this process holds the Lease and writes (--leader-election); a "
-               "standby serves the webhooks and says 0.", ["shard"])
-leader_transitions = Counter("depgate_leader_transitions_total", "Times this process became the leader.", ["shard"])
-lease_transitions = Gauge("depgate_lease_transitions", "The Lease's leaseTransitions as this process last read "
-                          "or wrote it: how often the leadership moved between replicas.", ["shard"])

@@ -458,3 +458,14 @@ def rendered_problems(api: Api, ns: str, pairs: Iterable[tuple[str, str]],
         if pol is not None:
             problems += deployment_problems(live_deps.get(dname), expected(pol, original[dname]), original[dname])
     return problems
+
+
+def all_released_problems(api: Api, ns: str, original: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Every policy of `ns` gone (no finalizer left holding one) and every Deployment of `original` back to
+    the user's original."""
+    left = api.by_name(DP.format(ns=ns))
+    problems = [f"policy {k} still there, finalizers {v['metadata'].get('finalizers')}" for k, v in left.items()]
+    live = api.by_name(DEPLOY.format(ns=ns))
+    for dname, orig in original.items():
+        problems += released_problems(live.get(dname), orig)
+    return problems

@@ -99,12 +99,7 @@ def test_leader_sigkilled_during_a_burst_the_standby_takes_over_and_everything_c
         api.delete(f"{policies}/{name}")
 
     def released() -> list[str]:
-        left = api.by_name(policies)
-        problems = [f"policy {k} still there, finalizers {v['metadata'].get('finalizers')}" for k, v in left.items()]
-        now = api.by_name(deploys)
-        for dname, orig in original.items():
-            problems += support.released_problems(now.get(dname), orig)
-        return problems
+        return support.all_released_problems(api, ns, original)
 
     released_in = support.poll(released, sizes.converge_timeout, "every policy gone and every Deployment original")
     assert not operators.tracebacks(), "\n".join(operators.tracebacks())

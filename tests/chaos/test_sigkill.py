@@ -134,12 +134,7 @@ def test_sigkill_during_a_burst_converges_and_releases(sizes, api, namespace, op
     deleter.join()
 
     def released() -> list[str]:
-        left = api.by_name(policies)
-        problems = [f"policy {k} still there, finalizers {v['metadata'].get('finalizers')}" for k, v in left.items()]
-        live = api.by_name(deploys)
-        for dname, orig in original.items():
-            problems += support.released_problems(live.get(dname), orig)
-        return problems
+        return support.all_released_problems(api, ns, original)
 
     released_in = support.poll(released, sizes.converge_timeout, "every policy gone and every Deployment original")
     assert ops.alive()

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from depgate import lease
-from depgate.lease import Create, Elector, Timing, Update, Wait
+from depgate.lease import Create, Elector, Update, Wait
 
 NS = "depgate-system"
 
@@ -74,10 +74,8 @@ def test_a_leader_that_finds_another_holder_stops_leading_and_a_restarted_proces
     assert isinstance(restarted.step(stored(body, 1), 0.0, 0.0), Wait)
 
 
-def test_the_times_must_let_the_leader_stop_before_anyone_may_take_over_and_shards_have_their_own_lease() -> None:
-    assert Timing().problems() == []
-    assert Timing(lease=10, renew_deadline=10).problems()
-    assert Timing(retry=10, renew_deadline=10).problems()
+def test_shards_have_their_own_lease_and_an_odd_record_reads_as_none() -> None:
+    # (retry < renew deadline < lease is depgate.settings' rule: test_settings refuses the flags that break it)
     assert lease.lease_name("depgate-leader", "") == "depgate-leader"
     assert lease.lease_name("depgate-leader", "b") == "depgate-leader-b"
     assert lease.shard_of({"metadata": {"labels": {lease.SHARD_LABEL: "b"}}}) == "b"

@@ -707,6 +707,11 @@ async def policy_worker(op: Operator, key: Key) -> None:
         if pause > 0:
             await asyncio.sleep(pause)
         dirty.clear()
+        if op.workers.get(key) is not asyncio.current_task():
+            # Stopped (leadership lost, the policy moved to another shard): on Python 3.11 asyncio.wait_for
+            # swallows a cancellation that arrives as the dirty flag is set, which is exactly what the event
+            # that stops a worker does; without this check the worker ran on, unseen, beside its successor.
+            return
         known = op.wiring.policies.get(key)
         if known is None:
             return  # deleted: policy_event forgot it

@@ -196,7 +196,7 @@ def reconciled_by(op: Operator, ns: str) -> set[str]:
 
 
 @pytest.mark.chaos
-def test_two_shards_each_policy_is_reconciled_by_exactly_one(
+def test_two_shards_each_policy_is_reconciled_by_exactly_one_and_a_moved_policy_is_taken_over(
         api, namespace, operators, rng, report):
     ns, n = namespace, 40
     deploys, policies = support.DEPLOY.format(ns=ns), support.DP.format(ns=ns)
@@ -237,7 +237,18 @@ def test_two_shards_each_policy_is_reconciled_by_exactly_one(
     odd = {f"p-{i}" for i in range(1, n, 2)}
     assert reconciled_by(a, ns) == even and reconciled_by(b, ns) == odd
 
+    moved = wanted["p-0"]  # relabelled to shard b, with a new spec: b renders it, a lets go and stays away
+    moved["metadata"].setdefault("labels", {})[SHARD_LABEL] = "b"
+    moved["spec"]["preconditions"] = [{"name": "db", "tcp": {"host": "db-moved", "port": 5432}}]
+    api.apply(f"{policies}/p-0", moved, "chaos-test")
+    support.poll(lambda: [] if "p-0" in reconciled_by(b, ns) and "p-0" not in reconciled_by(a, ns) else ["p-0"],
+                 60, "shard b to take p-0 over", interval=0.2)
+    support.poll(converged, 60, "p-0's change rendered by its new shard", interval=0.2)
+    assert reconciled_by(a, ns) == even - {"p-0"} and reconciled_by(b, ns) == odd | {"p-0"}
     delete_all()
+    released_by = [op for op in (a, b) if f"released deployment {ns}/app-0 from policy p-0" in op.log_text()]
+    assert released_by == [b]  # the moved policy's deletion is its new shard's alone
     assert not operators.tracebacks(), "\n".join(operators.tracebacks())
     report(f"{n} policies over 2 shards (Leases {lease}, {lease}-b): each reconciled by exactly one "
-           f"({len(even)} and {len(odd)}), burst to converged {sharded:.1f}s against {alone:.1f}s on one replica")
+           f"({len(even)} and {len(odd)}), burst to converged {sharded:.1f}s against {alone:.1f}s on one replica; "
+           "a policy relabelled to the other shard taken over, rendered and released by it alone")

@@ -26,13 +26,18 @@ def identity() -> str:
 
 
 class Election:
+    WARN_EVERY = 60.0  # seconds between repeated warnings while the Lease cannot be read or written
+
     def __init__(self, kube: Kube, elector: lease.Elector, *, on_elected: Callable[[], None],
-                 on_lost: Callable[[], None]) -> None:
+                 on_lost: Callable[[], None], on_error: Callable[[], None] = lambda: None) -> None:
         self.kube, self.elector = kube, elector
         self.on_elected, self.on_lost = on_elected, on_lost
         self.elected = asyncio.Event()  # set while leading
         self.holder = ""  # who leads, as last read
         self.problem: str | None = None  # the last failure to read or write the Lease
+        self.failures = 0  # attempts in a row that failed
+        self._warned = -self.WARN_EVERY  # monotonic time of the last warning
+        self.on_error = on_error  # each failed attempt (depgate_lease_errors_total)
 
     def fence(self) -> float:
         """From any thread: the write budget (Kube.fence)."""
@@ -77,7 +82,7 @@ class Election:
             answer = await asyncio.to_thread(self._write, step, timeout)
             if answer is None:  # created by another meanwhile, or gone: read again next time
                 return
-            self.problem = None
+            self.problem, self.failures = None, 0
             self.holder = e.identity
             if e.renewed(sent_at, answer):
                 log.info("became the leader (Lease %s/%s, transitions %d)", e.namespace, e.name, e.transitions)
@@ -86,10 +91,17 @@ class Election:
         except Changed:  # another wrote it first: read again next time
             pass
         except Exception as ex:  # the fence decides; the next attempt tries again
-            if self.problem is None:
-                log.warning("could not read or write Lease %s/%s (%s: %s); trying again every %gs", e.namespace,
-                            e.name, type(ex).__name__, ex, e.timing.retry)
-            self.problem = f"{type(ex).__name__}: {ex}"
+            self.on_error()
+            self.failures += 1
+            problem = f"{type(ex).__name__}: {ex}"
+            now = time.monotonic()
+            if problem != self.problem or now - self._warned >= self.WARN_EVERY:
+                # Said again every minute while it lasts: a process that can never take the Lease (its
+                # namespace missing, no right on leases) must not look like a quiet standby.
+                log.warning("could not read or write Lease %s/%s (%s; %d attempts in a row); not leading, "
+                            "trying again every %gs", e.namespace, e.name, problem, self.failures, e.timing.retry)
+                self._warned = now
+            self.problem = problem
 
     def _lose(self, why: str) -> None:
         was = self.elected.is_set()

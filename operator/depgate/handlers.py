@@ -104,6 +104,11 @@ class Operator:
     def leading(self) -> bool:
         return self.election is None or self.election.leading
 
+    def registers_webhooks(self) -> bool:
+        """Only the default shard's leader points the webhook configurations at itself: the shards' leaders
+        would take them from one another (every replica of every shard answers the same from memory)."""
+        return self.leading() and self.settings.shard == ""
+
     def mine(self, obj: Mapping[str, Any]) -> bool:
         """Is this policy of this process's shard (--shard; the default shard: no shard label)?"""
         return lease.shard_of(obj) == self.settings.shard
@@ -151,7 +156,7 @@ class Operator:
         for key in list(self.wiring.policies):
             self.ensure_worker(key)
         self.pod_gates.wake_all()
-        if self.register_webhook is not None and self.loop is not None:
+        if self.register_webhook is not None and self.loop is not None and self.registers_webhooks():
             self.loop.create_task(self.register_webhook(), name="depgate webhook registration")
 
     def lost(self) -> None:
@@ -439,10 +444,11 @@ async def start_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
         metrics.webhook_ready.set(0 if problems else 1)
 
     async def listening() -> None:
-        # Every replica serves the webhooks; only the leader points the configurations at itself (in a cluster
-        # all replicas are behind the one Service; a standby on a laptop must not take the cluster's webhooks).
+        # Every replica serves the webhooks; only the default shard's leader points the configurations at itself
+        # (in a cluster all replicas are behind the one Service; a standby on a laptop must not take the
+        # cluster's webhooks, nor a shard's leader the default shard's).
         op.register_webhook = register
-        if op.leading():
+        if op.registers_webhooks():
             await register()
         else:
             metrics.webhook_ready.set(1)  # it answers reviews sent to it; the leader registers
@@ -1114,7 +1120,8 @@ async def start_election(**_: Any) -> None:
         return
     elector = lease.Elector(identity(), lease.lease_name(s.lease_name, s.shard), s.resolved_operator_namespace(),
                             lease.Timing(s.lease_seconds, s.renew_deadline_seconds, s.retry_period_seconds))
-    op.election = Election(op.infra_kube(), elector, on_elected=op.elected, on_lost=op.lost)
+    op.election = Election(op.infra_kube(), elector, on_elected=op.elected, on_lost=op.lost,
+                           on_error=metrics.lease_errors.labels(shard=s.shard).inc)
     op.reconciler().kube.fence = op.election.fence
     metrics.leader.labels(shard=s.shard).set(0)
     op.election_task = asyncio.get_running_loop().create_task(op.election.run(), name="depgate leader election")

@@ -65,6 +65,9 @@ for _state in ("held", "waiting"):
 leader = Gauge("depgate_leader", "1 while this process holds the Lease and writes (--leader-election); a "
                "standby serves the webhooks and says 0.", ["shard"])
 leader_transitions = Counter("depgate_leader_transitions_total", "Times this process became the leader.", ["shard"])
+lease_errors = Counter("depgate_lease_errors_total", "Lease reads or writes that failed (the Lease's "
+                       "namespace missing, no right, the API server unreachable): a process that never leads "
+                       "and counts these is not a standby but cannot elect.", ["shard"])
 lease_transitions = Gauge("depgate_lease_transitions", "The Lease's leaseTransitions as this process last read "
                           "or wrote it: how often the leadership moved between replicas.", ["shard"])
 preconditions = Gauge("depgate_preconditions", "Preconditions of a policy, by state.",

@@ -1,6 +1,8 @@
-"""Leader election, the I/O side (the decisions are depgate.lease's): one task on the event loop that
-reads and writes the Lease, in a thread per request, every retry period; `fence` is what the writing
-client (Kube.fence) asks before each write."""
+"""Leader election, the I/O side (the decisions are depgate.lease's): one thread of its own that reads and
+writes the Lease every retry period, as client-go's elector runs in a goroutine of its own, so that a busy
+event loop or a thread pool full of reconciles never delays a renewal (a 500-policy burst did, and the
+only replica lost its own lease); what it decides reaches the event loop through call_soon_threadsafe.
+`fence` is what the writing client (Kube.fence) asks before each write."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -32,7 +35,10 @@ class Election:
                  on_lost: Callable[[], None], on_error: Callable[[], None] = lambda: None) -> None:
         self.kube, self.elector = kube, elector
         self.on_elected, self.on_lost = on_elected, on_lost
-        self.elected = asyncio.Event()  # set while leading
+        self.elected = threading.Event()  # set while leading
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.dispatch: Callable[[Callable[[], None]], object] = lambda callback: callback()
         self.holder = ""  # who leads, as last read
         self.problem: str | None = None  # the last failure to read or write the Lease
         self.failures = 0  # attempts in a row that failed
@@ -52,21 +58,33 @@ class Election:
     def leading(self) -> bool:
         return self.elector.may_write(time.monotonic())
 
-    async def run(self) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run in a thread of its own; on_elected and on_lost run on `loop`."""
+        self.dispatch = lambda callback: loop.call_soon_threadsafe(callback)
+        self.thread = threading.Thread(target=self.run, name="depgate-leader-election", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Blocking (call it in a thread): the election's thread ends after its current request."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(self.request_timeout * 3 + 1)
+
+    def run(self) -> None:
         e, timing = self.elector, self.elector.timing
         log.info("leader election on Lease %s/%s as %s (lease %gs, renew deadline %gs, retry %gs)", e.namespace,
                  e.name, e.identity, timing.lease, timing.renew_deadline, timing.retry)
-        while True:
-            await self.attempt()
+        while not self.stopping.is_set():
+            self.attempt()
             if e.deadline_passed(time.monotonic()):
                 self._lose(f"no renewal succeeded for the renew deadline of {timing.renew_deadline:g}s")
-            await asyncio.sleep(timing.retry)
+            self.stopping.wait(timing.retry)
 
-    async def attempt(self) -> None:
+    def attempt(self) -> None:
         """One read and, where the elector says so, one write of the Lease."""
         e, timeout = self.elector, self.request_timeout
         try:
-            current = await asyncio.to_thread(self._get, timeout)
+            current = self._get(timeout)
             sent_at = time.monotonic()
             step = e.step(current, sent_at, time.time())
             if isinstance(step, lease.Wait):
@@ -79,7 +97,7 @@ class Election:
                 return
             if not e.leading and self.elected.is_set():
                 self._lose("another holder is on the lease")
-            answer = await asyncio.to_thread(self._write, step, timeout)
+            answer = self._write(step, timeout)
             if answer is None:  # created by another meanwhile, or gone: read again next time
                 return
             self.problem, self.failures = None, 0
@@ -87,7 +105,7 @@ class Election:
             if e.renewed(sent_at, answer):
                 log.info("became the leader (Lease %s/%s, transitions %d)", e.namespace, e.name, e.transitions)
                 self.elected.set()
-                self.on_elected()
+                self.dispatch(self.on_elected)
         except Changed:  # another wrote it first: read again next time
             pass
         except Exception as ex:  # the fence decides; the next attempt tries again
@@ -109,7 +127,7 @@ class Election:
         self.elected.clear()
         if was:
             log.warning("stopped leading: %s; standing by", why)
-            self.on_lost()
+            self.dispatch(self.on_lost)
 
     def _get(self, timeout: float) -> dict[str, object] | None:
         return self.kube.get(lease.API_VERSION, lease.KIND, self.elector.namespace, self.elector.name, timeout=timeout)

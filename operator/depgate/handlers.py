@@ -97,7 +97,6 @@ class Operator:
         self.election: Election | None = None  # None: --no-leader-election (this process writes at once)
         self.register_webhook: Callable[[], Awaitable[None]] | None = None  # set once the webhook listens
         self._infra: Kube | None = None
-        self.election_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ leadership (depgate.lease)
 
@@ -1124,7 +1123,7 @@ async def start_election(**_: Any) -> None:
                            on_error=metrics.lease_errors.labels(shard=s.shard).inc)
     op.reconciler().kube.fence = op.election.fence
     metrics.leader.labels(shard=s.shard).set(0)
-    op.election_task = asyncio.get_running_loop().create_task(op.election.run(), name="depgate leader election")
+    op.election.start(asyncio.get_running_loop())
 
 
 @kopf.on.cleanup()
@@ -1133,9 +1132,7 @@ async def stop_election(**_: Any) -> None:
     op = current()
     if op.election is None:
         return
-    if op.election_task is not None:
-        op.election_task.cancel()
-        await asyncio.gather(op.election_task, return_exceptions=True)
+    await asyncio.to_thread(op.election.stop)
     workers = list(op.workers.values())
     op.lost()
     await asyncio.gather(*workers, return_exceptions=True)

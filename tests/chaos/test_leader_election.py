@@ -195,10 +195,12 @@ def reconciled_by(op: Operator, ns: str) -> set[str]:
     return out
 
 
-@pytest.mark.chaos
+@sized()
 def test_two_shards_each_policy_is_reconciled_by_exactly_one_and_a_moved_policy_is_taken_over(
-        api, namespace, operators, rng, report):
-    ns, n = namespace, 40
+        sizes, api, namespace, operators, rng, report):
+    ns = namespace
+    n = 500 if sizes.name == "full" else 40  # the size; the fast part
+    budget = max(120.0, n * 0.6)  # seconds for a burst or its deletion to settle
     deploys, policies = support.DEPLOY.format(ns=ns), support.DP.format(ns=ns)
     for i in range(n):
         api.create(deploys, make_deployment(i))
@@ -217,13 +219,13 @@ def test_two_shards_each_policy_is_reconciled_by_exactly_one_and_a_moved_policy_
         for name, pol in wanted.items():
             body = pol if sharded else {**pol, "metadata": {k: v for k, v in pol["metadata"].items() if k != "labels"}}
             api.apply(f"{policies}/{name}", body, "chaos-test")
-        support.poll(converged, 120, "every Deployment to carry its policy's init containers", interval=0.2)
+        support.poll(converged, budget, "every Deployment to carry its policy's init containers", interval=0.5)
         return time.monotonic() - started
 
     def delete_all() -> None:
         for name in wanted:
             api.delete(f"{policies}/{name}")
-        support.poll(lambda: sorted(api.by_name(policies)), 120, "the policies to be deleted")
+        support.poll(lambda: sorted(api.by_name(policies)), budget, "the policies to be deleted")
 
     one = operators.start(f"--lease-name={lease}-one")
     alone = burst(sharded=False)  # one replica serves the default shard: no policy labelled

@@ -32,6 +32,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "churn_memory": ("churn_memory.py", [], ["--minutes", "6", "--warmup", "1", "--policies", "10"]),
     "waiter_bench": ("waiter_bench.py", [], ["--trials", "5", "--startup-runs", "5"]),
     "webhook_latency": ("webhook_latency.py", [], ["--reviews", "100", "--creates", "60", "--rounds", "2"]),
+    "noise": ("noise.py", [], ["--quick"]),  # default: 3,000 ConfigMaps x3 + 1,000 Secrets + 300 pods
 }
 
 
@@ -134,6 +135,22 @@ def notes(name: str, doc: dict[str, Any]) -> list[str]:
         out.append(f"  Jobs created suspended (no pods); the handler answered {json.dumps(by)} (by outcome); "
                    f"the API server's own mean per call of the webhook: {doc.get('api_server_call_mean_ms')} ms; "
                    f"{(doc.get('operator_log') or {}).get('tracebacks')} tracebacks in the operator's log.")
+    if name == "noise":
+        b, d, op = doc.get("baseline") or {}, doc.get("depgate") or {}, doc.get("operator") or {}
+        rs = doc.get("restart") or {}
+        size = (doc.get("params") or {}).get("unrelated_writes")
+        out.append(f"  The noise ({size} writes) took {b.get('noise_s')} s "
+                   f"without the operator (writes sent in {b.get('writes_done_s')} s, pods ready at "
+                   f"{b.get('pods_ready_s')} s) and {d.get('noise_s')} s with it; the operator used "
+                   f"{d.get('operator_cpu_seconds_during_noise')} s of CPU during it and "
+                   f"{d.get('operator_cpu_seconds_until_quiet')} s until it went quiet "
+                   f"{d.get('operator_quiet_after_noise_s')} s after it (idle: {op.get('idle_cpu_percent')}% of a "
+                   f"core; a flip costs {op.get('cpu_ms_per_flip_idle')} ms; {d.get('flips_under_noise')} flips "
+                   f"under the noise); {d.get('operator_reconciles')} reconciles meanwhile. Restarts: among the "
+                   f"unrelated objects {json.dumps(rs.get('among_unrelated'))}; with them deleted "
+                   f"{json.dumps(rs.get('unrelated_deleted'))}; "
+                   f"{((doc.get('operator_log') or {}).get('through_noise') or {}).get('tracebacks')} tracebacks in "
+                   "the operator's log through the noise.")
     if name == "restart_writes":
         r = doc.get("restart") or {}
         shut = (doc.get("operator_log") or {}).get("first_shutdown") or {}

@@ -54,6 +54,9 @@ class Outcome:
     result: str = "ok"  # ok | invalid | conflict
     status: dict[str, Any] | None = None  # the policy's status after this reconcile
     written: dict[str, Any] | None = None  # the policy as the status write returned it (newest known copy)
+    # (kind, name) -> plan.fingerprint of each gated workload as this reconcile last read or wrote it: its
+    # event with that fingerprint (the echo of depgate's own write) need not wake this policy again
+    seen: dict[TargetKey, int] = field(default_factory=dict)
 
 
 class ReleaseFailed(RuntimeError):
@@ -126,6 +129,8 @@ class Reconciler:
         for want in plan.wait_rbac(policy, done.gated):
             self._ensure(want, out)
         verdict_map = self._verdicts(policy, ns, prior, out)
+        out.seen = {plan.key_of({**w, "kind": w.get("kind") or registry.DEPLOYMENT.kind}): plan.fingerprint(w)
+                    for w in done.gated}
         pods = self._pods(ns, done.gated)
         done.notes.update(plan.held_notes(policy, pods))
         out.targets, out.wanted, out.result = done.targets, set(writes.wanted), done.result

@@ -47,12 +47,13 @@ from depgate.render import RenderConfig
 from depgate.settings import Settings
 from depgate.webhook import Gate
 from depgate.wiring import (
-    WATCHED_KINDS,
+    GATED_PODS,
     Change,
     Claim,
     CustomClaims,
     CycleSchedule,
     Key,
+    Stream,
     StreamKey,
     Wiring,
     WorkerState,
@@ -88,6 +89,9 @@ class Operator:
         self._reconciler: Reconciler | None = None
         self._cycles_task: asyncio.Task[None] | None = None  # keeps the recompute under way alive
         self._watch_tasks: dict[StreamKey, asyncio.Task[None]] = {}
+        self._streams: dict[Stream, asyncio.Task[None]] = {}  # the built-in kinds' watches (rescope)
+        self._scoped = -1  # the wiring's scope_version the streams follow
+        self._rescope_due = False
         self.authors: dict[Key, str | None] = {}  # each policy's author signature, as last seen
         self.gate: Gate | None = None  # the author's rights; set up at startup (start_admission)
         self.gate_problem = "depgate's admission webhook has not started yet"
@@ -204,7 +208,11 @@ class Operator:
         """On the loop: do what an event means."""
         if change.graph_changed:
             self.graph_changed()
-        self.wiring.mark(change.wake)
+        if change.cause is None:
+            self.wiring.mark(change.wake)
+        else:
+            self.wiring.mark(change.wake - change.echo)
+            self.wiring.mark_echo(change.echo, change.cause)
 
     def wake_threadsafe(self, keys: Iterable[Key]) -> None:
         if self.loop is not None:
@@ -265,12 +273,70 @@ class Operator:
                 on_change=functools.partial(self._custom_changed, skey), on_restart=_count_restart,
                 inactivity=self.settings.watch_inactivity_seconds), name=f"watch-{kind}-{ns}")
 
+    # ------------------------------------------------------------------ the built-in kinds' watches
+
+    def rescope(self) -> None:
+        """On the loop, after anything that may change what the policies name: run exactly the streams the
+        wiring asks for (Wiring.streams), once per turn of the loop however many events asked. A stream
+        started for a namespace that just got its first policy lists first, and that list's objects reach
+        the wiring like events: nothing created meanwhile is missed (the policy's own reconcile reads what
+        was there before)."""
+        if self._rescope_due or self.loop is None or self._scoped == self.wiring.scope_version:
+            return
+        self._rescope_due = True
+        self.loop.call_soon(self._rescope_now)
+
+    def _rescope_now(self) -> None:
+        self._rescope_due = False
+        self._scoped = self.wiring.scope_version
+        want = self.wiring.streams()
+        gone, new = set(self._streams) - want, want - set(self._streams)
+        for st in gone:
+            self._streams.pop(st).cancel()
+        for verb, changed in (("stopped watching", gone), ("watching", new)):
+            by_ns: dict[str, list[str]] = {}
+            for st in changed:
+                by_ns.setdefault(st.namespace, []).append(st.kind + (f" ({st.labels})" if st.labels else ""))
+            for ns, kinds in sorted(by_ns.items()):
+                log.info("%s %s in %s", verb, ", ".join(sorted(kinds)),
+                         f"namespace {ns}" if ns else "every namespace")
+        kube = self.reconciler().kube
+        for st in new:
+            api = st.api
+            self._streams[st] = asyncio.get_running_loop().create_task(kube.watch_objects(
+                api.api_version, api.kind, st.namespace, labels=st.labels, metadata_only=st.metadata_only,
+                on_event=functools.partial(self._stream_event, st), on_listed=functools.partial(self._listed, st),
+                on_restart=_count_restart, inactivity=self.settings.watch_inactivity_seconds),
+                name=f"watch-{st.kind}-{st.namespace or '*'}")
+        metrics.watch_streams.set(len(self._streams))
+
+    def _stream_event(self, st: Stream, type_: str, obj: dict[str, Any]) -> None:
+        deleted = type_ == "DELETED"
+        if st == GATED_PODS:
+            self.pod_gates.seen(obj, deleted=deleted)
+            return
+        md = obj.get("metadata") or {}
+        ns, name = str(md.get("namespace") or st.namespace), str(md.get("name"))
+        self.apply(self.wiring.event(st.kind, ns, name, obj, deleted=deleted))
+        if st.kind == registry.STATEFUL_SET.kind:
+            # its controller observed the rendered revision, say: the held pods it owns are decided again
+            # (whether one is deleted for its controller to make it again reads the StatefulSet)
+            self.pod_gates.owner_changed(ns, st.kind, name)
+        self.rescope()
+
+    def _listed(self, st: Stream, after_gap: bool) -> None:
+        """A stream listed: after a gap in its events (410, a refusal, an error), every policy it concerns
+        reconciles (what it missed may have been a deletion)."""
+        if after_gap and st != GATED_PODS:
+            self.wiring.mark(self.wiring.policies_naming_in(st.namespace))
+
     def _custom_changed(self, skey: StreamKey, names: set[str] | None) -> None:
         self.wiring.mark(self.wiring.custom.woken_by(skey, names))
 
     async def stop_watches(self) -> None:
-        tasks = list(self._watch_tasks.values())
+        tasks = [*self._watch_tasks.values(), *self._streams.values()]
         self._watch_tasks.clear()
+        self._streams.clear()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -652,6 +718,7 @@ async def remember_loop(**_: Any) -> None:
     op = current()
     op.loop = asyncio.get_running_loop()
     op.loop.create_task(op.echo_watchdog(), name="depgate echo watchdog")
+    op.rescope()  # the gated pods' watch, before any policy
 
 
 @kopf.on.probe(id="policy_watch")
@@ -683,6 +750,7 @@ async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name
         op.graph_changed()
         metrics.forget(key)
         op.echo.forget(key)
+        op.rescope()
         return
     obj = plain(body)
     op.admitted.heard(key, obj)
@@ -695,6 +763,7 @@ async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name
         op.authors[key] = author
         op.wiring.mark([key])
     op.ensure_worker(key)  # the leader's, for a policy of its shard (a standby only keeps it in memory)
+    op.rescope()
 
 
 async def policy_worker(op: Operator, key: Key) -> None:
@@ -712,6 +781,7 @@ async def policy_worker(op: Operator, key: Key) -> None:
         if pause > 0:
             await asyncio.sleep(pause)
         dirty.clear()
+        echo = op.wiring.echo_only(key)
         if op.workers.get(key) is not asyncio.current_task():
             # Stopped (leadership lost, the policy moved to another shard): on Python 3.11 asyncio.wait_for
             # swallows a cancellation that arrives as the dirty flag is set, which is exactly what the event
@@ -720,6 +790,9 @@ async def policy_worker(op: Operator, key: Key) -> None:
         known = op.wiring.policies.get(key)
         if known is None:
             return  # deleted: policy_event forgot it
+        if echo:
+            metrics.reconciles_skipped.inc()
+            continue  # woken only by its own write coming back (or a copy it has seen): nothing new
         obj = op.wiring.to_reconcile(key, known)
         try:
             if deleting(obj):
@@ -757,10 +830,11 @@ async def policy_worker(op: Operator, key: Key) -> None:
             op.echo.wrote(key, outcome.written, time.monotonic())
         after = op.wiring.reconciled(key, obj, outcome)
         if after.again:
-            dirty.set()
+            op.wiring.mark([key])
         if after.graph_changed:
             op.graph_changed()
         op.claimed(after.claim)
+        op.rescope()
         if outcome.requeue_after is not None:
             op.later(key, outcome.requeue_after)
 
@@ -826,15 +900,9 @@ def release_all(op: Operator, body: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------- what policies depend on
 
 
-def _watch(kind: registry.ApiKind) -> None:
-    @kopf.on.event(kind.group, kind.version, kind.plural, id=f"{kind.plural}_event")
-    async def handler(event: Mapping[str, Any], body: Any, namespace: str, name: str, **_: Any) -> None:
-        op = current()
-        op.apply(op.wiring.event(kind.kind, namespace, name, body, deleted=event.get("type") == "DELETED"))
-
-
-for _kind in WATCHED_KINDS:
-    _watch(_kind)
+# The built-in kinds' events reach the wiring through the adapter's own watches (Operator.rescope: only the
+# namespaces and kinds the policies name, filtered by the API server), not through Kopf's, which watch a kind
+# in every namespace and filter on the client: every write anywhere in the cluster would cost a decode here.
 
 
 # ---------------------------------------------------------------------- pod scheduling gates (depgate.gates)
@@ -1070,25 +1138,10 @@ async def gate_pod(new: Any, patch: kopf.Patch, namespace: str | None = None, **
         metrics.pod_gate_admission_seconds.labels(outcome=outcome).observe(time.monotonic() - started)
 
 
-@kopf.on.event(registry.POD.group, registry.POD.version, registry.POD.plural, id="pod_gates",
-               labels={gates.GATED_LABEL: "true"})
-async def pod_gate_event(event: Mapping[str, Any], body: Any, **_: Any) -> None:
-    current().pod_gates.seen(body, deleted=event.get("type") == "DELETED")
-
-
 @kopf.on.event(POLICIES.group, POLICIES.version, POLICIES.plural, id="policy_pod_gates")
 async def policy_gate_event(namespace: str, **_: Any) -> None:
     """After policy_event updated the index: the namespace's held pods are decided again."""
     current().pod_gates.policies_changed(namespace)
-
-
-@kopf.on.event(registry.STATEFUL_SET.group, registry.STATEFUL_SET.version, registry.STATEFUL_SET.plural,
-               id="statefulset_pod_gates")
-async def statefulset_gate_event(namespace: str, name: str, **_: Any) -> None:
-    """A StatefulSet changed (its controller observed the rendered revision, say): the held pods it owns are
-    decided again, since whether one is deleted for its controller to make it again reads the StatefulSet
-    (gates.replacement); without this a pod held before the controller observed the revision stayed held."""
-    current().pod_gates.owner_changed(namespace, registry.STATEFUL_SET.kind, name)
 
 
 @kopf.on.startup()

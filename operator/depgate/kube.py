@@ -368,10 +368,11 @@ class Kube:
             await self._aio.close()
         self._aio = None
 
-    def _signed(self, path: str, query: Iterable[tuple[str, str]]) -> tuple[str, dict[str, str]]:
+    def _signed(self, path: str, query: Iterable[tuple[str, str]],
+                accept: str = "application/json") -> tuple[str, dict[str, str]]:
         """URL and headers (the client's authentication, refreshed tokens included) of a GET."""
         _, url, headers, _, _ = self.api.param_serialize(
-            "GET", path, query_params=list(query), header_params={"Accept": "application/json"},
+            "GET", path, query_params=list(query), header_params={"Accept": accept},
             auth_settings=["BearerToken"])
         return url, dict(headers)
 
@@ -398,13 +399,13 @@ class Kube:
             return _Expired(message)
         return ApiException(status=status, reason=message, body=raw.decode(errors="replace"))
 
-    async def _list_versions(self, path: str, wants: Callable[[str], bool]) -> tuple[str, dict[str, str]]:
-        """(resourceVersion of the list, {name: resourceVersion} of the wanted objects there), in pages."""
-        versions: dict[str, str] = {}
+    async def _list(self, path: str, query: list[tuple[str, str]], accept: str,
+                    on_item: Callable[[dict[str, Any]], None]) -> str:
+        """List in pages, on_item(obj) for each; the list's resourceVersion."""
         cont = ""
         while True:
-            q = [("limit", str(LIST_PAGE))] + ([("continue", cont)] if cont else [])
-            url, headers = self._signed(path, q)
+            q = [*query, ("limit", str(LIST_PAGE)), *([("continue", cont)] if cont else [])]
+            url, headers = self._signed(path, q, accept)
             timeout = aiohttp.ClientTimeout(total=self.request_timeout)
             async with self._session().get(url, headers=headers, timeout=timeout, **self._request_kwargs()) as resp:
                 raw = await resp.read()
@@ -412,22 +413,21 @@ class Kube:
                     raise self._refusal(resp.status, raw, path)
             body = json.loads(raw)
             for item in body.get("items") or []:
-                md = item.get("metadata") or {}
-                if wants(str(md.get("name"))):
-                    versions[str(md.get("name"))] = str(md.get("resourceVersion"))
+                if isinstance(item, dict):
+                    on_item(item)
             meta = body.get("metadata") or {}
             cont = str(meta.get("continue") or "")
             if not cont:
-                return str(meta.get("resourceVersion") or ""), versions
+                return str(meta.get("resourceVersion") or "")
 
-    async def _watch_from(self, path: str, rv: str, inactivity: float, wants: Callable[[str], bool],
-                          versions: dict[str, str], on_change: Callable[[set[str] | None], None]) -> str:
+    async def _watch_from(self, path: str, query: list[tuple[str, str]], accept: str, rv: str, inactivity: float,
+                          on_event: Callable[[str, dict[str, Any]], None], on_garbled: Callable[[], None]) -> str:
         """One watch request from `rv`, until the server ends it; returns the last resourceVersion
         seen (bookmarks included). Raises _Silent when nothing arrived for `inactivity` seconds,
         _Expired on 410."""
-        q = [("watch", "true"), ("resourceVersion", rv), ("allowWatchBookmarks", "true"),
+        q = [*query, ("watch", "true"), ("resourceVersion", rv), ("allowWatchBookmarks", "true"),
              ("timeoutSeconds", str(WATCH_SERVER_TIMEOUT))]
-        url, headers = self._signed(path, q)
+        url, headers = self._signed(path, q, accept)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=inactivity)
         resp = await self._session().get(url, headers=headers, timeout=timeout, **self._request_kwargs())
         try:
@@ -440,41 +440,69 @@ class Kube:
                     line = bytes(buf[:at])
                     del buf[:at + 1]
                     if line.strip():
-                        rv = _event(line, rv, path, wants, versions, on_change)
+                        rv = _event(line, rv, path, on_event, on_garbled)
             return rv
         except aiohttp.SocketTimeoutError as e:
             raise _Silent(path) from e
         finally:
             resp.close()  # never back into the pool: a watch that went silent may be a dead route
 
-    async def watch_kind(self, api_version: str, kind: str, namespace: str, *, wants: Callable[[str], bool],
-                         on_change: Callable[[set[str] | None], None], on_restart: Callable[[str], None],
-                         inactivity: float) -> None:
-        """Watch every object of one kind in one namespace until cancelled; on_change(names) for the
-        wanted objects that changed (None: any may have, after a re-list that follows a refusal or
-        an undecodable event). Lists first, then watches from the list's resourceVersion with
-        bookmarks; resumes from the last resourceVersion seen, re-lists on 410 (expired, diffing
-        the wanted objects' versions), restarts a watch silent for `inactivity` seconds
+    async def watch_objects(self, api_version: str, kind: str, namespace: str, *,
+                            on_event: Callable[[str, dict[str, Any]], None], on_listed: Callable[[bool], None],
+                            on_restart: Callable[[str], None], inactivity: float, labels: str = "",
+                            metadata_only: bool = False) -> None:
+        """Watch one kind in one namespace ("": every namespace) until cancelled, the API server
+        filtering by the label selector `labels`; with `metadata_only` it sends each object's metadata
+        alone (PartialObjectMetadata: a Secret's data never leaves the API server).
+
+        on_event(type, obj) for every ADDED, MODIFIED or DELETED object, in order. Lists first (each
+        object listed is ADDED), then watches from the list's resourceVersion with bookmarks; resumes
+        from the last resourceVersion seen. A list again (after 410 Expired, an error answer, an
+        undecodable event, a refusal) says DELETED (with the name and namespace only) for every object
+        that was there before and is not now, then on_listed(after_gap): after_gap is True when events
+        may have been missed (every list but the first of a clean start), so that the caller can wake
+        whom the stream concerns. A watch silent for `inactivity` seconds is restarted
         (on_restart("silent"/"expired")). A kind not served (CRD not installed yet) or a watch RBAC
-        refuses is retried, backing off to 10 s; the first success after that wakes everyone."""
-        what = f"{kind} ({api_version}) in {namespace}"
+        refuses is retried, backing off to 10 s."""
+        what = f"{kind} ({api_version}) in {namespace or 'every namespace'}" + (f" ({labels})" if labels else "")
+        query = [("labelSelector", labels)] if labels else []
+        accept = METADATA_ACCEPT if metadata_only else "application/json"
         rv: str | None = None
-        versions: dict[str, str] = {}
-        everyone = True  # the next list wakes every interested policy (first one, or after a refusal)
+        known: dict[str, str] = {}  # namespace/name -> namespace, of the objects the stream has said exist
+        gap = False  # the next list follows a gap in the events
         delay = 0.0
+
+        def seen(type_: str, obj: dict[str, Any]) -> None:
+            md = obj.get("metadata") or {}
+            ref = f"{md.get('namespace') or ''}/{md.get('name')}"
+            if type_ == "DELETED":
+                known.pop(ref, None)
+            else:
+                known[ref] = str(md.get("namespace") or "")
+            on_event(type_, obj)
+
+        def garbled() -> None:
+            raise _Garbled(what)
+
         while True:
             try:
-                path = await asyncio.to_thread(self.path, api_version, kind, namespace)
+                path = await asyncio.to_thread(self.path, api_version, kind, namespace or None)
                 if rv is None:
-                    rv, listed = await self._list_versions(path, wants)
-                    changed = {n for n in set(listed) | set(versions) if listed.get(n) != versions.get(n)}
-                    versions = listed
-                    if everyone:
-                        on_change(None)
-                    elif changed:
-                        on_change(changed)
-                    everyone = False
-                rv = await self._watch_from(path, rv, inactivity, wants, versions, on_change)
+                    before = dict(known)
+                    listed: set[str] = set()
+
+                    def item(obj: dict[str, Any], listed: set[str] = listed) -> None:
+                        md = obj.get("metadata") or {}
+                        listed.add(f"{md.get('namespace') or ''}/{md.get('name')}")
+                        seen("ADDED", obj)
+
+                    rv = await self._list(path, query, METADATA_LIST_ACCEPT if metadata_only else accept, item)
+                    for ref in set(before) - listed:
+                        ns, _, name = ref.partition("/")
+                        seen("DELETED", {"metadata": {"name": name, **({"namespace": ns} if ns else {})}})
+                    on_listed(gap)
+                    gap = False
+                rv = await self._watch_from(path, query, accept, rv, inactivity, seen, garbled)
                 delay = 0.0
             except asyncio.CancelledError:
                 raise
@@ -485,20 +513,56 @@ class Kube:
             except _Expired:
                 on_restart("expired")
                 log.debug("the watch of %s expired (410): listing again", what)
-                rv = None
+                rv, gap = None, True
+            except _Garbled:
+                rv, gap = None, True  # said in _event; listed again
             except (Forbidden, LookupError) as e:  # RBAC may be granted, the CRD installed, later
                 log.debug("watch of %s: %s", what, e)
                 if isinstance(e, LookupError):
                     self.forget_plural(api_version, kind)
-                rv, everyone = None, True
+                rv, gap = None, True
                 delay = min(10.0, max(1.0, delay * 2))
                 await asyncio.sleep(delay)
             except Exception as e:  # API server restarts, refused connections, 5xx: try again from rv
                 log.debug("watch of %s: %s: %s", what, type(e).__name__, e)
                 if isinstance(e, ApiException | ValueError):  # an error answer, or a list we could not read
-                    rv = None
+                    rv, gap = None, True
                 delay = min(10.0, max(0.5, delay * 2))
                 await asyncio.sleep(delay)
+
+    async def watch_kind(self, api_version: str, kind: str, namespace: str, *, wants: Callable[[str], bool],
+                         on_change: Callable[[set[str] | None], None], on_restart: Callable[[str], None],
+                         inactivity: float) -> None:
+        """watch_objects for the names `wants` admits, by name: on_change(names) for the wanted objects
+        that changed, on_change(None) (any may have) after the first list and after each gap; metadata
+        only (what changed is read again by the reconcile)."""
+        versions: dict[str, str] = {}
+
+        def on_event(type_: str, obj: dict[str, Any]) -> None:
+            md = obj.get("metadata") or {}
+            name = str(md.get("name"))
+            if not wants(name):
+                return
+            rv = str(md.get("resourceVersion") or "")
+            if type_ == "DELETED":
+                if versions.pop(name, None) is None:
+                    return
+            elif versions.get(name) == rv:
+                return  # listed again, unchanged
+            else:
+                versions[name] = rv
+            on_change({name})
+
+        first = True
+
+        def on_listed(gap: bool) -> None:
+            nonlocal first
+            if first or gap:
+                on_change(None)
+            first = False
+
+        await self.watch_objects(api_version, kind, namespace, on_event=on_event, on_listed=on_listed,
+                                 on_restart=on_restart, inactivity=inactivity, metadata_only=True)
 
 
 LIST_PAGE = 500
@@ -514,28 +578,33 @@ class _Expired(Exception):
     """410 Gone: the resourceVersion left the API server's window; list again."""
 
 
-def _event(line: bytes, rv: str, path: str, wants: Callable[[str], bool], versions: dict[str, str],
-           on_change: Callable[[set[str] | None], None]) -> str:
+class _Garbled(Exception):
+    """An event that could not be decoded: list again."""
+
+
+# What watch_objects(metadata_only=True) asks for: the objects' metadata alone (as client-go's metadata
+# informers do), the full object from an API server that cannot (a 1.14-era aggregated API, say).
+METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+
+def _event(line: bytes, rv: str, path: str, on_event: Callable[[str, dict[str, Any]], None],
+           on_garbled: Callable[[], None]) -> str:
     """Apply one watch event; return the resourceVersion to resume from."""
     try:
         ev = json.loads(line)
         kind, obj = ev.get("type"), ev.get("object") or {}
+        if not isinstance(obj, dict):
+            raise ValueError("the event's object is not an object")
     except (ValueError, RecursionError, AttributeError) as e:
-        # Skipped, never a dead watch: every policy on the kind re-reads what it names.
+        # Never a dead watch: the stream lists again (on_garbled), and whom it concerns is woken.
         log.warning("skipping an undecodable event of the watch %s (%s: %.200s)", path, type(e).__name__, e)
-        on_change(None)
+        on_garbled()
         return rv
     if kind == "ERROR":
         raise Kube._refusal(int(obj.get("code") or 500), json.dumps(obj).encode(), path)
     md = obj.get("metadata") or {}
     rv = str(md.get("resourceVersion") or rv)
-    if kind == "BOOKMARK":
-        return rv
-    name = str(md.get("name"))
-    if wants(name):
-        if kind == "DELETED":
-            versions.pop(name, None)
-        else:
-            versions[name] = rv
-        on_change({name})
+    if kind in ("ADDED", "MODIFIED", "DELETED"):
+        on_event(str(kind), obj)
     return rv

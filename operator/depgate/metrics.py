@@ -29,6 +29,14 @@ custom_watches = Gauge(
     "depgate_custom_watches",
     "Shared watches of custom resources running (one per apiVersion, kind and namespace that a "
     "`resource` precondition names; at most --max-custom-watches).")
+reconciles_skipped = Counter(
+    "depgate_reconciles_skipped_total",
+    "Wakes of a policy's worker that needed no reconcile: only events of workloads exactly as its last reconcile "
+    "read or wrote them (its own write coming back).")
+watch_streams = Gauge(
+    "depgate_watch_streams",
+    "Watches of built-in kinds running: one per kind and namespace that the policies there can be concerned "
+    "by, and one of the pods at depgate's scheduling gate. Writes anywhere else never reach the operator.")
 watch_stale_total = Counter(
     "depgate_watch_stale_episodes_total",
     "Times the policies watch stopped delivering depgate's own status writes back within the bound.")

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from depgate import gates, registry, render, spec, status, verdicts
-from depgate.constants import API_VERSION, APPLIED_HASH_ANNOTATION, KIND, POLICY_ANNOTATION
+from depgate.constants import API_VERSION, APPLIED_HASH_ANNOTATION, GROUP, KIND, POLICY_ANNOTATION
 from depgate.graph import DEPENDENCY_CYCLE
 
 Obj = dict[str, Any]
@@ -746,6 +746,20 @@ def _ordered_body(body: Obj, desired: Mapping[str, Any]) -> Obj:
 
 
 # --------------------------------------------------------------------------- reading objects
+
+
+def fingerprint(obj: Mapping[str, Any] | None) -> int:
+    """What of a workload the reconcile of a policy that gates it reads, in one number: its uid, its
+    metadata.generation (the spec: the API server bumps it for every spec change, never for a status
+    write), its labels and depgate's own annotations (the claim, the applied hash). Two copies with the
+    same fingerprint gate alike: a status-only change (its controller observed a generation, counted
+    replicas, set a revision annotation) and the echo of depgate's own write are no news to that policy."""
+    md = _meta(obj or {})
+    labels = md.get("labels") if isinstance(md.get("labels"), Mapping) else {}
+    ann = md.get("annotations") if isinstance(md.get("annotations"), Mapping) else {}
+    ours = tuple(sorted((str(k), str(v)) for k, v in (ann or {}).items() if str(k).startswith(f"{GROUP}/")))
+    return hash((str(md.get("uid") or ""), str(md.get("generation") or ""),
+                 tuple(sorted((str(k), str(v)) for k, v in (labels or {}).items())), ours))
 
 
 def claim_of(dep: Mapping[str, Any]) -> str | None:

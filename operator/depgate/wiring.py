@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from depgate import graph, registry, spec
+from depgate import gates, graph, plan, registry, spec
 from depgate.constants import GROUP
 from depgate.graph import ObjectKey
 from depgate.plan import (
@@ -34,6 +34,7 @@ from depgate.plan import (
     TargetKey,
     claim_of,
     cron_job_of,
+    fingerprint,
     fresher,
     key_of,
     prior_targets,
@@ -56,6 +57,8 @@ class Outcome(Protocol):
     def custom(self) -> Sequence[CustomKey]: ...  # what its `resource` preconditions name, in declared order
     @property
     def written(self) -> dict[str, Any] | None: ...  # the policy as its status write returned it
+    @property
+    def seen(self) -> Mapping[TargetKey, int]: ...  # plan.fingerprint of each gated workload as it last saw it
 
 KOPF_DIFFBASE = f"{GROUP}/last-handled-configuration"  # written by depgate before handlers._NoDiffBase
 
@@ -64,17 +67,68 @@ KOPF_DIFFBASE = f"{GROUP}/last-handled-configuration"  # written by depgate befo
 WATCHED_KINDS: tuple[registry.ApiKind, ...] = tuple(dict.fromkeys((
     *registry.watched_kinds(), *(w.api for w in registry.WORKLOAD_KINDS.values() if w.gated), registry.POD)))
 
+# What a watch of each kind must deliver: the wiring reads only the metadata (names, labels, owners) of
+# these; a Service's selector and a workload's pod template are in their specs.
+METADATA_ONLY_KINDS: frozenset[str] = frozenset({
+    registry.POD.kind, registry.SECRET.kind, registry.CONFIG_MAP.kind, registry.ENDPOINT_SLICE.kind,
+    registry.JOB.kind})
+_WATCHED_BY_KIND: dict[str, registry.ApiKind] = {k.kind: k for k in WATCHED_KINDS}
+
+
+class Stream(NamedTuple):
+    """One watch of a built-in kind the wiring asks for: a namespace's objects of `kind` ("" namespace:
+    every namespace), filtered by the API server with the label selector `labels`."""
+
+    kind: str
+    namespace: str
+    labels: str = ""
+
+    @property
+    def api(self) -> registry.ApiKind:
+        return _WATCHED_BY_KIND[self.kind]
+
+    @property
+    def metadata_only(self) -> bool:
+        return self.kind in METADATA_ONLY_KINDS and not self.labels
+
+
+# The pods at depgate's scheduling gate, wherever they are (depgate.gates): bodies, few.
+GATED_PODS = Stream(registry.POD.kind, "", f"{gates.GATED_LABEL}=true")
+
+
+def kinds_for(policy: spec.Policy | None, namespace: str, targets: Iterable[TargetKey]) -> set[str]:
+    """The built-in kinds whose events in the policy's namespace can concern it: the kinds its target can
+    name and the kinds of what it targeted before (`targets`), their pods (and a CronJob's Jobs), the kind
+    each precondition names (a Service's EndpointSlices too). Custom resources: CustomClaims."""
+    kinds = {registry.POD.kind, *(str(k) for k, _ in targets)}
+    if policy is not None:
+        kinds.update(plan.target_kinds(policy))
+        for dep in graph.dependencies(policy, namespace):
+            kinds.add(dep.kind)
+            if dep.kind == registry.SERVICE.kind:
+                kinds.add(registry.ENDPOINT_SLICE.kind)
+    if registry.CRON_JOB.kind in kinds:
+        kinds.add(registry.JOB.kind)
+    return {k for k in kinds if k in _WATCHED_BY_KIND}
+
+
 # One reconcile that finished less than this long ago makes the next one wait coalesce_seconds
 # (a burst of events becomes one reconcile); an idle policy reconciles at once.
 RECENT_SECONDS = 1.0
 FIRST_BACKOFF_SECONDS = 1.0  # after the first failure in a row; doubled after each further one
 
 
+Cause = tuple[tuple[str, str], int]  # ((kind, name), plan.fingerprint) of the workload event that woke a policy
+
+
 class Change(NamedTuple):
-    """What one event means: the policies to wake, and whether the dependency graph changed."""
+    """What one event means: the policies to wake, and whether the dependency graph changed; `echo`: those of
+    them to wake only if the event's `cause` is not what their own last reconcile read or wrote."""
 
     wake: frozenset[Key]
     graph_changed: bool = False
+    echo: frozenset[Key] = frozenset()
+    cause: Cause | None = None
 
 
 def plain(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -300,6 +354,14 @@ class Wiring:
     # (namespace, kind, name) -> metadata.labels of each workload of a kind a policy can target
     deployment_labels: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
     claims: dict[tuple[str, str, str], str] = field(default_factory=dict)  # -> its depgate.io/policy claim
+    # Why each running worker's flag is set since its reconcile began: None for any real cause, else only
+    # workload events (echo_only); and what each policy's last reconcile saw of its gated workloads.
+    causes: dict[Key, set[Cause] | None] = field(default_factory=dict)
+    seen: dict[Key, dict[tuple[str, str], int]] = field(default_factory=dict)
+    fingerprints: dict[tuple[str, str, str], int] = field(default_factory=dict)  # of each gateable workload
+    kinds: dict[Key, frozenset[str]] = field(default_factory=dict)  # kinds_for each policy, as counted
+    stream_users: dict[Stream, int] = field(default_factory=dict)  # -> how many policies need it
+    scope_version: int = 0  # changes whenever streams() may have
 
     # ------------------------------------------------------------------ the workers' flags
 
@@ -317,8 +379,29 @@ class Wiring:
         """Wake the workers of `keys`; the keys whose worker runs."""
         marked = {k for k in keys if k in self.dirty}
         for k in marked:
+            self.causes[k] = None
             self.dirty[k].set()
         return marked
+
+    def mark_echo(self, keys: Iterable[Key], cause: Cause) -> set[Key]:
+        """Wake the workers of `keys` for a workload event that may be the echo of their own write."""
+        marked = {k for k in keys if k in self.dirty}
+        for k in marked:
+            if k not in self.causes:
+                self.causes[k] = {cause}
+            elif (had := self.causes[k]) is not None:
+                had.add(cause)
+            self.dirty[k].set()
+        return marked
+
+    def echo_only(self, key: Key) -> bool:
+        """As a worker takes its flag: was it set only by events of workloads exactly as its last reconcile read
+        or wrote them (its own write coming back)? Then there is nothing new to reconcile. Forgets the causes."""
+        causes = self.causes.pop(key, None)
+        if not causes:
+            return False
+        seen = self.seen.get(key, {})
+        return all(seen.get(obj) == fp for obj, fp in causes)
 
     # ------------------------------------------------------------------ the indexes
 
@@ -337,6 +420,7 @@ class Wiring:
         for kind, name in new:
             self.by_target[(ns, kind, name)].add(key)
         self.targets[key] = new
+        self._rescope(key)
 
     def set_refs(self, key: Key, ref: TargetKey | None) -> None:
         old = self.refs.pop(key, None)
@@ -356,6 +440,9 @@ class Wiring:
         self.parsed.pop(key, None)
         self.dirty.pop(key, None)
         self.started.pop(key, None)
+        self.causes.pop(key, None)
+        self.seen.pop(key, None)
+        self._rescope(key)
         return self.custom.claim(key, ())
 
     def for_deployment(self, ns: str, name: str, labels: Mapping[str, str] | None) -> set[Key]:
@@ -374,6 +461,42 @@ class Wiring:
     def _naming(self, kind: str, ns: str, name: str) -> set[Key]:
         """The policies with a precondition on this object."""
         return set(self.by_dep.get(ObjectKey(kind, ns, name), set()))
+
+    def streams(self) -> set[Stream]:
+        """The watches of built-in kinds the policies known now need: in each namespace that holds a
+        policy, the kinds that can concern one of its policies (kinds_for); nothing elsewhere, so that
+        writes in a namespace no policy names never reach this process. Every policy counts, a deleted
+        one until it is forgotten (its release reads what it needs), an invalid one for what it targeted
+        before. Plus the gated pods, wherever they are."""
+        return {GATED_PODS, *self.stream_users}
+
+    def _rescope(self, key: Key) -> None:
+        """Count the streams of `key` as kinds_for says now (kept incrementally: a burst of a thousand
+        policies must not recompute every policy's kinds on each event)."""
+        if key in self.policies:
+            kinds = frozenset(kinds_for(self.parsed.get(key), key[0], self.targets.get(key, ())))
+        else:
+            kinds = frozenset()
+        old = self.kinds.get(key, frozenset())
+        if kinds == old:
+            return
+        for kind in old - kinds:
+            st = Stream(kind, key[0])
+            self.stream_users[st] -= 1
+            if self.stream_users[st] <= 0:
+                del self.stream_users[st]
+        for kind in kinds - old:
+            st = Stream(kind, key[0])
+            self.stream_users[st] = self.stream_users.get(st, 0) + 1
+        if kinds:
+            self.kinds[key] = kinds
+        else:
+            self.kinds.pop(key, None)
+        self.scope_version += 1
+
+    def policies_naming_in(self, namespace: str) -> set[Key]:
+        """The policies a stream of `namespace` can concern (after a gap in its events, all are woken)."""
+        return {k for k in self.kinds if k[0] == namespace}
 
     def graph_inputs(self) -> tuple[list[spec.Policy], dict[tuple[str, str, str], dict[str, str]],
                                     dict[tuple[str, str], dict[str, str]],
@@ -397,6 +520,7 @@ class Wiring:
         except spec.SpecError:
             self.parsed.pop(key, None)
             self.set_deps(key, set())
+            self._rescope(key)
             return
         self.parsed[key] = pol
         self.set_deps(key, watched_objects(pol, key[0]))
@@ -408,6 +532,7 @@ class Wiring:
         # is known, not only once a reconcile learnt it: created while the first reconcile runs (one
         # kubectl apply, policy first), its event would otherwise wake nobody.
         self.set_refs(key, target_ref(pol))
+        self._rescope(key)
 
     # ------------------------------------------------------------------ events
 
@@ -460,6 +585,12 @@ class Wiring:
         tmpl = _template_labels(body, kind)
         claim = claim_of(body) if not deleted else None
         changed = deleted
+        fp = fingerprint(body)
+        news = deleted or self.fingerprints.get((ns, kind, name)) != fp
+        if deleted:
+            self.fingerprints.pop((ns, kind, name), None)
+        else:
+            self.fingerprints[(ns, kind, name)] = fp
         if deleted:
             self.workload_labels.pop((ns, kind, name), None)
             self.deployment_labels.pop((ns, kind, name), None)
@@ -473,7 +604,13 @@ class Wiring:
             else:
                 self.claims.pop((ns, kind, name), None)
             changed = True
-        return Change(frozenset(self.for_workload(kind, ns, name, labels)), changed)
+        naming = frozenset(self._naming(kind, ns, name))  # a `workload` precondition reads its status: always news
+        if not news:
+            return Change(naming, changed)  # only its status changed: no news to the policies gating it
+        gating = frozenset(self.for_workload(kind, ns, name, labels)) - naming
+        if deleted:
+            return Change(naming | gating, changed)
+        return Change(naming | gating, changed, echo=gating, cause=((kind, name), fp))
 
     def service_seen(self, ns: str, name: str, body: Mapping[str, Any], deleted: bool) -> Change:
         selector = dict((body.get("spec") or {}).get("selector") or {})
@@ -531,6 +668,7 @@ class Wiring:
         if learnt and self.pod_events.get(key[0], 0) != self.started.get(key, 0):
             again = True  # pods of a target it did not have changed while it ran: count them again
         self.set_targets(key, {*outcome.targets, *outcome.wanted})
+        self.seen[key] = dict(outcome.seen)
         return Reconciled(again, graph_changed, self.custom.claim(key, outcome.custom))
 
 

@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from depgate import registry, spec
+from depgate import plan, registry, spec
 from depgate.constants import POLICY_ANNOTATION
 from depgate.controller import Outcome
 from depgate.wiring import (
     FIRST_BACKOFF_SECONDS,
+    GATED_PODS,
     KOPF_DIFFBASE,
     RECENT_SECONDS,
     WATCHED_KINDS,
@@ -557,7 +558,7 @@ def test_kopfs_watch_restart_lines_are_recognised_as_kopf_writes_them() -> None:
     assert kopf_watch_restart("Watch-stream for pods.v1 cluster-wide is done.") is None
 
 
-def test_the_handlers_watch_every_watched_kind_and_the_policies() -> None:
+def test_kopf_watches_the_policies_only_the_adapter_watches_what_they_name() -> None:
     import kopf
 
     from depgate import handlers
@@ -565,7 +566,63 @@ def test_the_handlers_watch_every_watched_kind_and_the_policies() -> None:
     watched = {(h.selector.group, h.selector.version, h.selector.any_name)
                for h in kopf.get_default_registry()._watching.get_all_handlers()}
     policies = handlers.POLICIES
-    assert watched == {(k.group, k.version, k.plural) for k in (*WATCHED_KINDS, policies)}
+    assert watched == {(policies.group, policies.version, policies.plural)}
+
+
+# ---------------------------------------------------------------------- the streams: what the policies name
+
+
+def kinds_in(w: Wiring, ns: str = NS) -> set[str]:
+    return {st.kind for st in w.streams() if st.namespace == ns}
+
+
+def test_no_policy_no_stream_but_the_gated_pods() -> None:
+    w = wiring()
+    assert w.streams() == {GATED_PODS}
+    assert GATED_PODS.namespace == "" and GATED_PODS.labels == "depgate.io/gated=true"
+    assert not GATED_PODS.metadata_only  # depgate.gates reads the pods' scheduling gates
+
+
+def test_a_policy_opens_the_streams_of_its_namespace_for_what_it_names_and_targets_only() -> None:
+    w = wiring()
+    seen(w, policy("a", pre=[{"name": "cfg", "configMap": {"name": "settings", "keys": ["ready"]}}]))
+    assert kinds_in(w) == {"Pod", "Deployment", "ConfigMap"}
+    assert {st.namespace for st in w.streams()} == {NS, ""}  # nothing in any other namespace
+    seen(w, policy("b", pre=[service("db")]))
+    assert kinds_in(w) == {"Pod", "Deployment", "ConfigMap", "Service", "EndpointSlice"}
+    seen(w, policy("c", ns="other", target={"workloadRef": {"kind": "CronJob", "name": "nightly"}},
+                   pre=[{"name": "w", "workload": {"kind": "StatefulSet", "name": "db"}}]))
+    assert kinds_in(w, "other") == {"Pod", "CronJob", "Job", "StatefulSet"}
+    meta = {st.kind: st.metadata_only for st in w.streams() if st.namespace == NS}
+    assert meta == {"Pod": True, "ConfigMap": True, "EndpointSlice": True, "Deployment": False, "Service": False}
+
+
+def test_streams_follow_the_policies_as_they_go_and_change() -> None:
+    w = wiring()
+    seen(w, policy("a", pre=[service("db")]), policy("b", pre=[service("db")]))
+    before = w.scope_version
+    w.forget((NS, "a"))
+    assert kinds_in(w) == {"Pod", "Deployment", "Service", "EndpointSlice"}  # b still names them
+    seen(w, policy("b", pre=[NAMES_NOTHING], generation=2, rv="11"))
+    assert kinds_in(w) == {"Pod", "Deployment"} and w.scope_version > before
+    w.forget((NS, "b"))
+    assert w.streams() == {GATED_PODS} and w.kinds == {} and w.stream_users == {}
+
+
+def test_an_invalid_policy_keeps_the_streams_of_what_it_targeted_before() -> None:
+    """Its spec no longer parses; its old target is still gated until the reconcile releases it."""
+    w = wiring()
+    seen(w, policy("a", target={"workloadRef": {"kind": "DaemonSet", "name": "agent"}}))
+    w.set_targets((NS, "a"), [("DaemonSet", "agent")])
+    seen(w, policy("a", target={"selector": {}}, generation=2, rv="11"))
+    assert (NS, "a") not in w.parsed
+    assert kinds_in(w) == {"Pod", "DaemonSet"}
+
+
+def test_after_a_gap_a_stream_wakes_the_policies_of_its_namespace() -> None:
+    w = wiring()
+    seen(w, policy("a"), policy("b"), policy("c", ns="other"))
+    assert w.policies_naming_in(NS) == {(NS, "a"), (NS, "b")}
 
 
 # ---------------------------------------------------------------------- least privilege, self-protection
@@ -623,3 +680,66 @@ def test_a_workloadref_target_created_while_the_first_reconcile_runs_wakes_the_p
     assert w.workload_seen("CronJob", NS, "nightly", {}, deleted=False).wake == frozenset()  # moved on
     w.forget(key)
     assert w.workload_seen("CronJob", NS, "weekly", {}, deleted=False).wake == frozenset()
+
+
+# ---------------------------------------------------------------------- news and echoes of a gated workload
+
+
+def gen(name: str, generation: int, **md: Any) -> dict[str, Any]:
+    body = deployment(name)
+    body["metadata"].update({"uid": f"uid-{name}", "generation": generation, **md})
+    return body
+
+
+def apply_change(w: Wiring, change: Any) -> None:
+    """What Operator.apply does with a Change."""
+    if change.cause is None:
+        w.mark(change.wake)
+    else:
+        w.mark(change.wake - change.echo)
+        w.mark_echo(change.echo, change.cause)
+
+
+def test_a_status_only_change_of_a_gated_workload_wakes_no_policy_gating_it_but_a_workload_precondition() -> None:
+    w = wiring()
+    running(w, "gates", "waits")
+    seen(w, policy("gates"), policy("waits", target={"workloadRef": {"name": "other"}},
+                                    pre=[{"name": "web", "workload": {"kind": "Deployment", "name": "web"}}]))
+    woken(w)
+    apply_change(w, w.deployment_seen(NS, "web", gen("web", 1), deleted=False))
+    assert woken(w) == {"gates", "waits"}  # first seen: news to both
+    status_only = {**gen("web", 1), "status": {"observedGeneration": 1, "replicas": 3}}
+    status_only["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "1"}
+    apply_change(w, w.deployment_seen(NS, "web", status_only, deleted=False))
+    assert woken(w) == {"waits"}  # it reads the workload's status; the gating policy reads none of it
+    apply_change(w, w.deployment_seen(NS, "web", gen("web", 2), deleted=False))
+    assert woken(w) == {"gates", "waits"}  # a new generation: the spec changed
+    apply_change(w, w.deployment_seen(NS, "web", gen("web", 2, labels={"tier": "web"}), deleted=False))
+    assert woken(w) == {"gates", "waits"}  # labels (a selector may match now)
+    apply_change(w, w.deployment_seen(NS, "web", gen("web", 2, labels={"tier": "web"},
+                                                     annotations={"depgate.io/policy": "x"}), deleted=False))
+    assert woken(w) == {"gates", "waits"}  # depgate's own annotations (the claim)
+    apply_change(w, w.deployment_seen(NS, "web", {"metadata": {"name": "web"}}, deleted=True))
+    assert woken(w) == {"gates", "waits"}
+
+
+def test_the_echo_of_a_policys_own_write_needs_no_reconcile_anything_else_does() -> None:
+    key = (NS, "gates")
+    w = wiring()
+    running(w, "gates")
+    seen(w, policy("gates"))
+    woken(w)
+    assert not w.echo_only(key)  # woken by nothing in particular (its start, the resync): reconcile
+    written = gen("web", 2, annotations={"depgate.io/applied-hash": "h"})
+    w.reconciled(key, w.policies[key], Outcome(targets=[("Deployment", "web")], seen={
+        ("Deployment", "web"): plan.fingerprint(written)}))
+    apply_change(w, w.deployment_seen(NS, "web", written, deleted=False))  # its own write coming back
+    assert woken(w) == {"gates"} and w.echo_only(key)
+    apply_change(w, w.deployment_seen(NS, "web", gen("web", 3, annotations={"depgate.io/applied-hash": "h"}),
+                                      deleted=False))
+    assert woken(w) == {"gates"} and not w.echo_only(key)  # someone changed its spec since
+    apply_change(w, w.deployment_seen(NS, "web", gen("web", 4), deleted=False))
+    w.mark([key])  # and something else woke it too: a real cause wins
+    assert not w.echo_only(key)
+    w.forget(key)
+    assert key not in w.causes and key not in w.seen

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: run test deps system-deps plane checks unit waiter integration lint typecheck importlint \
-        bench chaos down lock clean graph-picture
+        bench chaos e2e down lock clean graph-picture
 
 ## make run: bring up the local plane (or use $KUBECONFIG with USE_EXISTING_CLUSTER=true), install the
 ## CRD, apply examples/microservices, and run the operator in the foreground.
@@ -76,6 +76,11 @@ graph-picture: deps
 ## make chaos: the fault suite at the issue's sizes (its fast part already runs in make test).
 chaos: deps system-deps
 	DEPGATE_CHAOS_RESULTS=bench/results/chaos.json $(BIN)/pytest -q -p no:cacheprovider -m chaos_long tests/chaos
+
+## make e2e: the end-to-end tier on a REAL node (root): a kubelet compiled into the cache, Debian's containerd, runc
+## and CNI plugins (installed when missing), images built locally (no registry); init containers really run.
+e2e: deps system-deps
+	$(BIN)/pytest -q -p no:cacheprovider -m e2e tests/e2e
 
 ## make bench: every benchmark under bench/ against a private local plane; results in bench/results/.
 bench: deps system-deps

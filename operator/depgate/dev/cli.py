@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from depgate.dev import build, gotools, plane
+from depgate.dev import build, gotools, node, plane
 
 
 def main(argv: list[str]) -> int:
@@ -22,6 +22,13 @@ def main(argv: list[str]) -> int:
     sub.add_parser("up", help="start (or reuse) the plane; prints `export KUBECONFIG=...` last")
     sub.add_parser("down", help="stop every process `up` started and remove its state")
     sub.add_parser("status", help="say whether a plane is running")
+    n = sub.add_parser("node", help="a REAL node (kubelet, containerd, runc, CNI bridge; root) joined to the plane: "
+                                    "`up` starts (or reuses) the plane and the node, `down` undoes every change the "
+                                    "node made to this machine (run it before `depgate dev down`)")
+    n.add_argument("action", choices=("up", "down", "build"))
+    n.add_argument("--node-dir", type=Path, default=None,
+                   help="where the node keeps its state (default $DEPGATE_NODE_DIR or ~/.cache/depgate/node-<v>/run)")
+    n.add_argument("--kube-proxy", action="store_true", help="also run kube-proxy (ClusterIP Services, iptables mode)")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "build":
@@ -39,13 +46,23 @@ def main(argv: list[str]) -> int:
         if args.cmd == "down":
             plane.down(args.state_dir)
             return 0
+        if args.cmd == "node":
+            if args.action == "build":
+                print(node.build_node())
+            elif args.action == "up":
+                state = plane.up(args.state_dir)
+                rn = node.RealNode(state.kubeconfig, args.node_dir, kube_proxy=args.kube_proxy).start()
+                print(f"node {rn.name} Ready (InternalIP {rn.node_ip}); export KUBECONFIG={state.kubeconfig}")
+            elif not node.down(args.node_dir):
+                print("no node running", file=sys.stderr)
+            return 0
         st = plane.load_state(Path(args.state_dir or plane.default_state_dir()))
         if st is None or not plane.running(st):
             print("not running")
             return 1
         print(f"running: {st.server} ({st.version}); export KUBECONFIG={st.kubeconfig}")
         return 0
-    except (build.BuildError, plane.PlaneError) as e:
+    except (build.BuildError, plane.PlaneError, node.NodeError) as e:
         print(f"depgate dev: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

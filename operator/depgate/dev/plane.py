@@ -128,6 +128,13 @@ def _make_pki(pki: Path) -> None:
              "-out", "apiserver.crt", "-days", "3650", "-extfile", "san.ext", cwd=pki)
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=pki)
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+    # the API server's client certificate towards kubelets (logs, exec on a real node: depgate.dev.node)
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+             "kubelet-client.key", "-out", "kubelet-client.csr", "-subj",
+             "/O=system:masters/CN=kube-apiserver-kubelet-client", cwd=pki)
+    (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    _openssl("x509", "-req", "-in", "kubelet-client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "kubelet-client.crt", "-days", "3650", "-extfile", "client.ext", cwd=pki)
 
 
 def _kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
@@ -335,6 +342,10 @@ def up(state_dir: Path | None = None, *, die_with_parent: bool = False, timeout:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--endpoint-reconciler-type=none", "--allow-privileged=true",
+            # a real node (depgate.dev.node) is reached at its InternalIP, never by a name lookup
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet-client.key'}",
             f"--v={verbosity}",
         ])
         _wait_until("kube-apiserver /readyz", lambda: _get(f"{server}/readyz", token, pki / "ca.crt")[0] == 200,

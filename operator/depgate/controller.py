@@ -71,8 +71,17 @@ class Reconciler:
                  authorize: Callable[[Mapping[str, Any], spec.Policy], str | None] | None = None,
                  protected: frozenset[str] = frozenset(),
                  namespace_policies: Callable[[str], Sequence[spec.Policy]] | None = None,
-                 operator_namespace: str = verdicts.DEFAULT_OPERATOR_NAMESPACE) -> None:
+                 operator_namespace: str = verdicts.DEFAULT_OPERATOR_NAMESPACE,
+                 has_no_pods: Callable[[str, str, str], bool] | None = None,
+                 cached: Callable[[str, str, str], tuple[bool, dict[str, Any] | None]] | None = None,
+                 wrote: Callable[[str, Mapping[str, Any]], None] | None = None) -> None:
         self.kube = kube
+        # (namespace, kind, name) -> (known, the operator's streamed copy of that workload): no read when known;
+        # wrote(kind, answer): the API server's answer to a write of one, kept as that copy
+        self.cached = cached
+        self.wrote = wrote
+        # (namespace, kind, name) -> the operator's pod stream there knows of no pod of that workload: no list
+        self.has_no_pods = has_no_pods
         self.protected = protected  # namespaces where a policy changes nothing (plan.Live.protected)
         # the other (trusted, valid) policies of a namespace, for plan.rivals; default: listed live
         self.namespace_policies = namespace_policies or self._policies_live
@@ -151,7 +160,9 @@ class Reconciler:
             for kind in plan.target_kinds(policy):
                 found += self.kube.items(*_api(kind), ns)
         else:
-            dep = self.kube.get(*_api(ref[0]), ns, ref[1])
+            known, dep = self.cached(ns, *ref) if self.cached is not None else (False, None)
+            if not known:
+                dep = self.kube.get(*_api(ref[0]), ns, ref[1])
             if dep is not None:
                 dep.setdefault("kind", ref[0])
                 found.append(dep)
@@ -177,7 +188,10 @@ class Reconciler:
             if target.note:
                 done.notes[key] = target.note
             try:
-                done.gated.append(self._send(policy, target, out))
+                live = self._send(policy, target, out)
+                done.gated.append(live)
+                if self.wrote is not None and target.applies:
+                    self.wrote(key[0], live)
                 return
             except (Gone, Changed) as e:
                 log.info("%s/%s: %s; reading it again", policy.namespace, policy.name, e)
@@ -348,6 +362,8 @@ class Reconciler:
             return []
         label_selector = ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
         key = plan.key_of({**workload, "kind": workload.get("kind") or registry.DEPLOYMENT.kind})
+        if self.has_no_pods is not None and self.has_no_pods(ns, *key):
+            return []
         return [pod for pod in self.kube.items("v1", "Pod", ns, label_selector=label_selector)
                 if plan.workload_of_pod(pod) == key]
 

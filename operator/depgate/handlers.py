@@ -83,6 +83,8 @@ class Operator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.wiring = Wiring(CustomClaims(settings.max_custom_watches, settings.max_custom_kinds_per_policy))
+        if settings.namespaces:  # -n: the pods at the gate only there (a namespaced install may list nothing else)
+            self.wiring.gated_in = tuple(dict.fromkeys(settings.namespaces))
         self.cycles = CycleSchedule()
         self.echo = Echoes(bound=settings.echo_seconds)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -199,6 +201,8 @@ class Operator:
                                           protected=protected(self.settings.protected_namespaces,
                                                               self.settings.resolved_operator_namespace()),
                                           namespace_policies=self.namespace_policies,
+                                          has_no_pods=self.wiring.has_no_pods, cached=self.wiring.workload,
+                                          wrote=self.wiring.remember,
                                           operator_namespace=self.settings.resolved_operator_namespace())
         return self._reconciler
 
@@ -293,6 +297,10 @@ class Operator:
         gone, new = set(self._streams) - want, want - set(self._streams)
         for st in gone:
             self._streams.pop(st).cancel()
+            if st.kind == registry.POD.kind and not st.labels:
+                self.wiring.pod_stream(st.namespace, running=False)
+            elif st.kind in registry.WORKLOAD_KINDS and registry.WORKLOAD_KINDS[st.kind].template_mutable:
+                self.wiring.workload_stream(st.namespace, st.kind, running=False)
         for verb, changed in (("stopped watching", gone), ("watching", new)):
             by_ns: dict[str, list[str]] = {}
             for st in changed:
@@ -312,7 +320,7 @@ class Operator:
 
     def _stream_event(self, st: Stream, type_: str, obj: dict[str, Any]) -> None:
         deleted = type_ == "DELETED"
-        if st == GATED_PODS:
+        if st._replace(namespace="") == GATED_PODS:
             self.pod_gates.seen(obj, deleted=deleted)
             return
         md = obj.get("metadata") or {}
@@ -327,7 +335,12 @@ class Operator:
     def _listed(self, st: Stream, after_gap: bool) -> None:
         """A stream listed: after a gap in its events (410, a refusal, an error), every policy it concerns
         reconciles (what it missed may have been a deletion)."""
-        if after_gap and st != GATED_PODS:
+        gated = st._replace(namespace="") == GATED_PODS
+        if st.kind == registry.POD.kind and not gated:
+            self.wiring.pod_stream(st.namespace, running=True)
+        elif st.kind in registry.WORKLOAD_KINDS and registry.WORKLOAD_KINDS[st.kind].template_mutable:
+            self.wiring.workload_stream(st.namespace, st.kind, running=True)
+        if after_gap and not gated:
             self.wiring.mark(self.wiring.policies_naming_in(st.namespace))
 
     def _custom_changed(self, skey: StreamKey, names: set[str] | None) -> None:

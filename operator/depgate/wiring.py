@@ -18,6 +18,7 @@ sleep); nothing here imports kopf or talks to the API server, so that every rule
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import math
 import threading
@@ -359,9 +360,19 @@ class Wiring:
     causes: dict[Key, set[Cause] | None] = field(default_factory=dict)
     seen: dict[Key, dict[tuple[str, str], int]] = field(default_factory=dict)
     fingerprints: dict[tuple[str, str, str], int] = field(default_factory=dict)  # of each gateable workload
+    # (namespace, kind, name) of a workload -> the names of its pods the namespace's pod stream has delivered;
+    # pods_listed: the namespaces whose pod stream has listed (and runs)
+    pods_of: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+    pods_listed: set[str] = field(default_factory=set)
+    # The newest copy of each gateable workload (Deployment, StatefulSet, DaemonSet, CronJob) in the namespaces
+    # streamed, slimmed; (namespace, kind) of the streams that have listed: a workload absent there is absent
+    # (one created a moment ago wakes its policies with its event)
+    bodies: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    workloads_listed: set[tuple[str, str]] = field(default_factory=set)
     kinds: dict[Key, frozenset[str]] = field(default_factory=dict)  # kinds_for each policy, as counted
     stream_users: dict[Stream, int] = field(default_factory=dict)  # -> how many policies need it
     scope_version: int = 0  # changes whenever streams() may have
+    gated_in: tuple[str, ...] = ("",)  # where the gated pods are watched: "" every namespace, else those served
 
     # ------------------------------------------------------------------ the workers' flags
 
@@ -467,8 +478,8 @@ class Wiring:
         policy, the kinds that can concern one of its policies (kinds_for); nothing elsewhere, so that
         writes in a namespace no policy names never reach this process. Every policy counts, a deleted
         one until it is forgotten (its release reads what it needs), an invalid one for what it targeted
-        before. Plus the gated pods, wherever they are."""
-        return {GATED_PODS, *self.stream_users}
+        before. Plus the gated pods, in every namespace served (`gated_in`)."""
+        return {*(GATED_PODS._replace(namespace=ns) for ns in self.gated_in), *self.stream_users}
 
     def _rescope(self, key: Key) -> None:
         """Count the streams of `key` as kinds_for says now (kept incrementally: a burst of a thousand
@@ -493,6 +504,48 @@ class Wiring:
         else:
             self.kinds.pop(key, None)
         self.scope_version += 1
+
+    def has_no_pods(self, ns: str, kind: str, name: str) -> bool:
+        """From a reconcile's thread: does the running pod stream of `ns` know of no pod of this workload? Then
+        listing its pods would find none (a pod created a moment ago, not delivered yet, wakes the policy with
+        its event: pod_seen, and the pod_events count of a reconcile under way)."""
+        return ns in self.pods_listed and (ns, kind, name) not in self.pods_of
+
+    def pod_stream(self, ns: str, running: bool) -> None:
+        """The pod stream of `ns` listed (running True) or stopped: what it said is forgotten with it."""
+        if running:
+            self.pods_listed.add(ns)
+            return
+        self.pods_listed.discard(ns)
+        for k in [k for k in self.pods_of if k[0] == ns]:
+            del self.pods_of[k]
+
+    def remember(self, kind: str, body: Mapping[str, Any]) -> None:
+        """Keep `body` as the copy of its workload unless a newer one is kept (from a stream's event, or from a
+        reconcile's thread: the answer to its own write, which may come before that write's event)."""
+        md = _meta(body)
+        k = (str(md.get("namespace")), kind, str(md.get("name")))
+        kept = self.bodies.get(k)
+        if kept is None or not fresher(kept, body):
+            self.bodies[k] = slim({**body, "kind": kind, "metadata": dict(md)})  # the caller's copy stays whole
+
+    def workload(self, ns: str, kind: str, name: str) -> tuple[bool, dict[str, Any] | None]:
+        """From a reconcile's thread: (known, a copy of the workload as last streamed or written; None: absent).
+        Not known while the namespace's stream of that kind has not listed: read it from the API server then.
+        A stale copy is safe: every write depgate makes is guarded by the resourceVersion it read."""
+        body = self.bodies.get((ns, kind, name))
+        if body is not None:
+            return True, copy.deepcopy(body)
+        return (ns, kind) in self.workloads_listed, None
+
+    def workload_stream(self, ns: str, kind: str, running: bool) -> None:
+        """A workload stream of `ns` listed (running True) or stopped: what it said is forgotten with it."""
+        if running:
+            self.workloads_listed.add((ns, kind))
+            return
+        self.workloads_listed.discard((ns, kind))
+        for k in [k for k in self.bodies if k[0] == ns and k[1] == kind]:
+            del self.bodies[k]
 
     def policies_naming_in(self, namespace: str) -> set[Key]:
         """The policies a stream of `namespace` can concern (after a gap in its events, all are woken)."""
@@ -560,7 +613,7 @@ class Wiring:
         if kind == registry.ENDPOINT_SLICE.kind:
             return Change(self.endpointslice_seen(ns, body))
         if kind == registry.POD.kind:
-            return Change(self.pod_seen(ns, body))
+            return Change(self.pod_seen(ns, body, deleted))
         return Change(self.object_seen(kind, ns, name))
 
     def deployment_seen(self, ns: str, name: str, body: Mapping[str, Any], deleted: bool) -> Change:
@@ -589,8 +642,10 @@ class Wiring:
         news = deleted or self.fingerprints.get((ns, kind, name)) != fp
         if deleted:
             self.fingerprints.pop((ns, kind, name), None)
+            self.bodies.pop((ns, kind, name), None)
         else:
             self.fingerprints[(ns, kind, name)] = fp
+            self.remember(kind, body)
         if deleted:
             self.workload_labels.pop((ns, kind, name), None)
             self.deployment_labels.pop((ns, kind, name), None)
@@ -622,11 +677,19 @@ class Wiring:
             changed = True
         return Change(frozenset(self._naming(registry.SERVICE.kind, ns, name)), changed)
 
-    def pod_seen(self, ns: str, body: Mapping[str, Any]) -> frozenset[Key]:
+    def pod_seen(self, ns: str, body: Mapping[str, Any], deleted: bool = False) -> frozenset[Key]:
         self.pod_events[ns] = self.pod_events.get(ns, 0) + 1
         owner = workload_of_pod(body)
         if owner is None:
             return frozenset()
+        pods = self.pods_of.setdefault((ns, *owner), set())
+        pname = str(_meta(body).get("name"))
+        if deleted:
+            pods.discard(pname)
+            if not pods:
+                del self.pods_of[(ns, *owner)]
+        else:
+            pods.add(pname)
         keys = set(self.by_target.get((ns, *owner), set()))
         cron = (self.cron_jobs.get((ns, owner[1])) or cron_job_of(owner[1])) if owner[0] == registry.JOB.kind else None
         if cron is not None:  # a Job a CronJob made: its pods count for the CronJob's policies

@@ -743,3 +743,47 @@ def test_the_echo_of_a_policys_own_write_needs_no_reconcile_anything_else_does()
     assert not w.echo_only(key)
     w.forget(key)
     assert key not in w.causes and key not in w.seen
+
+
+def test_a_workload_has_no_pods_only_by_a_listed_pod_stream_that_delivered_none_of_it() -> None:
+    w = wiring()
+    pod = {"metadata": {"name": "web-abc-1", "namespace": NS, "labels": {"pod-template-hash": "abc"},
+                        "ownerReferences": [{"kind": "ReplicaSet", "name": "web-abc", "controller": True}]}}
+    assert not w.has_no_pods(NS, "Deployment", "web")  # no stream has listed: unknown, list them
+    w.pod_stream(NS, running=True)
+    assert w.has_no_pods(NS, "Deployment", "web")
+    w.event("Pod", NS, "web-abc-1", pod, deleted=False)
+    assert not w.has_no_pods(NS, "Deployment", "web") and w.has_no_pods(NS, "Deployment", "api")
+    w.event("Pod", NS, "web-abc-1", pod, deleted=True)
+    assert w.has_no_pods(NS, "Deployment", "web")
+    w.event("Pod", NS, "web-abc-1", pod, deleted=False)
+    w.pod_stream(NS, running=False)  # stopped: what it said is forgotten
+    assert not w.has_no_pods(NS, "Deployment", "web") and w.pods_of == {}
+
+
+def test_the_streamed_copy_of_a_workload_is_the_newest_seen_or_written_and_absent_means_absent_once_listed() -> None:
+    w = wiring()
+    assert w.workload(NS, "Deployment", "web") == (False, None)  # nothing listed: read it from the API server
+    w.workload_stream(NS, "Deployment", running=True)
+    assert w.workload(NS, "Deployment", "web") == (True, None)  # listed, none: absent
+    v5 = gen("web", 1, resourceVersion="5", managedFields=[{"manager": "kubectl"}])
+    w.deployment_seen(NS, "web", v5, deleted=False)
+    known, body = w.workload(NS, "Deployment", "web")
+    assert known and body is not None and body["metadata"]["resourceVersion"] == "5"
+    assert "managedFields" not in body["metadata"] and "managedFields" in v5["metadata"]  # slimmed, a copy
+    body["spec"]["replicas"] = 9  # the reconcile's copy is its own
+    assert "replicas" not in w.workload(NS, "Deployment", "web")[1]["spec"]
+    w.remember("Deployment", gen("web", 2, resourceVersion="7"))  # the answer to depgate's own write
+    w.deployment_seen(NS, "web", gen("web", 1, resourceVersion="6"), deleted=False)  # an older event after it
+    assert w.workload(NS, "Deployment", "web")[1]["metadata"]["resourceVersion"] == "7"
+    w.deployment_seen(NS, "web", {"metadata": {"name": "web", "namespace": NS}}, deleted=True)
+    assert w.workload(NS, "Deployment", "web") == (True, None)
+    w.deployment_seen(NS, "web", v5, deleted=False)
+    w.workload_stream(NS, "Deployment", running=False)
+    assert w.workload(NS, "Deployment", "web") == (False, None) and w.bodies == {}
+
+
+def test_with_namespaces_served_the_gated_pods_are_watched_in_each_of_them_only() -> None:
+    w = wiring()
+    w.gated_in = ("a", "b")
+    assert w.streams() == {GATED_PODS._replace(namespace="a"), GATED_PODS._replace(namespace="b")}

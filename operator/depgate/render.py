@@ -337,14 +337,33 @@ def _own_or_copied(
     return copy.deepcopy(dict(copied)) if isinstance(copied, Mapping) and copied else None
 
 
+def default_pull_policy(image: str) -> str:
+    """The imagePullPolicy the API server gives a container of `image` without one: Always for `:latest` or
+    no tag, IfNotPresent for any other tag or a digest."""
+    if "@" in image:
+        return "IfNotPresent"
+    last = image.rsplit("/", 1)[-1]
+    tag = last.partition(":")[2]
+    return "Always" if tag in ("", "latest") else "IfNotPresent"
+
+
 def _command(policy: Policy, pre: Precondition, body: CommandTask, pod: Mapping[str, Any]) -> Obj:
-    """The user's own container: `image`, or a copy of app container `fromContainer` (its image, env,
-    envFrom, volumeMounts, workingDir, resources and securityContext) with the command's fields on top."""
+    """The user's own container: `image`, or a copy of app container `fromContainer` (its image and
+    imagePullPolicy, env, envFrom, volumeMounts, workingDir, resources and securityContext) with the
+    command's fields on top."""
     source: Mapping[str, Any] = {}
     if body.from_container is not None:
         source = next((c for c in _app_containers(pod) if c.get("name") == body.from_container), {})
     copied_from = source if body.from_container is not None else None
     container: Obj = {"name": pre.container_name, "image": body.image or source.get("image")}
+    pull = source.get("imagePullPolicy")
+    if not body.image and isinstance(pull, str) and isinstance(source.get("image"), str) \
+            and pull != default_pull_policy(source["image"]):
+        # the app's own image is pulled as the app's is (a `Never` image of the node's own would otherwise be
+        # pulled, `:latest` defaulting to Always: Init:ErrImagePull on a real node, invisible under kwok). Only
+        # when it differs from the API server's default for that image, which the init container gets anyway:
+        # `depgate render` of a file without the field then equals what the operator applies to the live one.
+        container["imagePullPolicy"] = pull
     if body.command:
         container["command"] = list(body.command)
     if body.args:

@@ -870,3 +870,24 @@ def test_render_properties(case: tuple[dict[str, Any], dict[str, Any]]) -> None:
     patch = placement_patch(policy, live)
     final = patch[-1]["value"] if patch else live["spec"]["template"]["spec"]["initContainers"]
     assert names_of(final) == inits
+
+
+def test_from_container_copies_the_image_pull_policy_with_the_image() -> None:
+    """An app image the node has and never pulls (imagePullPolicy Never, a `:latest` tag): the init container
+    running it must not be pulled either (a real kubelet: Init:ErrImagePull; tests/e2e/test_seed.py)."""
+    policy, dep = golden_policy("command-from-container"), golden_deployment("command-from-container")
+    dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "Never"
+    await_redis, seed = init_containers(policy, dep, CONFIG)
+    assert await_redis["imagePullPolicy"] == seed["imagePullPolicy"] == "Never"  # both run the app's image
+    del dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"]
+    assert "imagePullPolicy" not in init_containers(policy, dep, CONFIG)[0]
+
+
+def test_the_default_pull_policy_is_the_api_servers() -> None:
+    from depgate.render import default_pull_policy
+
+    assert default_pull_policy("redis") == default_pull_policy("redis:latest") == "Always"
+    assert default_pull_policy("localhost:5000/app") == "Always"  # a registry's port is no tag
+    assert default_pull_policy("localhost:5000/app:v1") == default_pull_policy("app@sha256:ab") == "IfNotPresent"
+    policy, dep = golden_policy("command-from-container"), golden_deployment("command-from-container")
+    assert "imagePullPolicy" not in init_containers(policy, dep, CONFIG)[0]  # IfNotPresent for a tag: the default

@@ -13,6 +13,9 @@ name annotations, `oci-layout`) from files of this machine, cached under
   lists for it and its extension modules, and the depgate package source, with `depgate` on PATH
   (the rendered init containers run ``depgate wait <type> ...``; `depgate wait` is standard library
   only, so no third-party package is copied). User 65532, as the real image's.
+- ``redis``: this machine's ``redis-server`` (Debian's redis-server, `make system-deps`) and the shared
+  libraries `ldd` lists for it, on the busybox layer (so a probe or `kubectl exec` has a shell); user
+  65532, no persistence (`--save '' --appendonly no`), protected mode off (it listens on the pod IP).
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ from depgate.dev.build import BuildError, _say, cache_root
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_IMAGE = "depgate.local/busybox:latest"
 PAUSE_IMAGE = "depgate.local/pause:latest"
+# the same busybox under a tag other than `latest`: imagePullPolicy defaults to IfNotPresent for it
+BUSYBOX_APP_IMAGE = "depgate.local/busybox:app"
 WAITER_IMAGE = "docker.io/depgate/depgate:test"  # what the integration tests' operator renders (--waiter-image)
 PYTHON = Path("/usr/bin/python3")
+REDIS_SERVER = Path("/usr/bin/redis-server")
+REDIS_IMAGE = "depgate.local/redis:latest"
 PACKAGE = Path(__file__).resolve().parent.parent  # operator/depgate
 # What the waiter never imports: left out of the copied standard library.
 _STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "site-packages",
@@ -206,6 +213,11 @@ def busybox_image(*, say: Callable[[str], None] = _say) -> Path:
                        say=say)
 
 
+def busybox_app_image(*, say: Callable[[str], None] = _say) -> Path:
+    return oci_archive(BUSYBOX_APP_IMAGE, busybox_layer(), {"Cmd": ["sh"], "Env": [PATH_ENV], "WorkingDir": "/"},
+                       say=say)
+
+
 def pause_image(*, say: Callable[[str], None] = _say) -> Path:
     return oci_archive(PAUSE_IMAGE, busybox_layer(),
                        {"Entrypoint": ["/bin/sh", "-c", PAUSE_LOOP], "Env": [PATH_ENV], "WorkingDir": "/"}, say=say)
@@ -268,7 +280,30 @@ def waiter_image(*, say: Callable[[str], None] = _say) -> Path:
     }, say=say)
 
 
-IMAGES: dict[str, Callable[..., Path]] = {"busybox": busybox_image, "pause": pause_image, "waiter": waiter_image}
+def redis_layer() -> Layer:
+    if not REDIS_SERVER.exists():
+        raise BuildError(f"{REDIS_SERVER} is missing: install Debian's redis-server (`make system-deps`)")
+    layer = busybox_layer()
+    # Debian's /usr/bin/redis-server is a link to redis-check-rdb: the binary picks its mode by argv[0],
+    # so the image holds the resolved file under the name redis-server
+    binary = REDIS_SERVER.resolve()
+    layer.files["/usr/bin/redis-server"] = binary
+    for lib in _ldd([binary]):
+        layer.files[str(lib)] = lib.resolve()
+    layer.dirs["/data"] = 0o1777
+    return layer
+
+
+def redis_image(*, say: Callable[[str], None] = _say) -> Path:
+    return oci_archive(REDIS_IMAGE, redis_layer(), {
+        "Entrypoint": ["redis-server"],
+        "Cmd": ["--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no"],
+        "User": "65532:65532", "WorkingDir": "/data", "Env": [PATH_ENV], "ExposedPorts": {"6379/tcp": {}},
+    }, say=say)
+
+
+IMAGES: dict[str, Callable[..., Path]] = {"busybox": busybox_image, "pause": pause_image, "waiter": waiter_image,
+                                          "redis": redis_image, "busybox-app": busybox_app_image}
 
 
 def import_images(ctr: str, socket: Path, archives: Iterable[Path]) -> None:

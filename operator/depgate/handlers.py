@@ -47,7 +47,6 @@ from depgate.render import RenderConfig
 from depgate.settings import Settings
 from depgate.webhook import Gate
 from depgate.wiring import (
-    GATED_PODS,
     Change,
     Claim,
     CustomClaims,
@@ -297,10 +296,7 @@ class Operator:
         gone, new = set(self._streams) - want, want - set(self._streams)
         for st in gone:
             self._streams.pop(st).cancel()
-            if st.kind == registry.POD.kind and not st.labels:
-                self.wiring.pod_stream(st.namespace, running=False)
-            elif st.kind in registry.WORKLOAD_KINDS and registry.WORKLOAD_KINDS[st.kind].template_mutable:
-                self.wiring.workload_stream(st.namespace, st.kind, running=False)
+            self.wiring.stream_running(st, running=False)
         for verb, changed in (("stopped watching", gone), ("watching", new)):
             by_ns: dict[str, list[str]] = {}
             for st in changed:
@@ -320,7 +316,7 @@ class Operator:
 
     def _stream_event(self, st: Stream, type_: str, obj: dict[str, Any]) -> None:
         deleted = type_ == "DELETED"
-        if st._replace(namespace="") == GATED_PODS:
+        if st.gated:
             self.pod_gates.seen(obj, deleted=deleted)
             return
         md = obj.get("metadata") or {}
@@ -330,17 +326,12 @@ class Operator:
             # its controller observed the rendered revision, say: the held pods it owns are decided again
             # (whether one is deleted for its controller to make it again reads the StatefulSet)
             self.pod_gates.owner_changed(ns, st.kind, name)
-        self.rescope()
 
     def _listed(self, st: Stream, after_gap: bool) -> None:
         """A stream listed: after a gap in its events (410, a refusal, an error), every policy it concerns
         reconciles (what it missed may have been a deletion)."""
-        gated = st._replace(namespace="") == GATED_PODS
-        if st.kind == registry.POD.kind and not gated:
-            self.wiring.pod_stream(st.namespace, running=True)
-        elif st.kind in registry.WORKLOAD_KINDS and registry.WORKLOAD_KINDS[st.kind].template_mutable:
-            self.wiring.workload_stream(st.namespace, st.kind, running=True)
-        if after_gap and not gated:
+        self.wiring.stream_running(st, running=True)
+        if after_gap and not st.gated:
             self.wiring.mark(self.wiring.policies_naming_in(st.namespace))
 
     def _custom_changed(self, skey: StreamKey, names: set[str] | None) -> None:

@@ -92,6 +92,11 @@ class Stream(NamedTuple):
     def metadata_only(self) -> bool:
         return self.kind in METADATA_ONLY_KINDS and not self.labels
 
+    @property
+    def gated(self) -> bool:
+        """Is it a stream of the pods at depgate's scheduling gate (GATED_PODS, in some namespace)?"""
+        return self._replace(namespace="") == GATED_PODS
+
 
 # The pods at depgate's scheduling gate, wherever they are (depgate.gates): bodies, few.
 GATED_PODS = Stream(registry.POD.kind, "", f"{gates.GATED_LABEL}=true")
@@ -546,6 +551,16 @@ class Wiring:
         self.workloads_listed.discard((ns, kind))
         for k in [k for k in self.bodies if k[0] == ns and k[1] == kind]:
             del self.bodies[k]
+
+    def stream_running(self, st: Stream, running: bool) -> None:
+        """A stream listed (running True) or stopped: a namespace's pod stream and its gateable workloads'
+        streams are what has_no_pods and workload() answer from."""
+        if st.gated:
+            return
+        if st.kind == registry.POD.kind:
+            self.pod_stream(st.namespace, running)
+        elif st.kind in registry.WORKLOAD_KINDS and registry.WORKLOAD_KINDS[st.kind].template_mutable:
+            self.workload_stream(st.namespace, st.kind, running)
 
     def policies_naming_in(self, namespace: str) -> set[Key]:
         """The policies a stream of `namespace` can concern (after a gap in its events, all are woken)."""

@@ -18,6 +18,7 @@ from depgate.wiring import (
     WATCHED_KINDS,
     CustomClaims,
     CycleSchedule,
+    Stream,
     Wiring,
     WorkerState,
     cycles_of,
@@ -787,3 +788,18 @@ def test_with_namespaces_served_the_gated_pods_are_watched_in_each_of_them_only(
     w = wiring()
     w.gated_in = ("a", "b")
     assert w.streams() == {GATED_PODS._replace(namespace="a"), GATED_PODS._replace(namespace="b")}
+
+
+def test_a_stream_listed_or_stopped_is_told_to_the_cache_it_feeds() -> None:
+    w = wiring()
+    w.gated_in = ("a",)
+    assert all(st.gated for st in w.streams()) and not Stream("Pod", NS).gated
+    w.stream_running(GATED_PODS._replace(namespace="a"), running=True)  # the gated pods feed no cache
+    assert w.pods_listed == set() and w.workloads_listed == set()
+    w.stream_running(Stream("Pod", NS), running=True)
+    w.stream_running(Stream("StatefulSet", NS), running=True)
+    w.stream_running(Stream("Job", NS), running=True)  # not gateable by a write: no copies kept
+    assert w.pods_listed == {NS} and w.workloads_listed == {(NS, "StatefulSet")}
+    w.stream_running(Stream("Pod", NS), running=False)
+    w.stream_running(Stream("StatefulSet", NS), running=False)
+    assert w.pods_listed == set() and w.workloads_listed == set()

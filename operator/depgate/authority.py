@@ -206,8 +206,16 @@ class Verified:
     problem: str = ""  # why not
 
 
+def signed_fields(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Everything `verify`'s answer depends on besides the key (two objects equal here verify alike)."""
+    annotations, meta = _annotations(obj), _meta(obj)
+    return (meta.get("namespace"), meta.get("name"), meta.get("generation"),
+            annotations.get(AUTHOR_ANNOTATION), annotations.get(AUTHOR_SIGNATURE_ANNOTATION))
+
+
 def verify(key: bytes, obj: Mapping[str, Any]) -> Verified:
-    """Who the policy's recorded author is, if its annotations verify for its current generation."""
+    """Who the policy's recorded author is, if its annotations verify for its current generation
+    (it reads only `signed_fields(obj)`)."""
     annotations, meta = _annotations(obj), _meta(obj)
     text, sig = annotations.get(AUTHOR_ANNOTATION), annotations.get(AUTHOR_SIGNATURE_ANNOTATION)
     if not isinstance(text, str) or not isinstance(sig, str):

@@ -52,6 +52,7 @@ SYSTEM_NAMESPACE = "kube-system"
 PODS_PATH = "pods"  # the pods' scheduling gate at admission (depgate.gates.gate_patch)
 PODS_TIMEOUT_SECONDS = 2  # answered from memory; a pod is never held up longer (then created ungated)
 REVIEW_TTL_SECONDS = 60.0  # a reconcile trusts an answer of the authorizer this long
+MAX_VERIFIED = 50_000  # remembered signature checks (a policy's is a few hundred bytes)
 MAX_POLICY_BYTES = 512 * 1024  # a policy is a few KiB; the API server's own limit (~1.5 MiB) names no field
 
 
@@ -276,6 +277,9 @@ class Gate:
         self.clock = clock
         self._lock = threading.Lock()
         self._reviews: dict[tuple[str, authority.Access], tuple[float, bool, str]] = {}
+        # authority.verify's answers by signed_fields: every workload review and every reconcile asks about
+        # each policy of its namespace, and an HMAC per policy per question was quadratic in a busy namespace.
+        self._verified: dict[tuple[Any, ...], authority.Verified] = {}
 
     # --- admission
 
@@ -298,7 +302,7 @@ class Gate:
         text = authority.admitted_author(old, new)
         if text is None:
             return None  # neither the spec nor the recorded author changes
-        verified = authority.verify(self.key, new)
+        verified = self.verify(new)
         if verified.author is None:
             return f"depgate's mutating webhook did not record this policy's author: {verified.problem}"
         if verified.author.username != user.username:
@@ -318,7 +322,7 @@ class Gate:
 
     def authorize(self, obj: Mapping[str, Any], policy: spec.Policy) -> str | None:
         """Why this policy may not act now (None: it may). Errors of the API server raise (retried)."""
-        verified = authority.verify(self.key, obj)
+        verified = self.verify(obj)
         if verified.author is None:
             return (f"{verified.problem}; depgate does not act on it until someone with the rights it needs "
                     "changes it (any change, e.g. `kubectl annotate`, is checked)")
@@ -327,7 +331,25 @@ class Gate:
 
     def trusted(self, obj: Mapping[str, Any]) -> bool:
         """Whether the policy's recorded author verifies (the signature only; no review)."""
-        return authority.verify(self.key, obj).author is not None
+        return self.verify(obj).author is not None
+
+    def verify(self, obj: Mapping[str, Any]) -> authority.Verified:
+        """authority.verify with this key, remembered for the last MAX_VERIFIED distinct signed states."""
+        fields = authority.signed_fields(obj)
+        try:
+            hash(fields)
+        except TypeError:  # not as the API server stores a policy (annotations are strings): not remembered
+            return authority.verify(self.key, obj)
+        with self._lock:
+            hit = self._verified.get(fields)
+        if hit is not None:
+            return hit
+        verified = authority.verify(self.key, obj)
+        with self._lock:
+            while len(self._verified) >= MAX_VERIFIED:  # bounded: the oldest answers go first
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[fields] = verified
+        return verified
 
     def denied(self, author: authority.Author, policy: spec.Policy, namespace: str, *,
                fresh: bool, unserved: list[str] | None = None) -> list[authority.Denied]:

@@ -54,6 +54,37 @@ def test_verify_accepts_only_the_signature_of_this_generation_and_key():
     assert "no author recorded" in authority.verify(KEY, obj(SPEC)).problem
 
 
+def test_the_gates_remembered_answers_follow_every_signed_field(monkeypatch):
+    gate = webhook.Gate(None, KEY, OPERATOR)  # type: ignore[arg-type]
+    calls = []
+    real = authority.verify
+    monkeypatch.setattr(authority, "verify", lambda key, o: calls.append(1) or real(key, o))
+    good = signed(SPEC, ALICE)
+    assert gate.trusted(good) and gate.trusted(copy.deepcopy(good))
+    assert len(calls) == 1  # the second copy is answered from memory
+    # Each field the signature covers changes the answer, never a stale one from memory.
+    bumped = copy.deepcopy(good)
+    bumped["metadata"]["generation"] = 2
+    forged = copy.deepcopy(good)
+    forged["metadata"]["annotations"][AUTHOR_ANNOTATION] = MALLORY.to_json()
+    moved = copy.deepcopy(good)
+    moved["metadata"]["namespace"] = "team-c"
+    renamed = copy.deepcopy(good)
+    renamed["metadata"]["name"] = "q"
+    unsigned = copy.deepcopy(good)
+    del unsigned["metadata"]["annotations"][AUTHOR_SIGNATURE_ANNOTATION]
+    for bad in (bumped, forged, moved, renamed, unsigned):
+        assert not gate.trusted(bad)
+    assert gate.trusted(good) and len(calls) == 6
+    # Bounded: past MAX_VERIFIED the oldest answer is dropped, and asked again when it comes back.
+    monkeypatch.setattr(webhook, "MAX_VERIFIED", 3)
+    for g in (3, 4, 5):
+        gate.trusted(signed(SPEC, ALICE, generation=g))
+    assert len(gate._verified) == 3
+    gate.trusted(good)
+    assert len(calls) == 10
+
+
 def test_create_records_the_creator_for_generation_one():
     out = authority.authorship(KEY, "CREATE", None, obj(SPEC, generation=0), ALICE, OPERATOR)
     assert out.new_author == ALICE

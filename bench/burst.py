@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # --- depgate
         side = Side(cl, "depgate", n, say)
-        who = cl.identity("operator")
+        who = cl.operator_identity()
         side.create_deployments()
         watches = side.watch(observer)
         say("depgate: starting the operator")

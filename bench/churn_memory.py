@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with private_plane(say, keep=args.keep) as cl:
         ns = cl.namespace("bench-churn")
-        who = cl.identity("operator")
+        who = cl.operator_identity()
         base = f"/api/v1/namespaces/{ns}/configmaps"
         pols = f"{GROUP_PATH}/namespaces/{ns}/dependencypolicies"
         ready = {i: True for i in range(n)}

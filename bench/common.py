@@ -46,6 +46,7 @@ from depgate.dev.versions import KUBERNETES_VERSION  # noqa: E402
 
 RESULTS = HERE / "results"
 BENCH_NS = "depgate-bench-system"  # where the benchmark's ServiceAccounts live
+OPERATOR_NS = "depgate-system"  # the operator's (its ServiceAccount, its webhook Secret, its Lease)
 _W = ["create", "update", "patch", "delete", "deletecollection"]
 # How the API server sorts one identity's requests (category, verbs, [(apiGroups, resources)]), first match wins.
 LEASE = "lease"
@@ -237,16 +238,22 @@ class Cluster:
                 raise
         return name
 
-    def identity(self, name: str) -> Identity:
+    def operator_identity(self) -> Identity:
+        """The operator's identity as an install has it (ServiceAccount depgate in depgate-system): the
+        webhook configurations leave that user's own writes out (their matchConditions), as in a cluster;
+        under any other name every Deployment the operator applies would be reviewed by itself."""
+        return self.identity("depgate", namespace=OPERATOR_NS)
+
+    def identity(self, name: str, namespace: str = BENCH_NS) -> Identity:
         """A ServiceAccount (cluster-admin: the benchmarks measure speed, not RBAC) with a kubeconfig,
         and FlowSchemas that make the API server count its requests."""
-        if self.admin.call("GET", f"/api/v1/namespaces/{BENCH_NS}") is None:
-            self.namespace(BENCH_NS)
-        sa = {"kind": "ServiceAccount", "namespace": BENCH_NS, "name": name}
-        subject = [{"kind": "ServiceAccount", "serviceAccount": {"name": name, "namespace": BENCH_NS}}]
+        if self.admin.call("GET", f"/api/v1/namespaces/{namespace}") is None:
+            self.namespace(namespace)
+        sa = {"kind": "ServiceAccount", "namespace": namespace, "name": name}
+        subject = [{"kind": "ServiceAccount", "serviceAccount": {"name": name, "namespace": namespace}}]
         base = 300 + 10 * len(self._identities)
         docs: list[dict[str, Any]] = [
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": BENCH_NS}},
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}},
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
              "metadata": {"name": f"bench-{name}"},
              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
@@ -265,7 +272,7 @@ class Cluster:
                          "spec": {"matchingPrecedence": base + i, "priorityLevelConfiguration": {"name": "exempt"},
                                   "rules": [rule]}})
         self.apply(docs)
-        token = self.kubectl("create", "token", name, "-n", BENCH_NS, "--duration=24h").stdout.strip()
+        token = self.kubectl("create", "token", name, "-n", namespace, "--duration=24h").stdout.strip()
         kc = self.tmp / f"kubeconfig-{name}"
         ca = Path(self.state.state_dir) / "pki" / "ca.crt"
         kc.write_text(json.dumps({
@@ -281,7 +288,7 @@ class Cluster:
         probe = Raw(str(kc))
         deadline = time.monotonic() + 30
         while ident.counts()["reads"] == 0:
-            probe.call("GET", f"/api/v1/namespaces/{BENCH_NS}")
+            probe.call("GET", f"/api/v1/namespaces/{namespace}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the API server does not count {name}'s requests under its FlowSchemas")
             time.sleep(0.2)
@@ -339,7 +346,7 @@ def private_plane(say: Say, keep: bool = False) -> Iterator[Cluster]:
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
             name = cluster.kubectl("get", "-f", str(f), "-o", "name").stdout.strip()
             devplane.wait_crd_served(cluster.kubectl_bin, state.kubeconfig, name)
-        cluster.namespace("depgate-system")  # the operator's own: its webhook Secret, its Lease
+        cluster.namespace(OPERATOR_NS)  # the operator's own: its webhook Secret, its Lease
         say("plane up, CRDs established")
         yield cluster
         ok = True

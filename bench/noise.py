@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with private_plane(say, keep=args.keep) as cl:
         pids = plane_pids(cl)
-        who = cl.identity("operator")
+        who = cl.operator_identity()
         cl.namespace("depgate-system")  # the operator's: its webhook Secret and Lease
         cl.namespace(NS_A)
         cl.namespace(NS_B)

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with private_plane(say, keep=args.keep) as cl:
         sides = {"depgate": cl.namespace("bench-depgate"), "floor": cl.namespace("bench-floor")}
-        who = {"depgate": cl.identity("operator"), "floor": cl.identity("floor")}
+        who = {"depgate": cl.operator_identity(), "floor": cl.identity("floor")}
         warm = [f"warm-{i:02d}" for i in range(args.warmup)]
         names = [f"app-{i:04d}" for i in range(n)]
         say(f"creating {2 * (n + len(warm))} Deployments (replicas {args.replicas})")

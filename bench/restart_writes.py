@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with private_plane(say, keep=args.keep) as cl:
         ns = cl.namespace("bench-restart")
-        who = cl.identity("operator")
+        who = cl.operator_identity()
         pols = f"/apis/depgate.io/v1alpha1/namespaces/{ns}/dependencypolicies"
         cl.admin.call("POST", f"/api/v1/namespaces/{ns}/configmaps", body={
             "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"ready": "yes"}})

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with private_plane(say, keep=args.keep) as cl:
         ns = cl.namespace("bench-status")
-        who = cl.identity("operator")
+        who = cl.operator_identity()
         cms = [f"dep-{i:02d}" for i in range(k)]
         has = dict.fromkeys(cms, True)
         for c in cms:

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         cl.namespace(NS)
         cl.namespace(ELSEWHERE)
         cl.namespace("depgate-system")  # the webhook Secret's namespace
-        who = cl.identity("operator")
+        who = cl.operator_identity()
         admin = Plane(cl.kubeconfig, cl.kubectl_bin, cl.state.server, pods=False)
         op = start_operator(who.kubeconfig, cl.tmp, admin=admin)  # registers the webhooks, waits until served
         try:

@@ -534,8 +534,22 @@ def record_author(operation: str, old: Any, new: Any, userinfo: Mapping[str, Any
     gate = current().gate
     if gate is None:
         raise kopf.AdmissionError(f"depgate cannot record the author: {current().gate_problem}", code=503)
-    for k, v in gate.mutate(operation, plain(old) if old is not None else None, plain(new), userinfo).items():
+    new_obj = plain(new)
+    for k, v in gate.mutate(operation, plain(old) if old is not None else None, new_obj, userinfo).items():
         patch.metadata.annotations[k] = v
+    op = current()
+    if adds_finalizer_at_admission(op, new_obj):
+        # depgate's finalizer with the policy's own write, so that its worker need not patch it in (a write
+        # per policy); only on a policy this operator serves, so no deletion waits for an operator nobody runs
+        patch.metadata["finalizers"] = [*finalizers(new_obj), FINALIZER]
+
+
+def adds_finalizer_at_admission(op: Operator, obj: Mapping[str, Any]) -> bool:
+    """A policy this process's shard and namespaces serve, without depgate's finalizer, not being deleted."""
+    md = obj.get("metadata") or {}
+    served = op.settings.namespaces
+    return (not deleting(obj) and FINALIZER not in finalizers(obj) and op.mine(obj)
+            and (not served or md.get("namespace") in served))
 
 
 @kopf.on.validate(POLICIES.group, POLICIES.version, POLICIES.plural, id=webhook.VALIDATE_PATH,

@@ -228,6 +228,28 @@ def test_a_policy_admitted_without_the_webhook_is_not_trusted_until_someone_with
     assert json.loads(annotations[AUTHOR])["username"] == f"system:serviceaccount:{ns}:editor"
 
 
+def test_a_policy_carries_depgates_finalizer_from_its_create_unless_another_shard_serves_it(plane, operator, payments):
+    """The mutating webhook adds depgate's finalizer with the policy's own write (no patch of the worker's
+    per policy); a policy of a shard no operator here serves gets none, so its deletion never waits."""
+    ns = payments
+    created = json.loads(plane.run_kubectl("create", "-n", ns, "-o", "json", "-f", "-", input=textwrap.dedent(
+        policy("mine", "payments", "- name: wait\n  tcp: {host: db, port: 5432}"))).stdout)
+    assert created["metadata"].get("finalizers") == ["depgate.io/cleanup"], created["metadata"]
+    other = textwrap.dedent(policy("theirs", "payments", "- name: wait\n  tcp: {host: db, port: 5432}")).replace(
+        "metadata: {name: theirs}", "metadata: {name: theirs, labels: {sharding.depgate.io/key: elsewhere}}")
+    created = json.loads(plane.run_kubectl("create", "-n", ns, "-o", "json", "-f", "-", input=other).stdout)
+    assert created["metadata"]["labels"] == {"sharding.depgate.io/key": "elsewhere"}
+    assert "finalizers" not in created["metadata"], created["metadata"]
+    assert created["metadata"]["annotations"].get(AUTHOR), "the other shard's policy is still signed"
+    plane.run_kubectl("delete", "-n", ns, "dependencypolicy", "theirs", "--timeout=20s")
+    assert get(plane, ns, "dependencypolicy", "theirs") is None
+    gated(plane, ns, "payments", "wait")
+    # the worker found the finalizer there and patched nothing in: the policy's only writes were depgate's status
+    managers = {m["manager"]: m.get("subresource", "") for m in
+                get(plane, ns, "dependencypolicy", "mine")["metadata"].get("managedFields", [])}
+    assert all(sub == "status" for who, sub in managers.items() if who != "kubectl-create"), managers
+
+
 @pytest.mark.parametrize("value_bytes", [6000, 20000], ids=["660KB-etcd-would-store-it", "2.2MB-etcd-would-refuse"])
 def test_a_policy_too_big_is_refused_naming_its_largest_field(plane, operator, payments, value_bytes):
     """Over depgate's 512 KiB (and up to the API server's 3 MB request limit), refused naming a field,

@@ -18,7 +18,6 @@ sleep); nothing here imports kopf or talks to the API server, so that every rule
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import math
 import threading
@@ -153,6 +152,24 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
         if isinstance(ann, dict):
             ann.pop(KOPF_DIFFBASE, None)
     return obj
+
+
+class Kept(NamedTuple):
+    """A workload as Wiring.bodies keeps it: its uid and resourceVersion (what `fresher` compares) and the
+    body as compact JSON, parsed into a fresh copy by body()."""
+
+    version: dict[str, Any]  # {"metadata": {"uid", "resourceVersion"}}
+    data: str
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> Kept:
+        md = _meta(body)
+        return cls({"metadata": {"uid": md.get("uid"), "resourceVersion": md.get("resourceVersion")}},
+                   json.dumps(body, separators=(",", ":"), default=dict))
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(self.data)
+        return out
 
 
 def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -372,7 +389,8 @@ class Wiring:
     # The newest copy of each gateable workload (Deployment, StatefulSet, DaemonSet, CronJob) in the namespaces
     # streamed, slimmed; (namespace, kind) of the streams that have listed: a workload absent there is absent
     # (one created a moment ago wakes its policies with its event)
-    bodies: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    # (as compact JSON: a Deployment's dicts take several times its JSON's size, and workload() copied it anyway)
+    bodies: dict[tuple[str, str, str], Kept] = field(default_factory=dict)
     workloads_listed: set[tuple[str, str]] = field(default_factory=set)
     kinds: dict[Key, frozenset[str]] = field(default_factory=dict)  # kinds_for each policy, as counted
     stream_users: dict[Stream, int] = field(default_factory=dict)  # -> how many policies need it
@@ -531,16 +549,16 @@ class Wiring:
         md = _meta(body)
         k = (str(md.get("namespace")), kind, str(md.get("name")))
         kept = self.bodies.get(k)
-        if kept is None or not fresher(kept, body):
-            self.bodies[k] = slim({**body, "kind": kind, "metadata": dict(md)})  # the caller's copy stays whole
+        if kept is None or not fresher(kept.version, body):
+            self.bodies[k] = Kept.of(slim({**body, "kind": kind, "metadata": dict(md)}))  # the caller's stays whole
 
     def workload(self, ns: str, kind: str, name: str) -> tuple[bool, dict[str, Any] | None]:
         """From a reconcile's thread: (known, a copy of the workload as last streamed or written; None: absent).
         Not known while the namespace's stream of that kind has not listed: read it from the API server then.
         A stale copy is safe: every write depgate makes is guarded by the resourceVersion it read."""
-        body = self.bodies.get((ns, kind, name))
-        if body is not None:
-            return True, copy.deepcopy(body)
+        kept = self.bodies.get((ns, kind, name))
+        if kept is not None:
+            return True, kept.body()
         return (ns, kind) in self.workloads_listed, None
 
     def workload_stream(self, ns: str, kind: str, running: bool) -> None:

@@ -773,7 +773,8 @@ def test_the_streamed_copy_of_a_workload_is_the_newest_seen_or_written_and_absen
     assert known and body is not None and body["metadata"]["resourceVersion"] == "5"
     assert "managedFields" not in body["metadata"] and "managedFields" in v5["metadata"]  # slimmed, a copy
     body["spec"]["replicas"] = 9  # the reconcile's copy is its own
-    assert "replicas" not in w.workload(NS, "Deployment", "web")[1]["spec"]
+    v5["spec"]["paused"] = True  # and so is the kept one: the streamed object changing later does not reach it
+    assert not {"replicas", "paused"} & set(w.workload(NS, "Deployment", "web")[1]["spec"])
     w.remember("Deployment", gen("web", 2, resourceVersion="7"))  # the answer to depgate's own write
     w.deployment_seen(NS, "web", gen("web", 1, resourceVersion="6"), deleted=False)  # an older event after it
     assert w.workload(NS, "Deployment", "web")[1]["metadata"]["resourceVersion"] == "7"

@@ -6,16 +6,11 @@ the kubelet compiled into the cache (about a minute with a warm Go cache)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import socket
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -52,7 +47,9 @@ def real_node(plane: Plane) -> Iterator[object]:
     state = Path(tempfile.gettempdir()) / "depgate-e2e-node"
     if devnode.load_node_state(state) is not None:
         devnode.down(state)
-    node = devnode.RealNode(plane.kubeconfig, state, kube_proxy=True, die_with_parent=True,
+    # kube-proxy, CoreDNS (cluster DNS) and the `kubernetes` Service's path to the API server: the
+    # RealNode's defaults (it undoes them in stop()).
+    node = devnode.RealNode(plane.kubeconfig, state, die_with_parent=True,
                             images=("busybox", "pause", "waiter", "redis", "busybox-app"))
     try:
         node.start()
@@ -63,73 +60,3 @@ def real_node(plane: Plane) -> Iterator[object]:
     finally:
         problems = node.stop()
         assert not problems, f"the real node's teardown left something behind: {problems}"
-
-
-class Forwarder:
-    """TCP from the node's InternalIP:port to 127.0.0.1:target (threads of this process)."""
-
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
-        self.target = target
-        self.sock = socket.create_server(listen)
-        self.conns: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                up = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                conn.close()
-                continue
-            up.settimeout(None)
-            self.conns += [conn, up]
-            for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := a.recv(65536):
-                b.sendall(data)
-        with contextlib.suppress(OSError):
-            b.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.sock.close()
-        for c in self.conns:
-            with contextlib.suppress(OSError):
-                c.close()
-
-
-@pytest.fixture(scope="session")
-def api_from_pods(plane: Plane, real_node: object) -> Iterator[None]:
-    """The `kubernetes` Service reaches the API server from pods. The plane's API server listens on
-    127.0.0.1 only and runs with --endpoint-reconciler-type=none, so the Service has no endpoints and a
-    pod's `depgate wait verdict` (https://$KUBERNETES_SERVICE_HOST) could not connect: a forwarder on the
-    node's InternalIP (the API server's port) and an EndpointSlice for the Service pointing at it."""
-    svc = json.loads(plane.run_kubectl("get", "service", "kubernetes", "-n", "default", "-o", "json").stdout)
-    target_port = int(svc["spec"]["ports"][0]["targetPort"])
-    api_port = urlsplit(plane.server).port or 443
-    node_ip = str(real_node.node_ip)  # type: ignore[attr-defined]
-    fwd = Forwarder((node_ip, target_port), ("127.0.0.1", api_port))
-    slice_ = {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "kubernetes-e2e", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "kubernetes",
-                                "endpointslice.kubernetes.io/managed-by": "depgate-e2e"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [node_ip], "conditions": {"ready": True}}],
-        "ports": [{"name": "https", "port": target_port, "protocol": "TCP"}],
-    }
-    plane.run_kubectl("apply", "-f", "-", input=json.dumps(slice_))
-    try:
-        yield
-    finally:
-        plane.run_kubectl("delete", "endpointslice", "-n", "default", "kubernetes-e2e", "--ignore-not-found",
-                          check=False)
-        fwd.close()

@@ -3,9 +3,9 @@ redis-server) and an app tier whose pods wait in Init for it through a Dependenc
 redis and the lesson's `await-redis` as a `command` in the app's own image), then every precondition
 type at least once in a real pod.
 
-No CoreDNS runs on the plane: tcp/redis/http/download address Services by ClusterIP, and the `dns`
-check resolves a Service name the pod's /etc/hosts holds (hostAliases), so it exercises the waiter's
-resolver in a real pod, not cluster DNS."""
+The real node runs kube-proxy and CoreDNS (cluster DNS, the kube-dns Service): tcp/redis/http/download
+address Services by ClusterIP, and the `dns` check resolves `web.<ns>.svc.cluster.local` through the
+cluster DNS from a real pod (no hostAliases, no /etc/hosts entry)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def gated_pod(plane: Plane, ns: str, label: str, init: str) -> str:
     return str(wait_for(find, 90, interval=0.5, what=f"a pod of {label} with {init}"))
 
 
-def test_seed_app_tier_waits_for_redis(plane: Plane, real_node: Any, api_from_pods: None, operator: Any,
+def test_seed_app_tier_waits_for_redis(plane: Plane, real_node: Any, operator: Any,
                                        namespace: str) -> None:
     apply(plane, namespace, """
     apiVersion: v1
@@ -179,7 +179,7 @@ rules:
 CONTENT = "served by busybox httpd for depgate's download\n"
 
 
-def test_every_precondition_type_in_a_real_pod(plane: Plane, real_node: Any, api_from_pods: None, operator: Any,
+def test_every_precondition_type_in_a_real_pod(plane: Plane, real_node: Any, operator: Any,
                                                namespace: str) -> None:
     plane.run_kubectl("apply", "--server-side", "-f", "-", input=WIDGET_CRD)
     wait_crd_served(plane.kubectl, plane.kubeconfig, "crd/widgets.e2e.depgate.io")
@@ -265,7 +265,6 @@ def test_every_precondition_type_in_a_real_pod(plane: Plane, real_node: Any, api
         spec:
           {pin}
           terminationGracePeriodSeconds: 1
-          hostAliases: [{{ip: "{web}", hostnames: ["{fqdn}"]}}]
           containers:
           - name: consumer
             image: {APP}

@@ -28,7 +28,9 @@ def main(argv: list[str]) -> int:
     n.add_argument("action", choices=("up", "down", "build"))
     n.add_argument("--node-dir", type=Path, default=None,
                    help="where the node keeps its state (default $DEPGATE_NODE_DIR or ~/.cache/depgate/node-<v>/run)")
-    n.add_argument("--kube-proxy", action="store_true", help="also run kube-proxy (ClusterIP Services, iptables mode)")
+    n.add_argument("--kube-proxy", action=argparse.BooleanOptionalAction, default=True,
+                   help="run kube-proxy (ClusterIP Services, iptables mode; also what cluster DNS and the "
+                        "`kubernetes` Service from pods go through); default on")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "build":

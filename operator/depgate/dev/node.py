@@ -1,17 +1,26 @@
-"""An opt-in REAL node for the local plane (issue 19): a kubelet (and kube-proxy) compiled from the same
-k8s.io/kubernetes module as the plane, Debian's containerd + runc + CNI bridge plugin, and images
-built locally (depgate.dev.images; no registry), so init containers really run.
+"""A REAL node for the local plane (issue 19): a kubelet and kube-proxy compiled from the same
+k8s.io/kubernetes module as the plane, Debian's containerd + runc + CNI bridge plugin, cluster DNS
+(CoreDNS from its Go module: depgate.dev.coredns) and images built locally (depgate.dev.images; no
+registry), so init containers really run. `cannot_run()` says why it cannot on this machine.
+
+What pods reach on the plane, as on a real cluster: the API server through the `kubernetes` Service (the
+plane's API server listens on 127.0.0.1 only and reconciles no endpoints, so a forwarder process on the
+node's InternalIP and an EndpointSlice of the Service pointing at it), and Service names through the
+`kube-dns` Service in kube-system (ClusterIP DNS_SERVICE_IP, the kubelet's clusterDNS) whose
+EndpointSlice points at CoreDNS, a host process listening on the node's InternalIP:53. CoreDNS answers
+cluster.local from the plane and NXDOMAIN for every other name: it forwards nowhere.
 
 Built once into ``~/.cache/depgate/node-<version>/bin``; at run time everything lives in one private
 state dir (containerd's root, state and socket, the kubelet's root dir, pod logs, CNI config and
 IPAM data). `RealNode.start()` records each host change in ``<state dir>/node.json`` as it makes it;
 `RealNode.stop()` (or `depgate dev node down`, from another process) undoes exactly those, also
 after a failed start or a killed session: the pods (drained, then killed through containerd),
-kubelet, kube-proxy, containerd and its shims, every mount under the state dir (netns, volumes,
-rootfs), the cgroups under its cgroupRoot, its iptables chains and rules (and the chains kubelet or
-kube-proxy made, and the nf_tables tables iptables-nft made for them), the bridge, the node IP on
-lo, the sysctls the kubelet sets, and the fixed host paths containerd and the kubelet write to
-when they did not exist before.
+kubelet, kube-proxy, CoreDNS, the API forwarder, containerd and its shims, the API objects it
+made (the EndpointSlices, the kube-dns Service; the nodes it cordoned are uncordoned), every mount
+under the state dir (netns, volumes, rootfs), the cgroups under its cgroupRoot, its iptables
+chains and rules (and the chains kubelet or kube-proxy made, and the nf_tables tables iptables-nft
+made for them), the bridge, the node IP on lo, the sysctls the kubelet sets, and the fixed host
+paths containerd and the kubelet write to when they did not exist before.
 
 Containment: pods get a private /24 on a bridge this module makes (its gateway address on it), IPAM
 routes only for that /24, the service range and the node IP (no default route), CNI ipMasq off, no
@@ -33,13 +42,17 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from depgate.dev.build import _run, _say, cache_root, check_go, staging_replaces
-from depgate.dev.versions import KUBERNETES_VERSION
+from depgate.dev import coredns
+from depgate.dev.build import BuildError, _run, _say, cache_root, check_go, staging_replaces
+from depgate.dev.versions import GO_MIN, KUBERNETES_VERSION
 
 NODE_COMPONENTS = ("kubelet", "kube-proxy")
 
@@ -72,8 +85,8 @@ def build_node(version: str = KUBERNETES_VERSION, *, components: tuple[str, ...]
     src.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     log = ndir / "build.log"
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOWORK": "off",
-           "GOMAXPROCS": os.environ.get("GOMAXPROCS", "2")}
+    procs = os.environ.get("GOMAXPROCS", "2")  # also `go build -p`: GOMAXPROCS=1 builds on one core
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOWORK": "off", "GOMAXPROCS": procs}
     total = time.monotonic()
     say(f"compiling the node {version} ({', '.join(components)}) into {ndir} (log: {log})")
     replaces = staging_replaces(go, version, env, src)
@@ -98,7 +111,7 @@ def build_node(version: str = KUBERNETES_VERSION, *, components: tuple[str, ...]
         f"-X k8s.io/client-go/pkg/version.gitVersion={version}",
     ])
     for comp in components:
-        _run([*nice, go, "build", "-p", "2", "-trimpath", "-tags", "selinux,notest", "-ldflags", ldflags,
+        _run([*nice, go, "build", "-p", procs, "-trimpath", "-tags", "selinux,notest", "-ldflags", ldflags,
               "-o", str(out / comp), f"k8s.io/kubernetes/cmd/{comp}"],
              cwd=src, env=env, label=f"compiling {comp}", log=log)
     (ndir / "complete").write_text(f"{version} {' '.join(components)} built in {time.monotonic() - total:.0f}s\n")
@@ -132,10 +145,131 @@ def ensure_packages(packages: tuple[str, ...] = DEBIAN_PACKAGES, *, say: Callabl
         raise NodeError(f"Debian packages missing: {' '.join(missing)} (apt-get install them as root)")
     say(f"installing Debian packages: {' '.join(missing)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    proc = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env,
-                          capture_output=True, text=True, check=False)
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    proc = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:  # a machine whose package lists were never fetched (or are old): once more after
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, text=True, check=False)
+        proc = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise NodeError(f"apt-get install {' '.join(missing)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+
+def _installable(packages: list[str]) -> list[str]:
+    """Of these packages, those apt knows no candidate version of (asks the local package lists only)."""
+    if shutil.which("apt-cache") is None:
+        return packages
+    out = subprocess.run(["apt-cache", "policy", *packages], capture_output=True, text=True, check=False).stdout
+    known: set[str] = set()
+    name = ""
+    for line in out.splitlines():
+        if line and not line.startswith(" "):
+            name = line.rstrip(":")
+        elif line.strip().startswith("Candidate:") and line.split(":", 1)[1].strip() not in ("", "(none)"):
+            known.add(name)
+    return [p for p in packages if p not in known]
+
+
+def cannot_run() -> str | None:
+    """Why a real node cannot run on this machine, or None when it can: Linux, root, cgroups, Debian's
+    containerd/runc/CNI plugins/busybox/iptables installed or installable, the kubelet, kube-proxy and
+    CoreDNS compiled or a Go that compiles them, and no other real node running here. What `make run`
+    and the e2e tier ask before they use one (cheap: nothing is built or installed)."""
+    if not sys.platform.startswith("linux"):
+        return f"a real node needs Linux (this is {sys.platform})"
+    if os.geteuid() != 0:
+        return "a real node needs root (containerd, runc, a bridge, iptables)"
+    if not _controllers(("cgroup", "cgroup2")):
+        return f"no cgroup hierarchy is mounted under {CGROUP_FS}"
+    missing = missing_packages()
+    if missing:
+        if shutil.which("apt-get") is None:
+            return f"Debian packages missing and no apt-get to install them: {' '.join(missing)}"
+        unknown = _installable(missing)
+        if unknown:
+            return f"Debian packages missing and not installable here (apt knows no candidate): {' '.join(unknown)}"
+    try:
+        if not node_is_built():
+            check_go(GO_MIN, what="the kubelet and kube-proxy", otherwise="")
+        if not coredns.coredns_is_built():
+            check_go(coredns.COREDNS_GO_MIN, what="CoreDNS", otherwise="")
+    except BuildError as e:
+        return str(e).strip()
+    if LOCK.exists():
+        import fcntl
+
+        fd = os.open(LOCK, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return f"another real node runs on this machine (it holds {LOCK}; `depgate dev node down` stops it)"
+        finally:
+            os.close(fd)
+    return None
+
+
+# --- the API server, from pods ---------------------------------------------------------------------
+
+
+class Forwarder:
+    """TCP from `listen` to `target` (threads of this process): the API server, which listens on
+    127.0.0.1 only, on the node's InternalIP for pods. Run as its own process by RealNode
+    (`python -m depgate.dev.node forward HOST:PORT HOST:PORT`), so it outlives `depgate dev node up`."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.target = target
+        self.sock = socket.create_server(listen)
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                conn.close()
+                continue
+            up.settimeout(None)
+            self.conns += [conn, up]
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):
+            a.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            with contextlib.suppress(OSError):
+                c.close()
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def forward_main(argv: list[str]) -> int:
+    """`python -m depgate.dev.node forward LISTEN TARGET`: forward until SIGTERM."""
+    fwd = Forwarder(_hostport(argv[0]), _hostport(argv[1]))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"forwarding {argv[0]} -> {argv[1]}", flush=True)
+    stop.wait()
+    fwd.close()
+    return 0
 
 
 # --- the running node ------------------------------------------------------------------------------
@@ -147,6 +281,11 @@ BRIDGE = "depgate0"
 CNI_NETWORK = "depgate-node"
 CGROUP_ROOT = "depgate-node"  # under every cgroup v1 hierarchy (kubelet's cgroupRoot)
 FORWARD_CHAIN = "DEPGATE-NODE-FWD"
+DNS_SERVICE_IP = "10.96.0.10"  # the kube-dns Service's ClusterIP (the plane's service range), the kubelet's clusterDNS
+DNS_NAMESPACE, DNS_SERVICE = "kube-system", "kube-dns"
+API_SLICE = "kubernetes-depgate-node"  # the `kubernetes` Service's EndpointSlice: the forwarder
+DNS_SLICE = "kube-dns-depgate-node"
+MANAGED_BY = "depgate-node"  # endpointslice.kubernetes.io/managed-by of both, and a label of the Service
 CGROUP_FS = Path("/sys/fs/cgroup")
 # What the kubelet (setupKernelTunables) and the CNI bridge plugin may change: put back by stop()
 SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
@@ -166,8 +305,9 @@ def _sysctl_path(name: str) -> Path:
     return Path("/proc/sys") / name.replace(".", "/")
 
 
-def _sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False, timeout=timeout)
+def _sh(*cmd: str, check: bool = True, timeout: float = 60, input: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False, timeout=timeout, input=input)
     if check and proc.returncode != 0:
         raise NodeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
@@ -240,7 +380,13 @@ class NodeState:
     containerd_pid: int = 0
     kubelet_pid: int = 0
     kube_proxy_pid: int = 0
+    coredns_pid: int = 0
+    forwarder_pid: int = 0
     kubelet_port: int = 0
+    cluster_dns: str = ""  # what pods' resolv.conf names (the kube-dns ClusterIP, or the node IP without kube-proxy)
+    api_slice: bool = False  # the `kubernetes` Service's EndpointSlice API_SLICE was made
+    dns_service: bool = False  # kube-system/kube-dns and its EndpointSlice were made
+    cordoned: list[str] = field(default_factory=list)  # nodes this one cordoned (schedulable before)
     sysctls: dict[str, str] = field(default_factory=dict)  # the values before start
     chains: dict[str, list[str]] = field(default_factory=dict)  # "<tool> <table>" -> chains before start
     nft_tables: dict[str, list[str]] = field(default_factory=dict)  # tool -> nf_tables tables before start
@@ -273,6 +419,67 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _connects(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as resp:
+        return int(resp.status) == 200
+    return False
+
+
+def dns_query(server: str, name: str, *, port: int = 53, timeout: float = 2.0) -> tuple[int, list[str]]:
+    """One A query over UDP: (rcode, the addresses answered). Standard library only (no dig here)."""
+    import random
+    import struct
+
+    qid = random.randrange(1 << 16)
+    question = b"".join(bytes([len(label)]) + label.encode() for label in name.rstrip(".").split(".")) + b"\0"
+    packet = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack("!HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sk:
+        sk.settimeout(timeout)
+        sk.sendto(packet, (server, port))
+        while True:
+            reply, _ = sk.recvfrom(4096)
+            if struct.unpack_from("!H", reply)[0] == qid:
+                break
+    return parse_dns_reply(reply)
+
+
+def parse_dns_reply(reply: bytes) -> tuple[int, list[str]]:
+    """(rcode, the A records' addresses) of a DNS reply."""
+    import struct
+
+    _, flags, qd, an, _, _ = struct.unpack_from("!HHHHHH", reply)
+
+    def skip_name(off: int) -> int:
+        while True:
+            n = reply[off]
+            if n == 0:
+                return off + 1
+            if n & 0xC0 == 0xC0:
+                return off + 2
+            off += n + 1
+
+    off = 12
+    for _ in range(qd):
+        off = skip_name(off) + 4
+    addresses = []
+    for _ in range(an):
+        off = skip_name(off)
+        rtype, _, _, rdlen = struct.unpack_from("!HHIH", reply, off)
+        off += 10
+        if rtype == 1 and rdlen == 4:
+            addresses.append(socket.inet_ntoa(reply[off:off + 4]))
+        off += rdlen
+    return flags & 0xF, addresses
 
 
 def _alive(pid: int) -> bool:
@@ -348,13 +555,21 @@ class RealNode:
 
     def __init__(self, kubeconfig: str | Path, state_dir: Path | None = None, *, name: str = NODE_NAME,
                  node_ip: str = NODE_IP, pod_subnet: str = POD_SUBNET, service_cidr: str = "10.96.0.0/16",
-                 images: tuple[str, ...] = ("busybox", "pause", "waiter"), kube_proxy: bool = False,
+                 images: tuple[str, ...] = ("busybox", "pause", "waiter"), kube_proxy: bool = True,
+                 dns: bool = True, api_from_pods: bool = True, cordon: tuple[str, ...] = (),
                  die_with_parent: bool = False, say: Callable[[str], None] = _say) -> None:
+        """kube_proxy: ClusterIP Services (iptables mode); dns: CoreDNS as cluster DNS (through the kube-dns
+        Service with kube_proxy, else at the node IP); api_from_pods: the `kubernetes` Service reaches the
+        API server (needs kube_proxy); cordon: nodes of the plane (the kwok node) cordoned while this one runs,
+        so that new pods land here."""
         self.kubeconfig = str(kubeconfig)
         self.state_dir = Path(state_dir or default_node_state_dir())
         self.name, self.node_ip, self.pod_subnet, self.service_cidr = name, node_ip, pod_subnet, service_cidr
         self.images = images
         self.kube_proxy = kube_proxy
+        self.dns = dns
+        self.api_from_pods = api_from_pods and kube_proxy
+        self.cordon = cordon
         self.die_with_parent = die_with_parent
         self.say = say
         self.state = NodeState(str(self.state_dir), name=name, node_ip=node_ip, kubeconfig=self.kubeconfig)
@@ -362,8 +577,10 @@ class RealNode:
 
     # -- helpers
 
-    def _kubectl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return _sh(self.state.kubectl, f"--kubeconfig={self.kubeconfig}", *args, check=check, timeout=timeout)
+    def _kubectl(self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+        return _sh(self.state.kubectl, f"--kubeconfig={self.kubeconfig}", *args, check=check, timeout=timeout,
+                   input=input)
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _sh("ctr", "-n", "k8s.io", "-a", str(self.state.socket), *args, check=check)
@@ -409,6 +626,7 @@ class RealNode:
 
         ensure_packages(say=self.say)
         bins = build_node(say=self.say)
+        dns_bin = coredns.build_coredns(say=self.say) if self.dns else None
         archives = [images.IMAGES[i](say=self.say) for i in self.images]
         kubectl = devbuild.bin_dir() / "kubectl"
         self.state.kubectl = str(kubectl) if kubectl.exists() else (shutil.which("kubectl") or "kubectl")
@@ -433,15 +651,122 @@ class RealNode:
             self._start_containerd(logs, timeout)
             self.say(f"importing images: {', '.join(self.images)}")
             images.import_images("ctr", st.socket, archives)
+            service_ips = []
+            if self.api_from_pods:
+                service_ips.append(self._start_api_forwarder(logs, timeout))
+            if dns_bin is not None:
+                self._start_coredns(dns_bin, logs, timeout)
+                if st.dns_service:
+                    service_ips.append(DNS_SERVICE_IP)
             self._start_kubelet(bins, logs, timeout)
             if self.kube_proxy:
-                self._start_kube_proxy(bins, logs, timeout)
+                self._start_kube_proxy(bins, logs, timeout, service_ips)
+            if self.cordon:
+                self._cordon_others()
         except BaseException:
             self.stop()
             raise
+        extra = (f", cluster DNS {st.cluster_dns}" if st.cluster_dns else "") + (
+            ", the API server at the kubernetes Service" if st.api_slice else "")
         self.say(f"node {self.name} Ready in {time.monotonic() - t0:.1f}s (InternalIP {self.node_ip}, "
-                 f"pods on {self.pod_subnet}, state in {self.state_dir})")
+                 f"pods on {self.pod_subnet}{extra}, state in {self.state_dir})")
         return self
+
+    def _apply(self, obj: dict[str, object]) -> None:
+        self._kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+    def _start_api_forwarder(self, logs: Path, timeout: float) -> str:
+        """The `kubernetes` Service reaches the API server from pods: the plane's API server listens on
+        127.0.0.1 only and runs with --endpoint-reconciler-type=none, so the Service has no endpoints and a
+        pod's `depgate wait verdict` (https://$KUBERNETES_SERVICE_HOST) could not connect. A forwarder
+        process on the node's InternalIP (the Service's targetPort) and an EndpointSlice pointing at it.
+        Returns the Service's ClusterIP."""
+        st = self.state
+        svc = json.loads(self._kubectl("get", "service", "kubernetes", "-n", "default", "-o", "json").stdout)
+        target_port = int(svc["spec"]["ports"][0]["targetPort"])
+        server = urlsplit(json.loads(Path(self.kubeconfig).read_text())["clusters"][0]["cluster"]["server"])
+        target = f"{server.hostname}:{server.port or 443}"
+        log = logs / "api-forwarder.log"
+        p = self._spawn([sys.executable, "-m", "depgate.dev.node", "forward", f"{self.node_ip}:{target_port}",
+                         target], log)
+        st.forwarder_pid = p.pid
+        _save(st)
+        self._wait(f"the API forwarder on {self.node_ip}:{target_port}", lambda: _connects(self.node_ip, target_port),
+                   timeout, [("the API forwarder", p, log)])
+        st.api_slice = True
+        _save(st)
+        self._apply({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": API_SLICE, "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "kubernetes",
+                                    "endpointslice.kubernetes.io/managed-by": MANAGED_BY}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [self.node_ip], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": target_port, "protocol": "TCP"}],
+        })
+        return str(svc["spec"]["clusterIP"])
+
+    def _start_coredns(self, binary: Path, logs: Path, timeout: float) -> None:
+        """CoreDNS on the node's InternalIP:53 (a host process), and with kube-proxy the kube-dns Service
+        (ClusterIP DNS_SERVICE_IP) whose EndpointSlice points at it: the kubelet's clusterDNS."""
+        st = self.state
+        d = self.state_dir / "coredns"
+        d.mkdir(exist_ok=True)
+        ready = f"127.0.0.1:{_free_port('127.0.0.1')}"
+        (d / "Corefile").write_text(coredns.corefile(listen=self.node_ip, port=53, ready=ready,
+                                                     kubeconfig=self.kubeconfig))
+        log = logs / "coredns.log"
+        p = self._spawn([str(binary), "-conf", str(d / "Corefile")], log)
+        st.coredns_pid = p.pid
+        _save(st)
+        procs = [("coredns", p, log)]
+        self._wait("CoreDNS ready (its kubernetes plugin synced)", lambda: _http_ok(f"http://{ready}/ready"),
+                   timeout, procs)
+        self._wait("CoreDNS answering kubernetes.default.svc.cluster.local",
+                   lambda: bool(dns_query(self.node_ip, "kubernetes.default.svc.cluster.local")[1]), timeout, procs)
+        if not self.kube_proxy:
+            st.cluster_dns = self.node_ip
+            _save(st)
+            return
+        got = self._kubectl("get", "service", DNS_SERVICE, "-n", DNS_NAMESPACE, "-o", "json", check=False)
+        if got.returncode == 0:
+            labels = json.loads(got.stdout)["metadata"].get("labels") or {}
+            if labels.get("app.kubernetes.io/managed-by") != MANAGED_BY:
+                raise NodeError(f"service {DNS_NAMESPACE}/{DNS_SERVICE} exists and is not a real node's: "
+                                "this plane has a cluster DNS already")
+        st.dns_service = True
+        _save(st)
+        self._apply({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": DNS_SERVICE, "namespace": DNS_NAMESPACE,
+                         "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS",
+                                    "app.kubernetes.io/managed-by": MANAGED_BY}},
+            "spec": {"clusterIP": DNS_SERVICE_IP,
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                               {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
+        })
+        self._apply({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": DNS_SLICE, "namespace": DNS_NAMESPACE,
+                         "labels": {"kubernetes.io/service-name": DNS_SERVICE,
+                                    "endpointslice.kubernetes.io/managed-by": MANAGED_BY}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [self.node_ip], "conditions": {"ready": True}}],
+            "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                      {"name": "dns-tcp", "port": 53, "protocol": "TCP"}],
+        })
+        st.cluster_dns = DNS_SERVICE_IP
+        _save(st)
+
+    def _cordon_others(self) -> None:
+        st = self.state
+        for other in self.cordon:
+            got = self._kubectl("get", "node", other, "-o", "jsonpath={.spec.unschedulable}", check=False)
+            if got.returncode != 0 or got.stdout.strip() == "true":
+                continue  # no such node, or cordoned by someone else: left as it is
+            st.cordoned.append(other)
+            _save(st)
+            self._kubectl("cordon", other)
 
     def _take_lock(self) -> None:
         import fcntl
@@ -588,7 +913,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
                                "x509": {"clientCAFile": str(plane_ca)}},
             "authorization": {"mode": "Webhook"},
-            "clusterDomain": "cluster.local", "resolvConf": str(k / "resolv.conf"),
+            "clusterDomain": coredns.CLUSTER_DOMAIN, "resolvConf": str(k / "resolv.conf"),
+            **({"clusterDNS": [st.cluster_dns]} if st.cluster_dns else {}),
             "podLogsDir": str(self.state_dir / "pod-logs"),
             "volumePluginDir": str(k / "volume-plugins"),
             "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%",
@@ -610,9 +936,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         _save(st)
         self._wait(f"node {self.name} Ready", self.node_ready, timeout, [("kubelet", p, log)])
 
-    def _start_kube_proxy(self, bins: Path, logs: Path, timeout: float) -> None:
+    def _start_kube_proxy(self, bins: Path, logs: Path, timeout: float, service_ips: list[str]) -> None:
         """kube-proxy in iptables mode: ClusterIP Services for the pods on the bridge (no NodePorts on
-        localhost, conntrack sysctls left alone)."""
+        localhost, conntrack sysctls left alone). Ready once its rules route `service_ips` (the
+        kubernetes and kube-dns Services)."""
         st = self.state
         cfg = {
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
@@ -630,8 +957,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         p = self._spawn([str(bins / "kube-proxy"), f"--config={path}", "--v=1"], log)
         st.kube_proxy_pid = p.pid
         _save(st)
-        self._wait("kube-proxy's KUBE-SERVICES chain", lambda: "KUBE-SERVICES" in _chains("iptables", "nat"),
-                   timeout, [("kube-proxy", p, log)])
+        def routed() -> bool:
+            if "KUBE-SERVICES" not in _chains("iptables", "nat"):
+                return False
+            rules = _sh("iptables", "-w", "5", "-t", "nat", "-S", "KUBE-SERVICES", check=False).stdout
+            return all(f"-d {ip}/32" in rules for ip in service_ips)
+
+        self._wait("kube-proxy's rules for " + (", ".join(service_ips) or "KUBE-SERVICES"), routed, timeout,
+                   [("kube-proxy", p, log)])
 
     def _plane_ca(self) -> Path:
         cfg = json.loads(Path(self.kubeconfig).read_text())
@@ -657,7 +990,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
         if st.kubectl and st.node_registered:
             step("draining the node's pods", self._drain)
+        if st.kubectl and (st.cordoned or st.api_slice or st.dns_service):
+            step("removing the API objects the node made", self._remove_api_objects)
         step("stopping the kubelet", lambda: _stop_pid(st.kubelet_pid, 15))
+        if st.coredns_pid:
+            step("stopping CoreDNS", lambda: _stop_pid(st.coredns_pid, 5))
+        if st.forwarder_pid:
+            step("stopping the API forwarder", lambda: _stop_pid(st.forwarder_pid, 5))
         if st.kube_proxy_pid:
             step("stopping kube-proxy", lambda: _stop_pid(st.kube_proxy_pid, 10))
             step("kube-proxy --cleanup", self._kube_proxy_cleanup)
@@ -697,11 +1036,28 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 and "Cannot assign" not in proc.stderr:
             raise NodeError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
 
+    def _remove_api_objects(self) -> None:
+        """Uncordon what start() cordoned; delete the EndpointSlices and the kube-dns Service it made. A
+        plane that is gone took them with it, so a failing kubectl is no problem here."""
+        st = self.state
+        for other in st.cordoned:
+            self._kubectl("uncordon", other, check=False, timeout=20)
+        if st.api_slice:
+            self._kubectl("delete", "endpointslice", "-n", "default", API_SLICE, "--ignore-not-found", "--wait=false",
+                          check=False, timeout=20)
+        if st.dns_service:
+            self._kubectl("delete", "endpointslice", "-n", DNS_NAMESPACE, DNS_SLICE, "--ignore-not-found",
+                          "--wait=false", check=False, timeout=20)
+            self._kubectl("delete", "service", "-n", DNS_NAMESPACE, "-l", f"app.kubernetes.io/managed-by={MANAGED_BY}",
+                          "--ignore-not-found", "--wait=false", check=False, timeout=20)
+
     def _drain(self) -> None:
-        """Delete the node's pods while the kubelet runs, so it stops their sandboxes (CNI DEL) itself."""
+        """Delete the node's pods while the kubelet runs, so it stops their sandboxes (CNI DEL) itself
+        (cordoned first, so that their controllers' new pods do not land here again)."""
         st = self.state
         if not _alive(st.kubelet_pid):
             return
+        self._kubectl("cordon", st.name, check=False, timeout=20)
         got = self._kubectl("get", "pods", "-A", f"--field-selector=spec.nodeName={st.name}", "-o", "json",
                             check=False, timeout=20)
         if got.returncode != 0:
@@ -853,4 +1209,6 @@ def down(state_dir: Path | None = None) -> bool:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["forward"]:
+        sys.exit(forward_main(sys.argv[2:]))
     build_node()

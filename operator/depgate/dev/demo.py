@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from depgate.dev import build, plane
+from depgate.dev import build, images, plane
 
 REPO = Path(__file__).resolve().parents[3]
 COLUMNS = ("custom-columns=NAMESPACE:.metadata.namespace,NAME:.metadata.name,BLOCKING:.status.blockingSummary,"
@@ -50,11 +50,55 @@ def _wait_webhook(kubectl: str, stop: threading.Event, timeout: float) -> bool:
     return False
 
 
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _real_node(kubeconfig: str) -> object | None:
+    """A real node (issue 19) for the example's pods, so that they really sit in Init:N/M while blocked and
+    run after; the kwok node is cordoned while it runs. None (kwok, as before) where it cannot run here:
+    the reason is said once."""
+    from depgate.dev import node as devnode
+
+    reason = devnode.cannot_run()
+    if reason is not None:
+        _say(f"pods run on kwok (init containers are not really run): {reason}")
+        return None
+    state = devnode.default_node_state_dir()
+    if devnode.load_node_state(state) is not None:  # a `make run` killed without its teardown
+        devnode.down(state)
+    _say("starting a real node (kubelet, containerd, kube-proxy, CoreDNS); the first run builds them "
+         "into ~/.cache/depgate, a few minutes ...")
+    t0 = time.monotonic()
+    node = devnode.RealNode(kubeconfig, state, images=images.DEMO_IMAGES, cordon=(plane.NODE_NAME,),
+                            die_with_parent=True, say=_say)
+    try:
+        node.start()
+    except (build.BuildError, devnode.NodeError) as e:  # start() has undone what it did
+        _say(f"the real node did not start ({e}); pods run on kwok")
+        return None
+    _say(f"real node {node.name} ready in {time.monotonic() - t0:.0f} s; the kwok node is cordoned")
+    return node
+
+
 def main() -> int:
+    real: object | None = None
     if os.environ.get("USE_EXISTING_CLUSTER", "").lower() != "true":
         state = plane.up()
         os.environ["KUBECONFIG"] = state.kubeconfig
         print(f"export KUBECONFIG={state.kubeconfig}   # in another shell, to look around", file=sys.stderr)
+        real = _real_node(state.kubeconfig)
+    try:
+        # the waiter image the real node holds (built from this checkout); kwok runs any image name
+        return _demo(() if real is None else (f"--waiter-image={images.WAITER_IMAGE}",))
+    finally:
+        if real is not None:
+            _say("stopping the real node (undoing its processes, mounts, bridge and rules) ...")
+            problems = real.stop()  # type: ignore[attr-defined]
+            _say("real node stopped" if not problems else f"the real node's teardown left: {problems}")
+
+
+def _demo(extra: tuple[str, ...] = ()) -> int:
     kubectl = _kubectl()
     subprocess.run([kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], check=True)
     # the operator keeps its webhook's signing key and certificate in a Secret of its own namespace
@@ -87,7 +131,7 @@ def main() -> int:
     from depgate.runner import main as run_main
 
     try:
-        return run_main(sys.argv[1:])
+        return run_main([*extra, *sys.argv[1:]])
     finally:
         stop.set()
         print("operator stopped; the plane keeps running: `make down` (or `depgate dev down`) stops it",

@@ -16,6 +16,12 @@ name annotations, `oci-layout`) from files of this machine, cached under
 - ``redis``: this machine's ``redis-server`` (Debian's redis-server, `make system-deps`) and the shared
   libraries `ldd` lists for it, on the busybox layer (so a probe or `kubectl exec` has a shell); user
   65532, no persistence (`--save '' --appendonly no`), protected mode off (it listens on the pod IP).
+- the demo's (`make run` on a real node: examples/microservices unchanged): stand-ins under the names the
+  example's manifests give, since no registry is reached. ``redis:7`` is the Redis image above;
+  ``lrakai/microservices:server-v1`` is busybox with an ``npm`` script: ``npm start`` serves HTTP on
+  8080 (busybox httpd), ``npm run await-redis`` waits until ``$REDIS_URL`` answers PING with PONG, as the
+  lesson's server does; ``counter-v1`` and ``poller-v1`` ask ``$API_URL`` every few seconds. Not the
+  lesson's Node.js programs: what the demo shows is depgate holding them, not what they compute.
 """
 
 from __future__ import annotations
@@ -302,8 +308,74 @@ def redis_image(*, say: Callable[[str], None] = _say) -> Path:
     }, say=say)
 
 
+# --- the demo's stand-ins (make run on a real node) --------------------------------------------------
+
+DEMO_REDIS_IMAGE = "docker.io/library/redis:7"
+DEMO_SERVER_IMAGE = "docker.io/lrakai/microservices:server-v1"
+DEMO_COUNTER_IMAGE = "docker.io/lrakai/microservices:counter-v1"
+DEMO_POLLER_IMAGE = "docker.io/lrakai/microservices:poller-v1"
+DEMO_NPM = r"""#!/bin/sh
+# A stand-in for the lesson's Node.js server (depgate.dev.images): `npm start`, `npm run await-redis`.
+case "$1 $2" in
+"run await-redis")
+  url=${REDIS_URL:-redis://localhost:6379}; hp=${url#redis://}; host=${hp%:*}; port=${hp##*:}
+  until printf 'PING\r\n' | nc -w 1 "$host" "$port" 2>&1 | grep -q PONG; do
+    echo "await-redis: no PONG from $url yet"; sleep 1
+  done
+  echo "await-redis: $url answered PONG";;
+"start "*)
+  echo "server: listening on :8080 (REDIS_URL=$REDIS_URL)"
+  exec httpd -f -v -p 8080 -h /srv/www;;
+*) echo "npm stand-in: only 'npm start' and 'npm run await-redis'" >&2; exit 1;;
+esac
+"""
+DEMO_CLIENT = r"""#!/bin/sh
+# A stand-in for the lesson's $1 (depgate.dev.images): asks $API_URL every 5 s.
+while :; do
+  if wget -q -T 2 -O /dev/null "$API_URL/"; then echo "$1: $API_URL answered"; else echo "$1: $API_URL did not"; fi
+  sleep 5
+done
+"""
+
+
+def demo_redis_image(*, say: Callable[[str], None] = _say) -> Path:
+    return oci_archive(DEMO_REDIS_IMAGE, redis_layer(), {
+        "Entrypoint": ["redis-server"],
+        "Cmd": ["--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no"],
+        "User": "999:999", "WorkingDir": "/data", "Env": [PATH_ENV], "ExposedPorts": {"6379/tcp": {}},
+    }, say=say)
+
+
+def demo_server_image(*, say: Callable[[str], None] = _say) -> Path:
+    layer = busybox_layer()
+    layer.texts["/usr/local/bin/npm"] = (DEMO_NPM, 0o755)
+    layer.texts["/srv/www/index.html"] = ("microservices server stand-in (depgate make run)\n", 0o644)
+    return oci_archive(DEMO_SERVER_IMAGE, layer, {
+        "Entrypoint": [], "Cmd": ["npm", "start"], "User": "1000:1000", "WorkingDir": "/",
+        "Env": [PATH_ENV], "ExposedPorts": {"8080/tcp": {}},
+    }, say=say)
+
+
+def _demo_client_image(name: str, role: str, say: Callable[[str], None]) -> Path:
+    layer = busybox_layer()
+    layer.texts["/usr/local/bin/client"] = (DEMO_CLIENT, 0o755)
+    return oci_archive(name, layer, {"Cmd": ["client", role], "User": "1000:1000", "WorkingDir": "/",
+                                     "Env": [PATH_ENV]}, say=say)
+
+
+def demo_counter_image(*, say: Callable[[str], None] = _say) -> Path:
+    return _demo_client_image(DEMO_COUNTER_IMAGE, "counter", say)
+
+
+def demo_poller_image(*, say: Callable[[str], None] = _say) -> Path:
+    return _demo_client_image(DEMO_POLLER_IMAGE, "poller", say)
+
+
 IMAGES: dict[str, Callable[..., Path]] = {"busybox": busybox_image, "pause": pause_image, "waiter": waiter_image,
-                                          "redis": redis_image, "busybox-app": busybox_app_image}
+                                          "redis": redis_image, "busybox-app": busybox_app_image,
+                                          "demo-redis": demo_redis_image, "demo-server": demo_server_image,
+                                          "demo-counter": demo_counter_image, "demo-poller": demo_poller_image}
+DEMO_IMAGES = ("busybox", "pause", "waiter", "demo-redis", "demo-server", "demo-counter", "demo-poller")
 
 
 def import_images(ctr: str, socket: Path, archives: Iterable[Path]) -> None:

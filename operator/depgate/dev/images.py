@@ -300,12 +300,16 @@ def redis_layer() -> Layer:
     return layer
 
 
-def redis_image(*, say: Callable[[str], None] = _say) -> Path:
-    return oci_archive(REDIS_IMAGE, redis_layer(), {
+def _redis_image(name: str, user: str, say: Callable[[str], None]) -> Path:
+    return oci_archive(name, redis_layer(), {
         "Entrypoint": ["redis-server"],
         "Cmd": ["--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no"],
-        "User": "65532:65532", "WorkingDir": "/data", "Env": [PATH_ENV], "ExposedPorts": {"6379/tcp": {}},
+        "User": user, "WorkingDir": "/data", "Env": [PATH_ENV], "ExposedPorts": {"6379/tcp": {}},
     }, say=say)
+
+
+def redis_image(*, say: Callable[[str], None] = _say) -> Path:
+    return _redis_image(REDIS_IMAGE, "65532:65532", say)
 
 
 # --- the demo's stand-ins (make run on a real node) --------------------------------------------------
@@ -339,11 +343,7 @@ done
 
 
 def demo_redis_image(*, say: Callable[[str], None] = _say) -> Path:
-    return oci_archive(DEMO_REDIS_IMAGE, redis_layer(), {
-        "Entrypoint": ["redis-server"],
-        "Cmd": ["--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no"],
-        "User": "999:999", "WorkingDir": "/data", "Env": [PATH_ENV], "ExposedPorts": {"6379/tcp": {}},
-    }, say=say)
+    return _redis_image(DEMO_REDIS_IMAGE, "999:999", say)  # the uid of Docker Hub's redis image
 
 
 def demo_server_image(*, say: Callable[[str], None] = _say) -> Path:

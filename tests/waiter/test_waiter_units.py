@@ -495,7 +495,8 @@ def test_api_error_messages() -> None:
     assert forbidden.reason == "Forbidden"
     assert "cannot get dependencypolicies/gate in namespace shop" in forbidden.message
     assert "system:serviceaccount:shop:default" in forbidden.message
-    assert forbidden.message.endswith("depgate grants this with Role depgate-wait-gate")
+    assert forbidden.message.endswith("depgate grants this with RoleBinding depgate-verdict-gate"
+        " of ClusterRole depgate-verdict-reader")
     long_ns = "n" * 63
     real = json.dumps(
         {
@@ -505,7 +506,8 @@ def test_api_error_messages() -> None:
         }
     ).encode()
     hinted = Failed(*_unpack(api_error(403, real, "get", long_ns, "gate"))).result.message
-    assert hinted.endswith("depgate grants this with Role depgate-wait-gate") and "stranger" in hinted
+    assert hinted.endswith("depgate grants this with RoleBinding depgate-verdict-gate"
+        " of ClusterRole depgate-verdict-reader") and "stranger" in hinted
     assert api_error(401, b"", "get", "shop", "gate").reason == "Unauthorized"
     assert api_error(404, b"", "get", "shop", "gate") == Result(
         "NotFound", "dependencypolicy shop/gate not found"

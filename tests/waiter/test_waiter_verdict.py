@@ -316,7 +316,8 @@ def test_forbidden_and_unauthorized(api: FakeApi, token: Path, code: int, reason
     assert not out.ready and out.last.reason == reason
     assert text in out.last.message
     if code == 403:
-        assert out.last.message.endswith("depgate grants this with Role depgate-wait-gate")
+        assert out.last.message.endswith("depgate grants this with RoleBinding depgate-verdict-gate"
+        " of ClusterRole depgate-verdict-reader")
         assert "system:serviceaccount:shop:default" in out.last.message
     assert len(api.gets()) >= 2  # retried: RBAC may be granted a moment later
 

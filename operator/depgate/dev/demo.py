@@ -28,9 +28,22 @@ def _table(kubectl: str, stop: threading.Event) -> None:
     while not stop.wait(1.0):
         out = subprocess.run([kubectl, "get", "dp", "-A", "-o", COLUMNS], capture_output=True, text=True,
                              check=False).stdout
+        out += _pods(kubectl)
         if out and out != last:  # print only changes (no AGE column, so time alone changes nothing)
             print("\n" + time.strftime("%H:%M:%S") + "\n" + out, file=sys.stderr, flush=True)
             last = out
+
+
+def _pods(kubectl: str) -> str:
+    """The example's pods as kubectl prints them (STATUS Init:N/M while an init container blocks), without
+    the columns that change by themselves (RESTARTS' "ago", AGE)."""
+    out = subprocess.run([kubectl, "get", "pods", "-n", "microservices"], capture_output=True, text=True,
+                         check=False).stdout
+    rows = [line.split()[:3] for line in out.splitlines() if line.strip()]
+    if len(rows) < 2:
+        return ""
+    width = max(len(r[0]) for r in rows) + 3
+    return "\n" + "".join(f"{r[0]:<{width}}{r[1]:<8}{r[2] if len(r) > 2 else ''}\n" for r in rows)
 
 
 PROBE = ('{"apiVersion": "depgate.io/v1alpha1", "kind": "DependencyPolicy", "metadata": {"name": "webhook-probe", '
@@ -98,9 +111,27 @@ def main() -> int:
             _say("real node stopped" if not problems else f"the real node's teardown left: {problems}")
 
 
+# The install's RBAC documents (manifests/): the operator runs here as the plane's admin, but the pods it
+# gates read their policy's verdicts through the ClusterRole depgate-verdict-reader it binds for them,
+# which exists only where manifests/ was applied.
+RBAC_KINDS = frozenset({"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"})
+
+
+def _apply_rbac(kubectl: str) -> None:
+    import yaml
+
+    rendered = subprocess.run([kubectl, "kustomize", str(REPO / "manifests")], check=True, capture_output=True,
+                              text=True).stdout
+    rbac = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") in RBAC_KINDS]
+    subprocess.run([kubectl, "apply", "--server-side", "-f", "-"], input=yaml.safe_dump_all(rbac), text=True,
+                   check=True, stdout=subprocess.DEVNULL)
+
+
 def _demo(extra: tuple[str, ...] = ()) -> int:
     kubectl = _kubectl()
     subprocess.run([kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], check=True)
+    _apply_rbac(kubectl)
     # the operator keeps its webhook's signing key and certificate in a Secret of its own namespace
     subprocess.run([kubectl, "create", "namespace", "depgate-system"], capture_output=True, check=False)
     plane.wait_crd_served(kubectl, os.environ.get("KUBECONFIG"), "crd/dependencypolicies.depgate.io")

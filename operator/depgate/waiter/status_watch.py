@@ -133,7 +133,7 @@ def api_error(code: int, body: bytes | Mapping[str, Any], verb: str, namespace: 
         )
     if code == 403:
         head = f"the ServiceAccount cannot {verb} {PLURAL}/{policy} in namespace {namespace}"
-        hint = f"; depgate grants this with Role depgate-wait-{policy}"
+        hint = f"; depgate grants this with RoleBinding depgate-verdict-{policy} of ClusterRole depgate-verdict-reader"
         detail = clean(detail, max(40, MAX_MESSAGE - len(head) - len(hint) - 2))  # the hint must survive
         return Result("Forbidden", clean(f"{head}{': ' + detail if detail else ''}{hint}"))
     if code == 404:

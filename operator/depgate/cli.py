@@ -21,6 +21,14 @@ commands:
 """
 
 
+def without_kubernetes_client() -> None:
+    """Keep the `kubernetes` client out of this process. Kopf imports it whenever it is installed (to
+    recognise that client's objects, which depgate never hands it); the operator talks to the API
+    through depgate.kube alone, and the client's generated models would cost 35 MiB of its RSS. The
+    kubectl plugin and `depgate graph` still use the client, in their own processes."""
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -32,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return wait_main(rest)
     if command == "run":
+        without_kubernetes_client()
         from depgate.runner import main as run_main
 
         return run_main(rest)

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp.web
 import kopf
 
-from depgate import admission, authority, gates, lease, metrics, plan, registry, spec, tls, webhook
+from depgate import admission, authority, gates, kubeconfig, lease, metrics, plan, registry, spec, tls, webhook
 from depgate.constants import AUTHOR_SIGNATURE_ANNOTATION, FINALIZER, GROUP, WEBHOOK_SECRET
 from depgate.controller import Outcome, Reconciler
 from depgate.echo import Echoes
@@ -417,18 +417,18 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.login(errors=kopf.ErrorsMode.IGNORED)
 def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
-    """Kopf's credentials, from the kubeconfig (or in-cluster config) depgate's own client reads:
-    --kubeconfig is handed over here, not through the environment. Read again on each re-login
-    (Kopf's own login with the kubernetes client does the same), as are refreshed tokens."""
-    c = Kube.from_environment(current().settings.kubeconfig).api.configuration
-    header = c.get_api_key_with_prefix("BearerToken") or c.get_api_key_with_prefix("authorization") or ""
-    first, space, rest = header.partition(" ")  # "Bearer <token>", or the token alone (RFC 7235)
-    scheme, token = (first, rest) if space else ("", first)
+    """Kopf's credentials, from what depgate's own client reads (depgate.kubeconfig: the in-cluster
+    ServiceAccount or the kubeconfig): --kubeconfig is handed over here, not through the environment.
+    Read again on each re-login (Kopf re-logs in on a 401, and when an exec credential expires), so a
+    rotated token or a renewed credential reaches Kopf too."""
+    c = kubeconfig.load(current().settings.kubeconfig)
+    token = c.bearer()
     return kopf.ConnectionInfo(
-        server=c.host, ca_path=c.ssl_ca_cert, insecure=not c.verify_ssl,
-        username=c.username or None, password=c.password or None,
-        scheme=scheme or None, token=token or None,
+        server=c.server, ca_path=c.ca_file, ca_data=c.ca_data, insecure=c.insecure,
+        username=None if token else c.username, password=None if token else c.password,
+        scheme="Bearer" if token else None, token=token,
         certificate_path=c.cert_file, private_key_path=c.key_file,
+        default_namespace=c.namespace, expiration=c.expiration(),
         trust_env=settings.networking.trust_env,
     )
 

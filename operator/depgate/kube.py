@@ -1,4 +1,5 @@
-"""The one adapter that talks to the Kubernetes API (through the official `kubernetes` client).
+"""The one adapter that talks to the Kubernetes API: urllib3 for requests, aiohttp for watches, credentials
+from depgate.kubeconfig (what kubectl reads).
 
 Everything here is I/O and nothing else: the decisions live in the pure modules, of which it imports
 none (only the vocabulary, depgate.constants, and the table of kinds, depgate.registry). Objects go
@@ -16,22 +17,32 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import urllib3
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
+from depgate import kubeconfig
 from depgate.constants import FIELD_MANAGER, REQUEST_TIMEOUT_SECONDS
 from depgate.registry import API_KINDS, DEPENDENCY_POLICY
 
 log = logging.getLogger("depgate.kube")
 
 EVENT_COMPONENT = "depgate"  # the source of the Events depgate posts
+USER_AGENT = "depgate"
+# Pooled connections per host: as many as the reconcile threads and the webhook use at once (more are
+# opened when needed, and closed after use).
+POOL_MAXSIZE = 16
 
 
 
-ApiError = ApiException  # any other error answer of the API server; describe() says it for a status
+class ApiError(Exception):
+    """Any other error answer of the API server (describe() says it for a status): its HTTP status,
+    reason phrase and body as the server sent them."""
+
+    def __init__(self, status: int | None = None, reason: str | None = None, body: str | None = None) -> None:
+        self.status, self.reason, self.body = status, reason, body
+        super().__init__(f"({status}) Reason: {reason}")
 
 
 class Gone(Exception):
@@ -85,8 +96,9 @@ _REVIEWS = ("subjectaccessreviews", "selfsubjectreviews", "selfsubjectaccessrevi
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient, request_timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
-        self.api = api_client
+    def __init__(self, connection: kubeconfig.Connection,
+                 request_timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+        self.connection = connection
         self.request_timeout = request_timeout  # every request and list; a watch has its own bounds
         self._dyn_lock = threading.Lock()
         self._plurals: dict[tuple[str, str], str] = {}
@@ -94,41 +106,54 @@ class Kube:
         # The leader's fence (depgate.lease.Elector.write_budget): how long a write sent now may take; 0 or less
         # refuses it (NotLeader). None: no fence (the lease's own writes, the webhook's setup, a test's client).
         self.fence: Callable[[], float] | None = None
+        c = connection
+        pool_args: dict[str, Any] = {
+            "maxsize": POOL_MAXSIZE, "ssl_context": self._ssl_context(),
+            "cert_reqs": "CERT_NONE" if c.insecure else "CERT_REQUIRED",
+            **({"assert_hostname": False} if c.insecure else {}),
+            **({"server_hostname": c.tls_server_name} if c.tls_server_name else {}),
+        }
+        self.pool: urllib3.PoolManager = (urllib3.ProxyManager(c.proxy, **pool_args) if c.proxy
+                                          else urllib3.PoolManager(**pool_args))
 
     @classmethod
-    def from_environment(cls, kubeconfig: str | None = None,
+    def from_environment(cls, kubeconfig_path: str | None = None,
                          request_timeout: float = REQUEST_TIMEOUT_SECONDS) -> Kube:
-        if kubeconfig is None:
-            try:
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
-                return cls(client.ApiClient(), request_timeout)
-            except config.ConfigException:
-                pass
-        return cls(config.new_client_from_config(config_file=kubeconfig), request_timeout)  # type: ignore[no-untyped-call]
+        """The in-cluster ServiceAccount, or the kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config)."""
+        return cls(kubeconfig.load(kubeconfig_path), request_timeout)
 
     # ------------------------------------------------------------------ raw calls
 
+    def url(self, path: str, query: Iterable[tuple[str, str]] = ()) -> str:
+        q = urlencode(list(query))
+        return f"{self.connection.server}{path}{'?' + q if q else ''}"
+
     def request(self, method: str, path: str, *, query: Iterable[tuple[str, str]] = (), body: Any = None,
-                content_type: str = "application/json", timeout: float | tuple[float, float] | None = None) -> Any:
-        """One HTTP request through the client's auth and TLS settings; the raw, unread response."""
-        m, url, headers, _, _ = self.api.param_serialize(
-            method, path, query_params=list(query),
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        # The client serialises dicts and lists as JSON itself (JSON is YAML, for apply patches too).
+                content_type: str = "application/json",
+                timeout: float | tuple[float, float] | None = None) -> urllib3.BaseHTTPResponse:
+        """One HTTP request with the connection's credentials and TLS settings; the response, read."""
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **self.connection.auth_headers()}
+        data: bytes | None = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            # dicts and lists as JSON (JSON is YAML, for apply patches too)
+            data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+        if isinstance(timeout, tuple):
+            bound = urllib3.Timeout(connect=timeout[0], read=timeout[1])
+        else:
+            bound = urllib3.Timeout(total=timeout)
         try:
-            return self.api.call_api(m, url, headers, body, _request_timeout=timeout)
+            return self.pool.request(method, self.url(path, query), body=data, headers=headers, timeout=bound)
         except (urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError):
             # A connection that went silent (a black-holed route, a stuck proxy) is seldom alone: the
             # pool's other idle connections took the same path. Drop them all, so that the retry
             # opens a new one instead of waiting out a timeout on each.
-            self.api.rest_client.pool_manager.clear()
+            self.pool.clear()
             raise
 
     def _call(self, method: str, path: str, *, query: Iterable[tuple[str, str]] = (), body: Any = None,
               content_type: str = "application/json", timeout: float | None = None) -> Any:
-        """A request whose JSON answer is returned; None on 404; ApiException on any other error."""
+        """A request whose JSON answer is returned; None on 404; ApiError on any other error."""
         timeout = self.request_timeout if timeout is None else min(timeout, self.request_timeout)
         if self.fence is not None and method != "GET" and not path.endswith(_REVIEWS):
             budget = self.fence()
@@ -136,7 +161,7 @@ class Kube:
                 raise NotLeader(f"{method} {path}: this replica is not the leader (or its renew deadline passed)")
             timeout = min(timeout, budget)
         resp = self.request(method, path, query=query, body=body, content_type=content_type, timeout=timeout)
-        raw = resp.read()
+        raw = resp.data
         if resp.status == 404:
             return None
         if resp.status == 403 and b"NamespaceTerminating" in raw:
@@ -154,7 +179,7 @@ class Kube:
                 message = path
             raise Rejected(message)
         if resp.status >= 400:
-            raise ApiException(status=resp.status, reason=resp.reason, body=raw.decode(errors="replace"))
+            raise ApiError(status=resp.status, reason=resp.reason, body=raw.decode(errors="replace"))
         return json.loads(raw) if raw else None
 
     def path(self, api_version: str, kind: str, namespace: str | None, name: str | None = None,
@@ -219,7 +244,7 @@ class Kube:
         try:
             out = self._call("PATCH", self.path(body["apiVersion"], body["kind"], md.get("namespace"), md["name"]),
                              query=q, body=body, content_type="application/apply-patch+yaml")
-        except ApiException as e:
+        except ApiError as e:
             if e.status == 409:
                 raise Changed(f"{body['kind']} {md['name']} changed meanwhile") from e
             raise
@@ -234,7 +259,7 @@ class Kube:
         try:
             out = self._call("PATCH", path, body=patch, content_type="application/json-patch+json")
             return dict(out) if out is not None else None
-        except ApiException as e:
+        except ApiError as e:
             if e.status in (404, 409, 422) and "not found" in str(e.body).lower():
                 return None
             raise
@@ -265,7 +290,7 @@ class Kube:
             self._call("POST", f"/api/v1/namespaces/{md.get('namespace')}/events", body=ev)
         except NamespaceTerminating:
             return
-        except ApiException as e:  # events are best effort
+        except ApiError as e:  # events are best effort
             log.warning("could not post event %s on %s: %s", reason, md.get("name"), e.reason)
 
     def json_patch(self, api_version: str, kind: str, namespace: str | None, name: str,
@@ -276,7 +301,7 @@ class Kube:
                              content_type="application/json-patch+json")
         except Rejected as e:  # a failed `test` op (the object changed meanwhile)
             raise Changed(f"{kind} {name}: {e}") from e
-        except ApiException as e:
+        except ApiError as e:
             if e.status == 409:
                 raise Changed(f"{kind} {name}: {e.reason}") from e
             raise
@@ -302,7 +327,7 @@ class Kube:
         try:
             out = self._call("POST", self.path(body["apiVersion"], body["kind"], md.get("namespace")),
                              body=dict(body), timeout=timeout)
-        except ApiException as e:
+        except ApiError as e:
             if e.status == 409:
                 return None
             raise
@@ -315,7 +340,7 @@ class Kube:
         try:
             out = self._call("PUT", self.path(body["apiVersion"], body["kind"], md.get("namespace"), md["name"]),
                              body=dict(body), timeout=timeout)
-        except ApiException as e:
+        except ApiError as e:
             if e.status == 409:
                 raise Changed(f"{body['kind']} {md['name']} changed meanwhile") from e
             raise
@@ -327,7 +352,7 @@ class Kube:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}}
         try:
             out = self._call("DELETE", self.path(api_version, kind, namespace, name), body=body)
-        except ApiException as e:
+        except ApiError as e:
             if e.status == 409:
                 raise Changed(f"{kind} {name}: {e.reason}") from e
             raise
@@ -344,16 +369,15 @@ class Kube:
             self._plurals.pop((api_version, kind), None)
 
     def _ssl_context(self) -> ssl.SSLContext:
-        """The TLS settings of the client's configuration (CA, client certificate, verification)."""
-        c = self.api.configuration
-        ctx = ssl.create_default_context(cafile=c.ssl_ca_cert or None, cadata=c.ca_cert_data or None)
+        """The connection's TLS settings (CA, client certificate, verification), for requests and watches."""
+        c = self.connection
+        ctx = ssl.create_default_context(cafile=c.ca_file or None,
+                                         cadata=c.ca_data.decode() if c.ca_data else None)
         if c.cert_file:
             ctx.load_cert_chain(c.cert_file, c.key_file or None)
-        if not c.verify_ssl:
+        if c.insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        elif c.assert_hostname is False:
-            ctx.check_hostname = False
         return ctx
 
     def _session(self) -> aiohttp.ClientSession:
@@ -370,14 +394,12 @@ class Kube:
 
     def _signed(self, path: str, query: Iterable[tuple[str, str]],
                 accept: str = "application/json") -> tuple[str, dict[str, str]]:
-        """URL and headers (the client's authentication, refreshed tokens included) of a GET."""
-        _, url, headers, _, _ = self.api.param_serialize(
-            "GET", path, query_params=list(query), header_params={"Accept": accept},
-            auth_settings=["BearerToken"])
-        return url, dict(headers)
+        """URL and headers (the connection's authentication, refreshed tokens included) of a GET."""
+        return self.url(path, query), {"Accept": accept, "User-Agent": USER_AGENT,
+                                       **self.connection.auth_headers()}
 
     def _request_kwargs(self) -> dict[str, Any]:
-        c = self.api.configuration
+        c = self.connection
         kw: dict[str, Any] = {}
         if c.tls_server_name:
             kw["server_hostname"] = c.tls_server_name
@@ -397,7 +419,7 @@ class Kube:
             return LookupError(f"{path}: not found ({message})")
         if status == 410:
             return _Expired(message)
-        return ApiException(status=status, reason=message, body=raw.decode(errors="replace"))
+        return ApiError(status=status, reason=message, body=raw.decode(errors="replace"))
 
     async def _list(self, path: str, query: list[tuple[str, str]], accept: str,
                     on_item: Callable[[dict[str, Any]], None]) -> str:
@@ -525,7 +547,7 @@ class Kube:
                 await asyncio.sleep(delay)
             except Exception as e:  # API server restarts, refused connections, 5xx: try again from rv
                 log.debug("watch of %s: %s: %s", what, type(e).__name__, e)
-                if isinstance(e, ApiException | ValueError):  # an error answer, or a list we could not read
+                if isinstance(e, ApiError | ValueError):  # an error answer, or a list we could not read
                     rv, gap = None, True
                 delay = min(10.0, max(0.5, delay * 2))
                 await asyncio.sleep(delay)

@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 from fakekube import FakeKube
-from kubernetes.client.exceptions import ApiException
 
 from depgate import plan, registry, render, spec
 from depgate.constants import APPLIED_HASH_ANNOTATION, POLICY_ANNOTATION
 from depgate.controller import Outcome, Reconciler, ReleaseFailed
-from depgate.kube import Forbidden, Kube, Rejected
+from depgate.kube import ApiError, Forbidden, Kube, Rejected
 
 NS = "shop"
 CONFIG = render.RenderConfig(waiter_image="depgate/depgate:test")
@@ -249,7 +248,7 @@ def test_a_deployment_the_api_server_refuses_stalls_as_refused() -> None:
 
 def test_any_other_api_error_is_said_with_its_reason_and_tried_again_later() -> None:
     kube = world(deployment(), policy())
-    kube.fail("apply", ApiException(status=500, reason="Internal Server Error",
+    kube.fail("apply", ApiError(status=500, reason="Internal Server Error",
                                     body='{"reason": "InternalError", "message": "a webhook failed"}'))
     out = reconcile(kube)
     status, reason, message = condition(kube, "Applied")

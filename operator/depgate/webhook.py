@@ -176,7 +176,7 @@ def load_keys(kube: Kube, namespace: str, names: list[str]) -> Keys:
     for _ in range(5):
         secret = kube.get("v1", "Secret", namespace, WEBHOOK_SECRET)
         if secret is None:
-            cert, key = tls.make_certificate(names)
+            cert, key = tls.make_certificate_apart(names)
             labels = {"app.kubernetes.io/name": "depgate", "app.kubernetes.io/part-of": "depgate"}
             body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": WEBHOOK_SECRET, "namespace": namespace, "labels": labels},
@@ -192,8 +192,8 @@ def load_keys(kube: Kube, namespace: str, names: list[str]) -> Keys:
         signing, cert, key = _unb64(data.get("signing.key")), _unb64(data.get("tls.crt")), _unb64(data.get("tls.key"))
         if len(signing) < 32:
             raise RuntimeError(f"Secret {namespace}/{WEBHOOK_SECRET} has no usable signing.key")
-        if not tls.usable(cert, names) or not key:
-            cert, key = tls.make_certificate(names)
+        if not tls.usable_apart(cert, names) or not key:
+            cert, key = tls.make_certificate_apart(names)
             ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": secret["metadata"]["resourceVersion"]},
                    {"op": "add", "path": "/data/tls.crt", "value": _b64(cert)},
                    {"op": "add", "path": "/data/tls.key", "value": _b64(key)}]

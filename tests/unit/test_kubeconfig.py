@@ -178,15 +178,17 @@ def test_in_cluster_reads_the_mounted_service_account(tmp_path, monkeypatch):
     assert other.bearer() == "mine"
 
 
-def test_the_operator_process_never_loads_the_kubernetes_client():
-    """Kopf would import it when installed (35 MiB of generated models); `depgate run` keeps it out."""
+def test_the_operator_process_never_loads_the_kubernetes_client_nor_cryptography():
+    """Kopf would import the client when installed (35 MiB of generated models); `depgate run` keeps it
+    out. cryptography (8.6 MiB) runs in a child process (depgate.tls)."""
     code = textwrap.dedent("""\
         import sys
         from depgate import cli
         cli.without_kubernetes_client()
         import kopf, depgate.runner, depgate.handlers
         from kopf._cogs.helpers import thirdparty
-        loaded = sorted(m for m, v in sys.modules.items() if m.split(".")[0] == "kubernetes" and v is not None)
+        loaded = sorted(m for m, v in sys.modules.items()
+                        if m.split(".")[0] in ("kubernetes", "cryptography") and v is not None)
         print(loaded, thirdparty.V1ObjectMetaSync)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)

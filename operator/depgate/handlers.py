@@ -94,6 +94,7 @@ class Operator:
         self._scoped = -1  # the wiring's scope_version the streams follow
         self._rescope_due = False
         self.authors: dict[Key, str | None] = {}  # each policy's author signature, as last seen
+        self._trusted_in: dict[str, tuple[int, Gate, tuple[Any, ...]]] = {}  # namespace_policies' answers
         self.gate: Gate | None = None  # the author's rights; set up at startup (start_admission)
         self.gate_problem = "depgate's admission webhook has not started yet"
         self.pod_gates = PodGates(self)  # depgate.gates: the pods at depgate's scheduling gate
@@ -178,13 +179,24 @@ class Operator:
     def namespace_policies(self, namespace: str) -> list[Any]:
         """From a reconcile's thread: the valid policies of a namespace whose author verifies (plan.rivals:
         an untrusted workloadRef must not make a selector policy leave a Deployment ungated)."""
+        changes = self.wiring.namespace_changes(namespace)  # read first: a change meanwhile moves it again
         pols = self.wiring.policies_in(namespace)
         if self.settings.authority != "enforce":
             return pols
         gate = self.gate
         if gate is None:
             return []
-        return [p for p in pols if gate.trusted(self.wiring.policies.get((namespace, p.name)) or {})]
+        # Remembered until a copy of the namespace changes: each reconcile and each workload admission asks,
+        # and checking every policy of a namespace of N on each made a burst of N policies cost N².
+        memo = self._trusted_in.get(namespace)
+        if memo is not None and memo[0] == changes and memo[1] is gate:
+            return list(memo[2])
+        trusted = [p for p in pols if gate.trusted(self.wiring.policies.get((namespace, p.name)) or {})]
+        if trusted:
+            self._trusted_in[namespace] = (changes, gate, tuple(trusted))
+        else:  # nothing kept for a namespace without trusted policies
+            self._trusted_in.pop(namespace, None)
+        return trusted
 
     def reconciler(self) -> Reconciler:
         if self._reconciler is None:

@@ -359,6 +359,10 @@ class Wiring:
     dirty: dict[Key, asyncio.Event] = field(default_factory=dict)  # a running worker's flag
     policies: dict[Key, Mapping[str, Any]] = field(default_factory=dict)  # the newest copy of each
     parsed: dict[Key, spec.Policy] = field(default_factory=dict)  # of that copy, when its spec is valid
+    # the same by namespace, and a count of the changes of each namespace's copies (Operator.namespace_policies
+    # remembers its answer until it moves): a reconcile's look at its namespace costs that namespace only
+    parsed_in: dict[str, dict[Key, spec.Policy]] = field(default_factory=dict)
+    changes_in: dict[str, int] = field(default_factory=dict)
     deps: dict[Key, set[ObjectKey]] = field(default_factory=dict)
     by_dep: dict[ObjectKey, set[Key]] = field(default_factory=lambda: defaultdict(set))
     targets: dict[Key, set[TargetKey]] = field(default_factory=dict)
@@ -471,7 +475,7 @@ class Wiring:
         self.set_refs(key, None)
         self.selectors.pop(key, None)
         self.policies.pop(key, None)
-        self.parsed.pop(key, None)
+        self._parsed(key, None)
         self.dirty.pop(key, None)
         self.started.pop(key, None)
         self.causes.pop(key, None)
@@ -596,7 +600,25 @@ class Wiring:
     def policies_in(self, namespace: str) -> list[spec.Policy]:
         """The valid policies of a namespace, for plan.rivals (who else targets a Deployment). Called
         from reconciles' threads: it iterates over a copy."""
-        return [p for (ns, _), p in list(self.parsed.items()) if ns == namespace]
+        return list((self.parsed_in.get(namespace) or {}).values())
+
+    def namespace_changes(self, namespace: str) -> int:
+        """How many times a policy copy of the namespace was learnt or dropped (a token that moves on any change)."""
+        return self.changes_in.get(namespace, 0)
+
+    def _parsed(self, key: Key, pol: spec.Policy | None) -> None:
+        ns = key[0]
+        self.changes_in[ns] = self.changes_in.get(ns, 0) + 1
+        if pol is None:
+            self.parsed.pop(key, None)
+            inner = self.parsed_in.get(ns)
+            if inner is not None:
+                inner.pop(key, None)
+                if not inner:
+                    del self.parsed_in[ns]
+            return
+        self.parsed[key] = pol
+        self.parsed_in.setdefault(ns, {})[key] = pol
 
     def _learn(self, key: Key, obj: Mapping[str, Any]) -> None:
         """Keep `obj` as the policy's newest copy, and what its spec names."""
@@ -604,11 +626,11 @@ class Wiring:
         try:
             pol = spec.parse_policy(obj)
         except spec.SpecError:
-            self.parsed.pop(key, None)
+            self._parsed(key, None)
             self.set_deps(key, set())
             self._rescope(key)
             return
-        self.parsed[key] = pol
+        self._parsed(key, pol)
         self.set_deps(key, watched_objects(pol, key[0]))
         if isinstance(pol.target, spec.Selector):
             self.selectors[key] = pol.target

@@ -282,3 +282,29 @@ def test_admission_refuses_the_requester_lacking_a_right_and_checks_fresh():
     reviews = kube.reviews
     assert gate.admit("UPDATE", alice_signed, copy.deepcopy(alice_signed), {"username": "mallory"}, []) is None
     assert kube.reviews == reviews
+
+
+def test_a_namespaces_trusted_policies_are_remembered_until_one_of_its_policies_changes(monkeypatch):
+    from depgate import handlers
+    from depgate.settings import Settings
+
+    op = handlers.Operator(Settings())
+    op.gate = webhook.Gate(None, KEY, OPERATOR)  # type: ignore[arg-type]
+    good = signed(SPEC, ALICE)
+    ns, name = good["metadata"]["namespace"], good["metadata"]["name"]
+    op.wiring.policy_seen((ns, name), good)
+    calls = []
+    real = webhook.Gate.trusted
+    monkeypatch.setattr(webhook.Gate, "trusted", lambda self, o: calls.append(1) or real(self, o))
+    assert [p.name for p in op.namespace_policies(ns)] == [name]
+    assert [p.name for p in op.namespace_policies(ns)] == [name] and len(calls) == 1  # the second from memory
+    edited = copy.deepcopy(good)
+    edited["metadata"]["generation"] = 2  # changed without the webhook: its signature no longer verifies
+    op.wiring.policy_seen((ns, name), edited)
+    assert op.namespace_policies(ns) == [] and len(calls) == 2
+    op.wiring.policy_seen((ns, name), signed(SPEC, ALICE, generation=3))
+    assert [p.name for p in op.namespace_policies(ns)] == [name]
+    other = copy.deepcopy(good)
+    other["metadata"]["namespace"] = "team-c"  # signed for team-b: never trusted in another namespace
+    op.wiring.policy_seen(("team-c", name), other)
+    assert op.namespace_policies("team-c") == []

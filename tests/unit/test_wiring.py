@@ -655,6 +655,23 @@ def test_policies_in_a_namespace_are_the_valid_ones_for_the_precedence_rule() ->
     assert [p.name for p in w.policies_in(NS)] == ["a"]
 
 
+def test_a_namespaces_policies_are_indexed_by_namespace_and_each_change_moves_its_count() -> None:
+    w = wiring()
+    seen(w, policy("a"), policy("b", ns="other"))
+    assert [p.name for p in w.policies_in("other")] == ["b"] and w.policies_in("nowhere") == []
+    before, other = w.namespace_changes(NS), w.namespace_changes("other")
+    seen(w, policy("c"))
+    assert w.namespace_changes(NS) > before and w.namespace_changes("other") == other  # only its own moves
+    assert sorted(p.name for p in w.policies_in(NS)) == ["a", "c"]
+    now = w.namespace_changes(NS)
+    seen(w, policy("c", target={"selector": {}}))  # an edit that makes it invalid drops it, and moves the count
+    assert [p.name for p in w.policies_in(NS)] == ["a"] and w.namespace_changes(NS) > now
+    now = w.namespace_changes(NS)
+    w.forget((NS, "a"))
+    assert w.policies_in(NS) == [] and w.namespace_changes(NS) > now
+    assert NS not in w.parsed_in  # an emptied namespace keeps no index entry
+
+
 def test_a_workloads_claim_is_kept_for_the_cycle_graph_and_its_change_changes_the_graph() -> None:
     w = wiring()
     body = {"metadata": {"labels": {"a": "1"}, "annotations": {POLICY_ANNOTATION: "p"}}}

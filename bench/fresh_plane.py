@@ -30,7 +30,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.conftest import (  # noqa: E402
-    RBAC_KINDS,
     Plane,
     operator_token_kubeconfig,
     start_operator,
@@ -73,11 +72,8 @@ def one_round(i: int, tmp: Path, as_sa: bool) -> dict[str, Any]:
         steps["crd_established"] = time.monotonic() - t0
         kubeconfig = st.kubeconfig
         if as_sa:  # as the suite runs it: the manifests' ServiceAccount, its RBAC aggregated by kcm
-            import yaml
-
             rendered = p.run_kubectl("kustomize", str(REPO / "manifests")).stdout
-            rbac = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") in RBAC_KINDS]
-            p.run_kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(rbac))
+            p.run_kubectl("apply", "--server-side", "-f", "-", input=devplane.rbac_documents(rendered))
             wait_aggregated(p)
             kubeconfig = str(operator_token_kubeconfig(p, tmp))
             steps["rbac"] = time.monotonic() - t0

@@ -302,11 +302,9 @@ def stop_operator(op: Operator) -> None:
 
 
 OPERATOR_NS = "depgate-system"
-# What the session's operator needs from manifests/ before it starts. Not the webhook configurations:
-# start_operator creates them (as the plane's admin, pointing at the operator it starts), so that they
-# exist only while an operator serves them (their failurePolicy is Fail).
-RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-              "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+# What the session's operator needs from manifests/ before it starts is depgate.dev.plane.RBAC_KINDS. Not
+# the webhook configurations: start_operator creates them (as the plane's admin, pointing at the operator
+# it starts), so that they exist only while an operator serves them (their failurePolicy is Fail).
 
 
 def wait_aggregated(plane: Plane) -> None:
@@ -348,13 +346,12 @@ def operator_kubeconfig(plane: Plane, crds: list[str], tmp_path_factory) -> str:
     """The identity the operator runs as: the ServiceAccount of manifests/, with exactly the RBAC the
     manifests grant (a TokenRequest token), never admin — so every feature test proves the
     ClusterRole sufficient. DEPGATE_TEST_AS_ADMIN=true runs it as admin instead (for debugging)."""
-    import yaml
+    from depgate.dev.plane import rbac_documents
 
     if os.environ.get("DEPGATE_TEST_AS_ADMIN", "").lower() == "true":
         return plane.kubeconfig
     rendered = plane.run_kubectl("kustomize", str(REPO / "manifests")).stdout
-    rbac = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") in RBAC_KINDS]
-    plane.run_kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(rbac))
+    plane.run_kubectl("apply", "--server-side", "-f", "-", input=rbac_documents(rendered))
     if plane.pods:  # aggregation is kube-controller-manager's work
         wait_aggregated(plane)
     return str(operator_token_kubeconfig(plane, tmp_path_factory.mktemp("identity")))

@@ -111,20 +111,12 @@ def main() -> int:
             _say("real node stopped" if not problems else f"the real node's teardown left: {problems}")
 
 
-# The install's RBAC documents (manifests/): the operator runs here as the plane's admin, but the pods it
-# gates read their policy's verdicts through the ClusterRole depgate-verdict-reader it binds for them,
-# which exists only where manifests/ was applied.
-RBAC_KINDS = frozenset({"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-                        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"})
-
-
 def _apply_rbac(kubectl: str) -> None:
-    import yaml
-
+    """The install's RBAC (plane.RBAC_KINDS): the operator runs here as the plane's admin, but the pods it
+    gates read their policy's verdicts through the ClusterRole depgate-verdict-reader it binds for them."""
     rendered = subprocess.run([kubectl, "kustomize", str(REPO / "manifests")], check=True, capture_output=True,
                               text=True).stdout
-    rbac = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") in RBAC_KINDS]
-    subprocess.run([kubectl, "apply", "--server-side", "-f", "-"], input=yaml.safe_dump_all(rbac), text=True,
+    subprocess.run([kubectl, "apply", "--server-side", "-f", "-"], input=plane.rbac_documents(rendered), text=True,
                    check=True, stdout=subprocess.DEVNULL)
 
 

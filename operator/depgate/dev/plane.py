@@ -58,6 +58,21 @@ class PlaneState:
     die_with_parent: bool = False  # the processes stop when the process that started them dies
 
 
+# What the operator's rights are made of in manifests/ (as `kubectl kustomize manifests/` renders it): its
+# namespace and ServiceAccount, the roles and bindings (the ClusterRole depgate-verdict-reader that the
+# gated pods read their verdicts through included), and the admission policies that bound them. Not the
+# Deployment nor the webhook configurations: those are whoever runs the operator's to make.
+RBAC_KINDS = frozenset({"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"})
+
+
+def rbac_documents(rendered: str) -> str:
+    """The RBAC_KINDS documents of a rendered manifests/ stream, as one YAML stream to apply."""
+    import yaml
+
+    return yaml.safe_dump_all([d for d in yaml.safe_load_all(rendered) if d and d.get("kind") in RBAC_KINDS])
+
+
 def default_state_dir() -> Path:
     return Path(os.environ.get("DEPGATE_DEV_DIR") or build.cache_root() / "dev")
 

@@ -70,7 +70,7 @@ class Reconciler:
                  claim_custom: ClaimCustom | None = None,
                  authorize: Callable[[Mapping[str, Any], spec.Policy], str | None] | None = None,
                  protected: frozenset[str] = frozenset(),
-                 namespace_policies: Callable[[str], Sequence[spec.Policy]] | None = None,
+                 namespace_policies: Callable[[str, Sequence[Mapping[str, Any]]], Sequence[spec.Policy]] | None = None,
                  operator_namespace: str = verdicts.DEFAULT_OPERATOR_NAMESPACE,
                  has_no_pods: Callable[[str, str, str], bool] | None = None,
                  cached: Callable[[str, str, str], tuple[bool, dict[str, Any] | None]] | None = None,
@@ -83,7 +83,8 @@ class Reconciler:
         # (namespace, kind, name) -> the operator's pod stream there knows of no pod of that workload: no list
         self.has_no_pods = has_no_pods
         self.protected = protected  # namespaces where a policy changes nothing (plan.Live.protected)
-        # the other (trusted, valid) policies of a namespace, for plan.rivals; default: listed live
+        # (namespace, workloads) -> the other (trusted, valid) policies there that may target one of those
+        # workloads (a superset: plan.rivals decides), for plan.rivals; default: the namespace's, listed live
         self.namespace_policies = namespace_policies or self._policies_live
         self.operator_namespace = operator_namespace
         self.authorize = authorize
@@ -95,7 +96,7 @@ class Reconciler:
     def _policy_exists_live(self, namespace: str, name: str) -> bool:
         return self.kube.get(spec.API_VERSION, spec.KIND, namespace, name) is not None
 
-    def _policies_live(self, namespace: str) -> list[spec.Policy]:
+    def _policies_live(self, namespace: str, workloads: Sequence[Mapping[str, Any]] = ()) -> list[spec.Policy]:
         out = []
         for obj in self.kube.items(spec.API_VERSION, spec.KIND, namespace):
             try:
@@ -170,7 +171,7 @@ class Reconciler:
         exists = {c: self.policy_exists(ns, c) for c in sorted(plan.claimants(policy, found))}
         if ns in self.protected:  # nothing is written there: who else targets what does not matter
             return plan.Live(found, prior_targets, exists, protected=self.protected)
-        rivals = plan.rivals(policy, found, self.namespace_policies(ns)) if found else {}
+        rivals = plan.rivals(policy, found, self.namespace_policies(ns, found)) if found else {}
         return plan.Live(found, prior_targets, exists, rivals=rivals, protected=self.protected)
 
     def _apply_target(self, policy: spec.Policy, target: plan.TargetWrite, done: plan.Progress, out: Outcome) -> None:

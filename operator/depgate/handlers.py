@@ -176,9 +176,19 @@ class Operator:
             return f"depgate cannot check the author's rights: {self.gate_problem}"
         return self.gate.authorize(obj, policy)
 
-    def namespace_policies(self, namespace: str) -> list[Any]:
+    def namespace_policies(self, namespace: str, workloads: Sequence[Mapping[str, Any]] | None = None) -> list[Any]:
         """From a reconcile's thread: the valid policies of a namespace whose author verifies (plan.rivals:
-        an untrusted workloadRef must not make a selector policy leave a Deployment ungated)."""
+        an untrusted workloadRef must not make a selector policy leave a Deployment ungated). Given the
+        `workloads` in question, only those that can target one of them (Wiring.rivals_of): what a
+        reconcile and a workload's admission ask, at a cost that does not grow with the namespace."""
+        if workloads is not None:
+            pols = self.wiring.rivals_of(namespace, workloads)
+            if self.settings.authority != "enforce":
+                return pols
+            gate = self.gate
+            if gate is None:
+                return []
+            return [p for p in pols if gate.trusted(self.wiring.policies.get((namespace, p.name)) or {})]
         changes = self.wiring.namespace_changes(namespace)  # read first: a change meanwhile moves it again
         pols = self.wiring.policies_in(namespace)
         if self.settings.authority != "enforce":
@@ -186,8 +196,8 @@ class Operator:
         gate = self.gate
         if gate is None:
             return []
-        # Remembered until a copy of the namespace changes: each reconcile and each workload admission asks,
-        # and checking every policy of a namespace of N on each made a burst of N policies cost N².
+        # Remembered until a copy of the namespace changes (the pods' gate asks for a namespace's policies
+        # on each pod it settles).
         memo = self._trusted_in.get(namespace)
         if memo is not None and memo[0] == changes and memo[1] is gate:
             return list(memo[2])
@@ -572,13 +582,13 @@ def check_authority(operation: str, old: Any, new: Any, userinfo: Mapping[str, A
     if gate is None:
         raise kopf.AdmissionError(f"depgate cannot check the author's rights: {current().gate_problem}", code=503)
     started = time.monotonic()
-    refused = gate.admit(operation, plain(old) if old is not None else None, plain(new), userinfo, warnings)
+    old_obj, new_obj = plain(old) if old is not None else None, plain(new)
+    refused = gate.admit(operation, old_obj, new_obj, userinfo, warnings)
     metrics.admission_seconds.observe(time.monotonic() - started)
     if refused is not None:
         metrics.admission_refusals.inc()
         raise kopf.AdmissionError(refused, code=403)
-    new_obj = plain(new)
-    if not dryrun and authority.admitted_author(plain(old) if old is not None else None, new_obj) is not None:
+    if not dryrun and authority.admitted_author(old_obj, new_obj) is not None:
         # its author checked just now: its workloads, admitted next, are gated by it before the watch delivers it
         current().admitted.admitted(new_obj, time.monotonic())
 
@@ -605,7 +615,7 @@ def preload_policies(op: Operator, kube: Kube) -> None:
                     "policies watch delivers it", type(e).__name__, e)
 
 
-def admission_policies(op: Operator, namespace: str) -> list[Any]:
+def admission_policies(op: Operator, namespace: str, workload: Mapping[str, Any] | None = None) -> list[Any]:
     """The policies that may gate a workload being admitted in `namespace`, from memory: valid, their
     author verified (an untrusted policy must not make depgate change a workload), none being deleted
     (its release would be undone); and those the validating webhook admitted a moment ago that the
@@ -616,7 +626,9 @@ def admission_policies(op: Operator, namespace: str) -> list[Any]:
     served = op.settings.namespaces
     if served and namespace not in served:  # --namespace: the other namespaces' policies are not this operator's
         return []
-    known = [p for p in op.namespace_policies(namespace) if not deleting_policy(p.name)]
+    # With the workload being admitted: only the policies that can target it (its name, or a selector).
+    known = [p for p in op.namespace_policies(namespace, None if workload is None else [workload])
+             if not deleting_policy(p.name)]
     return op.admitted.policies(namespace, known, time.monotonic())
 
 
@@ -638,7 +650,7 @@ def _render_at_admission(kind: registry.WorkloadKind) -> None:
         try:
             op = current()
             ns = namespace or (new.get("metadata") or {}).get("namespace") or ""
-            policies = admission_policies(op, ns)
+            policies = admission_policies(op, ns, {"kind": kind.kind, "metadata": new.get("metadata") or {}})
             if not policies:  # most namespaces, most of the time: nothing to read or copy
                 outcome = admission.UNTARGETED
                 return
@@ -671,14 +683,19 @@ for _wkind in registry.WORKLOAD_KINDS.values():
 
 class _NoDiffBase(kopf.DiffBaseStorage):
     """No diff base at all. Kopf keeps the last handled spec (for on.create/on.update handlers'
-    diffs) in an annotation; depgate has no such handler (its on.delete handler needs no diff,
-    the workers read the spec themselves), and that copy was a second write on every new policy and
+    diffs) in an annotation; depgate has no such handler (its workers read the spec themselves, and
+    release on deletion behind their own finalizer), and that copy was a second write on every new policy and
     made a policy over the 256 KiB annotation limit impossible to delete (the finalizer's patch
-    carried it). fetch() answers with the object's own essence: never a diff, never a write.
-    (wiring.slim drops the copy, wiring.KOPF_DIFFBASE, that a depgate before this one wrote.)"""
+    carried it). The essence is empty, the old as the new: never a diff, never a write, and no deep
+    copy of every policy on each of its events (Kopf diffs the two for its changing handlers only, and
+    depgate registers none). (wiring.slim drops the copy, wiring.KOPF_DIFFBASE, that a depgate before
+    this one wrote.)"""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return {}
 
     def fetch(self, *, body: Any) -> Any:
-        return self.build(body=body)
+        return {}
 
     def store(self, *, body: Any, patch: Any, essence: Any) -> None:
         return None
@@ -771,6 +788,15 @@ async def stop_custom_watches(**_: Any) -> None:
 
 @kopf.on.event(POLICIES.group, POLICIES.version, POLICIES.plural)
 async def policy_event(event: Mapping[str, Any], body: Any, namespace: str, name: str, **_: Any) -> None:
+    """The policies' watch (Kopf's only one): the index learns the copy, the worker is woken; then the
+    namespace's held pods are decided again (one handler, not two: Kopf's cost of a handler is per event)."""
+    try:
+        _policy_event(event, body, namespace, name)
+    finally:
+        current().pod_gates.policies_changed(namespace)
+
+
+def _policy_event(event: Mapping[str, Any], body: Any, namespace: str, name: str) -> None:
     op, key = current(), (namespace, name)
     if event.get("type") == "DELETED":
         op.admitted.heard(key, None)
@@ -1166,12 +1192,6 @@ async def gate_pod(new: Any, patch: kopf.Patch, namespace: str | None = None, **
         log.exception("could not put depgate's scheduling gate on a pod at admission; it is created ungated")
     finally:
         metrics.pod_gate_admission_seconds.labels(outcome=outcome).observe(time.monotonic() - started)
-
-
-@kopf.on.event(POLICIES.group, POLICIES.version, POLICIES.plural, id="policy_pod_gates")
-async def policy_gate_event(namespace: str, **_: Any) -> None:
-    """After policy_event updated the index: the namespace's held pods are decided again."""
-    current().pod_gates.policies_changed(namespace)
 
 
 @kopf.on.startup()

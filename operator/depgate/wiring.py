@@ -376,6 +376,7 @@ class Wiring:
     cron_jobs: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, Job) -> the CronJob controlling it
     by_ref: dict[tuple[str, str, str], set[Key]] = field(default_factory=lambda: defaultdict(set))
     selectors: dict[Key, spec.Selector] = field(default_factory=dict)
+    selectors_in: dict[str, set[Key]] = field(default_factory=dict)  # the same keys by namespace (rivals_of)
     services: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # -> spec.selector
     workload_labels: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)  # -> template labels
     # (namespace, kind, name) -> metadata.labels of each workload of a kind a policy can target
@@ -473,7 +474,7 @@ class Wiring:
         self.set_deps(key, set())
         self.set_targets(key, ())
         self.set_refs(key, None)
-        self.selectors.pop(key, None)
+        self._set_selector(key, None)
         self.policies.pop(key, None)
         self._parsed(key, None)
         self.dirty.pop(key, None)
@@ -602,6 +603,33 @@ class Wiring:
         from reconciles' threads: it iterates over a copy."""
         return list((self.parsed_in.get(namespace) or {}).values())
 
+    def rivals_of(self, namespace: str, workloads: Iterable[Mapping[str, Any]]) -> list[spec.Policy]:
+        """The valid policies of a namespace that can target one of `workloads` (plan.selects decides): those
+        whose workloadRef (or template) names one of them, and every selector policy there. What plan.rivals
+        needs of policies_in, at the cost of the few that can matter: a reconcile in a namespace of N policies
+        must not read all N (a burst of N would cost N²). Called from reconciles' threads: only copies are
+        iterated."""
+        keys = set(self.selectors_in.get(namespace, ()))
+        for w in workloads:
+            kind = str(w.get("kind") or registry.DEPLOYMENT.kind)
+            name = (w.get("metadata") or {}).get("name")
+            if isinstance(name, str):
+                keys |= self.by_ref.get((namespace, kind, name), set())
+        parsed = self.parsed
+        return [p for p in (parsed.get(k) for k in sorted(keys)) if p is not None]
+
+    def _set_selector(self, key: Key, selector: spec.Selector | None) -> None:
+        inner = self.selectors_in.get(key[0])
+        if selector is None:
+            self.selectors.pop(key, None)
+            if inner is not None:
+                inner.discard(key)
+                if not inner:
+                    del self.selectors_in[key[0]]
+            return
+        self.selectors[key] = selector
+        self.selectors_in.setdefault(key[0], set()).add(key)
+
     def namespace_changes(self, namespace: str) -> int:
         """How many times a policy copy of the namespace was learnt or dropped (a token that moves on any change)."""
         return self.changes_in.get(namespace, 0)
@@ -632,10 +660,7 @@ class Wiring:
             return
         self._parsed(key, pol)
         self.set_deps(key, watched_objects(pol, key[0]))
-        if isinstance(pol.target, spec.Selector):
-            self.selectors[key] = pol.target
-        else:
-            self.selectors.pop(key, None)
+        self._set_selector(key, pol.target if isinstance(pol.target, spec.Selector) else None)
         # The one workload a workloadRef (or template) names wakes the policy from the moment its spec
         # is known, not only once a reconcile learnt it: created while the first reconcile runs (one
         # kubectl apply, policy first), its event would otherwise wake nobody.

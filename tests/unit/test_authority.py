@@ -308,3 +308,21 @@ def test_a_namespaces_trusted_policies_are_remembered_until_one_of_its_policies_
     other["metadata"]["namespace"] = "team-c"  # signed for team-b: never trusted in another namespace
     op.wiring.policy_seen(("team-c", name), other)
     assert op.namespace_policies("team-c") == []
+
+
+def test_the_policies_that_may_target_a_workload_are_only_those_whose_author_verifies() -> None:
+    from depgate import handlers
+    from depgate.settings import Settings
+
+    op = handlers.Operator(Settings())
+    op.gate = webhook.Gate(None, KEY, OPERATOR)  # type: ignore[arg-type]
+    good = signed(SPEC, ALICE)
+    ns, name = good["metadata"]["namespace"], good["metadata"]["name"]
+    op.wiring.policy_seen((ns, name), good)
+    forged = copy.deepcopy(good)
+    forged["metadata"]["name"] = "forged"  # the signature is p's: it does not verify for another name
+    op.wiring.policy_seen((ns, "forged"), forged)
+    payments = {"kind": "Deployment", "metadata": {"name": "payments", "namespace": ns}}
+    assert [p.name for p in op.wiring.rivals_of(ns, [payments])] == ["forged", name]
+    assert [p.name for p in op.namespace_policies(ns, [payments])] == [name]
+    assert op.namespace_policies(ns, [{"kind": "Deployment", "metadata": {"name": "other"}}]) == []

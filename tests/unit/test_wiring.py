@@ -570,6 +570,20 @@ def test_kopf_watches_the_policies_only_the_adapter_watches_what_they_name() -> 
     assert watched == {(policies.group, policies.version, policies.plural)}
 
 
+
+def test_kopf_has_no_changing_handler_so_an_empty_essence_loses_nothing() -> None:
+    """handlers._NoDiffBase answers Kopf with an empty essence (no deep copy of each policy on each event):
+    right only while no on.create/update/delete/resume/field handler reads a diff of it."""
+    import kopf
+
+    from depgate import handlers
+
+    assert kopf.get_default_registry()._changing.get_all_handlers() == []
+    storage = handlers._NoDiffBase()
+    body = kopf.Body({"metadata": {"name": "a", "annotations": {"x": "1"}}, "spec": {"workloadRef": {"name": "w"}}})
+    assert storage.build(body=body) == storage.fetch(body=body) == {}
+    storage.store(body=body, patch=kopf.Patch(), essence={})  # never a write
+
 # ---------------------------------------------------------------------- the streams: what the policies name
 
 
@@ -821,3 +835,29 @@ def test_a_stream_listed_or_stopped_is_told_to_the_cache_it_feeds() -> None:
     w.stream_running(Stream("Pod", NS), running=False)
     w.stream_running(Stream("StatefulSet", NS), running=False)
     assert w.pods_listed == set() and w.workloads_listed == set()
+
+
+def test_the_rivals_of_some_workloads_are_those_that_name_them_and_the_selectors_and_rivals_agree() -> None:
+    """A reconcile asks only for the policies that can target its workloads; plan.rivals over them is
+    plan.rivals over the whole namespace."""
+    w = wiring()
+    seen(w,
+         policy("a"),  # workloadRef web
+         policy("b", target={"workloadRef": {"name": "api"}}),
+         policy("c", target={"workloadRef": {"kind": "StatefulSet", "name": "web"}}),
+         policy("d", target={"selector": {"matchLabels": {"tier": "front"}}}),
+         policy("e", target={"selector": {"matchLabels": {"tier": "back"}}}),
+         policy("f", target={"workloadRef": {"name": "web"}}, ns="other"),
+         policy("g", target={"template": {"spec": {"replicas": 0}}}))
+    web = {"kind": "Deployment", "metadata": {"name": "web", "namespace": NS, "labels": {"tier": "front"}}}
+    api = {"kind": "Deployment", "metadata": {"name": "api", "namespace": NS, "labels": {"tier": "back"}}}
+    assert [p.name for p in w.rivals_of(NS, [web])] == ["a", "d", "e"]
+    assert [p.name for p in w.rivals_of(NS, [web, api])] == ["a", "b", "d", "e"]
+    assert [p.name for p in w.rivals_of(NS, [])] == ["d", "e"] and w.rivals_of("nowhere", [web]) == []
+    for me in w.policies_in(NS):
+        for found in ([web], [api], [web, api]):
+            assert plan.rivals(me, found, w.rivals_of(NS, found)) == plan.rivals(me, found, w.policies_in(NS))
+    seen(w, policy("d", target={"workloadRef": {"name": "web"}}))  # a selector that becomes a workloadRef
+    assert [p.name for p in w.rivals_of(NS, [api])] == ["b", "e"]
+    w.forget((NS, "e"))
+    assert [p.name for p in w.rivals_of(NS, [api])] == ["b"] and NS not in w.selectors_in

@@ -551,8 +551,10 @@ async def start_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.mutate(POLICIES.group, POLICIES.version, POLICIES.plural, id=webhook.MUTATE_PATH,
                 operations=["CREATE", "UPDATE"])
-def record_author(operation: str, old: Any, new: Any, userinfo: Mapping[str, Any], patch: kopf.Patch,
-                  **_: Any) -> None:
+async def record_author(operation: str, old: Any, new: Any, userinfo: Mapping[str, Any], patch: kopf.Patch,
+                        **_: Any) -> None:
+    """The author's signed annotations (and depgate's finalizer). Pure CPU, no request: run on the event loop
+    (Kopf runs a sync handler in a thread, and the hop to it and back cost more than the handler)."""
     gate = current().gate
     if gate is None:
         raise kopf.AdmissionError(f"depgate cannot record the author: {current().gate_problem}", code=503)

@@ -181,32 +181,30 @@ class Operator:
         an untrusted workloadRef must not make a selector policy leave a Deployment ungated). Given the
         `workloads` in question, only those that can target one of them (Wiring.rivals_of): what a
         reconcile and a workload's admission ask, at a cost that does not grow with the namespace."""
-        if workloads is not None:
-            pols = self.wiring.rivals_of(namespace, workloads)
-            if self.settings.authority != "enforce":
-                return pols
-            gate = self.gate
-            if gate is None:
-                return []
-            return [p for p in pols if gate.trusted(self.wiring.policies.get((namespace, p.name)) or {})]
-        changes = self.wiring.namespace_changes(namespace)  # read first: a change meanwhile moves it again
-        pols = self.wiring.policies_in(namespace)
         if self.settings.authority != "enforce":
-            return pols
+            return self.wiring.policies_in(namespace) if workloads is None \
+                else self.wiring.rivals_of(namespace, workloads)
         gate = self.gate
         if gate is None:
             return []
+        if workloads is not None:
+            return self._trusted(gate, namespace, self.wiring.rivals_of(namespace, workloads))
         # Remembered until a copy of the namespace changes (the pods' gate asks for a namespace's policies
         # on each pod it settles).
+        changes = self.wiring.namespace_changes(namespace)  # read first: a change meanwhile moves it again
         memo = self._trusted_in.get(namespace)
         if memo is not None and memo[0] == changes and memo[1] is gate:
             return list(memo[2])
-        trusted = [p for p in pols if gate.trusted(self.wiring.policies.get((namespace, p.name)) or {})]
+        trusted = self._trusted(gate, namespace, self.wiring.policies_in(namespace))
         if trusted:
             self._trusted_in[namespace] = (changes, gate, tuple(trusted))
         else:  # nothing kept for a namespace without trusted policies
             self._trusted_in.pop(namespace, None)
         return trusted
+
+    def _trusted(self, gate: Gate, namespace: str, policies: Iterable[Any]) -> list[Any]:
+        """Those of a namespace's `policies` whose recorded author verifies (their newest copy's signature)."""
+        return [p for p in policies if gate.trusted(self.wiring.policies.get((namespace, p.name)) or {})]
 
     def reconciler(self) -> Reconciler:
         if self._reconciler is None:

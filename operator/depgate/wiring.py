@@ -492,8 +492,9 @@ class Wiring:
         those with a precondition on it."""
         keys = set(self.by_target.get((ns, kind, name), set())) | self._naming(kind, ns, name)
         keys |= self.by_ref.get((ns, kind, name), set())
-        for k, sel in self.selectors.items():
-            if k[0] == ns and kind in sel.kinds and sel.matches(labels or {}):
+        for k in self.selectors_in.get(ns, ()):  # the namespace's selector policies, not the cluster's
+            sel = self.selectors[k]
+            if kind in sel.kinds and sel.matches(labels or {}):
                 keys.add(k)
         return keys
 

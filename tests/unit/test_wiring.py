@@ -570,7 +570,6 @@ def test_kopf_watches_the_policies_only_the_adapter_watches_what_they_name() -> 
     assert watched == {(policies.group, policies.version, policies.plural)}
 
 
-
 def test_kopf_has_no_changing_handler_so_an_empty_essence_loses_nothing() -> None:
     """handlers._NoDiffBase answers Kopf with an empty essence (no deep copy of each policy on each event):
     right only while no on.create/update/delete/resume/field handler reads a diff of it."""
@@ -583,6 +582,7 @@ def test_kopf_has_no_changing_handler_so_an_empty_essence_loses_nothing() -> Non
     body = kopf.Body({"metadata": {"name": "a", "annotations": {"x": "1"}}, "spec": {"workloadRef": {"name": "w"}}})
     assert storage.build(body=body) == storage.fetch(body=body) == {}
     storage.store(body=body, patch=kopf.Patch(), essence={})  # never a write
+
 
 # ---------------------------------------------------------------------- the streams: what the policies name
 
